@@ -1,0 +1,54 @@
+# Everything the project needs is installed from here; the README's two commands are
+# `make demo` and `make test`, and .ci/run calls `make test`.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_QUIET := 1
+
+.PHONY: setup demo test lint test-rust test-py test-pure wheel-check bench-codec bench clean
+
+$(VENV)/bin/maturin:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "maturin>=1.7,<2"
+
+# Builds the extension in release mode into python/wse_fast/ and installs the runtime and dev
+# dependencies (cargo and pip skip what is already there).
+setup: $(VENV)/bin/maturin
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev -q
+
+demo: setup
+	$(PY) examples/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/mypy
+	cargo fmt --check
+	cargo clippy --release --all-targets -q -- -D warnings
+
+test-rust:
+	cargo test --release -q
+
+test-py: setup
+	$(PY) -m pytest -q
+
+test-pure: setup
+	WSE_FAST_PURE=1 $(PY) -m pytest -q
+
+# The release wheel installs and works in a fresh virtual environment with no Rust toolchain.
+wheel-check: setup
+	rm -rf dist /tmp/wse-fast-wheel-venv
+	$(VENV)/bin/maturin build --release -q -o dist
+	$(PYTHON) -m venv /tmp/wse-fast-wheel-venv
+	env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -m pip install -q dist/*.whl
+	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
+
+test: lint test-rust test-py test-pure wheel-check
+
+bench-codec: setup
+	$(PY) -m pytest benches/bench_codec.py -q --benchmark-only --benchmark-columns=median,ops --benchmark-sort=name -p no:randomly
+
+clean:
+	rm -rf $(VENV) target dist python/wse_fast/*.so

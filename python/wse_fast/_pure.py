@@ -1,0 +1,249 @@
+"""Pure-Python reference of every function in the Rust extension ``wse_fast._codec``.
+
+Each function here defines what its Rust twin must return; the test suite compares the two
+with hypothesis. ``WSE_FAST_PURE=1`` makes the package run on this module alone.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import struct
+from typing import Any
+
+import msgpack
+
+try:  # share the exception class with the extension when it is importable
+    from ._codec import EnvelopeError
+except ImportError:  # pragma: no cover - only without the compiled extension
+
+    class EnvelopeError(ValueError):  # type: ignore[no-redef]
+        """A received message is not a valid WSE envelope."""
+
+
+__all__ = [
+    "EnvelopeError",
+    "Utf8Validator",
+    "build_frame",
+    "mask",
+    "mask_inplace",
+    "pack_json",
+    "pack_json_frame",
+    "pack_msgpack",
+    "pack_msgpack_frame",
+    "parse_frame_header",
+    "random_mask_key",
+    "unpack_json",
+    "unpack_msgpack",
+    "validate_utf8",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _key(key: Buffer) -> bytes:
+    key = bytes(key)
+    if len(key) != 4:
+        raise ValueError("masking key must be 4 bytes")
+    return key
+
+
+def mask(data: Buffer, key: Buffer, offset: int = 0) -> bytes:
+    k = _key(key)
+    k = k[offset % 4 :] + k[: offset % 4]
+    n = len(data)
+    # One big-integer XOR instead of a byte loop keeps the reference usable on large inputs.
+    pad = (k * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(n, "little")
+
+
+_xor = mask  # build_frame's `mask` flag shadows the function
+
+
+def mask_inplace(data: bytearray | memoryview, key: Buffer, offset: int = 0) -> None:
+    view = memoryview(data)
+    if view.readonly:
+        raise BufferError("buffer is read-only")
+    view.cast("B")[:] = mask(view, key, offset)
+
+
+def random_mask_key() -> bytes:
+    return os.urandom(4)
+
+
+def validate_utf8(data: Buffer) -> bool:
+    try:
+        codecs.decode(data, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _completable(prefix: bytes) -> bool:
+    need = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}.get(prefix[0] >> 4, 1) - len(prefix)
+    # 0x80 and 0xBF are the ends of every continuation range, so one of them completes any
+    # prefix that can be completed at all.
+    return any(validate_utf8(prefix + fill * need) for fill in (b"\x80", b"\xbf"))
+
+
+class Utf8Validator:
+    """Validates the fragments of one message as they arrive."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._failed = False
+
+    def feed(self, data: Buffer) -> bool:
+        if self._failed:
+            return False
+        try:
+            self._decoder.decode(bytes(data), False)
+        except UnicodeDecodeError:
+            self._failed = True
+            return False
+        # CPython buffers an unfinished sequence without checking that it can still become
+        # valid (ED A0 cannot); a WebSocket endpoint must fail as early as possible (RFC 6455
+        # §8.1), so check that some completion of the pending bytes is valid.
+        pending = self._decoder.getstate()[0]
+        if pending and not _completable(pending):
+            self._failed = True
+        return not self._failed
+
+    def finish(self) -> bool:
+        if self._failed:
+            return False
+        try:
+            self._decoder.decode(b"", True)
+        except UnicodeDecodeError:
+            return False
+        finally:
+            self._decoder.reset()
+        return True
+
+    def reset(self) -> None:
+        self._decoder.reset()
+        self._failed = False
+
+
+def _header(opcode: int, length: int, fin: bool, rsv: int, key: bytes | None) -> bytes:
+    first = (0x80 if fin else 0) | (rsv & 7) << 4 | opcode
+    bit = 0x80 if key is not None else 0
+    if length < 126:
+        head = struct.pack("!BB", first, bit | length)
+    elif length <= 0xFFFF:
+        head = struct.pack("!BBH", first, bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, bit | 127, length)
+    return head + (key or b"")
+
+
+def build_frame(
+    opcode: int, payload: Buffer, fin: bool = True, mask: bool = False, rsv: int = 0
+) -> bytes:
+    if not 0 <= opcode <= 0x0F or not 0 <= rsv <= 7:
+        raise ValueError("opcode must fit 4 bits and rsv 3 bits")
+    if mask:
+        key = random_mask_key()
+        return _header(opcode, len(payload), fin, rsv, key) + _xor(payload, key)
+    return _header(opcode, len(payload), fin, rsv, None) + bytes(payload)
+
+
+def parse_frame_header(data: Buffer) -> tuple[bool, int, int, bytes | None, int, int] | None:
+    data = bytes(data[:14])
+    if len(data) < 2:
+        return None
+    b0, b1 = data[0], data[1]
+    length, at = b1 & 0x7F, 2
+    if length == 126:
+        if len(data) < 4:
+            return None
+        (length,), at = struct.unpack_from("!H", data, 2), 4
+    elif length == 127:
+        if len(data) < 10:
+            return None
+        (length,), at = struct.unpack_from("!Q", data, 2), 10
+        if length >> 63:
+            raise ValueError("the most significant bit of a 64-bit length must be 0")
+    key = None
+    if b1 & 0x80:
+        if len(data) < at + 4:
+            return None
+        key, at = data[at : at + 4], at + 4
+    return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, key, length, at
+
+
+def _check_outgoing(kind: object, stamp: object) -> None:
+    if not isinstance(kind, str):
+        raise TypeError("message type must be a str")
+    if stamp is not None and not isinstance(stamp, str):
+        raise TypeError("stamp must be a str or None")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def pack_json(kind: str, payload: Any = None, stamp: str | None = None) -> bytes:
+    _check_outgoing(kind, stamp)
+    try:
+        text = json.dumps(
+            [kind, payload, stamp], separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"payload cannot be serialised: {exc}") from exc
+    return text.encode()
+
+
+def pack_msgpack(kind: str, payload: Any = None, stamp: str | None = None) -> bytes:
+    _check_outgoing(kind, stamp)
+    try:
+        return msgpack.packb([kind, payload, stamp])  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"payload cannot be serialised: {exc}") from exc
+
+
+def pack_json_frame(
+    kind: str, payload: Any = None, stamp: str | None = None, mask: bool = False
+) -> bytes:
+    return build_frame(0x1, pack_json(kind, payload, stamp), mask=mask)
+
+
+def pack_msgpack_frame(
+    kind: str, payload: Any = None, stamp: str | None = None, mask: bool = False
+) -> bytes:
+    return build_frame(0x2, pack_msgpack(kind, payload, stamp), mask=mask)
+
+
+def _triple(decoded: Any) -> tuple[str, Any, str | None]:
+    if not isinstance(decoded, list):
+        raise EnvelopeError("envelope must be an array")
+    if not 1 <= len(decoded) <= 3:
+        raise EnvelopeError(f"envelope must hold 1 to 3 elements, got {len(decoded)}")
+    kind = decoded[0]
+    if not isinstance(kind, str):
+        raise EnvelopeError("message type must be a string")
+    if not kind:
+        raise EnvelopeError("message type must not be empty")
+    payload = decoded[1] if len(decoded) > 1 else None
+    stamp = decoded[2] if len(decoded) > 2 else None
+    if stamp is not None and not isinstance(stamp, str):
+        raise EnvelopeError("stamp must be a string or null")
+    return kind, payload, stamp
+
+
+def unpack_json(data: Buffer | str) -> tuple[str, Any, str | None]:
+    try:
+        raw = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        decoded = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise EnvelopeError(f"invalid JSON: {exc}") from exc
+    return _triple(decoded)
+
+
+def unpack_msgpack(data: Buffer) -> tuple[str, Any, str | None]:
+    try:
+        decoded = msgpack.unpackb(data)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise EnvelopeError(f"invalid MessagePack: {exc}") from exc
+    return _triple(decoded)

@@ -1,0 +1,222 @@
+//! `wse_fast._codec`: the hot paths of wse-fast. Each module has one job; this file only turns
+//! them into Python functions. `python/wse_fast/_pure.py` is the reference for every function.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+mod envelope;
+mod frame;
+mod masking;
+mod utf8;
+
+create_exception!(
+    _codec,
+    EnvelopeError,
+    PyValueError,
+    "A received message is not a valid WSE envelope."
+);
+
+/// Buffers at least this large are processed with the GIL released.
+const DETACH_AT: usize = 64 * 1024;
+
+fn contiguous(obj: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+    let buf = PyBuffer::<u8>::get(obj)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyBufferError::new_err("buffer must be C-contiguous"));
+    }
+    Ok(buf)
+}
+
+/// The bytes of a buffer. Safety: the caller keeps `buf` alive and unmodified while in use.
+unsafe fn view(buf: &PyBuffer<u8>) -> &[u8] {
+    if buf.len_bytes() == 0 {
+        return &[];
+    }
+    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
+}
+
+fn key4(key: &Bound<'_, PyAny>) -> PyResult<[u8; 4]> {
+    let buf = contiguous(key)?;
+    let bytes = unsafe { view(&buf) };
+    bytes
+        .try_into()
+        .map_err(|_| PyValueError::new_err("masking key must be 4 bytes"))
+}
+
+/// `data` XOR `key`, starting `offset` bytes into the key, as new bytes.
+#[pyfunction]
+#[pyo3(signature = (data, key, offset=0))]
+fn mask<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyAny>,
+    offset: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let key = key4(key)?;
+    let buf = contiguous(data)?;
+    let src = unsafe { view(&buf) };
+    PyBytes::new_with(py, src.len(), |dst| {
+        if src.len() >= DETACH_AT {
+            py.detach(|| masking::mask_into(src, dst, key, offset));
+        } else {
+            masking::mask_into(src, dst, key, offset);
+        }
+        Ok(())
+    })
+}
+
+/// Masks a writable buffer (bytearray, writable memoryview) in place.
+#[pyfunction]
+#[pyo3(signature = (data, key, offset=0))]
+fn mask_inplace(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    offset: usize,
+) -> PyResult<()> {
+    let key = key4(key)?;
+    let buf = contiguous(data)?;
+    if buf.readonly() {
+        return Err(PyBufferError::new_err("buffer is read-only"));
+    }
+    let len = buf.len_bytes();
+    if len == 0 {
+        return Ok(());
+    }
+    // Safety: the buffer is writable, contiguous and exported (so not resizable) while `buf` lives.
+    let dst = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr() as *mut u8, len) };
+    if len >= DETACH_AT {
+        py.detach(|| masking::mask_in_place(dst, key, offset));
+    } else {
+        masking::mask_in_place(dst, key, offset);
+    }
+    Ok(())
+}
+
+/// Four bytes from the operating system's CSPRNG, for masking a client frame.
+#[pyfunction]
+fn random_mask_key(py: Python<'_>) -> Bound<'_, PyBytes> {
+    PyBytes::new(py, &masking::random_key())
+}
+
+/// True if the whole buffer is valid UTF-8.
+#[pyfunction]
+fn validate_utf8(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let buf = contiguous(data)?;
+    let bytes = unsafe { view(&buf) };
+    Ok(if bytes.len() >= DETACH_AT {
+        py.detach(|| utf8::is_valid(bytes))
+    } else {
+        utf8::is_valid(bytes)
+    })
+}
+
+/// Validates the fragments of one message as they arrive.
+#[pyclass(module = "wse_fast._codec")]
+#[derive(Default)]
+struct Utf8Validator {
+    inner: utf8::Incremental,
+}
+
+#[pymethods]
+impl Utf8Validator {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// False as soon as the bytes fed so far cannot begin valid UTF-8.
+    fn feed(&mut self, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let buf = contiguous(data)?;
+        Ok(self.inner.feed(unsafe { view(&buf) }))
+    }
+
+    /// True if all input was valid and no sequence was left unfinished.
+    fn finish(&self) -> bool {
+        self.inner.finish()
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+}
+
+/// A complete frame: header, then `payload` (masked with a fresh CSPRNG key when `mask`).
+#[pyfunction]
+#[pyo3(signature = (opcode, payload, fin=true, mask=false, rsv=0))]
+fn build_frame<'py>(
+    py: Python<'py>,
+    opcode: u8,
+    payload: &Bound<'py, PyAny>,
+    fin: bool,
+    mask: bool,
+    rsv: u8,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if opcode > 0x0F || rsv > 7 {
+        return Err(PyValueError::new_err(
+            "opcode must fit 4 bits and rsv 3 bits",
+        ));
+    }
+    let buf = contiguous(payload)?;
+    let body = unsafe { view(&buf) };
+    let key = if mask {
+        Some(masking::random_key())
+    } else {
+        None
+    };
+    let hlen = frame::header_len(body.len(), mask);
+    PyBytes::new_with(py, hlen + body.len(), |out| {
+        frame::write_header(out, fin, rsv, opcode, body.len(), key);
+        match key {
+            Some(k) => masking::mask_into(body, &mut out[hlen..], k, 0),
+            None => out[hlen..].copy_from_slice(body),
+        }
+        Ok(())
+    })
+}
+
+type HeaderTuple<'py> = (bool, u8, u8, Option<Bound<'py, PyBytes>>, u64, usize);
+
+/// `(fin, rsv, opcode, mask_key_or_None, payload_len, header_len)`, or None if incomplete.
+#[pyfunction]
+fn parse_frame_header<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Option<HeaderTuple<'py>>> {
+    let buf = contiguous(data)?;
+    let bytes = unsafe { view(&buf) };
+    match frame::parse_header(bytes) {
+        Err(msg) => Err(PyValueError::new_err(msg)),
+        Ok(None) => Ok(None),
+        Ok(Some(h)) => Ok(Some((
+            h.fin,
+            h.rsv,
+            h.opcode,
+            h.mask.map(|k| PyBytes::new(py, &k)),
+            h.payload_len,
+            h.header_len,
+        ))),
+    }
+}
+
+#[pymodule]
+fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("EnvelopeError", m.py().get_type::<EnvelopeError>())?;
+    m.add_function(wrap_pyfunction!(mask, m)?)?;
+    m.add_function(wrap_pyfunction!(mask_inplace, m)?)?;
+    m.add_function(wrap_pyfunction!(random_mask_key, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_utf8, m)?)?;
+    m.add_class::<Utf8Validator>()?;
+    m.add_function(wrap_pyfunction!(build_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_frame_header, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::pack_json, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::pack_json_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::pack_msgpack, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::pack_msgpack_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::unpack_json, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope::unpack_msgpack, m)?)?;
+    Ok(())
+}

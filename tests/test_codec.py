@@ -1,0 +1,271 @@
+"""The Rust codec against its pure-Python reference, on random inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wse_fast import _codec as rust
+from wse_fast import _pure as pure
+from wse_fast import codec
+
+IMPLS = [pytest.param(rust, id="rust"), pytest.param(pure, id="pure")]
+big = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+keys = st.binary(min_size=4, max_size=4)
+lengths_up_to_100k = st.one_of(st.integers(0, 64), st.integers(0, 4096), st.integers(0, 100_000))
+
+
+def test_active_path_follows_the_environment() -> None:
+    expected = "python" if os.environ.get("WSE_FAST_PURE") == "1" else "rust"
+    assert codec.IMPLEMENTATION == expected
+
+
+# ---- masking -------------------------------------------------------------------------------
+
+
+@big
+@given(n=lengths_up_to_100k, key=keys, offset=st.integers(0, 7), seed=st.integers(0, 255))
+def test_mask_matches_reference(n: int, key: bytes, offset: int, seed: int) -> None:
+    data = bytes((i * 31 + seed) & 0xFF for i in range(n))
+    expected = pure.mask(data, key, offset)
+    assert rust.mask(data, key, offset) == expected
+    assert rust.mask(memoryview(data), key, offset) == expected
+    # the definition itself, on a prefix
+    assert expected[:50] == bytes(b ^ key[(i + offset) % 4] for i, b in enumerate(data[:50]))
+
+
+@big
+@given(n=lengths_up_to_100k, key=keys, offset=st.integers(0, 3), start=st.integers(0, 15))
+def test_mask_inplace_at_any_alignment(n: int, key: bytes, offset: int, start: int) -> None:
+    data = bytearray(os.urandom(n + start))
+    expected = data[:start] + pure.mask(data[start:], key, offset)
+    rust.mask_inplace(memoryview(data)[start:], key, offset)
+    assert data == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mask_is_an_involution_and_rejects_bad_input(impl: Any) -> None:
+    data = os.urandom(1000)
+    key = impl.random_mask_key()
+    assert impl.mask(impl.mask(data, key, 3), key, 3) == data
+    with pytest.raises(ValueError):
+        impl.mask(data, b"abc")
+    with pytest.raises(BufferError):
+        impl.mask_inplace(memoryview(b"read-only"), key)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mask_keys_come_from_a_csprng(impl: Any) -> None:
+    keys_seen = {impl.random_mask_key() for _ in range(2000)}
+    # 2000 draws from 2**32 values: a repeat is a 1-in-2000 event, a constant key is a bug.
+    assert len(keys_seen) >= 1998
+    assert all(len(k) == 4 for k in keys_seen)
+
+
+# ---- UTF-8 ---------------------------------------------------------------------------------
+
+_bad_sequences = [
+    b"\x80",  # lone continuation
+    b"\xc0\xaf",  # overlong
+    b"\xe0\x80\xaf",  # overlong
+    b"\xed\xa0\x80",  # surrogate
+    b"\xf4\x90\x80\x80",  # above U+10FFFF
+    b"\xff",
+    b"\xe2\x82",  # truncated
+]
+
+
+@st.composite
+def utf8ish(draw: st.DrawFn) -> bytes:
+    text = draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(_bad_sequences)) + text[at:]
+    if draw(st.booleans()):
+        text = text[: draw(st.integers(0, len(text)))]
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=utf8ish())
+def test_validate_utf8_matches_reference(data: bytes) -> None:
+    assert rust.validate_utf8(data) == pure.validate_utf8(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=utf8ish())
+def test_incremental_validator_split_at_every_point(data: bytes) -> None:
+    whole = pure.validate_utf8(data)
+    for cut in range(len(data) + 1):
+        for impl in (rust, pure):
+            v = impl.Utf8Validator()
+            ok = v.feed(data[:cut]) and v.feed(data[cut:])
+            assert (ok and v.finish()) == whole, (impl.__name__, cut)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=utf8ish(), sizes=st.lists(st.integers(1, 5), min_size=1, max_size=60))
+def test_incremental_validator_reports_invalid_as_soon_as_the_reference(
+    data: bytes, sizes: list[int]
+) -> None:
+    r, p = rust.Utf8Validator(), pure.Utf8Validator()
+    at = 0
+    for size in sizes:
+        piece = data[at : at + size]
+        at += size
+        assert r.feed(piece) == p.feed(piece)
+    assert r.feed(data[at:]) == p.feed(data[at:])
+    assert r.finish() == p.finish()
+
+
+def test_validator_reset_and_large_input() -> None:
+    v = rust.Utf8Validator()
+    assert not v.feed(b"\xff")
+    v.reset()
+    text = ("ascii and ünïcödé 漢字 😀 " * 50_000).encode()
+    assert v.feed(text) and v.finish()
+    assert rust.validate_utf8(text)
+
+
+# ---- frames --------------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70000]),
+    opcode=st.sampled_from([0, 1, 2, 8, 9, 10]),
+    fin=st.booleans(),
+    rsv=st.integers(0, 7),
+    masked=st.booleans(),
+)
+def test_frames_round_trip_between_implementations(
+    n: int, opcode: int, fin: bool, rsv: int, masked: bool
+) -> None:
+    payload = os.urandom(n)
+    for builder, parser in ((rust, pure), (pure, rust)):
+        frame = builder.build_frame(opcode, payload, fin=fin, mask=masked, rsv=rsv)
+        head = parser.parse_frame_header(frame)
+        assert head is not None
+        got_fin, got_rsv, got_op, key, length, hlen = head
+        assert (got_fin, got_rsv, got_op, length) == (fin, rsv, opcode, n)
+        assert (key is not None) == masked
+        body = frame[hlen:]
+        assert (pure.mask(body, key) if key else body) == payload
+        assert parser.parse_frame_header(frame[: hlen - 1]) is None
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frame_header_rejects_64_bit_length_with_top_bit(impl: Any) -> None:
+    with pytest.raises(ValueError):
+        impl.parse_frame_header(b"\x82\x7f\x80\x00\x00\x00\x00\x00\x00\x00")
+
+
+# ---- envelopes -----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=20,
+)
+types = st.text(min_size=1)
+stamps = st.none() | st.text(alphabet="abcXYZ019", min_size=10, max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=types, payload=json_values, stamp=stamps)
+def test_json_envelope_round_trips_across_implementations(
+    kind: str, payload: Any, stamp: str | None
+) -> None:
+    fast, ref = rust.pack_json(kind, payload, stamp), pure.pack_json(kind, payload, stamp)
+    # both are what JSON.parse reads back as the same three values
+    assert json.loads(fast) == json.loads(ref) == [kind, payload, stamp]
+    for packed in (fast, ref):
+        for unpack in (rust.unpack_json, pure.unpack_json):
+            assert unpack(packed) == (kind, payload, stamp)
+    frame = rust.pack_json_frame(kind, payload, stamp)
+    head = rust.parse_frame_header(frame)
+    assert head is not None and head[2] == 1 and head[3] is None
+    assert frame[head[5] :] == fast
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=types, payload=json_values, stamp=stamps)
+def test_msgpack_envelope_round_trips_across_implementations(
+    kind: str, payload: Any, stamp: str | None
+) -> None:
+    fast, ref = rust.pack_msgpack(kind, payload, stamp), pure.pack_msgpack(kind, payload, stamp)
+    assert msgpack.unpackb(fast) == msgpack.unpackb(ref) == [kind, payload, stamp]
+    for packed in (fast, ref):
+        for unpack in (rust.unpack_msgpack, pure.unpack_msgpack):
+            assert unpack(memoryview(packed)) == (kind, payload, stamp)
+    frame = rust.pack_msgpack_frame(kind, payload, stamp, mask=True)
+    head = rust.parse_frame_header(frame)
+    assert head is not None and head[2] == 2 and head[3] is not None
+    assert rust.mask(frame[head[5] :], head[3]) == fast
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_json_output_is_compact_utf8_with_null(impl: Any) -> None:
+    assert (
+        impl.pack_json("t", {"a": [1, None], "é": "ü"})
+        == '["t",{"a":[1,null],"é":"ü"},null]'.encode()
+    )
+    assert (
+        impl.pack_json("~wse:response", None, "STAMP00001")
+        == b'["~wse:response",null,"STAMP00001"]'
+    )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"this is not json", "invalid JSON"),
+        (b'{"a":1}', "must be an array"),
+        (b"[]", "1 to 3 elements"),
+        (b'["a",1,null,4]', "1 to 3 elements"),
+        (b"[null,1]", "must be a string"),
+        (b"[1]", "must be a string"),
+        (b'["",1]', "must not be empty"),
+        (b'["a",1,7]', "stamp"),
+        (b'["a",\xff]', "invalid JSON"),
+        (b'["a",NaN]', "invalid JSON"),
+    ],
+)
+def test_bad_json_envelopes_raise_clear_errors(impl: Any, data: bytes, why: str) -> None:
+    with pytest.raises(impl.EnvelopeError, match=why):
+        impl.unpack_json(data)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_trailing_elements_default_to_none(impl: Any) -> None:
+    assert impl.unpack_json(b'["x"]') == ("x", None, None)
+    assert impl.unpack_json(b'["hello",{"x":1}]') == ("hello", {"x": 1}, None)
+    assert impl.unpack_msgpack(msgpack.packb(["x"])) == ("x", None, None)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_msgpack_envelopes_raise_clear_errors(impl: Any) -> None:
+    for data in (b"\xc1", msgpack.packb({"a": 1}), msgpack.packb([1, 2]), b"\x93\xa1"):
+        with pytest.raises(impl.EnvelopeError):
+            impl.unpack_msgpack(data)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unserialisable_payloads_and_bad_types_raise_type_error(impl: Any) -> None:
+    with pytest.raises(TypeError):
+        impl.pack_json("t", object())
+    with pytest.raises(TypeError):
+        impl.pack_json(5, None)
+    with pytest.raises(TypeError):
+        impl.pack_msgpack("t", None, 5)
