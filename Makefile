@@ -48,7 +48,9 @@ wheel-check: setup
 test: lint test-rust test-py test-pure wheel-check
 
 bench-codec: setup
-	$(PY) -m pytest benches/bench_codec.py -q --benchmark-only --benchmark-columns=median,ops --benchmark-sort=name -p no:randomly
+	$(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \
+		--benchmark-columns=median,ops --benchmark-sort=name --benchmark-json=/tmp/wse-codec.json
+	$(PY) benches/codec_report.py /tmp/wse-codec.json benches/results
 
 clean:
 	rm -rf $(VENV) target dist python/wse_fast/*.so

@@ -38,12 +38,19 @@ unsafe fn view(buf: &PyBuffer<u8>) -> &[u8] {
     std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
 }
 
+/// Runs `f` on the bytes of `obj`: directly for `bytes` (the common case, and no buffer
+/// export to pay for on small messages), through the buffer protocol for anything else.
+fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    let buf = contiguous(obj)?;
+    Ok(f(unsafe { view(&buf) }))
+}
+
 fn key4(key: &Bound<'_, PyAny>) -> PyResult<[u8; 4]> {
-    let buf = contiguous(key)?;
-    let bytes = unsafe { view(&buf) };
-    bytes
-        .try_into()
-        .map_err(|_| PyValueError::new_err("masking key must be 4 bytes"))
+    with_bytes(key, |b| <[u8; 4]>::try_from(b).ok())?
+        .ok_or_else(|| PyValueError::new_err("masking key must be 4 bytes"))
 }
 
 /// `data` XOR `key`, starting `offset` bytes into the key, as new bytes.
@@ -56,16 +63,16 @@ fn mask<'py>(
     offset: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let key = key4(key)?;
-    let buf = contiguous(data)?;
-    let src = unsafe { view(&buf) };
-    PyBytes::new_with(py, src.len(), |dst| {
-        if src.len() >= DETACH_AT {
-            py.detach(|| masking::mask_into(src, dst, key, offset));
-        } else {
-            masking::mask_into(src, dst, key, offset);
-        }
-        Ok(())
-    })
+    with_bytes(data, |src| {
+        PyBytes::new_with(py, src.len(), |dst| {
+            if src.len() >= DETACH_AT {
+                py.detach(|| masking::mask_into(src, dst, key, offset));
+            } else {
+                masking::mask_into(src, dst, key, offset);
+            }
+            Ok(())
+        })
+    })?
 }
 
 /// Masks a writable buffer (bytearray, writable memoryview) in place.
@@ -105,12 +112,12 @@ fn random_mask_key(py: Python<'_>) -> Bound<'_, PyBytes> {
 /// True if the whole buffer is valid UTF-8.
 #[pyfunction]
 fn validate_utf8(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let buf = contiguous(data)?;
-    let bytes = unsafe { view(&buf) };
-    Ok(if bytes.len() >= DETACH_AT {
-        py.detach(|| utf8::is_valid(bytes))
-    } else {
-        utf8::is_valid(bytes)
+    with_bytes(data, |bytes| {
+        if bytes.len() >= DETACH_AT {
+            py.detach(|| utf8::is_valid(bytes))
+        } else {
+            utf8::is_valid(bytes)
+        }
     })
 }
 
@@ -130,8 +137,7 @@ impl Utf8Validator {
 
     /// False as soon as the bytes fed so far cannot begin valid UTF-8.
     fn feed(&mut self, data: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let buf = contiguous(data)?;
-        Ok(self.inner.feed(unsafe { view(&buf) }))
+        with_bytes(data, |b| self.inner.feed(b))
     }
 
     /// True if all input was valid and no sequence was left unfinished.
