@@ -1,3 +1,32 @@
-"""wse-fast: WSE for Python."""
+"""wse-fast: WSE (the JavaScript ``wse`` package) for Python, on picows + uvloop.
+
+One user, several devices; challenge-response authentication; messages by type; broadcast,
+send-to-user and send-to-connection; RPC both ways; an auto-reconnecting client; JSON (wire
+compatible with JavaScript WSE 4.x) and MessagePack protocols.
+"""
+
+from .client import WseClient
+from .connection import Connection
+from .constants import WSE_ERROR, WSE_REASON, WSE_STATUS
+from .errors import WseError
+from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
+from .server import Challenge, Client, IdentifyRequest, WseServer
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "WSE_ERROR",
+    "WSE_REASON",
+    "WSE_STATUS",
+    "Challenge",
+    "Client",
+    "Connection",
+    "IdentifyRequest",
+    "InternalTypes",
+    "JsonProtocol",
+    "MsgpackProtocol",
+    "WireProtocol",
+    "WseClient",
+    "WseError",
+    "WseServer",
+]

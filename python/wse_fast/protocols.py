@@ -1,0 +1,108 @@
+"""Wire protocols: how ``[type, payload, stamp]`` becomes a WebSocket message.
+
+A protocol object has ``name`` (the negotiated subprotocol), ``internal_types`` and
+``pack``/``unpack``. The two built-in ones also build complete frames in one call through the
+Rust codec; any other object is used through ``pack``/``unpack`` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from . import codec
+
+
+@dataclass(frozen=True, slots=True)
+class InternalTypes:
+    hi: str = "~wse:hi"
+    challenge: str = "~wse:challenge"
+    welcome: str = "~wse:welcome"
+    call: str = "~wse:call"
+    response: str = "~wse:response"
+    response_error: str = "~wse:response-err"
+
+    @classmethod
+    def of(cls, value: InternalTypes | Mapping[str, str] | Any) -> InternalTypes:
+        """Reads the internal types of a custom protocol: this class, a mapping or an object."""
+        if isinstance(value, InternalTypes):
+            return value
+        get = value.get if isinstance(value, Mapping) else lambda k, d: getattr(value, k, d)
+        defaults = cls()
+        return cls(**{f: get(f, getattr(defaults, f)) for f in cls.__dataclass_fields__})
+
+
+Triple = tuple[str, Any, "str | None"]
+
+
+@runtime_checkable
+class WireProtocol(Protocol):
+    name: str
+    internal_types: Any
+
+    def pack(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes | str: ...
+
+    def unpack(self, data: bytes | str) -> Triple: ...
+
+
+class JsonProtocol:
+    """The JavaScript package's default protocol: JSON text frames, ``wse-default-json``."""
+
+    name = "wse-default-json"
+    internal_types = InternalTypes()
+    binary = False
+
+    def pack(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes:
+        return codec.pack_json(type, payload, stamp)
+
+    def unpack(self, data: bytes | str) -> Triple:
+        return codec.unpack_json(data)
+
+    def frame(self, type: str, payload: Any, stamp: str | None, mask: bool) -> bytes:
+        return codec.pack_json_frame(type, payload, stamp, mask)
+
+
+class MsgpackProtocol:
+    """wse-fast's MessagePack protocol: binary frames, ``wse-msgpack``."""
+
+    name = "wse-msgpack"
+    internal_types = InternalTypes()
+    binary = True
+
+    def pack(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes:
+        return codec.pack_msgpack(type, payload, stamp)
+
+    def unpack(self, data: bytes | str) -> Triple:
+        if isinstance(data, str):
+            raise codec.EnvelopeError("the MessagePack protocol takes binary messages")
+        return codec.unpack_msgpack(data)
+
+    def frame(self, type: str, payload: Any, stamp: str | None, mask: bool) -> bytes:
+        return codec.pack_msgpack_frame(type, payload, stamp, mask)
+
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+
+
+class FrameEncoder:
+    """Builds complete frames with any protocol: the codec's one-call path when there is one."""
+
+    __slots__ = ("_fast", "_pack", "mask", "protocol", "text_input")
+
+    def __init__(self, protocol: WireProtocol, mask: bool) -> None:
+        self.protocol = protocol
+        self.mask = mask
+        self._fast = getattr(protocol, "frame", None)
+        self._pack = protocol.pack
+        # Built-in JSON hands bytes to unpack; a custom protocol gets str for text, as in JS.
+        self.text_input = not isinstance(protocol, JsonProtocol | MsgpackProtocol)
+
+    def __call__(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes:
+        if self._fast is not None:
+            return self._fast(type, payload, stamp, self.mask)  # type: ignore[no-any-return]
+        data = self._pack(type, payload, stamp)
+        if isinstance(data, str):
+            return codec.build_frame(OP_TEXT, data.encode(), mask=self.mask)
+        return codec.build_frame(OP_BINARY, data, mask=self.mask)

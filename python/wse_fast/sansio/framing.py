@@ -1,0 +1,78 @@
+"""Data frames to messages: fragmentation, UTF-8 and size rules of RFC 6455.
+
+picows hands over frames one by one and leaves these duties to its user.
+"""
+
+from __future__ import annotations
+
+from .. import codec
+from ..constants import CLOSE_INVALID_TEXT, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+
+
+class FrameViolation(Exception):
+    """The peer broke the framing rules; close the connection with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class MessageAssembler:
+    """Collects the data frames of one message at a time.
+
+    ``feed`` returns ``(is_binary, payload)`` when a message is complete, None while fragments
+    are still expected, and raises :class:`FrameViolation` for what must close the connection.
+    Memory held is the message so far, never more than ``max_size``.
+    """
+
+    __slots__ = ("_binary", "_buffer", "_utf8", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buffer: bytearray | None = None
+        self._binary = False
+        self._utf8 = codec.Utf8Validator()
+
+    def feed(
+        self, opcode: int, fin: bool, rsv: int, payload: bytes | memoryview
+    ) -> tuple[bool, bytes | memoryview] | None:
+        if rsv:
+            raise FrameViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
+        if opcode == OP_CONTINUATION:
+            return self._continue(fin, payload)
+        if opcode not in (OP_TEXT, OP_BINARY):
+            raise FrameViolation(CLOSE_PROTOCOL_ERROR, f"unexpected opcode {opcode:#x}")
+        if self._buffer is not None:
+            raise FrameViolation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+        binary = opcode == OP_BINARY
+        if len(payload) > self.max_size:
+            raise FrameViolation(CLOSE_TOO_BIG, "message too big")
+        if fin:  # the common case: one frame, one message
+            if not binary and not codec.validate_utf8(payload):
+                raise FrameViolation(CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
+            return binary, payload
+        self._binary = binary
+        self._buffer = bytearray()
+        self._utf8.reset()
+        return self._continue(False, payload)
+
+    def _continue(self, fin: bool, payload: bytes | memoryview) -> tuple[bool, bytes] | None:
+        buffer = self._buffer
+        if buffer is None:
+            raise FrameViolation(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
+        if len(buffer) + len(payload) > self.max_size:
+            raise FrameViolation(CLOSE_TOO_BIG, "message too big")
+        if not self._binary and not self._utf8.feed(payload):
+            raise FrameViolation(CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
+        buffer += payload
+        if not fin:
+            return None
+        if not self._binary and not self._utf8.finish():
+            raise FrameViolation(CLOSE_INVALID_TEXT, "text message ends inside a character")
+        self._buffer = None
+        return self._binary, bytes(buffer)

@@ -1,0 +1,351 @@
+"""The WSE server: users with several connections, authentication, messages and RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl as ssl_module
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from picows import (
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from .connection import Connection
+from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
+from .errors import WseError
+from .events import Channel, Procedures, ServerEvents, run_handler
+from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
+from .transport.picows_endpoint import Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """What the challenge generator asked (``quest``) and what the client answered."""
+
+    quest: Any
+    response: Any
+
+
+class IdentifyRequest:
+    """Handed to ``identify``: answer with ``accept(cid, welcome)`` or ``refuse()``, once."""
+
+    __slots__ = ("_answered", "_server", "challenge", "conn", "conn_id", "identity", "meta")
+
+    def __init__(self, server: WseServer, conn: Connection, challenge: Challenge | None) -> None:
+        self._server = server
+        self._answered = False
+        self.conn = conn
+        self.conn_id = conn.conn_id
+        self.identity = conn.identity
+        self.meta = conn.meta
+        self.challenge = challenge
+
+    def accept(self, cid: Any, welcome: Any = None) -> None:
+        """Admits the connection as a device of user ``cid``; a falsy cid refuses."""
+        if self._answered:
+            return
+        self._answered = True
+        if not cid:
+            self._server._refuse(self.conn)
+        else:
+            self._server._accept(self.conn, str(cid), welcome)
+
+    def refuse(self) -> None:
+        if not self._answered:
+            self._answered = True
+            self._server._refuse(self.conn)
+
+
+class Client:
+    """A user (``cid``) and its open connections, oldest first."""
+
+    __slots__ = ("_server", "cid", "conns", "meta")
+
+    def __init__(self, server: WseServer, cid: str, meta: dict[str, Any]) -> None:
+        self._server = server
+        self.cid = cid
+        self.meta = meta
+        self.conns: dict[str, Connection] = {}
+
+    def __repr__(self) -> str:
+        return f"<Client {self.cid!r} conns={len(self.conns)}>"
+
+    def send(self, type: str, payload: Any = None) -> None:
+        """Sends to every device of this user; the frame is encoded once."""
+        frame = self._server.encode(type, payload, None)
+        for conn in self.conns.values():
+            conn.endpoint.write(frame)  # type: ignore[union-attr]
+
+    def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
+        for conn in list(self.conns.values()):
+            conn.drop(reason)
+
+
+class WseServer:
+    """A WSE server on picows + uvloop.
+
+    ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
+    coroutine function. Options beyond the JavaScript ones: ``auth_timeout`` (a connection that
+    is not accepted within it is refused), ``debug`` (send stack traces of failing RPC handlers
+    to callers), transport limits and ``ssl``.
+    """
+
+    def __init__(
+        self,
+        identify: Callable[[IdentifyRequest], Any] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4200,
+        conn_per_user: int = 1,
+        protocol: WireProtocol | None = None,
+        timeout: float = 20.0,
+        auth_timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
+        max_message_size: int = 1 << 20,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        close_timeout: float = 5.0,
+        read_buffer_size: int = 4096,
+        debug: bool = False,
+    ) -> None:
+        if identify is None:
+            raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
+        if conn_per_user < 1:
+            raise ValueError("conn_per_user must be at least 1")
+        self.identify = identify
+        self.host = host
+        self.port = port
+        self.conn_per_user = conn_per_user
+        self.protocol: WireProtocol = protocol or JsonProtocol()
+        self.protocol_types = InternalTypes.of(self.protocol.internal_types)
+        self.timeout = timeout
+        self.auth_timeout = auth_timeout
+        self.ssl = ssl
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.read_buffer_size = read_buffer_size
+        self.debug = debug
+
+        self.channel = Channel()
+        self.when = ServerEvents()
+        self.procedures = Procedures(WSE_ERROR.RP_ALREADY_REGISTERED)
+        self.clients: dict[str, Client] = {}
+        self.connections: dict[str, Connection] = {}  # every open socket, authenticated or not
+        self.challenger: Callable[..., Any] | None = None
+
+        encoder = FrameEncoder(self.protocol, mask=False)
+        self.encode = encoder
+        self._text_input = encoder.text_input
+        self._unpack = self.protocol.unpack
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._all_closed: asyncio.Event | None = None
+
+    # ---- configuration ---------------------------------------------------------------------
+
+    def use_challenge(self, generator: Callable[..., Any]) -> None:
+        """``generator(identity, meta, quest, refuse)``: call ``quest(q)`` to challenge the
+        client with ``q`` (identify then gets ``req.challenge``), or ``refuse()``."""
+        if not callable(generator):
+            raise WseError(WSE_ERROR.INVALID_CRA_GENERATOR)
+        self.challenger = generator
+
+    def register(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Registers RPC ``name``: ``fn(conn, payload)`` returns (or raises) the answer."""
+        return self.procedures.register(name, fn)
+
+    def unregister(self, name: str) -> None:
+        self.procedures.unregister(name)
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``)."""
+        self._server = await ws_create_server(
+            self._upgrade,
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            max_frame_size=self.max_message_size,
+            enable_auto_ping=self.ping_interval is not None,
+            auto_ping_idle_timeout=self.ping_interval or 20.0,
+            auto_ping_reply_timeout=self.ping_timeout,
+            read_buffer_init_size=self.read_buffer_size,
+            use_aiofastnet=False,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(
+        self, code: int = CLOSE_SERVICE_RESTART, reason: str = WSE_REASON.BY_SERVER
+    ) -> None:
+        """Stops accepting and closes every connection with a close handshake.
+
+        The default code, 1012 (service restart), tells WSE clients to reconnect later.
+        """
+        if self._server is None:
+            return
+        self._server.close()
+        if self.connections:
+            self._all_closed = asyncio.Event()
+            for conn in list(self.connections.values()):
+                conn.drop(reason, code)
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), self.close_timeout + 1)
+            except TimeoutError:
+                for conn in list(self.connections.values()):
+                    if conn.endpoint is not None:
+                        conn.endpoint.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    def run(self) -> None:
+        """Runs the server on uvloop until interrupted."""
+        import uvloop
+
+        async def main() -> None:
+            await self.start()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await self.close()
+
+        uvloop.run(main())
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def broadcast(self, type: str, payload: Any = None) -> None:
+        """Sends to every connection of every user; the frame is encoded once."""
+        frame = self.encode(type, payload, None)
+        for client in self.clients.values():
+            for conn in client.conns.values():
+                conn.endpoint.write(frame)  # type: ignore[union-attr]
+
+    def send(self, cid: str, type: str, payload: Any = None) -> bool:
+        """Sends to every device of user ``cid``; False if the user is not connected."""
+        client = self.clients.get(cid)
+        if client is None:
+            return False
+        client.send(type, payload)
+        return True
+
+    def drop_client(self, cid: str, reason: str = WSE_REASON.BY_SERVER) -> None:
+        client = self.clients.get(cid)
+        if client is not None:
+            client.drop(reason)
+
+    # ---- wire ------------------------------------------------------------------------------
+
+    def decode(self, binary: bool, data: Any) -> tuple[str, Any, str | None]:
+        if self._text_input and not binary:
+            data = bytes(data).decode()
+        return self._unpack(data)
+
+    def _upgrade(self, request: WSUpgradeRequest) -> Any:
+        conn_id = f"{next(self._ids):x}"
+        conn = Connection(self, conn_id)
+        endpoint = Endpoint(conn, self.max_message_size, False, self.close_timeout)
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        if self.protocol.name in (p.strip() for p in offered.split(",")):
+            response = WSUpgradeResponse.create_101_response(
+                extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
+            )
+            return WSUpgradeResponseWithListener(response, endpoint)
+        # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
+        # client sees a reason it knows (an HTTP 400 would only say that the upgrade failed).
+        conn.offered_protocols = offered
+        return endpoint
+
+    # ---- connection life cycle (called by Connection) --------------------------------------
+
+    def _opened(self, conn: Connection) -> None:
+        self.connections[conn.conn_id] = conn
+        offered = conn.offered_protocols
+        if offered is not None:
+            detail = f"subprotocol {self.protocol.name!r} not offered (got {offered!r})"
+            self.when.emit(
+                "error", WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": detail}), conn
+            )
+            conn.drop(WSE_REASON.PROTOCOL_ERR)
+            return
+        loop = asyncio.get_running_loop()
+        conn._auth_timer = loop.call_later(self.auth_timeout, self._refuse, conn)
+
+    def _authenticate(self, conn: Connection) -> None:
+        if self.challenger is None:
+            self._identify(conn, None, challenged=False)
+            return
+        asked = conn.quest
+
+        def quest(q: Any) -> None:
+            if asked or not conn.endpoint or not conn.endpoint.open:
+                return
+            asked.append(q)
+            conn.session.quest_sent()
+            conn.endpoint.write(self.encode(self.protocol_types.challenge, q, None))
+
+        run_handler(
+            self.challenger,
+            (conn.identity, conn.meta, quest, lambda: self._refuse(conn)),
+            lambda exc: self._auth_failed(conn, exc),
+        )
+
+    def _identify(self, conn: Connection, response: Any, challenged: bool = True) -> None:
+        challenge = None
+        if challenged:
+            challenge = Challenge(conn.quest[0] if conn.quest else None, response)
+        req = IdentifyRequest(self, conn, challenge)
+        run_handler(self.identify, (req,), lambda exc: self._auth_failed(conn, exc))
+
+    def _auth_failed(self, conn: Connection, exc: BaseException) -> None:
+        err = WseError(WSE_ERROR.MESSAGE_PROCESSING_ERROR, {"error": repr(exc), "stage": "auth"})
+        err.__cause__ = exc
+        self.when.emit("error", err, conn)
+        self._refuse(conn)
+
+    def _refuse(self, conn: Connection) -> None:
+        conn.cancel_auth_timer()
+        if not conn.session.valid:
+            conn.drop(WSE_REASON.NOT_AUTHORIZED)
+
+    def _accept(self, conn: Connection, cid: str, welcome: Any) -> None:
+        if conn.endpoint is None or not conn.endpoint.open:
+            return  # closed (or timed out) while identify was running
+        conn.cancel_auth_timer()
+        conn.session.accepted()
+        conn.cid = cid
+        client = self.clients.get(cid)
+        joined = client is None
+        if client is None:
+            client = self.clients[cid] = Client(self, cid, conn.meta)
+        conn.client = client
+        client.conns[conn.conn_id] = conn
+        conn.endpoint.write(self.encode(self.protocol_types.welcome, welcome, None))
+        if joined:
+            self.when.emit("joined", client, conn.meta)
+        self.when.emit("connected", conn)
+        # Over the limit: the oldest devices go, the newest stays (dicts keep insertion order).
+        excess = len(client.conns) - self.conn_per_user
+        if excess > 0:
+            for old in list(client.conns.values())[:excess]:
+                old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
+
+    def _closed(self, conn: Connection, was_valid: bool, code: int, reason: str) -> None:
+        self.connections.pop(conn.conn_id, None)
+        client = conn.client
+        if client is not None:
+            client.conns.pop(conn.conn_id, None)
+        if was_valid:
+            self.when.emit("disconnected", conn, code, reason)
+        if client is not None and not client.conns and self.clients.get(client.cid) is client:
+            del self.clients[client.cid]
+            self.when.emit("left", client, code, reason)
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()

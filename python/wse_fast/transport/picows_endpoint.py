@@ -1,0 +1,158 @@
+"""One WebSocket connection on picows, either side: frames in, messages and a close out.
+
+picows parses frames and answers pings; this listener does the rest of RFC 6455 that picows
+leaves to its user: reassembly and validation (through the sans-I/O assembler), the close
+handshake, and, on the client side, masking with keys from the OS CSPRNG (picows's own client
+masking draws keys from an unseeded ``rand()``, so every frame it sends is written here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any, Protocol
+
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
+
+from .. import codec
+from ..constants import CLOSE_ABNORMAL, CLOSE_NO_STATUS
+from ..sansio.framing import FrameViolation, MessageAssembler
+
+OP_CLOSE = 0x8
+OP_PONG = 0xA
+_CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
+
+
+class EndpointHandler(Protocol):
+    def on_open(self, endpoint: Endpoint) -> None: ...
+    def on_message(self, binary: bool, data: Any) -> None: ...
+    def on_close(self, code: int, reason: str) -> None: ...
+
+
+class Endpoint(WSListener):  # type: ignore[misc]
+    __slots__ = (
+        "_assembler",
+        "_close_received",
+        "_close_sent",
+        "_close_timeout",
+        "_timer",
+        "_write",
+        "client_side",
+        "handler",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        handler: EndpointHandler,
+        max_message_size: int,
+        client_side: bool,
+        close_timeout: float,
+    ) -> None:
+        self.handler = handler
+        self.client_side = client_side
+        self._assembler = MessageAssembler(max_message_size)
+        self._close_timeout = close_timeout
+        self._close_sent: tuple[int, str] | None = None
+        self._close_received: tuple[int, str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.transport: WSTransport | None = None
+
+    # ---- picows callbacks ------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self._write = transport.underlying_transport.write
+        self.handler.on_open(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        op = frame.msg_type
+        if op is _CLOSE:
+            self._on_close_frame(frame)
+            return
+        if op is _PING:  # only reached on the client side, where picows does not auto-pong
+            self.write(codec.build_frame(OP_PONG, frame.get_payload_as_bytes(), mask=True))
+            return
+        if op is _PONG or self._close_sent is not None:
+            return
+        rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
+        try:
+            # A memoryview into picows's read buffer: valid during this call, which is where
+            # a single-frame message is decoded; fragments are copied by the assembler.
+            message = self._assembler.feed(
+                op.value, frame.fin, rsv, frame.get_payload_as_memoryview()
+            )
+        except FrameViolation as violation:
+            self.close(violation.code, violation.reason)
+            return
+        if message is not None:
+            self.handler.on_message(*message)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._close_received is not None:
+            code, reason = self._close_received
+        elif self._close_sent is not None:
+            code, reason = self._close_sent
+        else:
+            code, reason = CLOSE_ABNORMAL, ""
+        self.handler.on_close(code, reason)
+
+    # ---- output ----------------------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        return (
+            self._close_sent is None
+            and self.transport is not None
+            and not self.transport.is_disconnected
+        )
+
+    def write(self, frame: bytes) -> None:
+        """Writes one complete frame (built by the codec) unless a close was sent."""
+        if self._close_sent is None:
+            self._write(frame)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Starts the close handshake; the connection ends when the peer answers or times out."""
+        if self._close_sent is not None or self.transport is None:
+            return
+        self._send_close(code, reason)
+        if self._close_received is not None and not self.client_side:
+            self.transport.disconnect()
+        else:
+            self._arm_timer()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.disconnect(graceful=False)
+
+    # ---- close handshake -------------------------------------------------------------------
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self._close_sent = (code, reason)
+        body = struct.pack("!H", code) + reason.encode()[:123] if code != CLOSE_NO_STATUS else b""
+        self._write(codec.build_frame(OP_CLOSE, body, mask=self.client_side))
+
+    def _on_close_frame(self, frame: WSFrame) -> None:
+        body = frame.get_payload_as_bytes()
+        if len(body) >= 2:  # picows has checked the code and the reason's UTF-8 already
+            self._close_received = (int.from_bytes(body[:2], "big"), body[2:].decode())
+        else:
+            self._close_received = (CLOSE_NO_STATUS, "")
+        if self._close_sent is None:  # echo the peer's close, as the reference does
+            code, reason = self._close_received
+            self._send_close(code, reason)
+        assert self.transport is not None
+        if self.client_side:
+            self._arm_timer()  # RFC 6455 §7.1.1: the server closes TCP first
+        else:
+            self.transport.disconnect()
+
+    def _arm_timer(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._close_timeout, self.abort)
