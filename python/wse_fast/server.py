@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,12 +168,18 @@ class WseServer:
 
     # ---- life cycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``)."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``).
+
+        ``sock``: an already bound socket to serve on instead (host and port are then unused),
+        for example one inherited from a process manager.
+        """
+        where: dict[str, Any] = (
+            {"sock": sock} if sock is not None else {"host": self.host, "port": self.port}
+        )
         self._server = await ws_create_server(
             self._upgrade,
-            self.host,
-            self.port,
+            **where,
             ssl=self.ssl,
             max_frame_size=self.max_message_size,
             enable_auto_ping=self.ping_interval is not None,

@@ -1,0 +1,93 @@
+"""Shared fixtures: real servers on 127.0.0.1, real clients, and an awaitable event log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+from wse_fast import IdentifyRequest, WseClient, WseServer
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    return {"uvloop": uvloop.new_event_loop}  # the loop the library is made for
+
+
+def accept_identity(req: IdentifyRequest) -> None:
+    """The test servers' identify: the identity is the user id, unless it starts with 'bad'."""
+    if isinstance(req.identity, str) and not req.identity.startswith("bad"):
+        req.accept(req.identity, {"hey": "welcome data"})
+    else:
+        req.refuse()
+
+
+class EventLog:
+    """Records calls by name; tests await what they expect instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, tuple[Any, ...]]] = []
+        self._changed = asyncio.Event()
+
+    def hook(self, name: str) -> Callable[..., None]:
+        def record(*args: Any) -> None:
+            self.items.append((name, args))
+            self._changed.set()
+
+        return record
+
+    def of(self, name: str) -> list[tuple[Any, ...]]:
+        return [args for n, args in self.items if n == name]
+
+    async def wait(self, name: str, count: int = 1, timeout: float = 10) -> list[tuple[Any, ...]]:
+        async with asyncio.timeout(timeout):
+            while len(self.of(name)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(name)
+
+
+@pytest.fixture
+def log() -> EventLog:
+    return EventLog()
+
+
+ServerFactory = Callable[..., Awaitable[WseServer]]
+ClientFactory = Callable[..., WseClient]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    servers: list[WseServer] = []
+
+    async def make(identify: Any = accept_identity, **options: Any) -> WseServer:
+        options.setdefault("port", 0)
+        server = WseServer(identify, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    clients: list[WseClient] = []
+
+    def make(target: WseServer | str, **options: Any) -> WseClient:
+        url = target if isinstance(target, str) else f"ws://127.0.0.1:{target.port}"
+        options.setdefault("reconnect", False)
+        client = WseClient(url, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def url_of(server: WseServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
