@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from wse_fast import (
@@ -319,7 +319,7 @@ async def test_identify_raising_refuses_and_reports(
     with pytest.raises(WseError) as err:
         await make_client(server).connect("alice")
     assert err.value.code == WSE_ERROR.NOT_AUTHORIZED
-    [(error, conn)] = await log.wait("error")
+    [(error, _conn)] = await log.wait("error")
     assert "database down" in error.details["error"]
 
 
@@ -691,7 +691,7 @@ async def test_invalid_first_message_is_dropped_and_reported(
         with pytest.raises(websockets.ConnectionClosedOK):
             await ws.recv()
         assert (ws.close_code, ws.close_reason) == (1000, WSE_REASON.PROTOCOL_ERR)
-    [(error, conn)] = await log.wait("error")
+    [(error, _conn)] = await log.wait("error")
     assert error.code == WSE_ERROR.PROTOCOL_VIOLATION
 
 
@@ -720,7 +720,7 @@ class ObjectJson:
     """A custom protocol: its own name and internal types, each message a JSON object."""
 
     name = "object-json"
-    internal_types = {"hi": "~my:hi", "welcome": "~my:welcome", "response": "~my:ok"}
+    internal_types: ClassVar = {"hi": "~my:hi", "welcome": "~my:welcome", "response": "~my:ok"}
 
     def pack(self, type: str, payload: Any = None, stamp: str | None = None) -> str:
         return json.dumps({"t": type, "p": payload, "s": stamp})
