@@ -15,8 +15,13 @@ $(VENV)/bin/maturin:
 
 # Builds the extension in release mode into python/wse_fast/ and installs the runtime and dev
 # dependencies (cargo and pip skip what is already there).
-setup: $(VENV)/bin/maturin
+setup: $(VENV)/bin/maturin tests/node/node_modules
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev -q
+
+# The independent Node.js peer of the test suite (npm ws), pinned by its lock file.
+tests/node/node_modules: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 demo: setup
 	$(PY) examples/demo.py
