@@ -83,14 +83,14 @@ async def test_fragmented_text_with_a_ping_between_fragments(peer: RawPeer) -> N
     peer.send(0x0, text[cut2:], fin=True)
     assert await peer.recv() == (0xA, b"keepalive")
     opcode, body = await peer.recv()
-    assert json.loads(body) == ["~wse:welcome", {"hey": "welcome data"}, None]
+    assert opcode == 0x1 and json.loads(body) == ["~wse:welcome", {"hey": "welcome data"}, None]
 
 
 async def test_multibyte_text_round_trip(peer: RawPeer) -> None:
     await peer.hello()
     peer.send(0x1, json.dumps(["echo", "é" * 10]).encode())
     opcode, body = await peer.recv()
-    assert json.loads(body) == ["echo", "é" * 10, None]
+    assert opcode == 0x1 and json.loads(body) == ["echo", "é" * 10, None]
 
 
 async def test_invalid_utf8_in_one_frame_closes_1007(peer: RawPeer) -> None:

@@ -48,7 +48,7 @@ async def test_node_ws_client(make_server: ServerFactory, log: EventLog) -> None
     assert await log.wait("rpc") == [({"node": {"q": 1}},)]
     [(client, meta)] = log.of("joined")
     assert client.cid == "node-user" and meta == {"device": "node"}
-    [(conn, code, reason)] = await log.wait("disconnected")
+    [(_conn, code, reason)] = await log.wait("disconnected")
     assert (code, reason) == (1000, "wse.by-client")
 
 
