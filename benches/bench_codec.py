@@ -13,7 +13,6 @@ import msgpack
 import orjson
 import pytest
 from websockets.speedups import apply_mask as websockets_apply_mask
-
 from wse_fast import _codec as rust
 from wse_fast import _pure as pure
 

@@ -812,3 +812,16 @@ async def test_no_reconnect_after_a_deliberate_close(
     server.drop_client("alice", "go away")
     assert await log.wait("closed") == [(1000, "go away")]
     assert client.status == WSE_STATUS.OFFLINE
+
+
+async def test_messages_in_flight_during_a_close_are_delivered(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    server.channel.on("x", lambda conn, p: conn.send("last", p))
+    client = make_client(server)
+    client.channel.on("last", log.hook("last"))
+    await client.connect("alice")
+    client.send("x", 1)
+    await client.close()  # sent after x: the server answers x before it sees the close
+    assert log.of("last") == [(1,)]

@@ -37,6 +37,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         "_close_received",
         "_close_sent",
         "_close_timeout",
+        "_failed",
         "_timer",
         "_write",
         "client_side",
@@ -57,6 +58,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._close_timeout = close_timeout
         self._close_sent: tuple[int, str] | None = None
         self._close_received: tuple[int, str] | None = None
+        self._failed = False
         self._timer: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
 
@@ -75,7 +77,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if op is _PING:  # only reached on the client side, where picows does not auto-pong
             self.write(codec.build_frame(OP_PONG, frame.get_payload_as_bytes(), mask=True))
             return
-        if op is _PONG or self._close_sent is not None:
+        # Data sent before the peer saw our close is still delivered; nothing after theirs,
+        # and nothing after a framing violation.
+        if op is _PONG or self._close_received is not None or self._failed:
             return
         rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
         try:
@@ -85,6 +89,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
                 op.value, frame.fin, rsv, frame.get_payload_as_memoryview()
             )
         except FrameViolation as violation:
+            self._failed = True
             self.close(violation.code, violation.reason)
             return
         if message is not None:
