@@ -24,13 +24,8 @@ from wse_fast import IdentifyRequest, WseClient, WseError, WseServer
 
 from tests.conftest import ClientFactory, ServerFactory
 
-VECTORS = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "reference-transcripts.json"
-)
-if not VECTORS.exists():  # CI clones the repo beside a copy of shared/
-    VECTORS = (
-        Path(__file__).resolve().parents[2] / "shared" / "vectors" / "reference-transcripts.json"
-    )
+# shared/ lies beside the repository, for developers and CI alike.
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "reference-transcripts.json"
 SESSIONS: dict[str, list[dict[str, Any]]] = json.loads(VECTORS.read_text())["sessions"]
 SERVER_SESSIONS = [name for name, s in SESSIONS.items() if "offered_protocols" not in s[0]]
 CLIENT_SESSIONS = [name for name, s in SESSIONS.items() if "offered_protocols" in s[0]]
