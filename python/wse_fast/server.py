@@ -119,6 +119,9 @@ class WseServer:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
         if conn_per_user < 1:
             raise ValueError("conn_per_user must be at least 1")
+        if ping_interval is not None and ping_timeout > ping_interval:
+            # picows checks this only when a connection arrives, and then fails every one
+            raise ValueError("ping_timeout must not exceed ping_interval")
         self.identify = identify
         self.host = host
         self.port = port

@@ -1,0 +1,93 @@
+"""Transport duties: TLS, keepalive, and what a silent peer costs."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ClientFactory, EventLog, ServerFactory
+from tests.test_framing import RawPeer
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_wss_end_to_end(
+    make_server: ServerFactory, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    server = await make_server(ssl=server_ctx)
+    server.register("secure?", lambda conn, p: "yes")
+    client = make_client(f"wss://127.0.0.1:{server.port}", ssl=client_ctx)
+    assert await client.connect("alice") == {"hey": "welcome data"}
+    assert await client.call("secure?") == "yes"
+
+
+async def test_idle_peer_that_never_answers_pings_is_dropped(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await make_server(ping_interval=0.1, ping_timeout=0.1)
+    server.when.disconnected(log.hook("disconnected"))
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    opcodes = []
+    with pytest.raises(asyncio.IncompleteReadError):  # the server hangs up on the silent peer
+        while True:
+            opcode, _ = await asyncio.wait_for(peer.recv(), 5)
+            opcodes.append(opcode)
+    assert 0x9 in opcodes  # it was pinged first
+    [(conn, code, reason)] = await log.wait("disconnected")
+    assert (conn.cid, code, reason) == ("alice", 1006, "")  # no close frame: it was gone
+    peer.writer.close()
+
+
+async def test_client_answering_pings_stays(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server(ping_interval=0.05, ping_timeout=0.05)
+    server.when.disconnected(log.hook("disconnected"))
+    server.register("still-there", lambda conn, p: True)
+    client = make_client(server)
+    await client.connect("alice")
+    link = client._link
+    assert link is not None and link.endpoint is not None
+    pongs = []
+    write = link.endpoint._write  # every frame the endpoint sends goes through this
+
+    def counting_write(frame: bytes) -> None:
+        if frame[0] == 0x8A:  # FIN + PONG
+            assert frame[1] & 0x80  # masked, as a client must
+            pongs.append(frame)
+        write(frame)
+
+    link.endpoint._write = counting_write
+    # Keepalive is about time passing: stay idle for several ping intervals and timeouts.
+    await asyncio.sleep(0.6)
+    assert len(pongs) >= 3
+    assert log.of("disconnected") == []
+    assert await client.call("still-there") is True
+
+
+def test_ping_timeout_longer_than_the_interval_is_refused_up_front() -> None:
+    from wse_fast import WseServer
+
+    with pytest.raises(ValueError, match="ping_timeout"):
+        WseServer(lambda req: None, ping_interval=1, ping_timeout=2)
