@@ -16,6 +16,7 @@ from .constants import (
     CLOSE_NORMAL,
     JUMP_REASON,
     RECONNECT_CODES,
+    SLOW_CONSUMER,
     WSE_ERROR,
     WSE_REASON,
     WSE_STATUS,
@@ -77,6 +78,11 @@ class _Link:
         elif isinstance(event, ev.Quest):
             client._solve(self, event.quest)
 
+    def on_overflow(self) -> None:
+        self.client.when.emit(
+            "error", WseError(WSE_ERROR.CONNECTION_ERROR, {"reason": SLOW_CONSUMER})
+        )
+
     def on_close(self, code: int, reason: str) -> None:
         self.session.closed()
         self.pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
@@ -117,8 +123,10 @@ class WseClient:
         ssl: ssl_module.SSLContext | None = None,
         max_message_size: int = 1 << 20,
         close_timeout: float = 5.0,
+        max_pending_bytes: int | None = 4 << 20,
     ) -> None:
         self.url = url
+        self.max_pending_bytes = max_pending_bytes
         self.protocol: WireProtocol = protocol or JsonProtocol()
         self.protocol_types = InternalTypes.of(self.protocol.internal_types)
         self.timeout = timeout
@@ -244,7 +252,9 @@ class WseClient:
         link = _Link(self)
 
         def listener() -> Endpoint:
-            return Endpoint(link, self.max_message_size, True, self.close_timeout)
+            return Endpoint(
+                link, self.max_message_size, True, self.close_timeout, self.max_pending_bytes
+            )
 
         try:
             transport, _ = await ws_connect(

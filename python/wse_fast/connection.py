@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from . import rpc
-from .constants import CLOSE_NORMAL, WSE_ERROR, WSE_REASON
+from .constants import CLOSE_NORMAL, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
 from .errors import WseError
 from .events import run_handler
 from .rpc import PendingCalls
@@ -121,6 +121,13 @@ class Connection:
             server._identify(self, event.response)
         elif isinstance(event, ev.Violation):
             self._violation(event.detail)
+
+    def on_overflow(self) -> None:
+        limit = self._server.max_pending_bytes
+        err = WseError(
+            WSE_ERROR.CONNECTION_ERROR, {"reason": SLOW_CONSUMER, "max_pending_bytes": limit}
+        )
+        self._server.when.emit("error", err, self)
 
     def on_close(self, code: int, reason: str) -> None:
         was_valid = self.session.valid

@@ -56,10 +56,13 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_NO_STATUS: Final = 1005
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_INVALID_TEXT: Final = 1007
+CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_JUMP: Final = 4000
 JUMP_REASON: Final = "jump"
+#: Reason reported (code 1008) for a connection dropped because it did not read fast enough.
+SLOW_CONSUMER: Final = "wse.slow-consumer"
 
 #: Close codes after which the client reconnects by itself, as the JavaScript client does.
 RECONNECT_CODES: Final = frozenset({1005, 1006, 1011, 1012, 1013, 1014, CLOSE_JUMP})

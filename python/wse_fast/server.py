@@ -94,7 +94,9 @@ class WseServer:
     ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
     coroutine function. Options beyond the JavaScript ones: ``auth_timeout`` (a connection that
     is not accepted within it is refused), ``debug`` (send stack traces of failing RPC handlers
-    to callers), transport limits and ``ssl``.
+    to callers), transport limits and ``ssl``. ``max_pending_bytes`` bounds what may wait for
+    one slow reader: past it the connection is dropped at once (close code 1008, reason
+    ``wse.slow-consumer``, reported through ``error`` and ``disconnected``); None disables it.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class WseServer:
         ping_timeout: float = 20.0,
         close_timeout: float = 5.0,
         read_buffer_size: int = 4096,
+        max_pending_bytes: int | None = 4 << 20,
         debug: bool = False,
     ) -> None:
         if identify is None:
@@ -136,6 +139,7 @@ class WseServer:
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
         self.read_buffer_size = read_buffer_size
+        self.max_pending_bytes = max_pending_bytes
         self.debug = debug
 
         self.channel = Channel()
@@ -261,7 +265,9 @@ class WseServer:
     def _upgrade(self, request: WSUpgradeRequest) -> Any:
         conn_id = f"{next(self._ids):x}"
         conn = Connection(self, conn_id)
-        endpoint = Endpoint(conn, self.max_message_size, False, self.close_timeout)
+        endpoint = Endpoint(
+            conn, self.max_message_size, False, self.close_timeout, self.max_pending_bytes
+        )
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         if self.protocol.name in (p.strip() for p in offered.split(",")):
             response = WSUpgradeResponse.create_101_response(

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codec
-from ..constants import CLOSE_ABNORMAL, CLOSE_NO_STATUS
+from ..constants import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER
 from ..sansio.framing import FrameViolation, MessageAssembler
+from .flush import flusher_for
 
 OP_CLOSE = 0x8
 OP_PONG = 0xA
@@ -29,6 +30,7 @@ class EndpointHandler(Protocol):
     def on_open(self, endpoint: Endpoint) -> None: ...
     def on_message(self, binary: bool, data: Any) -> None: ...
     def on_close(self, code: int, reason: str) -> None: ...
+    def on_overflow(self) -> None: ...
 
 
 class Endpoint(WSListener):  # type: ignore[misc]
@@ -38,10 +40,13 @@ class Endpoint(WSListener):  # type: ignore[misc]
         "_close_sent",
         "_close_timeout",
         "_failed",
+        "_flusher",
+        "_out",
         "_timer",
         "_write",
         "client_side",
         "handler",
+        "max_pending_bytes",
         "transport",
     )
 
@@ -51,8 +56,12 @@ class Endpoint(WSListener):  # type: ignore[misc]
         max_message_size: int,
         client_side: bool,
         close_timeout: float,
+        max_pending_bytes: int | None = None,
     ) -> None:
         self.handler = handler
+        self.max_pending_bytes = max_pending_bytes
+        self._out: list[bytes] = []
+        self._flusher = flusher_for(asyncio.get_running_loop())
         self.client_side = client_side
         self._assembler = MessageAssembler(max_message_size)
         self._close_timeout = close_timeout
@@ -66,8 +75,25 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self._write = transport.underlying_transport.write
+        underlying = transport.underlying_transport
+        self._write = underlying.write
+        if self.max_pending_bytes is not None:
+            # pause_writing (below) fires when more than this is waiting for the peer
+            underlying.set_write_buffer_limits(high=self.max_pending_bytes)
         self.handler.on_open(self)
+
+    def pause_writing(self) -> None:
+        """The peer reads slower than we write: drop it before its backlog grows further."""
+        if self.max_pending_bytes is None or self.transport is None:
+            return
+        self._out.clear()
+        if self._close_sent is None:
+            self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
+            self.handler.on_overflow()
+        self.transport.disconnect(graceful=False)  # frees the backlog now
+
+    def resume_writing(self) -> None:
+        pass
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         op = frame.msg_type
@@ -75,7 +101,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
             self._on_close_frame(frame)
             return
         if op is _PING:  # only reached on the client side, where picows does not auto-pong
-            self.write(codec.build_frame(OP_PONG, frame.get_payload_as_bytes(), mask=True))
+            if self._close_sent is None:
+                self.write(codec.build_frame(OP_PONG, frame.get_payload_as_bytes(), mask=True))
             return
         # Data sent before the peer saw our close is still delivered; nothing after theirs,
         # and nothing after a framing violation.
@@ -117,9 +144,21 @@ class Endpoint(WSListener):  # type: ignore[misc]
         )
 
     def write(self, frame: bytes) -> None:
-        """Writes one complete frame (built by the codec) unless a close was sent."""
+        """Queues one complete frame (built by the codec) for this loop turn's flush."""
         if self._close_sent is None:
-            self._write(frame)
+            out = self._out
+            if not out:
+                self._flusher.mark(self)
+            out.append(frame)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is None or self.transport.is_disconnected:
+            return
+        self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self, code: int, reason: str = "") -> None:
         """Starts the close handshake; the connection ends when the peer answers or times out."""
@@ -138,6 +177,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
     # ---- close handshake -------------------------------------------------------------------
 
     def _send_close(self, code: int, reason: str) -> None:
+        self.flush()  # what was queued before the close leaves before it
         self._close_sent = (code, reason)
         body = struct.pack("!H", code) + reason.encode()[:123] if code != CLOSE_NO_STATUS else b""
         self._write(codec.build_frame(OP_CLOSE, body, mask=self.client_side))

@@ -1,0 +1,96 @@
+"""The fan-out engine: encode once, one write per connection per loop turn, bounded backlog."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from wse_fast import WSE_ERROR
+
+from tests.conftest import ClientFactory, EventLog, ServerFactory
+from tests.test_framing import RawPeer
+
+
+async def test_one_turn_one_write_in_order(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    writes: list[bytes] = []
+
+    @server.channel.on("go")
+    def go(conn: Any, payload: Any) -> None:
+        endpoint = conn.endpoint
+        write = endpoint._write
+        endpoint._write = lambda data: (writes.append(data), write(data))
+        conn.send("m", 1)
+        server.broadcast("m", 2)
+        server.send(conn.cid, "m", 3)
+        conn.client.send("m", 4)
+
+    client = make_client(server)
+    client.channel.on("m", log.hook("m"))
+    await client.connect("alice")
+    client.send("go")
+    assert [args for (args,) in await log.wait("m", 4)] == [1, 2, 3, 4]
+    assert len(writes) == 1  # four frames, one write
+    assert writes[0].count(b'["m",') == 4
+
+
+async def test_rpc_reply_keeps_its_place_among_messages(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+
+    @server.register("work")
+    def work(conn: Any, payload: Any) -> str:
+        conn.send("before", 1)
+        return "result"
+
+    client = make_client(server)
+    client.channel.on("before", log.hook("before"))
+    await client.connect("alice")
+    result = await client.call("work")
+    assert result == "result" and log.of("before") == [(1,)]  # the message arrived first
+
+
+async def test_broadcast_encodes_once(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    frames: list[bytes] = []
+    encode = server.encode
+    server.encode = lambda *a: frames.append(encode(*a)) or frames[-1]  # type: ignore[assignment,func-returns-value]
+    clients = [make_client(server) for _ in range(5)]
+    for i, c in enumerate(clients):
+        c.channel.on("all", log.hook("all"))
+        await c.connect(f"user{i}")
+    frames.clear()
+    server.broadcast("all", {"x": 1})
+    await log.wait("all", 5)
+    assert len(frames) == 1
+
+
+async def test_slow_consumer_is_dropped_and_memory_freed(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await make_server(max_pending_bytes=256 * 1024)
+    server.when.disconnected(log.hook("disconnected"))
+    server.when.error(log.hook("error"))
+    peer = await RawPeer.connect(server.port)  # never reads after the welcome
+    await peer.hello()
+    [conn] = server.clients["alice"].conns.values()
+    chunk = "x" * 1024
+    for _ in range(64):  # 64 turns of 1 MiB each: far more than the socket buffers take
+        for _ in range(1024):
+            conn.send("flood", chunk)
+        await asyncio.sleep(0)
+        if log.of("disconnected"):
+            break
+    [(dropped, code, reason)] = await log.wait("disconnected")
+    assert (dropped.cid, code, reason) == ("alice", 1008, "wse.slow-consumer")
+    [(error, _)] = log.of("error")
+    assert (
+        error.code == WSE_ERROR.CONNECTION_ERROR and error.details["reason"] == "wse.slow-consumer"
+    )
+    assert server.clients == {} and server.connections == {}
+    peer.writer.close()
