@@ -1,0 +1,250 @@
+"""The load generator: raw WebSocket connections on uvloop that count what they receive.
+
+It parses nothing on the hot path: every delivery in a run is the same frame, so deliveries
+are received bytes divided by the frame's size, and one core keeps up with millions a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import cast
+
+from wire import WELCOME, bench_command, cpu_seconds, mask_frame, server_frame, upgrade_request
+
+HI = mask_frame(json.dumps(["~wse:hi", {"identity": "bench", "meta": {}}, None]).encode())
+WELCOME_FRAME = server_frame(WELCOME)
+
+
+UPGRADING, WELCOMING, COUNTING = range(3)
+
+
+class Receiver(asyncio.Protocol):
+    """One connection: upgrade, hi, welcome, then count bytes."""
+
+    def __init__(self, gen: LoadGen, port: int) -> None:
+        self.gen = gen
+        self.port = port
+        self.state = UPGRADING
+        self.buffer = b""
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.write(upgrade_request(self.port))
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == COUNTING:
+            gen = self.gen
+            gen.received += len(data)
+            if gen.latency is not None:
+                gen.latency.feed(self, data)
+            if gen.received >= gen.expected and gen.done is not None and not gen.done.done():
+                gen.done.set_result(None)
+            return
+        self.buffer += data
+        if self.state == UPGRADING:
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            if not head.startswith(b"HTTP/1.1 101"):
+                self._fail(f"upgrade refused: {head[:100]!r}")
+                return
+            assert self.transport is not None
+            self.transport.write(HI)
+            self.buffer = rest
+            self.state = WELCOMING
+        if len(self.buffer) < len(WELCOME_FRAME):
+            return
+        if not self.buffer.startswith(WELCOME_FRAME):
+            self._fail(f"unexpected welcome {self.buffer[:80]!r}")
+            return
+        extra = self.buffer[len(WELCOME_FRAME) :]
+        self.buffer = b""
+        self.state = COUNTING
+        self.ready.set_result(None)
+        if extra:
+            self.data_received(extra)
+
+    def _fail(self, why: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError(why))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("closed before the welcome")
+        self.gen.lost_connections += 1
+
+
+class Latency:
+    """Send timestamps (monotonic ns, 19 digits at the start of the payload) to receipt."""
+
+    def __init__(self, frame_size: int, offset: int) -> None:
+        self.frame_size = frame_size
+        self.offset = offset
+        self.samples: list[int] = []
+        self.partial: dict[Receiver, bytes] = {}
+
+    def feed(self, receiver: Receiver, data: bytes) -> None:
+        now = time.monotonic_ns()
+        data = self.partial.pop(receiver, b"") + data
+        size, off = self.frame_size, self.offset
+        whole = len(data) - len(data) % size
+        for start in range(0, whole, size):
+            self.samples.append(now - int(data[start + off : start + off + 19]))
+        if whole < len(data):
+            self.partial[receiver] = data[whole:]
+
+
+@dataclass
+class Result:
+    deliveries: int
+    wall: float
+    cpu: float
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.deliveries / self.cpu if self.cpu else float("nan")
+
+    @property
+    def per_second(self) -> float:
+        return self.deliveries / self.wall
+
+
+class LoadGen:
+    def __init__(self, port: int, server_pid: int) -> None:
+        self.port = port
+        self.pid = server_pid
+        self.receivers: list[Receiver] = []
+        self.received = 0
+        self.expected = 0
+        self.done: asyncio.Future[None] | None = None
+        self.latency: Latency | None = None
+        self.lost_connections = 0
+        self.answered = 0
+        self.rpc_samples: list[int] = []
+        self.callers_idle = 0
+        self.drained: asyncio.Future[None] | None = None
+
+    async def connect(self, n: int, parallel: int = 200) -> float:
+        """Opens and authenticates ``n`` connections; returns the wall time it took."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        sem = asyncio.Semaphore(parallel)
+
+        async def one() -> None:
+            async with sem:
+                _, receiver = await loop.create_connection(
+                    lambda: Receiver(self, self.port), "127.0.0.1", self.port
+                )
+                await asyncio.wait_for(receiver.ready, 30)
+                self.receivers.append(receiver)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return time.perf_counter() - start
+
+    async def fanout(
+        self, mode: str, count: int, size: int, rate: float = 0.0, timeout: float = 120
+    ) -> Result:
+        body = b'["tick","' + b"x" * (size - 2) + b'",null]'
+        frame_size = len(server_frame(body))
+        n = len(self.receivers)
+        self.received = 0
+        self.expected = n * count * frame_size
+        self.done = asyncio.get_running_loop().create_future()
+        cpu0 = cpu_seconds(self.pid)
+        start = time.perf_counter()
+        controller = self.receivers[0].transport
+        assert controller is not None
+        controller.write(mask_frame(bench_command(mode, count, size, rate)))
+        try:
+            await asyncio.wait_for(self.done, timeout)
+        except TimeoutError:
+            raise RuntimeError(
+                f"lost deliveries: got {self.received // frame_size} of {n * count} ({mode}, {n} conns)"
+            ) from None
+        wall = time.perf_counter() - start
+        cpu = cpu_seconds(self.pid) - cpu0
+        if self.received != self.expected:
+            raise RuntimeError(f"received {self.received} bytes, expected {self.expected}")
+        return Result(n * count, wall, cpu)
+
+    def close(self) -> None:
+        for r in self.receivers:
+            if r.transport is not None:
+                r.transport.close()
+        self.receivers.clear()
+
+
+CALL = b'["add",{"a":1,"b":2},"S000000000"]'
+RESPONSE_FRAME = server_frame(b'["~wse:response",3,"S000000000"]')
+
+
+class Caller(Receiver):
+    """A connection that keeps ``depth`` calls in flight and times each (answers come in order)."""
+
+    def __init__(self, gen: LoadGen, port: int, depth: int) -> None:
+        super().__init__(gen, port)
+        self.depth = depth
+        self.call = mask_frame(CALL)
+        self.sent: deque[int] = deque()
+        self.pending_bytes = 0
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+        now = time.monotonic_ns()
+        self.sent.extend([now] * self.depth)
+        assert self.transport is not None
+        self.transport.write(self.call * self.depth)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != COUNTING:
+            super().data_received(data)
+            return
+        size = len(RESPONSE_FRAME)
+        total = self.pending_bytes + len(data)
+        answered, self.pending_bytes = divmod(total, size)
+        if not answered:
+            return
+        now = time.monotonic_ns()
+        gen = self.gen
+        samples = gen.rpc_samples
+        for _ in range(answered):
+            samples.append(now - self.sent.popleft())
+        gen.answered += answered
+        if self.running:
+            self.sent.extend([now] * answered)
+            assert self.transport is not None
+            self.transport.write(self.call * answered)
+        elif not self.sent and gen.drained is not None:
+            gen.callers_idle += 1
+            if gen.callers_idle == len(gen.receivers) and not gen.drained.done():
+                gen.drained.set_result(None)
+
+
+async def rpc(gen: LoadGen, conns: int, depth: int, seconds: float) -> tuple[Result, list[int]]:
+    """Calls ``add`` through ``conns`` connections with ``depth`` calls in flight each."""
+    loop = asyncio.get_running_loop()
+    for _ in range(conns):
+        _, caller = await loop.create_connection(
+            lambda: Caller(gen, gen.port, depth), "127.0.0.1", gen.port
+        )
+        await asyncio.wait_for(caller.ready, 30)
+        gen.receivers.append(caller)
+    gen.answered, gen.rpc_samples, gen.callers_idle = 0, [], 0
+    gen.drained = loop.create_future()
+    cpu0, start = cpu_seconds(gen.pid), time.perf_counter()
+    for caller in gen.receivers:
+        assert isinstance(caller, Caller)
+        caller.start()
+    await asyncio.sleep(seconds)  # the measurement window itself, not a synchronisation
+    for caller in gen.receivers:
+        assert isinstance(caller, Caller)
+        caller.running = False
+    await asyncio.wait_for(gen.drained, 30)  # every call answered: none lost
+    wall, cpu = time.perf_counter() - start, cpu_seconds(gen.pid) - cpu0
+    return Result(gen.answered, wall, cpu), gen.rpc_samples

@@ -1,0 +1,359 @@
+"""The benchmark suite: fan-out, latency, RPC and connections, wse-fast beside its peers.
+
+Every server runs pinned to core 0 (taskset), this load generator to core 1. Deliveries are
+counted on the receiving side (a run that loses one fails), server CPU comes from the
+scheduler's per-thread counters, and each figure is the median of several runs.
+
+    python benches/run.py            # 1 000 connections, 64 B: what the README reports
+    python benches/run.py --full     # 10 .. 10 000 connections, 64 B .. 16 KiB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from loadgen import Latency, LoadGen, Result, rpc  # noqa: E402
+from wire import rss_bytes, server_frame, tick_body  # noqa: E402
+
+RESULTS = HERE / "results"
+SERVER_CORE, LOADGEN_CORE = "0", 1
+PEERS: dict[str, list[str]] = {
+    "wse-fast": [sys.executable, str(HERE / "peers/wse_fast_server.py")],
+    "bare send() loop": [sys.executable, str(HERE / "peers/bare_send_server.py")],
+    "minimal picows": [sys.executable, str(HERE / "peers/picows_server.py")],
+    "websockets broadcast()": [sys.executable, str(HERE / "peers/websockets_server.py")],
+    "Node.js ws": ["node", str(HERE / "peers/node_ws_server.mjs")],
+}
+MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
+
+
+def say(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+class Server:
+    """A peer server process pinned to the server core."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *PEERS[name], "0"], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.stop()
+            raise RuntimeError(f"{name} did not start")
+        self.port = int(line[1])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Row:
+    peer: str
+    conns: int
+    size: int
+    mode: str
+    runs: list[Result] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+
+async def fanout(name: str, conns: int, size: int, modes: list[str], runs: int) -> list[Row]:
+    rows = []
+    with Server(name) as server:
+        gen = LoadGen(server.port, server.proc.pid)
+        await gen.connect(conns)
+        frame = len(server_frame(tick_body(size)))
+        for mode in modes:
+            row = Row(name, conns, size, mode)
+            # calibrate: about half a second per run, at most ~64 MB per run
+            probe_rounds = max(2, 50_000 // conns)
+            probe = await gen.fanout(mode, probe_rounds, size)
+            per_round = probe.wall / probe_rounds
+            count = int(min(0.5 / max(per_round, 1e-9), 64e6 / (conns * frame)))
+            count = max(count, 1)
+            for _ in range(runs):
+                row.runs.append(await gen.fanout(mode, count, size))
+            say(
+                f"  {name:24} {conns:>6} conns {size:>6} B {mode:6}: "
+                f"{row.median('per_cpu_second'):>12,.0f} /CPU-s {row.median('per_second'):>12,.0f} /s"
+                f"  ({count} msgs x {runs} runs)"
+            )
+            rows.append(row)
+        gen.close()
+    return rows
+
+
+async def latency(paced_max: float, conns: int, size: int) -> list[tuple[float, list[float]]]:
+    """p50/p99/p99.9/max (ms) from send to receipt at fixed fractions of the paced maximum."""
+    out = []
+    with Server("wse-fast") as server:
+        gen = LoadGen(server.port, server.proc.pid)
+        await gen.connect(conns)
+        frame = len(server_frame(tick_body(size)))
+        for fraction in (0.1, 0.5, 0.8):
+            rate = fraction * paced_max / conns  # broadcasts per second
+            count = max(20, int(rate * 2))  # about two seconds
+            gen.latency = Latency(frame, offset=len(server_frame(b"")) + len(b'["tick","'))
+            await gen.fanout("rate", count, size, rate=rate)
+            samples = sorted(gen.latency.samples)
+            gen.latency = None
+            pick = [samples[int(q * (len(samples) - 1))] / 1e6 for q in (0.5, 0.99, 0.999)]
+            pick.append(samples[-1] / 1e6)
+            out.append((fraction, pick))
+            say(
+                f"  latency at {fraction:.0%} of paced max ({rate * conns:,.0f}/s): p50 {pick[0]:.2f} ms p99 {pick[1]:.2f} ms"
+            )
+        gen.close()
+    return out
+
+
+async def rpc_bench(runs: int) -> list[tuple[str, Result, list[float]]]:
+    out = []
+    for conns, depth in ((1, 1), (1, 64), (100, 8)):
+        results, lat = [], []
+        for _ in range(runs):
+            with Server("wse-fast") as server:
+                gen = LoadGen(server.port, server.proc.pid)
+                result, samples = await rpc(gen, conns, depth, 1.0)
+                gen.close()
+            samples.sort()
+            results.append(result)
+            lat.append(
+                [samples[len(samples) // 2] / 1e6, samples[int(0.99 * (len(samples) - 1))] / 1e6]
+            )
+        mid = sorted(results, key=lambda r: r.per_cpu_second)[len(results) // 2]
+        p = [statistics.median(x[i] for x in lat) for i in (0, 1)]
+        label = f"{conns} conn x {depth} in flight"
+        say(
+            f"  rpc {label:22}: {mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms"
+        )
+        out.append((label, mid, p))
+    return out
+
+
+async def connections(counts: list[int]) -> list[tuple[str, int, float, float, float]]:
+    """Server RSS per idle authenticated connection, and connects + authentications per second."""
+    out = []
+    for name in ("wse-fast", "minimal picows", "websockets broadcast()", "Node.js ws"):
+        for n in counts:
+            with Server(name) as server:
+                gen = LoadGen(server.port, server.proc.pid)
+                await gen.connect(10)  # warm up allocators and code paths
+                rss0 = rss_bytes(server.proc.pid)
+                from wire import cpu_seconds
+
+                cpu0 = cpu_seconds(server.proc.pid)
+                wall = await gen.connect(n)
+                cpu = cpu_seconds(server.proc.pid) - cpu0
+                per_conn = (rss_bytes(server.proc.pid) - rss0) / n
+                gen.close()
+            say(
+                f"  {name:24} {n:>6} idle conns: {per_conn / 1024:6.1f} KiB each, {n / wall:8,.0f} connects/s ({n / cpu:,.0f} per CPU-s)"
+            )
+            out.append((name, n, per_conn, n / wall, n / cpu))
+    return out
+
+
+def write_report(
+    fan: list[Row], lat: list, rpcs: list, conns: list, args: argparse.Namespace
+) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    versions = {
+        "python": platform.python_version(),
+        "node": subprocess.run(
+            ["node", "--version"], capture_output=True, text=True
+        ).stdout.strip(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+    }
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {versions['cpus']} cores (Linux {versions['kernel']}), "
+        f"Python {versions['python']}, Node.js {versions['node']}. Server pinned to core 0, load "
+        f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers.",
+        "",
+        "### Fan-out",
+        "",
+        "| server | conns | payload | mode | deliveries per server CPU-second | deliveries per second (wall) |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in fan:
+        lines.append(
+            f"| {r.peer} | {r.conns:,} | {r.size} B | {r.mode} | {r.median('per_cpu_second'):,.0f} | {r.median('per_second'):,.0f} |"
+        )
+    if lat:
+        lines += [
+            "",
+            "### Fan-out latency (wse-fast, send to receipt)",
+            "",
+            "| load (of paced max) | p50 | p99 | p99.9 | max |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for fraction, (p50, p99, p999, pmax) in lat:
+            lines.append(
+                f"| {fraction:.0%} | {p50:.2f} ms | {p99:.2f} ms | {p999:.2f} ms | {pmax:.2f} ms |"
+            )
+    if rpcs:
+        lines += [
+            "",
+            "### RPC (wse-fast)",
+            "",
+            "| load | calls per server CPU-second | calls per second | p50 | p99 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for label, res, (p50, p99) in rpcs:
+            lines.append(
+                f"| {label} | {res.per_cpu_second:,.0f} | {res.per_second:,.0f} | {p50:.3f} ms | {p99:.3f} ms |"
+            )
+    if conns:
+        lines += [
+            "",
+            "### Connections",
+            "",
+            "| server | idle authenticated connections | server RSS per connection | connects + auth per second | per server CPU-second |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, n, per_conn, rate, per_cpu in conns:
+            lines.append(
+                f"| {name} | {n:,} | {per_conn / 1024:.1f} KiB | {rate:,.0f} | {per_cpu:,.0f} |"
+            )
+    (RESULTS / "suite.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "suite.json").write_text(
+        json.dumps(
+            {
+                "versions": versions,
+                "fanout": [
+                    {
+                        "peer": r.peer,
+                        "conns": r.conns,
+                        "size": r.size,
+                        "mode": r.mode,
+                        "per_cpu_second": r.median("per_cpu_second"),
+                        "per_second": r.median("per_second"),
+                    }
+                    for r in fan
+                ],
+                "latency": [{"fraction": f, "p50_p99_p999_max_ms": p} for f, p in lat],
+                "rpc": [
+                    {
+                        "load": label,
+                        "per_cpu_second": res.per_cpu_second,
+                        "per_second": res.per_second,
+                        "p50_p99_ms": p,
+                    }
+                    for label, res, p in rpcs
+                ],
+                "connections": [
+                    {
+                        "peer": n,
+                        "conns": c,
+                        "rss_per_conn": r,
+                        "per_second": s,
+                        "per_cpu_second": pc,
+                    }
+                    for n, c, r, s, pc in conns
+                ],
+            },
+            indent=1,
+        )
+    )
+    plot(fan)
+    say(f"wrote {RESULTS / 'suite.md'} and fanout.png")
+
+
+def plot(fan: list[Row]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = sorted({(r.conns, r.size) for r in fan})
+    modes = ["burst", "paced"]
+    fig, axes = plt.subplots(len(configs), 2, figsize=(11, 2.6 * len(configs)), squeeze=False)
+    for i, (conns, size) in enumerate(configs):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            rows = [r for r in fan if (r.conns, r.size, r.mode) == (conns, size, mode)]
+            rows.sort(key=lambda r: r.median("per_cpu_second"))
+            ax.barh(
+                [r.peer for r in rows], [r.median("per_cpu_second") for r in rows], color="tab:blue"
+            )
+            ax.set_xscale("log")
+            ax.set_title(f"{mode}: {conns:,} connections, {size} B", fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.set_xlabel("deliveries per server CPU-second (log)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "fanout.png", dpi=100)
+
+
+async def main(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {LOADGEN_CORE})
+    peers = [p for p in PEERS if p in args.peers] if args.peers else list(PEERS)
+    if shutil.which("node") is None:
+        peers = [p for p in peers if p != "Node.js ws"]
+    conn_counts = [10, 100, 1000, 10000] if args.full else [args.conns]
+    sizes = [64, 1024, 16384] if args.full else [args.size]
+    fan: list[Row] = []
+    say("fan-out:")
+    for conns in conn_counts:
+        for size in sizes:
+            for name in peers:
+                modes = [m for m in ("burst", "paced") if m in MODES.get(name, ["burst", "paced"])]
+                fan += await fanout(name, conns, size, modes, args.runs)
+    lat, rpcs, conns_rows = [], [], []
+    paced = [
+        r
+        for r in fan
+        if r.peer == "wse-fast"
+        and r.mode == "paced"
+        and r.conns == args.conns
+        and r.size == args.size
+    ]
+    if paced and not args.fanout_only:
+        say("latency:")
+        lat = await latency(paced[0].median("per_second"), args.conns, args.size)
+        say("rpc:")
+        rpcs = await rpc_bench(args.runs)
+        say("connections:")
+        conns_rows = await connections([1000, 10000])
+    write_report(fan, lat, rpcs, conns_rows, args)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="the whole matrix of connections and sizes"
+    )
+    parser.add_argument("--conns", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--peers", nargs="*", help="a subset of: " + ", ".join(PEERS))
+    parser.add_argument("--fanout-only", action="store_true")
+    uvloop.run(main(parser.parse_args()))
