@@ -83,29 +83,51 @@ class Row:
         return statistics.median(getattr(r, attr) for r in self.runs)
 
 
-async def fanout(name: str, conns: int, size: int, modes: list[str], runs: int) -> list[Row]:
-    rows = []
-    with Server(name) as server:
-        gen = LoadGen(server.port, server.proc.pid)
-        await gen.connect(conns)
-        frame = len(server_frame(tick_body(size)))
-        for mode in modes:
-            row = Row(name, conns, size, mode)
-            # calibrate: about half a second per run, at most ~64 MB per run
-            probe_rounds = max(2, 50_000 // conns)
-            probe = await gen.fanout(mode, probe_rounds, size)
-            per_round = probe.wall / probe_rounds
-            count = int(min(0.5 / max(per_round, 1e-9), 64e6 / (conns * frame)))
-            count = max(count, 1)
+async def calibrate(gen: LoadGen, mode: str, conns: int, size: int) -> int:
+    """Messages per run for about half a second of work, at most ~64 MB per run."""
+    frame = len(server_frame(tick_body(size)))
+    rounds = max(2, 50_000 // conns)
+    probe = await gen.fanout(mode, rounds, size)
+    per_round = probe.wall / rounds
+    return max(1, int(min(0.5 / max(per_round, 1e-9), 64e6 / (conns * frame))))
+
+
+async def fanout(names: list[str], conns: int, size: int, runs: int) -> list[Row]:
+    """Measures every (peer, mode) ``runs`` times, interleaving peers run by run, so that drift
+    in the shared machine's speed touches every peer alike."""
+    together = conns * len(names) <= 15_000  # each peer's connections stay open meanwhile
+    groups = [names] if together else [[n] for n in names]
+    rows: list[Row] = []
+    for group in groups:
+        servers = [Server(name) for name in group]
+        try:
+            plans = []
+            for server in servers:
+                gen = LoadGen(server.port, server.proc.pid)
+                await gen.connect(conns)
+                for mode in MODES.get(server.name, ["burst", "paced"]):
+                    plans.append(
+                        (
+                            Row(server.name, conns, size, mode),
+                            gen,
+                            await calibrate(gen, mode, conns, size),
+                        )
+                    )
             for _ in range(runs):
-                row.runs.append(await gen.fanout(mode, count, size))
-            say(
-                f"  {name:24} {conns:>6} conns {size:>6} B {mode:6}: "
-                f"{row.median('per_cpu_second'):>12,.0f} /CPU-s {row.median('per_second'):>12,.0f} /s"
-                f"  ({count} msgs x {runs} runs)"
-            )
-            rows.append(row)
-        gen.close()
+                for row, gen, count in plans:
+                    row.runs.append(await gen.fanout(row.mode, count, size))
+            for row, _, count in plans:
+                say(
+                    f"  {row.peer:24} {conns:>6} conns {size:>6} B {row.mode:6}: "
+                    f"{row.median('per_cpu_second'):>12,.0f} /CPU-s {row.median('per_second'):>12,.0f} /s"
+                    f"  ({count} msgs x {runs} runs)"
+                )
+                rows.append(row)
+            for _, gen, _ in plans:
+                gen.close()
+        finally:
+            for server in servers:
+                server.stop()
     return rows
 
 
@@ -322,9 +344,7 @@ async def main(args: argparse.Namespace) -> None:
     say("fan-out:")
     for conns in conn_counts:
         for size in sizes:
-            for name in peers:
-                modes = [m for m in ("burst", "paced") if m in MODES.get(name, ["burst", "paced"])]
-                fan += await fanout(name, conns, size, modes, args.runs)
+            fan += await fanout(peers, conns, size, args.runs)
     lat, rpcs, conns_rows = [], [], []
     paced = [
         r

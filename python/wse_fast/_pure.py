@@ -34,6 +34,7 @@ __all__ = [
     "pack_msgpack_frame",
     "parse_frame_header",
     "random_mask_key",
+    "send_to_all",
     "unpack_json",
     "unpack_msgpack",
     "validate_utf8",
@@ -70,6 +71,21 @@ def mask_inplace(data: bytearray | memoryview, key: Buffer, offset: int = 0) -> 
 
 def random_mask_key() -> bytes:
     return os.urandom(4)
+
+
+def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]:
+    """Sends ``data`` to each socket without blocking. Returns ``(index, sent)`` for the
+    sockets that did not take all of it: ``sent`` bytes went out, or minus the errno."""
+    short = []
+    for i, fd in enumerate(fds):
+        try:
+            sent = os.write(fd, data)  # the fds are non-blocking sockets
+        except OSError as exc:
+            short.append((i, -(exc.errno or 5)))
+            continue
+        if sent < len(data):
+            short.append((i, sent))
+    return short
 
 
 def validate_utf8(data: Buffer) -> bool:

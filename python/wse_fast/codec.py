@@ -29,6 +29,7 @@ pack_msgpack = _impl.pack_msgpack
 pack_msgpack_frame = _impl.pack_msgpack_frame
 parse_frame_header = _impl.parse_frame_header
 random_mask_key = _impl.random_mask_key
+send_to_all = _impl.send_to_all
 unpack_json = _impl.unpack_json
 unpack_msgpack = _impl.unpack_msgpack
 validate_utf8 = _impl.validate_utf8
@@ -46,6 +47,7 @@ __all__ = [
     "pack_msgpack_frame",
     "parse_frame_header",
     "random_mask_key",
+    "send_to_all",
     "unpack_json",
     "unpack_msgpack",
     "validate_utf8",

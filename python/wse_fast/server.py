@@ -22,6 +22,7 @@ from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASO
 from .errors import WseError
 from .events import Channel, Procedures, ServerEvents, run_handler
 from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
+from .transport.flush import Flusher, flusher_for
 from .transport.picows_endpoint import Endpoint
 
 
@@ -154,6 +155,8 @@ class WseServer:
         self._text_input = encoder.text_input
         self._unpack = self.protocol.unpack
         self._ids = itertools.count(1)
+        self._live: dict[str, Endpoint] = {}  # endpoints of accepted connections
+        self._flusher: Flusher  # the running loop's, set by start()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
 
@@ -181,6 +184,7 @@ class WseServer:
         ``sock``: an already bound socket to serve on instead (host and port are then unused),
         for example one inherited from a process manager.
         """
+        self._flusher = flusher_for(asyncio.get_running_loop())
         where: dict[str, Any] = (
             {"sock": sock} if sock is not None else {"host": self.host, "port": self.port}
         )
@@ -238,9 +242,16 @@ class WseServer:
     def broadcast(self, type: str, payload: Any = None) -> None:
         """Sends to every connection of every user; the frame is encoded once."""
         frame = self.encode(type, payload, None)
-        for client in self.clients.values():
-            for conn in client.conns.values():
-                conn.endpoint.write(frame)  # type: ignore[union-attr]
+        # Endpoint.write, inlined: this loop runs once per delivery.
+        newly_dirty = []
+        for endpoint in self._live.values():
+            if endpoint._close_sent is None:
+                out = endpoint._out
+                if not out:
+                    newly_dirty.append(endpoint)
+                out.append(frame)
+        if newly_dirty:
+            self._flusher.mark_all(newly_dirty)
 
     def send(self, cid: str, type: str, payload: Any = None) -> bool:
         """Sends to every device of user ``cid``; False if the user is not connected."""
@@ -343,6 +354,7 @@ class WseServer:
             client = self.clients[cid] = Client(self, cid, conn.meta)
         conn.client = client
         client.conns[conn.conn_id] = conn
+        self._live[conn.conn_id] = conn.endpoint
         conn.endpoint.write(self.encode(self.protocol_types.welcome, welcome, None))
         if joined:
             self.when.emit("joined", client, conn.meta)
@@ -355,6 +367,7 @@ class WseServer:
 
     def _closed(self, conn: Connection, was_valid: bool, code: int, reason: str) -> None:
         self.connections.pop(conn.conn_id, None)
+        self._live.pop(conn.conn_id, None)
         client = conn.client
         if client is not None:
             client.conns.pop(conn.conn_id, None)

@@ -7,6 +7,8 @@ use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+#[cfg(unix)]
+mod direct;
 mod envelope;
 mod frame;
 mod masking;
@@ -208,6 +210,15 @@ fn parse_frame_header<'py>(
     }
 }
 
+/// Sends `data` to every socket in `fds` without blocking, with the GIL released. Returns
+/// `(index, sent)` for the sockets that did not take all of it (`sent` < 0: minus the errno).
+#[cfg(unix)]
+#[pyfunction]
+fn send_to_all(py: Python<'_>, fds: Vec<i32>, data: &Bound<'_, PyBytes>) -> Vec<(usize, isize)> {
+    let bytes = data.as_bytes(); // bytes are immutable: safe to read without the GIL
+    py.detach(|| direct::send_to_all(&fds, bytes))
+}
+
 #[pymodule]
 fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EnvelopeError", m.py().get_type::<EnvelopeError>())?;
@@ -217,6 +228,8 @@ fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate_utf8, m)?)?;
     m.add_class::<Utf8Validator>()?;
     m.add_function(wrap_pyfunction!(build_frame, m)?)?;
+    #[cfg(unix)]
+    m.add_function(wrap_pyfunction!(send_to_all, m)?)?;
     m.add_function(wrap_pyfunction!(parse_frame_header, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::pack_json, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::pack_json_frame, m)?)?;

@@ -36,15 +36,18 @@ class EndpointHandler(Protocol):
 class Endpoint(WSListener):  # type: ignore[misc]
     __slots__ = (
         "_assembler",
+        "_buffered",
         "_close_received",
         "_close_sent",
         "_close_timeout",
+        "_closing",
         "_failed",
         "_flusher",
         "_out",
         "_timer",
         "_write",
         "client_side",
+        "direct_fd",
         "handler",
         "max_pending_bytes",
         "transport",
@@ -62,6 +65,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.max_pending_bytes = max_pending_bytes
         self._out: list[bytes] = []
         self._flusher = flusher_for(asyncio.get_running_loop())
+        self.direct_fd = -1
         self.client_side = client_side
         self._assembler = MessageAssembler(max_message_size)
         self._close_timeout = close_timeout
@@ -77,6 +81,11 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.transport = transport
         underlying = transport.underlying_transport
         self._write = underlying.write
+        self._buffered = underlying.get_write_buffer_size
+        self._closing = underlying.is_closing
+        sock = underlying.get_extra_info("socket")
+        if sock is not None and underlying.get_extra_info("sslcontext") is None:
+            self.direct_fd = sock.fileno()  # plain TCP: frames may go straight to the socket
         if self.max_pending_bytes is not None:
             # pause_writing (below) fires when more than this is waiting for the peer
             underlying.set_write_buffer_limits(high=self.max_pending_bytes)
@@ -150,6 +159,17 @@ class Endpoint(WSListener):  # type: ignore[misc]
             if not out:
                 self._flusher.mark(self)
             out.append(frame)
+
+    def direct_ready(self) -> bool:
+        """True if a frame written straight to the socket now keeps every byte in order.
+
+        ``is_closing`` matters: after close() or abort() the fd is released at once, before
+        picows learns of it, and its number may already belong to another connection.
+        """
+        return not self._closing() and not self._buffered()
+
+    def write_through(self, data: bytes) -> None:
+        self._write(data)
 
     def flush(self) -> None:
         out = self._out
