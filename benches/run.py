@@ -141,7 +141,7 @@ async def latency(paced_max: float, conns: int, size: int) -> list[tuple[float, 
         for fraction in (0.1, 0.5, 0.8):
             rate = fraction * paced_max / conns  # broadcasts per second
             count = max(20, int(rate * 2))  # about two seconds
-            gen.latency = Latency(frame, offset=len(server_frame(b"")) + len(b'["tick","'))
+            gen.latency = Latency(frame, len(server_frame(b"")) + len(b'["tick","'), gen.receivers)
             await gen.fanout("rate", count, size, rate=rate)
             samples = sorted(gen.latency.samples)
             gen.latency = None
@@ -304,7 +304,8 @@ def write_report(
             indent=1,
         )
     )
-    plot(fan)
+    if fan:
+        plot(fan)
     say(f"wrote {RESULTS / 'suite.md'} and fanout.png")
 
 
@@ -341,7 +342,10 @@ async def main(args: argparse.Namespace) -> None:
     conn_counts = [10, 100, 1000, 10000] if args.full else [args.conns]
     sizes = [64, 1024, 16384] if args.full else [args.size]
     fan: list[Row] = []
-    say("fan-out:")
+    if "fanout" not in args.parts and "latency" not in args.parts:
+        conn_counts = []
+    else:
+        say("fan-out:")
     for conns in conn_counts:
         for size in sizes:
             fan += await fanout(peers, conns, size, args.runs)
@@ -354,11 +358,13 @@ async def main(args: argparse.Namespace) -> None:
         and r.conns == args.conns
         and r.size == args.size
     ]
-    if paced and not args.fanout_only:
+    if paced and "latency" in args.parts:
         say("latency:")
         lat = await latency(paced[0].median("per_second"), args.conns, args.size)
+    if "rpc" in args.parts:
         say("rpc:")
         rpcs = await rpc_bench(args.runs)
+    if "connections" in args.parts:
         say("connections:")
         conns_rows = await connections([1000, 10000])
     write_report(fan, lat, rpcs, conns_rows, args)
@@ -375,5 +381,10 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--peers", nargs="*", help="a subset of: " + ", ".join(PEERS))
-    parser.add_argument("--fanout-only", action="store_true")
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        default=["fanout", "latency", "rpc", "connections"],
+        help="fanout latency rpc connections (latency needs fanout)",
+    )
     uvloop.run(main(parser.parse_args()))

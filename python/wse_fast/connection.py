@@ -23,6 +23,7 @@ class Connection:
 
     __slots__ = (
         "_auth_timer",
+        "_pending",
         "_server",
         "cid",
         "client",
@@ -31,9 +32,7 @@ class Connection:
         "identity",
         "meta",
         "offered_protocols",
-        "pending",
         "quest",
-        "remote_addr",
         "session",
     )
 
@@ -44,13 +43,25 @@ class Connection:
         self.identity: Any = None
         self.meta: dict[str, Any] = {}
         self.client: Client | None = None
-        self.remote_addr: Any = None
         self.session = ServerSession(server.protocol_types)
-        self.pending = PendingCalls(asyncio.get_running_loop())
+        self._pending: PendingCalls | None = None  # made by the first server-to-client call
         self.endpoint: Endpoint | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
-        self.quest: list[Any] = []  # the challenge sent, once asked
+        self.quest: list[Any] | None = None  # [the challenge sent], once asked
         self.offered_protocols: str | None = None  # set when the client did not offer ours
+
+    @property
+    def pending(self) -> PendingCalls:
+        if self._pending is None:
+            self._pending = PendingCalls(asyncio.get_running_loop())
+        return self._pending
+
+    @property
+    def remote_addr(self) -> Any:
+        """The peer's address, as the socket reports it (None once closed)."""
+        if self.endpoint is None or self.endpoint.transport is None:
+            return None
+        return self.endpoint.transport.underlying_transport.get_extra_info("peername")
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} cid={self.cid!r} {self.session.state.name}>"
@@ -79,8 +90,6 @@ class Connection:
 
     def on_open(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        assert endpoint.transport is not None
-        self.remote_addr = endpoint.transport.underlying_transport.get_extra_info("peername")
         self._server._opened(self)
 
     def on_message(self, binary: bool, data: Any) -> None:
@@ -110,9 +119,11 @@ class Connection:
                     fn, args, type, payload, event.stamp, self._reply, types, server.debug
                 )
         elif isinstance(event, ev.Response):
-            self.pending.resolve(event.stamp, payload)
+            if self._pending is not None:
+                self._pending.resolve(event.stamp, payload)
         elif isinstance(event, ev.ResponseError):
-            self.pending.reject(event.stamp, rpc.error_from_payload(payload))
+            if self._pending is not None:
+                self._pending.reject(event.stamp, rpc.error_from_payload(payload))
         elif isinstance(event, ev.Hello):
             self.identity = event.identity
             self.meta.update(event.meta)
@@ -133,7 +144,8 @@ class Connection:
         was_valid = self.session.valid
         self.session.closed()
         self.cancel_auth_timer()
-        self.pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
+        if self._pending is not None:
+            self._pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
         self._server._closed(self, was_valid, code, reason)
 
     # ---- helpers ---------------------------------------------------------------------------

@@ -115,7 +115,7 @@ class WseServer:
         ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
         close_timeout: float = 5.0,
-        read_buffer_size: int = 4096,
+        read_buffer_size: int = 2048,
         max_pending_bytes: int | None = 4 << 20,
         debug: bool = False,
     ) -> None:
@@ -309,12 +309,11 @@ class WseServer:
         if self.challenger is None:
             self._identify(conn, None, challenged=False)
             return
-        asked = conn.quest
 
         def quest(q: Any) -> None:
-            if asked or not conn.endpoint or not conn.endpoint.open:
+            if conn.quest is not None or not conn.endpoint or not conn.endpoint.open:
                 return
-            asked.append(q)
+            conn.quest = [q]
             conn.session.quest_sent()
             conn.endpoint.write(self.encode(self.protocol_types.challenge, q, None))
 

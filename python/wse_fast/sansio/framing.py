@@ -36,7 +36,7 @@ class MessageAssembler:
         self.max_size = max_size
         self._buffer: bytearray | None = None
         self._binary = False
-        self._utf8 = codec.Utf8Validator()
+        self._utf8: codec.Utf8Validator | None = None  # made for the first fragmented text
 
     def feed(
         self, opcode: int, fin: bool, rsv: int, payload: bytes | memoryview
@@ -58,7 +58,10 @@ class MessageAssembler:
             return binary, payload
         self._binary = binary
         self._buffer = bytearray()
-        self._utf8.reset()
+        if self._utf8 is None:
+            self._utf8 = codec.Utf8Validator()
+        else:
+            self._utf8.reset()
         return self._continue(False, payload)
 
     def _continue(self, fin: bool, payload: bytes | memoryview) -> tuple[bool, bytes] | None:
@@ -67,12 +70,13 @@ class MessageAssembler:
             raise FrameViolation(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
         if len(buffer) + len(payload) > self.max_size:
             raise FrameViolation(CLOSE_TOO_BIG, "message too big")
-        if not self._binary and not self._utf8.feed(payload):
+        utf8 = self._utf8
+        if not self._binary and utf8 is not None and not utf8.feed(payload):
             raise FrameViolation(CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
         buffer += payload
         if not fin:
             return None
-        if not self._binary and not self._utf8.finish():
+        if not self._binary and utf8 is not None and not utf8.finish():
             raise FrameViolation(CLOSE_INVALID_TEXT, "text message ends inside a character")
         self._buffer = None
         return self._binary, bytes(buffer)

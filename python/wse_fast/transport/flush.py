@@ -9,8 +9,8 @@ connection is the order of the writes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .. import codec
 
@@ -21,8 +21,7 @@ DIRECT_MIN = 8
 class Flushable(Protocol):
     _out: list[bytes]
     direct_fd: int  # the socket, when frames may be sent to it directly; -1 otherwise
-    _closing: Callable[[], bool]
-    _buffered: Callable[[], int]
+    under: Any  # the uvloop transport under picows
 
     def flush(self) -> None: ...
     def direct_ready(self) -> bool: ...
@@ -70,7 +69,8 @@ class Flusher:
                 if shared is None:
                     shared = frame
                 # direct_ready(), inlined: this loop runs once per delivery
-                if frame is shared and not endpoint._closing() and not endpoint._buffered():
+                under = endpoint.under
+                if frame is shared and not under.is_closing() and not under.get_write_buffer_size():
                     out.clear()
                     fds.append(endpoint.direct_fd)
                     batch.append(endpoint)

@@ -51,6 +51,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         "handler",
         "max_pending_bytes",
         "transport",
+        "under",
     )
 
     def __init__(
@@ -80,9 +81,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         underlying = transport.underlying_transport
+        self.under = underlying
         self._write = underlying.write
-        self._buffered = underlying.get_write_buffer_size
-        self._closing = underlying.is_closing
         sock = underlying.get_extra_info("socket")
         if sock is not None and underlying.get_extra_info("sslcontext") is None:
             self.direct_fd = sock.fileno()  # plain TCP: frames may go straight to the socket
@@ -166,7 +166,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
         ``is_closing`` matters: after close() or abort() the fd is released at once, before
         picows learns of it, and its number may already belong to another connection.
         """
-        return not self._closing() and not self._buffered()
+        under = self.under
+        return not under.is_closing() and not under.get_write_buffer_size()
 
     def write_through(self, data: bytes) -> None:
         self._write(data)
