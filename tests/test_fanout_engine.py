@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
-from wse_fast import WSE_ERROR
+import pytest
+from wse_fast import WSE_ERROR, codec
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory
 from tests.test_framing import RawPeer
@@ -94,3 +96,66 @@ async def test_slow_consumer_is_dropped_and_memory_freed(
     )
     assert server.clients == {} and server.connections == {}
     peer.writer.close()
+
+
+async def test_large_broadcasts_survive_short_sends(
+    make_server: ServerFactory,
+    make_client: ClientFactory,
+    log: EventLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Small kernel send buffers and large frames: the direct path sends part of each frame,
+    # and the transport must carry the rest, in order, before anything queued later.
+    server = await make_server()
+    clients = [make_client(server, max_message_size=2 << 20) for _ in range(10)]
+    for i, c in enumerate(clients):
+        c.channel.on("big", log.hook(f"big{i}"))
+        await c.connect(f"user{i}")
+    for conn in server.connections.values():
+        assert conn.endpoint is not None
+        conn.endpoint.under.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+        )
+    short_sends = []
+    send_to_all = codec.send_to_all
+
+    def recording(fds: list[int], frame: bytes) -> list[tuple[int, int]]:
+        short = send_to_all(fds, frame)
+        short_sends.extend(short)
+        return short
+
+    monkeypatch.setattr(codec, "send_to_all", recording)
+    payloads = [chr(ord("a") + n) * (600 * 1024) for n in range(4)]
+    for payload in payloads:
+        server.broadcast("big", payload)
+        await asyncio.sleep(0)  # one broadcast per turn: the paced path
+    for i in range(10):
+        got = await log.wait(f"big{i}", 4)
+        assert [p for (p,) in got] == payloads
+    assert short_sends  # the scenario happened: the kernel did take only part
+
+
+async def test_paced_broadcast_after_a_backlog_keeps_order(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    # One client has data waiting in its transport: it must not take the direct path, or the
+    # next frame would overtake the backlog.
+    server = await make_server()
+    clients = [make_client(server, max_message_size=4 << 20) for _ in range(10)]
+    for i, c in enumerate(clients):
+        c.channel.on("n", log.hook(f"n{i}"))
+        await c.connect(f"user{i}")
+    [conn0] = server.clients["user0"].conns.values()
+    assert conn0.endpoint is not None
+    under = conn0.endpoint.under
+    under.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    server.send("user0", "n", "x" * (3 << 20))  # a backlog for user0 only
+    await asyncio.sleep(0)
+    assert under.get_write_buffer_size() > 0  # the scenario: data waits in the transport
+    for n in range(20):
+        server.broadcast("n", n)
+        await asyncio.sleep(0)
+    got = await log.wait("n0", 21)
+    assert [p for (p,) in got][1:] == list(range(20))
+    for i in range(1, 10):
+        assert [p for (p,) in await log.wait(f"n{i}", 20)] == list(range(20))
