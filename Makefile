@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup demo test lint test-rust test-py test-pure wheel-check bench-codec bench clean
+.PHONY: setup demo test lint test-rust test-py test-pure wheel-check bench-setup bench-codec bench bench-full clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,19 @@ wheel-check: setup
 	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
 
 test: lint test-rust test-py test-pure wheel-check
+
+# The benchmark peers (aiohttp, python-socketio) and taskset, on top of the dev setup.
+bench-setup: setup
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev,bench -q
+	command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
+
+# Fan-out, latency, RPC and connections beside the peers (1 000 connections, 64 B), then
+# the codec micro-benchmarks. Results: benches/results/.
+bench: bench-setup bench-codec
+	$(PY) benches/run.py
+
+bench-full: bench-setup
+	$(PY) benches/run.py --full
 
 bench-codec: setup
 	$(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \

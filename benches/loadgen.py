@@ -10,16 +10,72 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from wire import WELCOME, bench_command, cpu_seconds, mask_frame, server_frame, upgrade_request
+from wire import (
+    PROTOCOL,
+    WELCOME,
+    bench_command,
+    cpu_seconds,
+    mask_frame,
+    server_frame,
+    tick_body,
+    upgrade_request,
+)
 
 HI = mask_frame(json.dumps(["~wse:hi", {"identity": "bench", "meta": {}}, None]).encode())
 WELCOME_FRAME = server_frame(WELCOME)
 
 
-UPGRADING, WELCOMING, COUNTING = range(3)
+@dataclass(frozen=True)
+class Dialect:
+    """How one family of servers is greeted and commanded; ticks are counted alike."""
+
+    path: str
+    subprotocol: str | None
+    first: bytes | None  # sent right after the upgrade
+    greeting: tuple[tuple[bytes | None, bytes | None], ...]  # (exact frame or any, reply)
+    tick_body: Callable[[int], bytes]
+    command: Callable[[str, int, int, float], bytes]
+
+
+WSE = Dialect(
+    "/",
+    PROTOCOL,
+    HI,
+    ((WELCOME_FRAME, None),),
+    tick_body,
+    lambda mode, count, size, rate: mask_frame(bench_command(mode, count, size, rate)),
+)
+# python-socketio: Engine.IO v4 over a WebSocket; the open packet and the namespace answer
+# carry a random sid, so any complete frame is accepted there.
+SOCKETIO = Dialect(
+    "/socket.io/?EIO=4&transport=websocket",
+    None,
+    None,
+    ((None, mask_frame(b"40")), (None, None)),
+    lambda size: b'42["tick","' + b"x" * (size - 2) + b'"]',
+    lambda mode, count, size, rate: mask_frame(
+        b'42["bench",' + json.dumps({"mode": mode, "count": count, "size": size}).encode() + b"]"
+    ),
+)
+
+
+def frame_end(buffer: bytes) -> int | None:
+    """Where the first (unmasked, server-sent) frame in ``buffer`` ends, if it is complete."""
+    if len(buffer) < 2:
+        return None
+    length, at = buffer[1] & 0x7F, 2
+    if length == 126:
+        if len(buffer) < 4:
+            return None
+        length, at = int.from_bytes(buffer[2:4], "big"), 4
+    return at + length if len(buffer) >= at + length else None
+
+
+UPGRADING, GREETING, COUNTING = range(3)
 
 
 class Receiver(asyncio.Protocol):
@@ -29,13 +85,15 @@ class Receiver(asyncio.Protocol):
         self.gen = gen
         self.port = port
         self.state = UPGRADING
+        self.greeted = 0
         self.buffer = b""
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport.write(upgrade_request(self.port))
+        dialect = self.gen.dialect
+        self.transport.write(upgrade_request(self.port, dialect.path, dialect.subprotocol))
 
     def data_received(self, data: bytes) -> None:
         if self.state == COUNTING:
@@ -47,6 +105,8 @@ class Receiver(asyncio.Protocol):
                 gen.done.set_result(None)
             return
         self.buffer += data
+        dialect = self.gen.dialect
+        assert self.transport is not None
         if self.state == UPGRADING:
             head, sep, rest = self.buffer.partition(b"\r\n\r\n")
             if not sep:
@@ -54,17 +114,23 @@ class Receiver(asyncio.Protocol):
             if not head.startswith(b"HTTP/1.1 101"):
                 self._fail(f"upgrade refused: {head[:100]!r}")
                 return
-            assert self.transport is not None
-            self.transport.write(HI)
+            if dialect.first is not None:
+                self.transport.write(dialect.first)
             self.buffer = rest
-            self.state = WELCOMING
-        if len(self.buffer) < len(WELCOME_FRAME):
-            return
-        if not self.buffer.startswith(WELCOME_FRAME):
-            self._fail(f"unexpected welcome {self.buffer[:80]!r}")
-            return
-        extra = self.buffer[len(WELCOME_FRAME) :]
-        self.buffer = b""
+            self.state = GREETING
+        while self.greeted < len(dialect.greeting):
+            end = frame_end(self.buffer)
+            if end is None:
+                return
+            expected, reply = dialect.greeting[self.greeted]
+            if expected is not None and self.buffer[:end] != expected:
+                self._fail(f"unexpected greeting {self.buffer[:80]!r}")
+                return
+            self.buffer = self.buffer[end:]
+            self.greeted += 1
+            if reply is not None:
+                self.transport.write(reply)
+        extra, self.buffer = self.buffer, b""
         self.state = COUNTING
         self.ready.set_result(None)
         if extra:
@@ -124,8 +190,9 @@ class Result:
 
 
 class LoadGen:
-    def __init__(self, port: int, server_pid: int) -> None:
+    def __init__(self, port: int, server_pid: int, dialect: Dialect = WSE) -> None:
         self.port = port
+        self.dialect = dialect
         self.pid = server_pid
         self.receivers: list[Receiver] = []
         self.received = 0
@@ -158,8 +225,7 @@ class LoadGen:
     async def fanout(
         self, mode: str, count: int, size: int, rate: float = 0.0, timeout: float = 120
     ) -> Result:
-        body = b'["tick","' + b"x" * (size - 2) + b'",null]'
-        frame_size = len(server_frame(body))
+        frame_size = len(server_frame(self.dialect.tick_body(size)))
         n = len(self.receivers)
         self.received = 0
         self.expected = n * count * frame_size
@@ -168,7 +234,7 @@ class LoadGen:
         start = time.perf_counter()
         controller = self.receivers[0].transport
         assert controller is not None
-        controller.write(mask_frame(bench_command(mode, count, size, rate)))
+        controller.write(self.dialect.command(mode, count, size, rate))
         try:
             await asyncio.wait_for(self.done, timeout)
         except TimeoutError:

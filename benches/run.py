@@ -26,7 +26,7 @@ import uvloop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from loadgen import Latency, LoadGen, Result, rpc  # noqa: E402
+from loadgen import SOCKETIO, WSE, Latency, LoadGen, Result, rpc  # noqa: E402
 from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -37,7 +37,10 @@ PEERS: dict[str, list[str]] = {
     "minimal picows": [sys.executable, str(HERE / "peers/picows_server.py")],
     "websockets broadcast()": [sys.executable, str(HERE / "peers/websockets_server.py")],
     "Node.js ws": ["node", str(HERE / "peers/node_ws_server.mjs")],
+    "aiohttp": [sys.executable, str(HERE / "peers/aiohttp_server.py")],
+    "python-socketio": [sys.executable, str(HERE / "peers/socketio_server.py")],
 }
+DIALECTS = {"python-socketio": SOCKETIO}  # the others speak the WSE slice
 MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
 
 
@@ -85,7 +88,7 @@ class Row:
 
 async def calibrate(gen: LoadGen, mode: str, conns: int, size: int) -> int:
     """Messages per run for about half a second of work, at most ~64 MB per run."""
-    frame = len(server_frame(tick_body(size)))
+    frame = len(server_frame(gen.dialect.tick_body(size)))
     rounds = max(2, 50_000 // conns)
     probe = await gen.fanout(mode, rounds, size)
     per_round = probe.wall / rounds
@@ -103,7 +106,7 @@ async def fanout(names: list[str], conns: int, size: int, runs: int) -> list[Row
         try:
             plans = []
             for server in servers:
-                gen = LoadGen(server.port, server.proc.pid)
+                gen = LoadGen(server.port, server.proc.pid, DIALECTS.get(server.name, WSE))
                 await gen.connect(conns)
                 for mode in MODES.get(server.name, ["burst", "paced"]):
                     plans.append(

@@ -50,12 +50,13 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def upgrade_request(port: int) -> bytes:
+def upgrade_request(port: int, path: str = "/", subprotocol: str | None = PROTOCOL) -> bytes:
     key = "dGhlIHNhbXBsZSBub25jZQ=="  # any 16 bytes, base64; the load generator ignores Accept
+    offer = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
     return (
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{offer}\r\n"
     ).encode()
 
 
