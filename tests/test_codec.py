@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -269,3 +270,62 @@ def test_unserialisable_payloads_and_bad_types_raise_type_error(impl: Any) -> No
         impl.pack_json(5, None)
     with pytest.raises(TypeError):
         impl.pack_msgpack("t", None, 5)
+
+
+class DictSub(dict):  # type: ignore[type-arg]
+    pass
+
+
+def has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(has_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_float(v) for v in value)
+    return False
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        DictSub(a=1),  # a subclass: the Rust path hands it to orjson
+        (1, "two", [3.5, None, True, False]),  # tuples are arrays
+        {"ctl": '\x00\x1f\n\t"\\/é😀'},  # escapes, and non-ASCII as is
+        [2**63 - 1, -(2**63), 2**64 - 1, 0, -1],  # the 64-bit range, both signs
+        [1e16, 1e-7, -0.0, 0.1, 123456.789, 5e-324],
+        [[[[[[[[[[1]]]]]]]]]],
+        {"": {"": []}},
+    ],
+)
+def test_json_payload_edge_cases_agree(payload: Any) -> None:
+    fast, ref = rust.pack_json("t", payload), pure.pack_json("t", payload)
+    assert json.loads(fast) == json.loads(ref) == orjson.loads(orjson.dumps(["t", payload, None]))
+    if not has_float(payload):  # floats may be spelled 1e16 or 1e+16
+        assert fast == orjson.dumps(["t", payload, None])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_floats_become_null_like_javascript(impl: Any) -> None:
+    assert (
+        impl.pack_json("t", [float("nan"), float("inf"), -float("inf")])
+        == b'["t",[null,null,null],null]'
+    )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "payload",
+    [{1: "int key"}, 2**64, -(2**63) - 1, {"s": "\ud800"}, object(), nested(300)],
+    ids=["int-key", "too-big", "too-small", "surrogate", "object", "too-deep"],
+)
+def test_what_json_cannot_carry_raises_type_error(impl: Any, payload: Any) -> None:
+    with pytest.raises(TypeError):
+        impl.pack_json("t", payload)

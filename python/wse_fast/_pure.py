@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -200,15 +201,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """The value as the Rust path writes it (orjson's rules): NaN and infinities become null,
+    as in JavaScript's JSON.stringify; ints must fit 64 bits and dict keys must be str."""
+    if depth > 254:
+        raise TypeError("recursion limit reached")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if value not in _INT_RANGE:
+            raise TypeError("integer exceeds 64-bit range")
+        return value
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("dict key must be str")
+        return {k: _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, depth + 1) for v in value]
+    raise TypeError(f"type is not JSON serializable: {type(value).__name__}")
+
+
 def pack_json(kind: str, payload: Any = None, stamp: str | None = None) -> bytes:
     _check_outgoing(kind, stamp)
     try:
         text = json.dumps(
-            [kind, payload, stamp], separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            [kind, _jsonable(payload), stamp], separators=(",", ":"), ensure_ascii=False
         )
-    except (TypeError, ValueError) as exc:
+        return text.encode()
+    except (TypeError, ValueError) as exc:  # a lone surrogate fails the encode
         raise TypeError(f"payload cannot be serialised: {exc}") from exc
-    return text.encode()
 
 
 def pack_msgpack(kind: str, payload: Any = None, stamp: str | None = None) -> bytes:

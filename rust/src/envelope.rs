@@ -10,7 +10,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use std::cell::RefCell;
+
 use crate::frame::{header_len, write_header, OP_BINARY, OP_TEXT};
+use crate::json::{write_str, write_value, Unsupported};
 use crate::masking::{mask_in_place, random_key};
 use crate::EnvelopeError;
 
@@ -72,6 +75,74 @@ fn serialise<'py>(
     }
     .map_err(|e| PyTypeError::new_err(format!("payload cannot be serialised: {e}")))?;
     Ok(out.cast_into::<PyBytes>()?)
+}
+
+/// Room left before the body for the largest header (10 bytes) and a masking key (4).
+const HEADROOM: usize = 14;
+/// A buffer that grew past this for one large message is not kept.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// Writes the JSON envelope after `HEADROOM` bytes of `out`, natively.
+fn json_envelope(
+    out: &mut Vec<u8>,
+    kind: &Bound<'_, PyAny>,
+    payload: &Bound<'_, PyAny>,
+    stamp: &Bound<'_, PyAny>,
+) -> Result<(), Unsupported> {
+    out.clear();
+    out.resize(HEADROOM, 0);
+    out.push(b'[');
+    write_str(out, kind.cast::<PyString>().map_err(|_| Unsupported)?)?;
+    out.push(b',');
+    write_value(out, payload, 1)?;
+    out.push(b',');
+    if stamp.is_none() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(out, stamp.cast::<PyString>().map_err(|_| Unsupported)?)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// The JSON envelope as bare bytes or a whole frame, written natively when every value is
+/// plain (see json.rs); None when orjson must do it.
+fn native_json<'py>(
+    py: Python<'py>,
+    kind: &Bound<'py, PyAny>,
+    payload: &Bound<'py, PyAny>,
+    stamp: &Bound<'py, PyAny>,
+    frame: Option<bool>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    check_outgoing(kind, stamp)?;
+    SCRATCH.with(|cell| {
+        let mut out = cell.borrow_mut();
+        if json_envelope(&mut out, kind, payload, stamp).is_err() {
+            return Ok(None);
+        }
+        let body_len = out.len() - HEADROOM;
+        let bytes = match frame {
+            None => PyBytes::new(py, &out[HEADROOM..]),
+            Some(mask) => {
+                let key = if mask { Some(random_key()) } else { None };
+                let hlen = header_len(body_len, mask);
+                let start = HEADROOM - hlen;
+                write_header(&mut out[start..HEADROOM], true, 0, OP_TEXT, body_len, key);
+                if let Some(k) = key {
+                    mask_in_place(&mut out[HEADROOM..], k, 0);
+                }
+                PyBytes::new(py, &out[start..])
+            }
+        };
+        if out.capacity() > KEEP_CAPACITY {
+            *out = Vec::with_capacity(1024);
+        }
+        Ok(Some(bytes))
+    })
 }
 
 fn framed<'py>(
@@ -150,13 +221,11 @@ pub fn pack_json<'py>(
     stamp: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let none = py.None().into_bound(py);
-    serialise(
-        py,
-        Format::Json,
-        kind,
-        payload.unwrap_or(&none),
-        stamp.unwrap_or(&none),
-    )
+    let (payload, stamp) = (payload.unwrap_or(&none), stamp.unwrap_or(&none));
+    match native_json(py, kind, payload, stamp, None)? {
+        Some(bytes) => Ok(bytes),
+        None => serialise(py, Format::Json, kind, payload, stamp),
+    }
 }
 
 /// The JSON envelope as one complete text frame, masked with a fresh key when `mask`.
@@ -170,14 +239,11 @@ pub fn pack_json_frame<'py>(
     mask: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let none = py.None().into_bound(py);
-    framed(
-        py,
-        Format::Json,
-        kind,
-        payload.unwrap_or(&none),
-        stamp.unwrap_or(&none),
-        mask,
-    )
+    let (payload, stamp) = (payload.unwrap_or(&none), stamp.unwrap_or(&none));
+    match native_json(py, kind, payload, stamp, Some(mask))? {
+        Some(bytes) => Ok(bytes),
+        None => framed(py, Format::Json, kind, payload, stamp, mask),
+    }
 }
 
 /// `[type, payload, stamp]` as a MessagePack array of three.

@@ -11,6 +11,7 @@ use pyo3::types::PyBytes;
 mod direct;
 mod envelope;
 mod frame;
+mod json;
 mod masking;
 mod utf8;
 
