@@ -267,8 +267,9 @@ def write_report(
             lines.append(
                 f"| {name} | {n:,} | {per_conn / 1024:.1f} KiB | {rate:,.0f} | {per_cpu:,.0f} |"
             )
-    (RESULTS / "suite.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "suite.json").write_text(
+    name = "matrix" if args.full else "suite"
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(
         json.dumps(
             {
                 "versions": versions,
@@ -308,11 +309,11 @@ def write_report(
         )
     )
     if fan:
-        plot(fan)
-    say(f"wrote {RESULTS / 'suite.md'} and fanout.png")
+        plot(fan, RESULTS / f"{name}.png")
+    say(f"wrote {RESULTS / name}.md, .json and .png")
 
 
-def plot(fan: list[Row]) -> None:
+def plot(fan: list[Row], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,7 +335,7 @@ def plot(fan: list[Row]) -> None:
             ax.tick_params(labelsize=8)
             ax.set_xlabel("deliveries per server CPU-second (log)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "fanout.png", dpi=100)
+    fig.savefig(path, dpi=100)
 
 
 async def main(args: argparse.Namespace) -> None:

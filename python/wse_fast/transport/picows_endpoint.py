@@ -19,6 +19,8 @@ from ..constants import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_POLICY_VIOLATION,
 from ..sansio.framing import FrameViolation, MessageAssembler
 from .flush import flusher_for
 
+#: From this size on, queued frames are handed over as they are instead of joined.
+LARGE_FRAME = 8 * 1024
 OP_CLOSE = 0x8
 OP_PONG = 0xA
 _CLOSE = WSMsgType.CLOSE
@@ -179,7 +181,12 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._out = []
         if self.transport is None or self.transport.is_disconnected:
             return
-        self._write(out[0] if len(out) == 1 else b"".join(out))
+        if len(out) == 1:
+            self._write(out[0])
+        elif len(out[0]) < LARGE_FRAME:
+            self._write(b"".join(out))  # small frames: one copy, one write
+        else:
+            self.under.writelines(out)  # large frames: no joined copy of megabytes
 
     def close(self, code: int, reason: str = "") -> None:
         """Starts the close handshake; the connection ends when the peer answers or times out."""
