@@ -66,7 +66,7 @@ bench-full: bench-setup
 	$(PY) benches/run.py --full
 
 bench-codec: setup
-	$(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \
+	taskset -c 1 $(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \
 		--benchmark-columns=median,ops --benchmark-sort=name --benchmark-json=/tmp/wse-codec.json
 	$(PY) benches/codec_report.py /tmp/wse-codec.json benches/results
 

@@ -1,0 +1,92 @@
+"""What an idle authenticated wse-fast connection costs, by the module that allocated it.
+
+    python benches/profile_memory.py
+
+Runs a wse-fast server in this process under tracemalloc, opens 2 000 connections from a
+load generator in another process, and prints the Python-heap bytes per connection by the
+package that allocated them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+import tracemalloc
+from pathlib import Path
+
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from wse_fast import WseServer  # noqa: E402
+
+N = 2000
+
+
+CONNECT = """
+import asyncio, sys, uvloop
+sys.path.insert(0, {here!r})
+from loadgen import LoadGen
+async def main():
+    gen = LoadGen({port}, 0)
+    await gen.connect({n})
+    print("READY", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+uvloop.run(main())
+"""
+
+
+async def connect(port: int, n: int) -> asyncio.subprocess.Process:
+    """Opens ``n`` authenticated connections from another process, held until stdin closes."""
+    code = CONNECT.format(here=str(HERE), port=port, n=n)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert (await proc.stdout.readline()).startswith(b"READY")
+    return proc
+
+
+async def main() -> None:
+    server = WseServer(lambda req: req.accept(req.conn_id), port=0, ping_interval=None)
+    await server.start()
+    warm = await connect(server.port, 50)
+    tracemalloc.start(25)
+    before = tracemalloc.take_snapshot()
+    peers = await connect(server.port, N)
+    while len(server.clients) < N + 50:  # the welcome left before the server's bookkeeping
+        await asyncio.sleep(0.01)
+    after = tracemalloc.take_snapshot()
+    by_owner: collections.Counter[str] = collections.Counter()
+    for stat in after.compare_to(before, "traceback"):
+        owner = "other"
+        for f in reversed([frame.filename for frame in stat.traceback]):  # innermost first
+            if "picows" in f:
+                owner = "picows (buffers, protocol, kept handshake)"
+                break
+            if "wse_fast" in f:
+                owner = "wse-fast (connection, session, user)"
+                break
+            if "uvloop" in f or "asyncio" in f:
+                owner = "uvloop (made in C: transport, extra info)"
+                break
+        by_owner[owner] += stat.size_diff
+    # RSS is not reported: tracemalloc's own records of every allocation would swamp it. The
+    # suite (benches/run.py) measures RSS without tracemalloc.
+    print(
+        f"Python-heap bytes per idle authenticated connection, by who allocated them ({N:,} connections):"
+    )
+    for owner, size in by_owner.most_common():
+        print(f"  {owner:44} {size / N:8.0f} B")
+    print(f"  {'total':44} {sum(by_owner.values()) / N:8.0f} B")
+    for proc in (peers, warm):
+        assert proc.stdin is not None
+        proc.stdin.close()
+        await proc.wait()
+    await server.close()
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
