@@ -10,6 +10,8 @@ import uvloop
 from aiohttp import WSMsgType, web
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from aiohttp_site import serve
 from wire import PROTOCOL, WELCOME, tick_body
 
 clients: set[web.WebSocketResponse] = set()
@@ -52,14 +54,7 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
 async def main(port: int) -> None:
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096)
-    await site.start()
-    server = site._server
-    assert server is not None
-    print("READY", server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
-    await asyncio.Event().wait()
+    await serve(app, port)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ import socketio
 import uvloop
 from aiohttp import web
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from aiohttp_site import serve
+
 # Pings would land between the counted ticks; the runs are far shorter than an hour.
 sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=3600, ping_timeout=3600)
 
@@ -26,14 +29,7 @@ async def bench(sid: str, cmd: dict[str, Any]) -> None:
 async def main(port: int) -> None:
     app = web.Application()
     sio.attach(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096)
-    await site.start()
-    server = site._server
-    assert server is not None
-    print("READY", server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
-    await asyncio.Event().wait()
+    await serve(app, port)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from .constants import (
     WSE_STATUS,
 )
 from .errors import WseError
-from .events import Channel, ClientEvents, Procedures, run_handler
-from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
+from .events import ClientEvents, run_handler
+from .peer import Peer
+from .protocols import WireProtocol
 from .rpc import PendingCalls
 from .sansio import session as ev
 from .sansio.session import ClientSession
@@ -103,7 +104,7 @@ class _Link:
             self.endpoint.write(self.client.encode(type, payload, stamp))
 
 
-class WseClient:
+class WseClient(Peer):
     """A WSE client on picows.
 
     ``timeout`` bounds each RPC call and each connection attempt (seconds). With
@@ -125,10 +126,9 @@ class WseClient:
         close_timeout: float = 5.0,
         max_pending_bytes: int | None = 4 << 20,
     ) -> None:
+        super().__init__(protocol, mask=True)
         self.url = url
         self.max_pending_bytes = max_pending_bytes
-        self.protocol: WireProtocol = protocol or JsonProtocol()
-        self.protocol_types = InternalTypes.of(self.protocol.internal_types)
         self.timeout = timeout
         self.reconnect = reconnect
         self.reconnect_delay = reconnect_delay
@@ -137,17 +137,11 @@ class WseClient:
         self.max_message_size = max_message_size
         self.close_timeout = close_timeout
 
-        self.channel = Channel()
         self.when = ClientEvents()
-        self.procedures = Procedures(WSE_ERROR.RP_ALREADY_REGISTERED)
         self.status = WSE_STATUS.IDLE
         self.identity: Any = None
         self.meta: dict[str, Any] = {}
 
-        encoder = FrameEncoder(self.protocol, mask=True)
-        self.encode = encoder
-        self._text_input = encoder.text_input
-        self._unpack = self.protocol.unpack
         self._solver: Callable[..., Any] | None = None
         self._link: _Link | None = None
         self._closing = False  # close() was asked: no reconnect
@@ -161,13 +155,6 @@ class WseClient:
         if not callable(solver):
             raise WseError(WSE_ERROR.INVALID_CRA_HANDLER)
         self._solver = solver
-
-    def register(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
-        """Registers procedure ``name`` for the server to call: ``fn(payload)``."""
-        return self.procedures.register(name, fn)
-
-    def unregister(self, name: str) -> None:
-        self.procedures.unregister(name)
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -231,11 +218,6 @@ class WseClient:
         return await future
 
     # ---- internals -------------------------------------------------------------------------
-
-    def decode(self, binary: bool, data: Any) -> tuple[str, Any, str | None]:
-        if self._text_input and not binary:
-            data = bytes(data).decode()
-        return self._unpack(data)
 
     def _ready_link(self) -> _Link:
         link = self._link

@@ -88,26 +88,26 @@ class PendingCalls:
         return stamp, future
 
     def resolve(self, stamp: str, result: Any) -> bool:
-        entry = self._calls.pop(stamp, None)
-        if entry is None:
-            return False
-        future, timer = entry
-        if timer is not None:
-            timer.cancel()
-        if not future.done():
+        future = self._settle(stamp)
+        if future is not None:
             future.set_result(result)
-        return True
+        return future is not None
 
     def reject(self, stamp: str, error: WseError) -> bool:
+        future = self._settle(stamp)
+        if future is not None:
+            future.set_exception(error)
+        return future is not None
+
+    def _settle(self, stamp: str) -> asyncio.Future[Any] | None:
+        """Takes the call off the table: its future if it still waits, else None."""
         entry = self._calls.pop(stamp, None)
         if entry is None:
-            return False
+            return None
         future, timer = entry
         if timer is not None:
             timer.cancel()
-        if not future.done():
-            future.set_exception(error)
-        return True
+        return None if future.done() else future  # done: the caller gave up (cancelled)
 
     def reject_all(self, error_code: str, details: dict[str, Any]) -> None:
         for stamp in list(self._calls):

@@ -20,8 +20,9 @@ from picows import (
 from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
 from .errors import WseError
-from .events import Channel, Procedures, ServerEvents, run_handler
-from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
+from .events import ServerEvents, run_handler
+from .peer import Peer
+from .protocols import WireProtocol
 from .transport.flush import Flusher, flusher_for
 from .transport.picows_endpoint import Endpoint
 
@@ -89,7 +90,7 @@ class Client:
             conn.drop(reason)
 
 
-class WseServer:
+class WseServer(Peer):
     """A WSE server on picows + uvloop.
 
     ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
@@ -129,9 +130,8 @@ class WseServer:
         self.identify = identify
         self.host = host
         self.port = port
+        super().__init__(protocol, mask=False)
         self.conn_per_user = conn_per_user
-        self.protocol: WireProtocol = protocol or JsonProtocol()
-        self.protocol_types = InternalTypes.of(self.protocol.internal_types)
         self.timeout = timeout
         self.auth_timeout = auth_timeout
         self.ssl = ssl
@@ -143,17 +143,11 @@ class WseServer:
         self.max_pending_bytes = max_pending_bytes
         self.debug = debug
 
-        self.channel = Channel()
         self.when = ServerEvents()
-        self.procedures = Procedures(WSE_ERROR.RP_ALREADY_REGISTERED)
         self.clients: dict[str, Client] = {}
         self.connections: dict[str, Connection] = {}  # every open socket, authenticated or not
         self.challenger: Callable[..., Any] | None = None
 
-        encoder = FrameEncoder(self.protocol, mask=False)
-        self.encode = encoder
-        self._text_input = encoder.text_input
-        self._unpack = self.protocol.unpack
         self._ids = itertools.count(1)
         self._live: dict[str, Endpoint] = {}  # endpoints of accepted connections
         self._flusher: Flusher  # the running loop's, set by start()
@@ -168,13 +162,6 @@ class WseServer:
         if not callable(generator):
             raise WseError(WSE_ERROR.INVALID_CRA_GENERATOR)
         self.challenger = generator
-
-    def register(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
-        """Registers RPC ``name``: ``fn(conn, payload)`` returns (or raises) the answer."""
-        return self.procedures.register(name, fn)
-
-    def unregister(self, name: str) -> None:
-        self.procedures.unregister(name)
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -267,11 +254,6 @@ class WseServer:
             client.drop(reason)
 
     # ---- wire ------------------------------------------------------------------------------
-
-    def decode(self, binary: bool, data: Any) -> tuple[str, Any, str | None]:
-        if self._text_input and not binary:
-            data = bytes(data).decode()
-        return self._unpack(data)
 
     def _upgrade(self, request: WSUpgradeRequest) -> Any:
         conn_id = f"{next(self._ids):x}"
