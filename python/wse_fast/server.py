@@ -150,6 +150,12 @@ class WseServer(Peer):
 
         self._ids = itertools.count(1)
         self._live: dict[str, Endpoint] = {}  # endpoints of accepted connections
+        # One 101 response for every upgrade: picows sets its Sec-WebSocket-Accept header and
+        # serialises it in the same call, so sharing it is safe, and saves each connection
+        # keeping a response object and header map of its own for its whole life.
+        self._upgrade_response = WSUpgradeResponse.create_101_response(
+            extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
+        )
         self._flusher: Flusher  # the running loop's, set by start()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
@@ -263,10 +269,7 @@ class WseServer(Peer):
         )
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         if self.protocol.name in (p.strip() for p in offered.split(",")):
-            response = WSUpgradeResponse.create_101_response(
-                extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
-            )
-            return WSUpgradeResponseWithListener(response, endpoint)
+            return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
         # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
         # client sees a reason it knows (an HTTP 400 would only say that the upgrade failed).
         conn.offered_protocols = offered
