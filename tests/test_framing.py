@@ -158,3 +158,14 @@ async def test_unpackable_message_after_auth_closes_with_protocol_error(peer: Ra
     await peer.hello()
     peer.send(0x1, b"this is not json")
     assert await peer.expect_close(1000) == "wse.protocol-error"
+
+
+async def test_long_close_reason_is_cut_on_a_character_boundary(make_server: ServerFactory) -> None:
+    server = await make_server()
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    [conn] = server.connections.values()
+    conn.drop("é" * 100)  # 200 bytes of UTF-8: more than a close frame may carry
+    reason = await peer.expect_close(1000)  # decoding it would fail on a split character
+    assert reason == "é" * 61  # 122 bytes: the 123rd would split a character
+    peer.writer.close()

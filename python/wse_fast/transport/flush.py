@@ -24,7 +24,6 @@ class Flushable(Protocol):
     under: Any  # the uvloop transport under picows
 
     def flush(self) -> None: ...
-    def direct_ready(self) -> bool: ...
     def write_through(self, data: bytes) -> None: ...
 
 
@@ -68,7 +67,10 @@ class Flusher:
                 frame = out[0]
                 if shared is None:
                     shared = frame
-                # direct_ready(), inlined: this loop runs once per delivery
+                # Straight to the socket only if that keeps every byte in order: nothing may
+                # wait in the transport, and it must not be closing (after close() or abort()
+                # the fd is released at once, before picows learns of it, and its number may
+                # already belong to another connection). Inlined: this runs once per delivery.
                 under = endpoint.under
                 if frame is shared and not under.is_closing() and not under.get_write_buffer_size():
                     out.clear()

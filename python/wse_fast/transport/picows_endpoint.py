@@ -38,11 +38,9 @@ class EndpointHandler(Protocol):
 class Endpoint(WSListener):  # type: ignore[misc]
     __slots__ = (
         "_assembler",
-        "_buffered",
         "_close_received",
         "_close_sent",
         "_close_timeout",
-        "_closing",
         "_failed",
         "_flusher",
         "_out",
@@ -162,15 +160,6 @@ class Endpoint(WSListener):  # type: ignore[misc]
                 self._flusher.mark(self)
             out.append(frame)
 
-    def direct_ready(self) -> bool:
-        """True if a frame written straight to the socket now keeps every byte in order.
-
-        ``is_closing`` matters: after close() or abort() the fd is released at once, before
-        picows learns of it, and its number may already belong to another connection.
-        """
-        under = self.under
-        return not under.is_closing() and not under.get_write_buffer_size()
-
     def write_through(self, data: bytes) -> None:
         self._write(data)
 
@@ -207,7 +196,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
     def _send_close(self, code: int, reason: str) -> None:
         self.flush()  # what was queued before the close leaves before it
         self._close_sent = (code, reason)
-        body = struct.pack("!H", code) + reason.encode()[:123] if code != CLOSE_NO_STATUS else b""
+        # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
+        text = reason.encode()[:123].decode("utf-8", "ignore").encode()
+        body = struct.pack("!H", code) + text if code != CLOSE_NO_STATUS else b""
         self._write(codec.build_frame(OP_CLOSE, body, mask=self.client_side))
 
     def _on_close_frame(self, frame: WSFrame) -> None:
