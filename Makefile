@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup demo test lint test-rust test-py test-pure wheel-check bench-setup bench-codec bench bench-full clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure wheel-check bench-setup bench-codec bench bench-full clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ setup: $(VENV)/bin/maturin tests/node/node_modules
 tests/node/node_modules: tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Debian's Chromium, for the browser test (as root, as on CI; a developer may install it).
+browser-setup:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 demo: setup
 	$(PY) examples/demo.py
@@ -50,7 +54,7 @@ wheel-check: setup
 	env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -m pip install -q dist/*.whl
 	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
 
-test: lint test-rust test-py test-pure wheel-check
+test: browser-setup lint test-rust test-py test-pure wheel-check
 
 # The benchmark peers (aiohttp, python-socketio) and taskset, on top of the dev setup.
 bench-setup: setup
