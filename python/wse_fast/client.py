@@ -303,19 +303,22 @@ class WseClient(Peer):
             self._set_status(WSE_STATUS.OFFLINE)
 
     async def _reconnect_loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.reconnect_delay + random.random() * self.reconnect_jitter)
-            try:
-                await self._attempt()
-                return
-            except WseError as err:
-                code = err.details.get("code")
-                if err.code == WSE_ERROR.WS_CLIENT_ERROR or code in RECONNECT_CODES:
-                    continue  # server still away: try again
-                self._set_status(WSE_STATUS.OFFLINE)
-                self.when.emit("error", err)
-                return
-        self._reconnector = None
+        try:
+            while not self._closing:
+                await asyncio.sleep(self.reconnect_delay + random.random() * self.reconnect_jitter)
+                try:
+                    await self._attempt()
+                    return
+                except WseError as err:
+                    code = err.details.get("code")
+                    if err.code == WSE_ERROR.WS_CLIENT_ERROR or code in RECONNECT_CODES:
+                        continue  # server still away: try again
+                    self._set_status(WSE_STATUS.OFFLINE)  # refused: trying again cannot help
+                    self.when.emit("error", err)
+                    return
+        finally:
+            if self._reconnector is asyncio.current_task():
+                self._reconnector = None
 
     def _set_status(self, status: str) -> None:
         if status != self.status:
