@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure wheel-check bench-setup bench-codec bench bench-full clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check bench-setup bench-codec bench bench-full clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test-py: setup
 test-pure: setup
 	WSE_FAST_PURE=1 $(PY) -m pytest -q
 
+# The Rust codec's other way to the kernel for paced fan-out (io_uring is the default).
+test-sendloop: setup
+	WSE_FAST_IO_URING=0 $(PY) -m pytest -q tests/test_fanout_engine.py tests/test_behaviour.py
+
 # The release wheel installs and works in a fresh virtual environment with no Rust toolchain.
 wheel-check: setup
 	rm -rf dist /tmp/wse-fast-wheel-venv
@@ -54,7 +58,7 @@ wheel-check: setup
 	env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -m pip install -q dist/*.whl
 	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
 
-test: browser-setup lint test-rust test-py test-pure wheel-check
+test: browser-setup lint test-rust test-py test-pure test-sendloop wheel-check
 
 # The benchmark peers (aiohttp, python-socketio) and taskset, on top of the dev setup.
 bench-setup: setup

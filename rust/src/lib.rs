@@ -217,7 +217,15 @@ fn parse_frame_header<'py>(
 #[pyfunction]
 fn send_to_all(py: Python<'_>, fds: Vec<i32>, data: &Bound<'_, PyBytes>) -> Vec<(usize, isize)> {
     let bytes = data.as_bytes(); // bytes are immutable: safe to read without the GIL
-    py.detach(|| direct::send_to_all(&fds, bytes))
+    py.detach(|| {
+        #[cfg(target_os = "linux")]
+        if direct::uring::wanted() {
+            if let Some(short) = direct::uring::send_to_all(&fds, bytes) {
+                return short;
+            }
+        }
+        direct::send_to_all(&fds, bytes)
+    })
 }
 
 #[pymodule]
