@@ -1,6 +1,6 @@
 """Where a wse-fast server spends paced fan-out time: py-spy samples of the server process.
 
-    python benches/profile_fanout.py [rate-fraction]
+    python benches/profile_fanout.py [rate-fraction] ["wse-fast send() loop"]
 
 Starts the wse-fast bench server on core 0, 1 000 connections from the load generator on
 core 1, a fixed-rate fan-out (default: 50 % of a measured paced maximum), and py-spy on the
@@ -24,9 +24,9 @@ from loadgen import LoadGen  # noqa: E402
 from run import Server  # noqa: E402
 
 
-async def main(fraction: float) -> None:
+async def main(fraction: float, variant: str) -> None:
     os.sched_setaffinity(0, {1})
-    with Server("wse-fast") as server:
+    with Server(variant) as server:
         gen = LoadGen(server.port, server.proc.pid)
         await gen.connect(1000)
         paced = await gen.fanout("paced", 200, 64)
@@ -44,7 +44,7 @@ async def main(fraction: float) -> None:
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if "send_to_all" in stack or "__send" in stack or "__libc_send" in stack:
-            buckets["send() system calls (kernel)"] += int(count)
+            buckets["sends (io_uring or send(), kernel)"] += int(count)
         elif "epoll_wait" in stack:
             buckets["waiting for the next tick (idle)"] += int(count)
         else:
@@ -61,4 +61,6 @@ async def main(fraction: float) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 0.5))
+    fraction = float(sys.argv[1]) if len(sys.argv) > 1 else 0.5
+    variant = sys.argv[2] if len(sys.argv) > 2 else "wse-fast"  # or "wse-fast send() loop"
+    uvloop.run(main(fraction, variant))

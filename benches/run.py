@@ -34,7 +34,12 @@ SERVER_CORE, LOADGEN_CORE = "0", 1
 PEERS: dict[str, list[str]] = {
     "wse-fast": [sys.executable, str(HERE / "peers/wse_fast_server.py")],
     # the same server with io_uring turned off: paced fan-out through a loop of send() calls
-    "wse-fast send() loop": ["env", "WSE_FAST_IO_URING=0", sys.executable, str(HERE / "peers/wse_fast_server.py")],
+    "wse-fast send() loop": [
+        "env",
+        "WSE_FAST_IO_URING=0",
+        sys.executable,
+        str(HERE / "peers/wse_fast_server.py"),
+    ],
     "bare send() loop": [sys.executable, str(HERE / "peers/bare_send_server.py")],
     "minimal picows": [sys.executable, str(HERE / "peers/picows_server.py")],
     "websockets broadcast()": [sys.executable, str(HERE / "peers/websockets_server.py")],
