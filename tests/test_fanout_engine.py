@@ -107,7 +107,9 @@ async def test_large_broadcasts_survive_short_sends(
     # Small kernel send buffers and large frames: the direct path sends part of each frame,
     # and the transport must carry the rest, in order, before anything queued later.
     server = await make_server()
-    clients = [make_client(server, max_message_size=2 << 20) for _ in range(10)]
+    # 40 connections: above the batch size that goes through io_uring (the run with
+    # WSE_FAST_IO_URING=0 covers the send() loop with the same test)
+    clients = [make_client(server, max_message_size=2 << 20) for _ in range(40)]
     for i, c in enumerate(clients):
         c.channel.on("big", log.hook(f"big{i}"))
         await c.connect(f"user{i}")
@@ -129,7 +131,7 @@ async def test_large_broadcasts_survive_short_sends(
     for payload in payloads:
         server.broadcast("big", payload)
         await asyncio.sleep(0)  # one broadcast per turn: the paced path
-    for i in range(10):
+    for i in range(40):
         got = await log.wait(f"big{i}", 4)
         assert [p for (p,) in got] == payloads
     assert short_sends  # the scenario happened: the kernel did take only part

@@ -47,6 +47,8 @@ pub mod uring {
     use io_uring::{opcode, types, IoUring};
 
     const ENTRIES: usize = 1024;
+    /// Fewer sockets than this go through the send() loop.
+    pub const MIN_BATCH: usize = 32;
 
     /// A ring and the process that made it: a child of fork() must not share its parent's.
     struct Ring {
