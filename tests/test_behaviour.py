@@ -13,6 +13,7 @@ from wse_fast import (
     WSE_REASON,
     WSE_STATUS,
     IdentifyRequest,
+    JsonProtocol,
     MsgpackProtocol,
     WseClient,
     WseError,
@@ -825,3 +826,25 @@ async def test_messages_in_flight_during_a_close_are_delivered(
     client.send("x", 1)
     await client.close()  # sent after x: the server answers x before it sees the close
     assert log.of("last") == [(1,)]
+
+
+class TaggedJson(JsonProtocol):
+    """A subclass of the built-in protocol that changes pack: its pack must be used."""
+
+    name = "tagged-json"
+
+    def pack(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes:
+        if type == "tick":
+            payload = {"tagged": payload}
+        return super().pack(type, payload, stamp)
+
+
+async def test_protocol_subclass_with_its_own_pack(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server(protocol=TaggedJson())
+    client = make_client(server, protocol=TaggedJson())
+    client.channel.on("tick", log.hook("tick"))
+    await client.connect("alice")
+    server.broadcast("tick", 1)
+    assert await log.wait("tick") == [({"tagged": 1},)]

@@ -94,7 +94,17 @@ class FrameEncoder:
     def __init__(self, protocol: WireProtocol, mask: bool) -> None:
         self.protocol = protocol
         self.mask = mask
-        self._fast = getattr(protocol, "frame", None)
+        # The codec's one-call frame only where it does what pack would: a subclass of a
+        # built-in protocol that changes pack keeps its pack.
+        self._fast = None
+        for builtin in (JsonProtocol, MsgpackProtocol):
+            cls = type(protocol)
+            if (
+                isinstance(protocol, builtin)
+                and cls.pack is builtin.pack
+                and getattr(cls, "frame", None) is builtin.frame
+            ):
+                self._fast = protocol.frame
         self._pack = protocol.pack
         # Built-in JSON hands bytes to unpack; a custom protocol gets str for text, as in JS.
         self.text_input = not isinstance(protocol, JsonProtocol | MsgpackProtocol)

@@ -58,10 +58,11 @@ class MessageAssembler:
             return binary, payload
         self._binary = binary
         self._buffer = bytearray()
-        if self._utf8 is None:
-            self._utf8 = codec.Utf8Validator()
-        else:
-            self._utf8.reset()
+        if not binary:
+            if self._utf8 is None:
+                self._utf8 = codec.Utf8Validator()
+            else:
+                self._utf8.reset()
         return self._continue(False, payload)
 
     def _continue(self, fin: bool, payload: bytes | memoryview) -> tuple[bool, bytes] | None:
