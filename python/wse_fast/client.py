@@ -10,7 +10,6 @@ from typing import Any
 
 from picows import WSError, ws_connect
 
-from . import rpc
 from .constants import (
     CLOSE_JUMP,
     CLOSE_NORMAL,
@@ -53,27 +52,9 @@ class _Link:
             client.when.emit("error", WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": str(exc)}))
             return
         event = self.session.receive(type, payload, stamp)
-        if event.__class__ is ev.Message:
-            handler = client.channel.handlers.get(type)
-            if handler is None:
-                client.when.emit("ignored", type, payload)
-            else:
-                run_handler(handler, (payload,), client._handler_failed)
-        elif isinstance(event, ev.Response):
-            self.pending.resolve(event.stamp, payload)
-        elif isinstance(event, ev.ResponseError):
-            self.pending.reject(event.stamp, rpc.error_from_payload(payload))
-        elif isinstance(event, ev.Call):
-            types = client.protocol_types
-            fn = client.procedures.handlers.get(type)
-            if fn is None:
-                error = {"code": WSE_ERROR.RP_NOT_REGISTERED}
-                self.reply(types.response_error, error, event.stamp)
-            else:
-                rpc.answer_call(
-                    fn, (payload,), type, payload, event.stamp, self.reply, types, False
-                )
-        elif isinstance(event, ev.Welcome):
+        if client.route(event, (), self.reply, self.pending, client._handler_failed):
+            return
+        if isinstance(event, ev.Welcome):
             if not self.welcome.done():
                 self.welcome.set_result(event.payload)
         elif isinstance(event, ev.Quest):

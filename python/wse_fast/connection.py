@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from . import rpc
 from .constants import CLOSE_NORMAL, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
 from .errors import WseError
-from .events import run_handler
 from .rpc import PendingCalls
 from .sansio import session as ev
 from .sansio.session import ServerSession
@@ -100,31 +98,9 @@ class Connection:
             self._violation(f"cannot unpack message: {exc}")
             return
         event = self.session.receive(type, payload, stamp)
-        cls = event.__class__
-        if cls is ev.Message:
-            handler = server.channel.handlers.get(type)
-            if handler is None:
-                server.when.emit("ignored", self, type, payload)
-            else:
-                run_handler(handler, (self, payload), self._handler_failed)
-        elif isinstance(event, ev.Call):
-            fn = server.procedures.handlers.get(type)
-            if fn is None:
-                error = {"code": WSE_ERROR.RP_NOT_REGISTERED}
-                self._reply(self.session.types.response_error, error, event.stamp)
-            else:
-                args = (self, payload)
-                types = self.session.types
-                rpc.answer_call(
-                    fn, args, type, payload, event.stamp, self._reply, types, server.debug
-                )
-        elif isinstance(event, ev.Response):
-            if self._pending is not None:
-                self._pending.resolve(event.stamp, payload)
-        elif isinstance(event, ev.ResponseError):
-            if self._pending is not None:
-                self._pending.reject(event.stamp, rpc.error_from_payload(payload))
-        elif isinstance(event, ev.Hello):
+        if server.route(event, (self,), self._reply, self._pending, self._handler_failed):
+            return
+        if isinstance(event, ev.Hello):
             self.identity = event.identity
             self.meta.update(event.meta)
             server._authenticate(self)

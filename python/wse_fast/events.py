@@ -12,6 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .constants import WSE_ERROR
+from .errors import WseError
+
 log = logging.getLogger("wse_fast")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,7 +46,7 @@ def _log_error(exc: BaseException) -> None:
     log.error("event handler failed", exc_info=exc)
 
 
-class _Events:
+class Events:
     """Base of ``server.when`` and ``client.when``: one list of handlers per event name."""
 
     _names: tuple[str, ...] = ()
@@ -62,15 +65,12 @@ class _Events:
         elif fn in self._handlers[name]:
             self._handlers[name].remove(fn)
 
-    def has(self, name: str) -> bool:
-        return bool(self._handlers[name])
-
     def emit(self, name: str, *args: Any) -> None:
         for fn in self._handlers[name]:
             run_handler(fn, args, _log_error)
 
 
-class ServerEvents(_Events):
+class ServerEvents(Events):
     _names = ("joined", "left", "connected", "disconnected", "ignored", "error")
 
     def joined(self, fn: F) -> F:
@@ -98,7 +98,7 @@ class ServerEvents(_Events):
         return self._add("error", fn)
 
 
-class ClientEvents(_Events):
+class ClientEvents(Events):
     _names = ("ready", "closed", "error", "updated", "connected", "ignored")
 
     def ready(self, fn: F) -> F:
@@ -150,16 +150,13 @@ class Channel:
 class Procedures:
     """RPC handlers by name, shared by server and client."""
 
-    def __init__(self, already_registered_code: str) -> None:
+    def __init__(self) -> None:
         self.handlers: dict[str, Callable[..., Any]] = {}
-        self._dup_code = already_registered_code
 
     def register(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
-        from .errors import WseError
-
         def add(f: F) -> F:
             if name in self.handlers:
-                raise WseError(self._dup_code, {"rpc": name})
+                raise WseError(WSE_ERROR.RP_ALREADY_REGISTERED, {"rpc": name})
             self.handlers[name] = f
             return f
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from . import rpc
 from .constants import WSE_ERROR
-from .events import Channel, Procedures
+from .events import Channel, ErrorSink, Events, Procedures, run_handler
 from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
+from .sansio import session as ev
 
 
 class Peer:
     """One end of WSE: encodes and decodes with its protocol, routes messages by type, and
     answers calls. ``mask`` is True on the client side (RFC 6455 §5.3)."""
 
-    def __init__(self, protocol: WireProtocol | None, mask: bool) -> None:
+    when: Events  # the subclass's life-cycle events
+
+    def __init__(self, protocol: WireProtocol | None, mask: bool, debug: bool = False) -> None:
         self.protocol: WireProtocol = protocol or JsonProtocol()
         self.protocol_types = InternalTypes.of(self.protocol.internal_types)
+        self.debug = debug
         self.channel = Channel()
-        self.procedures = Procedures(WSE_ERROR.RP_ALREADY_REGISTERED)
+        self.procedures = Procedures()
         encoder = FrameEncoder(self.protocol, mask)
         self.encode = encoder
         self._text_input = encoder.text_input
@@ -40,3 +45,41 @@ class Peer:
         if self._text_input and not binary:
             data = bytes(data).decode()  # custom protocols get text as str, as in JavaScript
         return self._unpack(data)
+
+    def route(
+        self,
+        event: object,
+        origin: tuple[Any, ...],
+        reply: rpc.Reply,
+        pending: rpc.PendingCalls | None,
+        on_error: ErrorSink,
+    ) -> bool:
+        """Acts on what both sides do once authenticated: messages go to the channel (or the
+        ``ignored`` event), calls to the procedures, answers to the pending calls (dropped
+        when there are none). Handlers and ``ignored`` get ``origin`` first: the connection
+        on a server, nothing on a client. False for an event this does not handle."""
+        if isinstance(event, ev.Message):
+            handler = self.channel.handlers.get(event.type)
+            if handler is None:
+                self.when.emit("ignored", *origin, event.type, event.payload)
+            else:
+                run_handler(handler, (*origin, event.payload), on_error)
+        elif isinstance(event, ev.Call):
+            types = self.protocol_types
+            fn = self.procedures.handlers.get(event.name)
+            if fn is None:
+                reply(types.response_error, {"code": WSE_ERROR.RP_NOT_REGISTERED}, event.stamp)
+            else:
+                args = (*origin, event.payload)
+                rpc.answer_call(
+                    fn, args, event.name, event.payload, event.stamp, reply, types, self.debug
+                )
+        elif isinstance(event, ev.Response):
+            if pending is not None:
+                pending.resolve(event.stamp, event.result)
+        elif isinstance(event, ev.ResponseError):
+            if pending is not None:
+                pending.reject(event.stamp, rpc.error_from_payload(event.error))
+        else:
+            return False
+        return True

@@ -130,7 +130,7 @@ class WseServer(Peer):
         self.identify = identify
         self.host = host
         self.port = port
-        super().__init__(protocol, mask=False)
+        super().__init__(protocol, mask=False, debug=debug)
         self.conn_per_user = conn_per_user
         self.timeout = timeout
         self.auth_timeout = auth_timeout
@@ -141,7 +141,6 @@ class WseServer(Peer):
         self.close_timeout = close_timeout
         self.read_buffer_size = read_buffer_size
         self.max_pending_bytes = max_pending_bytes
-        self.debug = debug
 
         self.when = ServerEvents()
         self.clients: dict[str, Client] = {}
