@@ -291,7 +291,7 @@ class WseServer(Peer):
 
     def _authenticate(self, conn: Connection) -> None:
         if self.challenger is None:
-            self._identify(conn, None, challenged=False)
+            self._identify(conn, None)
             return
 
         def quest(q: Any) -> None:
@@ -307,9 +307,9 @@ class WseServer(Peer):
             lambda exc: self._auth_failed(conn, exc),
         )
 
-    def _identify(self, conn: Connection, response: Any, challenged: bool = True) -> None:
+    def _identify(self, conn: Connection, response: Any) -> None:
         challenge = None
-        if challenged:
+        if self.challenger is not None:  # identify sees the quest and the client's answer
             challenge = Challenge(conn.quest[0] if conn.quest else None, response)
         req = IdentifyRequest(self, conn, challenge)
         run_handler(self.identify, (req,), lambda exc: self._auth_failed(conn, exc))
