@@ -91,3 +91,17 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 
 def url_of(server: WseServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
+
+
+class RecordingTransport:
+    """A real uvloop transport that also keeps what each ``write`` was given, in order."""
+
+    def __init__(self, real: Any, writes: list[bytes]) -> None:
+        self._real, self._writes = real, writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(data)
+        self._real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)

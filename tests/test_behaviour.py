@@ -139,6 +139,25 @@ async def test_connection_limit_drops_the_oldest(
     assert [c.meta["n"] for c in conns] == [1, 2]
 
 
+async def test_client_conns_is_a_read_only_snapshot_oldest_first(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server(conn_per_user=2)
+    server.when.disconnected(log.hook("disconnected"))
+    phone, desktop = make_client(server), make_client(server)
+    await phone.connect("alice", {"device": "phone"})
+    await desktop.connect("alice", {"device": "desktop"})
+    conns = server.clients["alice"].conns
+    assert [c.meta["device"] for c in conns.values()] == ["phone", "desktop"]
+    assert all(conn.conn_id == conn_id for conn_id, conn in conns.items())
+    with pytest.raises(TypeError):
+        conns["x"] = conns[next(iter(conns))]  # type: ignore[index]
+    await phone.close()
+    await log.wait("disconnected")
+    assert len(conns) == 2  # a snapshot: taken when read
+    assert [c.meta["device"] for c in server.clients["alice"].conns.values()] == ["desktop"]
+
+
 async def test_default_limit_is_one_connection(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from wse_fast import WSE_ERROR, codec
 
-from tests.conftest import ClientFactory, EventLog, ServerFactory
+from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
 from tests.test_framing import RawPeer
 
 
@@ -22,8 +22,7 @@ async def test_one_turn_one_write_in_order(
     @server.channel.on("go")
     def go(conn: Any, payload: Any) -> None:
         endpoint = conn.endpoint
-        write = endpoint._write
-        endpoint._write = lambda data: (writes.append(data), write(data))
+        endpoint.under = RecordingTransport(endpoint.under, writes)
         conn.send("m", 1)
         server.broadcast("m", 2)
         server.send(conn.cid, "m", 3)
@@ -161,3 +160,20 @@ async def test_paced_broadcast_after_a_backlog_keeps_order(
     assert [p for (p,) in got][1:] == list(range(20))
     for i in range(1, 10):
         assert [p for (p,) in await log.wait(f"n{i}", 20)] == list(range(20))
+
+
+async def test_idle_connection_keeps_no_handshake_or_reassembly_state(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    # Idle connections are most of a large server's memory: the upgrade request's headers are
+    # released once the handshake is done, and a message assembler is made only when the
+    # peer first fragments a message.
+    server = await make_server()
+    server.register("echo", lambda conn, payload: payload)
+    client = make_client(server)
+    await client.connect("alice")
+    assert await client.call("echo", {"n": 1}) == {"n": 1}  # whole messages went both ways
+    [conn] = server.clients["alice"].conns.values()
+    assert conn.endpoint is not None and conn.endpoint.transport is not None
+    assert len(conn.endpoint.transport.request.headers) == 0
+    assert conn.endpoint._assembler is None

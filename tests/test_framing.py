@@ -86,6 +86,19 @@ async def test_fragmented_text_with_a_ping_between_fragments(peer: RawPeer) -> N
     assert opcode == 0x1 and json.loads(body) == ["~wse:welcome", {"hey": "welcome data"}, None]
 
 
+async def test_whole_and_fragmented_messages_alternate(peer: RawPeer) -> None:
+    await peer.hello()
+    for n in range(3):  # the assembler made for the first fragmented message serves again
+        whole = json.dumps(["echo", f"whole {n}"]).encode()
+        peer.send(0x1, whole)
+        split = json.dumps(["echo", f"split {n}"]).encode()
+        peer.send(0x1, split[:4], fin=False)
+        peer.send(0x0, split[4:], fin=True)
+        for expected in (f"whole {n}", f"split {n}"):
+            opcode, body = await peer.recv()
+            assert opcode == 0x1 and json.loads(body) == ["echo", expected, None]
+
+
 async def test_multibyte_text_round_trip(peer: RawPeer) -> None:
     await peer.hello()
     peer.send(0x1, json.dumps(["echo", "é" * 10]).encode())

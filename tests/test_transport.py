@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ClientFactory, EventLog, ServerFactory
+from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
 from tests.test_framing import RawPeer
 
 
@@ -69,19 +69,13 @@ async def test_client_answering_pings_stays(
     await client.connect("alice")
     link = client._link
     assert link is not None and link.endpoint is not None
-    pongs = []
-    write = link.endpoint._write  # every frame the endpoint sends goes through this
-
-    def counting_write(frame: bytes) -> None:
-        if frame[0] == 0x8A:  # FIN + PONG
-            assert frame[1] & 0x80  # masked, as a client must
-            pongs.append(frame)
-        write(frame)
-
-    link.endpoint._write = counting_write
+    writes: list[bytes] = []  # every frame the endpoint sends goes through its transport
+    link.endpoint.under = RecordingTransport(link.endpoint.under, writes)
     # Keepalive is about time passing: stay idle for several ping intervals and timeouts.
     await asyncio.sleep(0.6)
+    pongs = [frame for frame in writes if frame[0] == 0x8A]  # FIN + PONG, alone in a turn
     assert len(pongs) >= 3
+    assert all(pong[1] & 0x80 for pong in pongs)  # masked, as a client must
     assert log.of("disconnected") == []
     assert await client.call("still-there") is True
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from picows import (
@@ -25,6 +27,11 @@ from .peer import Peer
 from .protocols import WireProtocol
 from .transport.flush import Flusher, flusher_for
 from .transport.picows_endpoint import Endpoint
+
+#: picows gives every connection its own child ``logging.Logger`` (about 600 bytes each) when
+#: handed a Logger; an adapter over the same logger keeps its records and costs nothing per
+#: connection.
+_PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,25 +75,35 @@ class IdentifyRequest:
 class Client:
     """A user (``cid``) and its open connections, oldest first."""
 
-    __slots__ = ("_server", "cid", "conns", "meta")
+    __slots__ = ("_conns", "_server", "cid", "meta")
 
-    def __init__(self, server: WseServer, cid: str, meta: dict[str, Any]) -> None:
+    def __init__(self, server: WseServer, cid: str, first: Connection) -> None:
         self._server = server
         self.cid = cid
-        self.meta = meta
-        self.conns: dict[str, Connection] = {}
+        self.meta = first.meta
+        # A list, not a dict: most users have one or two devices, and an idle user's dict
+        # would cost more than its connection's own state.
+        self._conns: list[Connection] = [first]
 
     def __repr__(self) -> str:
-        return f"<Client {self.cid!r} conns={len(self.conns)}>"
+        return f"<Client {self.cid!r} conns={len(self._conns)}>"
+
+    @property
+    def conns(self) -> Mapping[str, Connection]:
+        """The user's open connections, conn_id to :class:`Connection`, oldest first.
+
+        A read-only snapshot taken when read.
+        """
+        return MappingProxyType({conn.conn_id: conn for conn in self._conns})
 
     def send(self, type: str, payload: Any = None) -> None:
         """Sends to every device of this user; the frame is encoded once."""
         frame = self._server.encode(type, payload, None)
-        for conn in self.conns.values():
+        for conn in self._conns:
             conn.endpoint.write(frame)  # type: ignore[union-attr]
 
     def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
-        for conn in list(self.conns.values()):
+        for conn in list(self._conns):
             conn.drop(reason)
 
 
@@ -190,6 +207,7 @@ class WseServer(Peer):
             auto_ping_reply_timeout=self.ping_timeout,
             read_buffer_init_size=self.read_buffer_size,
             use_aiofastnet=False,
+            logger_name=_PICOWS_LOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -239,9 +257,11 @@ class WseServer(Peer):
         for endpoint in self._live.values():
             if endpoint._close_sent is None:
                 out = endpoint._out
-                if not out:
+                if out is None:
+                    endpoint._out = [frame]
                     newly_dirty.append(endpoint)
-                out.append(frame)
+                else:
+                    out.append(frame)
         if newly_dirty:
             self._flusher.mark_all(newly_dirty)
 
@@ -334,29 +354,30 @@ class WseServer(Peer):
         client = self.clients.get(cid)
         joined = client is None
         if client is None:
-            client = self.clients[cid] = Client(self, cid, conn.meta)
+            client = self.clients[cid] = Client(self, cid, conn)
+        else:
+            client._conns.append(conn)
         conn.client = client
-        client.conns[conn.conn_id] = conn
         self._live[conn.conn_id] = conn.endpoint
         conn.endpoint.write(self.encode(self.protocol_types.welcome, welcome, None))
         if joined:
             self.when.emit("joined", client, conn.meta)
         self.when.emit("connected", conn)
-        # Over the limit: the oldest devices go, the newest stays (dicts keep insertion order).
-        excess = len(client.conns) - self.conn_per_user
+        # Over the limit: the oldest devices go, the newest stays.
+        excess = len(client._conns) - self.conn_per_user
         if excess > 0:
-            for old in list(client.conns.values())[:excess]:
+            for old in client._conns[:excess]:
                 old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
 
     def _closed(self, conn: Connection, was_valid: bool, code: int, reason: str) -> None:
         self.connections.pop(conn.conn_id, None)
         self._live.pop(conn.conn_id, None)
         client = conn.client
-        if client is not None:
-            client.conns.pop(conn.conn_id, None)
+        if client is not None and conn in client._conns:
+            client._conns.remove(conn)
         if was_valid:
             self.when.emit("disconnected", conn, code, reason)
-        if client is not None and not client.conns and self.clients.get(client.cid) is client:
+        if client is not None and not client._conns and self.clients.get(client.cid) is client:
             del self.clients[client.cid]
             self.when.emit("left", client, code, reason)
         if self._all_closed is not None and not self.connections:

@@ -22,6 +22,31 @@ class FrameViolation(Exception):
         self.reason = reason
 
 
+def whole_message(
+    opcode: int, rsv: int, payload: bytes | memoryview, max_size: int
+) -> tuple[bool, bytes | memoryview]:
+    """A message that is one frame (FIN set, text or binary), checked: ``(is_binary, payload)``.
+
+    A connection that is not inside a fragmented message needs nothing more than this, so it
+    can do without a :class:`MessageAssembler` until its peer fragments.
+    """
+    if rsv:
+        raise FrameViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
+    if opcode == OP_TEXT:
+        if len(payload) > max_size:
+            raise FrameViolation(CLOSE_TOO_BIG, "message too big")
+        if not codec.validate_utf8(payload):
+            raise FrameViolation(CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
+        return False, payload
+    if opcode == OP_BINARY:
+        if len(payload) > max_size:
+            raise FrameViolation(CLOSE_TOO_BIG, "message too big")
+        return True, payload
+    if opcode == OP_CONTINUATION:
+        raise FrameViolation(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
+    raise FrameViolation(CLOSE_PROTOCOL_ERROR, f"unexpected opcode {opcode:#x}")
+
+
 class MessageAssembler:
     """Collects the data frames of one message at a time.
 
@@ -49,13 +74,11 @@ class MessageAssembler:
             raise FrameViolation(CLOSE_PROTOCOL_ERROR, f"unexpected opcode {opcode:#x}")
         if self._buffer is not None:
             raise FrameViolation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+        if fin:  # the common case: one frame, one message
+            return whole_message(opcode, rsv, payload, self.max_size)
         binary = opcode == OP_BINARY
         if len(payload) > self.max_size:
             raise FrameViolation(CLOSE_TOO_BIG, "message too big")
-        if fin:  # the common case: one frame, one message
-            if not binary and not codec.validate_utf8(payload):
-                raise FrameViolation(CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
-            return binary, payload
         self._binary = binary
         self._buffer = bytearray()
         if not binary:

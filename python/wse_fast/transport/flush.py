@@ -19,7 +19,7 @@ DIRECT_MIN = 8
 
 
 class Flushable(Protocol):
-    _out: list[bytes]
+    _out: list[bytes] | None
     direct_fd: int  # the socket, when frames may be sent to it directly; -1 otherwise
     under: Any  # the uvloop transport under picows
 
@@ -63,7 +63,7 @@ class Flusher:
         batch: list[Flushable] = []
         for endpoint in dirty:
             out = endpoint._out
-            if len(out) == 1 and endpoint.direct_fd >= 0:
+            if out is not None and len(out) == 1 and endpoint.direct_fd >= 0:
                 frame = out[0]
                 if shared is None:
                     shared = frame
@@ -73,7 +73,7 @@ class Flusher:
                 # already belong to another connection). Inlined: this runs once per delivery.
                 under = endpoint.under
                 if frame is shared and not under.is_closing() and not under.get_write_buffer_size():
-                    out.clear()
+                    endpoint._out = None
                     fds.append(endpoint.direct_fd)
                     batch.append(endpoint)
                     continue

@@ -12,11 +12,12 @@ import asyncio
 import struct
 from typing import Any, Protocol
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codec
 from ..constants import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER
-from ..sansio.framing import FrameViolation, MessageAssembler
+from ..sansio.framing import FrameViolation, MessageAssembler, whole_message
 from .flush import flusher_for
 
 #: From this size on, queued frames are handed over as they are instead of joined.
@@ -26,6 +27,10 @@ OP_PONG = 0xA
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
+#: What an accepted upgrade request keeps as headers once the handshake is over: one shared
+#: instance, read-only so that it cannot be changed through any request (hence Any: picows
+#: types the attribute as a mutable CIMultiDict).
+_NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict[str]())
 
 
 class EndpointHandler(Protocol):
@@ -45,10 +50,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         "_flusher",
         "_out",
         "_timer",
-        "_write",
         "client_side",
         "direct_fd",
         "handler",
+        "max_message_size",
         "max_pending_bytes",
         "transport",
         "under",
@@ -64,11 +69,13 @@ class Endpoint(WSListener):  # type: ignore[misc]
     ) -> None:
         self.handler = handler
         self.max_pending_bytes = max_pending_bytes
-        self._out: list[bytes] = []
+        # Frames queued in this loop turn; None (no list kept) while there are none.
+        self._out: list[bytes] | None = None
         self._flusher = flusher_for(asyncio.get_running_loop())
         self.direct_fd = -1
         self.client_side = client_side
-        self._assembler = MessageAssembler(max_message_size)
+        self.max_message_size = max_message_size
+        self._assembler: MessageAssembler | None = None  # made when the peer first fragments
         self._close_timeout = close_timeout
         self._close_sent: tuple[int, str] | None = None
         self._close_received: tuple[int, str] | None = None
@@ -80,9 +87,13 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        request = transport.request
+        if request is not None:
+            # picows keeps the parsed request for the connection's life; its headers (about
+            # 1.7 KiB) are not needed after the handshake, and idle connections are many.
+            request.headers = _NO_HEADERS
         underlying = transport.underlying_transport
         self.under = underlying
-        self._write = underlying.write
         sock = underlying.get_extra_info("socket")
         if sock is not None and underlying.get_extra_info("sslcontext") is None:
             self.direct_fd = sock.fileno()  # plain TCP: frames may go straight to the socket
@@ -95,7 +106,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """The peer reads slower than we write: drop it before its backlog grows further."""
         if self.max_pending_bytes is None or self.transport is None:
             return
-        self._out.clear()
+        self._out = None
         if self._close_sent is None:
             self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
             self.handler.on_overflow()
@@ -121,9 +132,17 @@ class Endpoint(WSListener):  # type: ignore[misc]
         try:
             # A memoryview into picows's read buffer: valid during this call, which is where
             # a single-frame message is decoded; fragments are copied by the assembler.
-            message = self._assembler.feed(
-                op.value, frame.fin, rsv, frame.get_payload_as_memoryview()
-            )
+            payload = frame.get_payload_as_memoryview()
+            message: tuple[bool, bytes | memoryview] | None
+            assembler = self._assembler
+            if assembler is None:
+                if frame.fin:
+                    message = whole_message(op.value, rsv, payload, self.max_message_size)
+                else:
+                    assembler = self._assembler = MessageAssembler(self.max_message_size)
+                    message = assembler.feed(op.value, False, rsv, payload)
+            else:
+                message = assembler.feed(op.value, frame.fin, rsv, payload)
         except FrameViolation as violation:
             self._failed = True
             self.close(violation.code, violation.reason)
@@ -156,24 +175,26 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """Queues one complete frame (built by the codec) for this loop turn's flush."""
         if self._close_sent is None:
             out = self._out
-            if not out:
+            if out is None:
+                self._out = [frame]
                 self._flusher.mark(self)
-            out.append(frame)
+            else:
+                out.append(frame)
 
     def write_through(self, data: bytes) -> None:
-        self._write(data)
+        self.under.write(data)
 
     def flush(self) -> None:
         out = self._out
-        if not out:
+        if out is None:
             return
-        self._out = []
+        self._out = None
         if self.transport is None or self.transport.is_disconnected:
             return
         if len(out) == 1:
-            self._write(out[0])
+            self.under.write(out[0])
         elif len(out[0]) < LARGE_FRAME:
-            self._write(b"".join(out))  # small frames: one copy, one write
+            self.under.write(b"".join(out))  # small frames: one copy, one write
         else:
             self.under.writelines(out)  # large frames: no joined copy of megabytes
 
@@ -199,7 +220,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
         text = reason.encode()[:123].decode("utf-8", "ignore").encode()
         body = struct.pack("!H", code) + text if code != CLOSE_NO_STATUS else b""
-        self._write(codec.build_frame(OP_CLOSE, body, mask=self.client_side))
+        self.under.write(codec.build_frame(OP_CLOSE, body, mask=self.client_side))
 
     def _on_close_frame(self, frame: WSFrame) -> None:
         body = frame.get_payload_as_bytes()
