@@ -256,12 +256,15 @@ class WseServer(Peer):
         newly_dirty = []
         for endpoint in self._live.values():
             if endpoint._close_sent is None:
-                out = endpoint._out
-                if out is None:
-                    endpoint._out = [frame]
+                if endpoint._head is None:
+                    endpoint._head = frame
                     newly_dirty.append(endpoint)
                 else:
-                    out.append(frame)
+                    tail = endpoint._tail
+                    if tail is None:
+                        endpoint._tail = [frame]
+                    else:
+                        tail.append(frame)
         if newly_dirty:
             self._flusher.mark_all(newly_dirty)
 

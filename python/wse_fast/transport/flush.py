@@ -19,7 +19,8 @@ DIRECT_MIN = 8
 
 
 class Flushable(Protocol):
-    _out: list[bytes] | None
+    _head: bytes | None  # the first frame queued this turn
+    _tail: list[bytes] | None  # any after it
     direct_fd: int  # the socket, when frames may be sent to it directly; -1 otherwise
     under: Any  # the uvloop transport under picows
 
@@ -62,9 +63,8 @@ class Flusher:
         fds: list[int] = []
         batch: list[Flushable] = []
         for endpoint in dirty:
-            out = endpoint._out
-            if out is not None and len(out) == 1 and endpoint.direct_fd >= 0:
-                frame = out[0]
+            frame = endpoint._head
+            if frame is not None and endpoint._tail is None and endpoint.direct_fd >= 0:
                 if shared is None:
                     shared = frame
                 # Straight to the socket only if that keeps every byte in order: nothing may
@@ -73,7 +73,7 @@ class Flusher:
                 # already belong to another connection). Inlined: this runs once per delivery.
                 under = endpoint.under
                 if frame is shared and not under.is_closing() and not under.get_write_buffer_size():
-                    endpoint._out = None
+                    endpoint._head = None
                     fds.append(endpoint.direct_fd)
                     batch.append(endpoint)
                     continue
