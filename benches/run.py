@@ -90,7 +90,7 @@ class Row:
     runs: list[Result] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.runs)
+        return float(statistics.median(getattr(r, attr) for r in self.runs))
 
 
 async def calibrate(gen: LoadGen, mode: str, conns: int, size: int) -> int:
@@ -141,27 +141,58 @@ async def fanout(names: list[str], conns: int, size: int, runs: int) -> list[Row
     return rows
 
 
-async def latency(paced_max: float, conns: int, size: int) -> list[tuple[float, list[float]]]:
-    """p50/p99/p99.9/max (ms) from send to receipt at fixed fractions of the paced maximum."""
+#: Latency is measured for wse-fast and, at the same rates, for the bare send() loop: what
+#: one send per delivery costs on this machine bounds what any server can reach.
+LATENCY_PEERS = ("wse-fast", "bare send() loop")
+
+
+async def latency(
+    paced_max: float, conns: int, size: int, runs: int
+) -> list[tuple[float, str, list[float], float]]:
+    """p50/p99/p99.9/max (ms) from send to receipt at fixed fractions of wse-fast's paced
+    maximum, for each latency peer: (fraction, peer, quantiles, server CPU busy share).
+
+    Each run sends on a fixed schedule for about two seconds; peers alternate run by run, and
+    each quantile is the median over the runs.
+    """
     out = []
-    with Server("wse-fast") as server:
-        gen = LoadGen(server.port, server.proc.pid)
-        await gen.connect(conns)
-        frame = len(server_frame(tick_body(size)))
+    frame = len(server_frame(tick_body(size)))
+    offset = len(server_frame(b"")) + len(b'["tick","')
+    servers = [Server(name) for name in LATENCY_PEERS]
+    try:
+        gens = []
+        for server in servers:
+            gen = LoadGen(server.port, server.proc.pid)
+            await gen.connect(conns)
+            gens.append(gen)
         for fraction in (0.1, 0.5, 0.8):
             rate = fraction * paced_max / conns  # broadcasts per second
             count = max(20, int(rate * 2))  # about two seconds
-            gen.latency = Latency(frame, len(server_frame(b"")) + len(b'["tick","'), gen.receivers)
-            await gen.fanout("rate", count, size, rate=rate)
-            samples = sorted(gen.latency.samples)
-            gen.latency = None
-            pick = [samples[int(q * (len(samples) - 1))] / 1e6 for q in (0.5, 0.99, 0.999)]
-            pick.append(samples[-1] / 1e6)
-            out.append((fraction, pick))
-            say(
-                f"  latency at {fraction:.0%} of paced max ({rate * conns:,.0f}/s): p50 {pick[0]:.2f} ms p99 {pick[1]:.2f} ms"
-            )
-        gen.close()
+            picks: dict[str, list[list[float]]] = {name: [] for name in LATENCY_PEERS}
+            busy: dict[str, list[float]] = {name: [] for name in LATENCY_PEERS}
+            for _ in range(runs):
+                for server, gen in zip(servers, gens, strict=True):
+                    gen.latency = Latency(frame, offset, gen.receivers)
+                    result = await gen.fanout("rate", count, size, rate=rate)
+                    samples = sorted(gen.latency.samples)
+                    gen.latency = None
+                    pick = [samples[int(q * (len(samples) - 1))] / 1e6 for q in (0.5, 0.99, 0.999)]
+                    picks[server.name].append([*pick, samples[-1] / 1e6])
+                    busy[server.name].append(result.cpu / result.wall)
+            for name in LATENCY_PEERS:
+                med = [statistics.median(run[i] for run in picks[name]) for i in range(4)]
+                share = statistics.median(busy[name])
+                out.append((fraction, name, med, share))
+                say(
+                    f"  latency {name:18} at {fraction:.0%} of paced max ({rate * conns:,.0f}/s): "
+                    f"p50 {med[0]:.2f} ms p99 {med[1]:.2f} ms p99.9 {med[2]:.2f} ms "
+                    f"(server core {share:.0%} busy)"
+                )
+        for gen in gens:
+            gen.close()
+    finally:
+        for server in servers:
+            server.stop()
     return out
 
 
@@ -213,7 +244,11 @@ async def connections(counts: list[int]) -> list[tuple[str, int, float, float, f
 
 
 def write_report(
-    fan: list[Row], lat: list, rpcs: list, conns: list, args: argparse.Namespace
+    fan: list[Row],
+    lat: list[tuple[float, str, list[float], float]],
+    rpcs: list[tuple[str, Result, list[float]]],
+    conns: list[tuple[str, int, float, float, float]],
+    args: argparse.Namespace,
 ) -> None:
     RESULTS.mkdir(exist_ok=True)
     versions = {
@@ -241,14 +276,14 @@ def write_report(
     if lat:
         lines += [
             "",
-            "### Fan-out latency (wse-fast, send to receipt)",
+            "### Fan-out latency (send to receipt, same rates for both servers)",
             "",
-            "| load (of paced max) | p50 | p99 | p99.9 | max |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| load (of wse-fast's paced max) | server | p50 | p99 | p99.9 | max | server core busy |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for fraction, (p50, p99, p999, pmax) in lat:
+        for fraction, peer, (p50, p99, p999, pmax), share in lat:
             lines.append(
-                f"| {fraction:.0%} | {p50:.2f} ms | {p99:.2f} ms | {p999:.2f} ms | {pmax:.2f} ms |"
+                f"| {fraction:.0%} | {peer} | {p50:.2f} ms | {p99:.2f} ms | {p999:.2f} ms | {pmax:.2f} ms | {share:.0%} |"
             )
     if rpcs:
         lines += [
@@ -291,7 +326,10 @@ def write_report(
                     }
                     for r in fan
                 ],
-                "latency": [{"fraction": f, "p50_p99_p999_max_ms": p} for f, p in lat],
+                "latency": [
+                    {"fraction": f, "peer": peer, "p50_p99_p999_max_ms": p, "server_busy": share}
+                    for f, peer, p, share in lat
+                ],
                 "rpc": [
                     {
                         "load": label,
@@ -317,6 +355,8 @@ def write_report(
     )
     if fan:
         plot(fan, RESULTS / f"{name}.png")
+    if lat:
+        plot_latency(lat, RESULTS / f"{name}-latency.png")
     say(f"wrote {RESULTS / name}.md, .json and .png")
 
 
@@ -341,6 +381,28 @@ def plot(fan: list[Row], path: Path) -> None:
             ax.set_title(f"{mode}: {conns:,} connections, {size} B", fontsize=9)
             ax.tick_params(labelsize=8)
             ax.set_xlabel("deliveries per server CPU-second (log)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_latency(lat: list[tuple[float, str, list[float], float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = sorted({f for f, *_ in lat})
+    fig, axes = plt.subplots(1, len(fractions), figsize=(11, 3), squeeze=False)
+    for ax, fraction in zip(axes[0], fractions, strict=True):
+        for offset, peer in enumerate(LATENCY_PEERS):
+            [quantiles] = [q for f, p, q, _ in lat if (f, p) == (fraction, peer)]
+            xs = [i + offset * 0.4 for i in range(4)]
+            ax.bar(xs, quantiles, width=0.4, label=peer)
+        ax.set_xticks([i + 0.2 for i in range(4)], ["p50", "p99", "p99.9", "max"], fontsize=8)
+        ax.set_title(f"{fraction:.0%} of wse-fast's paced maximum", fontsize=9)
+        ax.set_ylabel("send to receipt (ms)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -371,7 +433,7 @@ async def main(args: argparse.Namespace) -> None:
     ]
     if paced and "latency" in args.parts:
         say("latency:")
-        lat = await latency(paced[0].median("per_second"), args.conns, args.size)
+        lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs)
     if "rpc" in args.parts:
         say("rpc:")
         rpcs = await rpc_bench(args.runs)

@@ -10,6 +10,8 @@ import json
 import selectors
 import socket
 import sys
+import time
+from collections.abc import Callable
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from wire import PROTOCOL, WELCOME, server_frame, tick_body
@@ -62,11 +64,25 @@ def main(port: int) -> None:
                 ready.append(sock)
             else:  # the command
                 _, cmd, _ = json.loads(unmask(data))
-                frame = server_frame(tick_body(cmd["size"]))
                 sends = [s.send for s in ready]
+                if cmd["mode"] == "rate":  # fixed schedule; the payload starts with the send time
+                    rate_loop(sends, cmd["count"], cmd["size"], cmd["rate"])
+                    continue
+                frame = server_frame(tick_body(cmd["size"]))
                 for _ in range(cmd["count"]):
                     for send in sends:
                         send(frame)
+
+
+def rate_loop(sends: list[Callable[[bytes], int]], count: int, size: int, rate: float) -> None:
+    filler = b"x" * (size - 2 - 19)
+    interval, due = 1.0 / rate, time.monotonic()
+    for _ in range(count):
+        frame = server_frame(b'["tick","%019d%s",null]' % (time.monotonic_ns(), filler))
+        for send in sends:
+            send(frame)
+        due += interval
+        time.sleep(max(0.0, due - time.monotonic()))
 
 
 if __name__ == "__main__":
