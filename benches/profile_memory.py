@@ -111,15 +111,15 @@ async def main() -> None:
         owner = "other"
         for f in reversed([frame.filename for frame in stat.traceback]):  # innermost first
             if "picows" in f:
-                owner = "picows protocol factory (read, write buffers)"
+                owner = "picows protocol factory (its read buffer)"
                 break
             if "wse_fast" in f:
                 owner = "wse-fast (connection, session, user)"
                 break
             if "uvloop" in f or "asyncio" in f:
                 # Cython code makes no Python frames: picows's handshake parsing and transport
-                # object land here, beside uvloop's own transport (about 1.3 KiB alone).
-                owner = "C code under the event loop (picows, uvloop)"
+                # object land here, beside uvloop's own transport (about 1 KiB alone).
+                owner = "C code under the event loop (picows and uvloop transports)"
                 break
         by_owner[owner] += stat.size_diff
     # RSS is not reported: tracemalloc's own records of every allocation would swamp it. The
@@ -128,8 +128,8 @@ async def main() -> None:
         f"Python-heap bytes per idle authenticated connection, by who allocated them ({N:,} connections):"
     )
     for owner, size in by_owner.most_common():
-        print(f"  {owner:44} {size / N:8.0f} B")
-    print(f"  {'total':44} {sum(by_owner.values()) / N:8.0f} B")
+        print(f"  {owner:60} {size / N:8.0f} B")
+    print(f"  {'total':60} {sum(by_owner.values()) / N:8.0f} B")
     print(f"for scale, a bare uvloop server holding only the transport: {baseline:8.0f} B (RSS)")
     for proc in (peers, warm):
         assert proc.stdin is not None
