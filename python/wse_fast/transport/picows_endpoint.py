@@ -9,6 +9,7 @@ masking draws keys from an unseeded ``rand()``, so every frame it sends is writt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from typing import Any, Protocol
 
@@ -95,7 +96,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if request is not None:
             # picows keeps the parsed request for the connection's life; its headers (about
             # 1.7 KiB) are not needed after the handshake, and idle connections are many.
-            request.headers = _NO_HEADERS
+            # A picows whose request is immutable keeps them: memory, not correctness.
+            with contextlib.suppress(AttributeError):
+                request.headers = _NO_HEADERS
         underlying = transport.underlying_transport
         self.under = underlying
         sock = underlying.get_extra_info("socket")
