@@ -252,7 +252,7 @@ class WseServer(Peer):
     def broadcast(self, type: str, payload: Any = None) -> None:
         """Sends to every connection of every user; the frame is encoded once."""
         frame = self.encode(type, payload, None)
-        # Endpoint.write, inlined: this loop runs once per delivery.
+        # Endpoint.write, inlined (keep the two alike): this loop runs once per delivery.
         newly_dirty = []
         for endpoint in self._live.values():
             if endpoint._close_sent is None:

@@ -180,6 +180,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     def write(self, frame: bytes) -> None:
         """Queues one complete frame (built by the codec) for this loop turn's flush."""
+        # WseServer.broadcast inlines these lines (a call per delivery would cost more than
+        # the queueing itself): change both together.
         if self._close_sent is None:
             if self._head is None:
                 self._head = frame
