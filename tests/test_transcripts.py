@@ -1,4 +1,4 @@
-"""Replays the exchanges recorded from JavaScript WSE 4.12.3 (../shared/vectors).
+"""Replays the exchanges recorded from JavaScript WSE 4.12.3 (tests/vectors, see its README).
 
 Server sessions: a raw RFC 6455 client (the ``websockets`` library) plays the recorded client
 frames against a wse-fast server set up like the recorded one, and expects the recorded
@@ -24,8 +24,7 @@ from wse_fast import IdentifyRequest, WseClient, WseError, WseServer
 
 from tests.conftest import ClientFactory, ServerFactory
 
-# shared/ lies beside the repository, for developers and CI alike.
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "reference-transcripts.json"
+VECTORS = Path(__file__).resolve().parent / "vectors" / "reference-transcripts.json"
 SESSIONS: dict[str, list[dict[str, Any]]] = json.loads(VECTORS.read_text())["sessions"]
 SERVER_SESSIONS = [name for name, s in SESSIONS.items() if "offered_protocols" not in s[0]]
 CLIENT_SESSIONS = [name for name, s in SESSIONS.items() if "offered_protocols" in s[0]]
