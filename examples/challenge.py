@@ -1,29 +1,14 @@
-# examples/challenge.py: challenge-response authentication with a shared secret.
-import hashlib
-import hmac
-import secrets
-
+# examples/challenge.py: challenge-response authentication with a shared key (HMAC-SHA256).
 import uvloop
 from wse_fast import WSE_ERROR, WseClient, WseError, WseServer
+from wse_fast.auth import HmacChallenge, hmac_solver
 
-SECRETS = {"alice": b"alice's key"}  # the server's copy of each user's key
-
-
-def answer(key, nonce):
-    return hmac.new(key, nonce.encode(), hashlib.sha256).hexdigest()
+KEYS = {"alice": b"alice's key"}  # the server's copy of each user's key
+auth = HmacChallenge(KEYS.get)  # single-use nonces, expiry, no user enumeration
 
 
-def challenge(identity, meta, quest, refuse):
-    if identity in SECRETS:
-        quest({"nonce": secrets.token_hex(16)})
-    else:
-        refuse()  # unknown user: no quest at all
-
-
-def identify(req):
-    quest, response = req.challenge.quest, req.challenge.response
-    expected = answer(SECRETS[req.identity], quest["nonce"])
-    if isinstance(response, str) and hmac.compare_digest(response, expected):
+async def identify(req):
+    if await auth.verify(req):
         req.accept(req.identity, {"hello": req.identity})
     else:
         req.refuse()
@@ -31,7 +16,7 @@ def identify(req):
 
 async def connect(port, user, key):
     client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
-    client.challenge(lambda quest, solve: solve(answer(key, quest["nonce"])))
+    client.challenge(hmac_solver(key))
     try:
         print(user, "->", await client.connect(user))
     except WseError as err:
@@ -42,11 +27,11 @@ async def connect(port, user, key):
 
 async def main():
     server = WseServer(identify=identify, port=0)
-    server.use_challenge(challenge)
+    server.use_challenge(auth)
     await server.start()
     await connect(server.port, "alice", b"alice's key")
     await connect(server.port, "alice", b"a wrong key")
-    await connect(server.port, "mallory", b"anything")
+    await connect(server.port, "mallory", b"anything")  # gets a quest too, then is refused
     await server.close()
 
 
