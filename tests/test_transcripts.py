@@ -111,13 +111,14 @@ def set_up_like_the_recording(server: WseServer) -> None:
 
     @server.register("throw-custom")
     def throw_custom(conn: Any, p: Any) -> None:
-        raise Error({"test_field": "nope"})
+        raise Exception({"test_field": "nope"})  # JavaScript's throw {...}
 
 
 @pytest.mark.parametrize("name", SERVER_SESSIONS)
 async def test_server_answers_like_the_reference(make_server: ServerFactory, name: str) -> None:
     session = SESSIONS[name]
-    server = await make_server(identify)
+    # debug: failing procedures describe themselves to the caller, as the reference's do
+    server = await make_server(identify, debug=True)
     set_up_like_the_recording(server)
     if name.startswith("cra_"):
         server.use_challenge(
@@ -244,6 +245,7 @@ async def test_client_sends_like_the_reference(make_client: ClientFactory, name:
     async with websockets.serve(play, "127.0.0.1", 0, subprotocols=["wse-default-json"]) as raw:  # type: ignore[list-item]
         port = raw.sockets[0].getsockname()[1]
         client = make_client(f"ws://127.0.0.1:{port}")
+        client.debug = True  # failing procedures describe themselves, as the reference's do
         await drive_client(name, client, answered)
         await asyncio.wait_for(finished.wait(), 5)
     if failures:

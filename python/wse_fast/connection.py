@@ -3,30 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .constants import CLOSE_NORMAL, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
+from .constants import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG,
+    SLOW_CONSUMER,
+    WSE_ERROR,
+    WSE_REASON,
+)
 from .errors import WseError
 from .rpc import PendingCalls
 from .sansio import session as ev
-from .sansio.session import ServerSession
+from .sansio.session import ServerSession, ServerState
 
 if TYPE_CHECKING:
+    from .handshake import HandshakeRequest
     from .server import Client, WseServer
+    from .transport.admission import ReadGuard
     from .transport.picows_endpoint import Endpoint
 
 
 class Connection:
-    """One WebSocket of a user (``conn.client``); also the endpoint's event handler."""
+    """One WebSocket of a user (``conn.client``); also the endpoint's event handler.
+
+    Flow control: the tasks its messages and calls start (coroutine handlers) are counted; at
+    the server's ``max_in_flight`` per connection, or its ``max_tasks`` in all, the connection
+    stops reading its socket. Messages already read wait, copied, in order, and run as tasks
+    finish; the peer's TCP window then holds the rest. Every task still running when the
+    connection closes is cancelled.
+    """
 
     __slots__ = (
         "_auth_timer",
+        "_backlog",
         "_pending",
         "_server",
+        "_tasks",
         "cid",
         "client",
         "conn_id",
         "endpoint",
+        "forwarded_addr",
+        "guard",
+        "handshake",
         "identity",
         "meta",
         "offered_protocols",
@@ -47,6 +69,11 @@ class Connection:
         self._auth_timer: asyncio.TimerHandle | None = None
         self.quest: list[Any] | None = None  # [the challenge sent], once asked
         self.offered_protocols: str | None = None  # set when the client did not offer ours
+        self.guard: ReadGuard | None = None  # until accepted: what the socket may still send
+        self.handshake: HandshakeRequest | None = None  # the upgrade request, until accepted
+        self.forwarded_addr: tuple[str, int] | None = None  # the client, as a trusted proxy says
+        self._tasks: set[asyncio.Future[Any]] | None = None  # running handler tasks
+        self._backlog: deque[tuple[bool, bytes]] | None = None  # read while paused
 
     @property
     def pending(self) -> PendingCalls:
@@ -56,10 +83,18 @@ class Connection:
 
     @property
     def remote_addr(self) -> Any:
-        """The peer's address, as the socket reports it (None once closed)."""
+        """The client's address: as a trusted proxy forwarded it, else the socket's peer (None
+        once closed)."""
+        if self.forwarded_addr is not None:
+            return self.forwarded_addr
         if self.endpoint is None or self.endpoint.transport is None:
             return None
         return self.endpoint.transport.underlying_transport.get_extra_info("peername")
+
+    @property
+    def tasks_running(self) -> int:
+        """How many tasks this connection's messages and calls have running."""
+        return len(self._tasks) if self._tasks is not None else 0
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} cid={self.cid!r} {self.session.state.name}>"
@@ -88,26 +123,31 @@ class Connection:
 
     def on_open(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
+        if self.guard is not None:
+            self.guard.on_exhausted = self._budget_spent
         self._server._opened(self)
 
     def on_message(self, binary: bool, data: Any) -> None:
+        if self._backlog is not None:  # reading is paused: keep it, in order, for later
+            self._backlog.append((binary, bytes(data)))
+            return
+        if self.session.state is not ServerState.VALID:
+            self._stranger_message(binary, data)
+            return
         server = self._server
         try:
             type, payload, stamp = server.decode(binary, data)
         except Exception as exc:
             self._violation(f"cannot unpack message: {exc}")
             return
-        event = self.session.receive(type, payload, stamp)
-        if server.route(event, (self,), self._reply, self._pending, self._handler_failed):
-            return
-        if isinstance(event, ev.Hello):
-            self.identity = event.identity
-            self.meta.update(event.meta)
-            server._authenticate(self)
-        elif isinstance(event, ev.ChallengeAnswer):
-            server._identify(self, event.response)
-        elif isinstance(event, ev.Violation):
-            self._violation(event.detail)
+        server.route(
+            self.session.receive(type, payload, stamp),
+            (self,),
+            self._reply,
+            self._pending,
+            self._handler_failed,
+            self._track,
+        )
 
     def on_overflow(self) -> None:
         limit = self._server.max_pending_bytes
@@ -120,9 +160,102 @@ class Connection:
         was_valid = self.session.valid
         self.session.closed()
         self.cancel_auth_timer()
+        self.handshake = None
+        self._backlog = None
+        if self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
         if self._pending is not None:
             self._pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
         self._server._closed(self, was_valid, code, reason)
+
+    # ---- before authentication -------------------------------------------------------------
+
+    def _stranger_message(self, binary: bool, data: Any) -> None:
+        session = self.session
+        if not session.awaits_message:
+            return  # identify is running: ignored, as in the reference, and never decoded
+        server = self._server
+        if len(data) > server.auth_max_message_size:
+            self._server.when.emit(
+                "error",
+                WseError(
+                    WSE_ERROR.PROTOCOL_VIOLATION,
+                    {"detail": "message too big before authentication", "size": len(data)},
+                ),
+                self,
+            )
+            server.refuse(self, CLOSE_TOO_BIG, "message too big")
+            return
+        try:
+            type, payload, stamp = server.decode(binary, data)
+        except Exception as exc:
+            self._violation(f"cannot unpack message: {exc}")
+            return
+        event = session.receive(type, payload, stamp)
+        if isinstance(event, ev.Hello):
+            self.identity = event.identity
+            self.meta.update(event.meta)
+            server._authenticate(self)
+        elif isinstance(event, ev.ChallengeAnswer):
+            server._identify(self, event.response)
+        elif isinstance(event, ev.Violation):
+            self._violation(event.detail)
+
+    def _budget_spent(self) -> None:
+        """The stranger sent every byte it may before authentication."""
+        err = WseError(
+            WSE_ERROR.PROTOCOL_VIOLATION, {"detail": "too much data before authentication"}
+        )
+        self._server.when.emit("error", err, self)
+        self._server.refuse(self, CLOSE_POLICY_VIOLATION, "too much data before authentication")
+
+    # ---- flow control ----------------------------------------------------------------------
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        self._server.task_started()
+        task.add_done_callback(self._task_done)
+        if self._backlog is None and not self._may_start_tasks():
+            self._pause()
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+        self._server.task_finished()
+        if self._backlog is not None and self._may_start_tasks():
+            self.resume()
+
+    def _may_start_tasks(self) -> bool:
+        server = self._server
+        return self.tasks_running < server.max_in_flight and server.tasks_running < server.max_tasks
+
+    def _pause(self) -> None:
+        self._backlog = deque()
+        if self.endpoint is not None:
+            self.endpoint.under.pause_reading()  # TEMP
+        if self.tasks_running < self._server.max_in_flight:
+            self._server.wait_for_tasks(self)  # the server-wide cap: woken by any task's end
+
+    def resume(self) -> None:
+        """Runs what was read while paused, and reads again once there is room."""
+        backlog = self._backlog
+        if backlog is None:
+            return
+        self._backlog = None
+        while backlog:
+            binary, data = backlog.popleft()
+            self.on_message(binary, data)
+            if self.session.state is ServerState.CLOSED:
+                return
+            if self._backlog is not None:  # paused again by that message's task
+                self._backlog.extendleft(reversed(backlog))
+                return
+        if self.endpoint is not None and self.session.state is not ServerState.CLOSED:
+            self.endpoint.under.resume_reading()  # TEMP
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -133,7 +266,10 @@ class Connection:
     def _violation(self, detail: str) -> None:
         err = WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": detail, "conn_id": self.conn_id})
         self._server.when.emit("error", err, self)
-        self.drop(WSE_REASON.PROTOCOL_ERR)
+        if self.session.valid:
+            self.drop(WSE_REASON.PROTOCOL_ERR)
+        else:
+            self._server.refuse(self, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
 
     def _handler_failed(self, exc: BaseException) -> None:
         err = WseError(WSE_ERROR.MESSAGE_PROCESSING_ERROR, {"error": repr(exc)})

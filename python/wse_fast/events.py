@@ -20,11 +20,20 @@ log = logging.getLogger("wse_fast")
 F = TypeVar("F", bound=Callable[..., Any])
 ErrorSink = Callable[[BaseException], None]
 
-_tasks: set[asyncio.Task[Any]] = set()
+_tasks: set[asyncio.Future[Any]] = set()
 
 
-def run_handler(fn: Callable[..., Any], args: tuple[Any, ...], on_error: ErrorSink) -> None:
-    """Calls ``fn(*args)``; a coroutine it returns runs as a task. Errors go to ``on_error``."""
+def run_handler(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    on_error: ErrorSink,
+    track: Callable[[asyncio.Future[Any]], None] | None = None,
+) -> None:
+    """Calls ``fn(*args)``; a coroutine it returns runs as a task. Errors go to ``on_error``.
+
+    ``track`` takes charge of that task (a connection counts its tasks and cancels them when it
+    closes); without it the task is kept here until it ends.
+    """
     try:
         result = fn(*args)
     except Exception as exc:
@@ -32,12 +41,17 @@ def run_handler(fn: Callable[..., Any], args: tuple[Any, ...], on_error: ErrorSi
         return
     if inspect.isawaitable(result):
         task = asyncio.ensure_future(result)
-        _tasks.add(task)
         task.add_done_callback(lambda t: _finish(t, on_error))
+        (track or keep)(task)
 
 
-def _finish(task: asyncio.Task[Any], on_error: ErrorSink) -> None:
-    _tasks.discard(task)
+def keep(task: asyncio.Future[Any]) -> None:
+    """Holds a task until it ends (the event loop keeps only weak references to tasks)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def _finish(task: asyncio.Future[Any], on_error: ErrorSink) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         on_error(exc)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import rpc
 from .constants import WSE_ERROR
-from .events import Channel, ErrorSink, Events, Procedures, run_handler
+from .events import Channel, ErrorSink, Events, Procedures, keep, run_handler
 from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
 from .sansio import session as ev
 
@@ -41,9 +41,15 @@ class Peer:
         self.procedures.unregister(name)
 
     def decode(self, binary: bool, data: Any) -> tuple[str, Any, str | None]:
-        """A received message to ``(type, payload, stamp)`` with this side's protocol."""
-        if self._text_input and not binary:
-            data = bytes(data).decode()  # custom protocols get text as str, as in JavaScript
+        """A received message to ``(type, payload, stamp)`` with this side's protocol.
+
+        ``data`` may be a view into the transport's read buffer, valid only during this call.
+        The built-in protocols copy what they keep; a custom protocol's ``unpack`` gets
+        ``bytes`` or ``str`` of its own, which it may keep (a zero-copy slice of a view would
+        later read frames of other messages, or freed memory).
+        """
+        if self._text_input:
+            data = str(data, "utf-8") if not binary else bytes(data)  # text as str, as in JS
         return self._unpack(data)
 
     def route(
@@ -53,17 +59,19 @@ class Peer:
         reply: rpc.Reply,
         pending: rpc.PendingCalls | None,
         on_error: ErrorSink,
+        track: rpc.Track = keep,
     ) -> bool:
         """Acts on what both sides do once authenticated: messages go to the channel (or the
         ``ignored`` event), calls to the procedures, answers to the pending calls (dropped
         when there are none). Handlers and ``ignored`` get ``origin`` first: the connection
-        on a server, nothing on a client. False for an event this does not handle."""
+        on a server, nothing on a client; the tasks of coroutine handlers go to ``track``.
+        False for an event this does not handle."""
         if isinstance(event, ev.Message):
             handler = self.channel.handlers.get(event.type)
             if handler is None:
                 self.when.emit("ignored", *origin, event.type, event.payload)
             else:
-                run_handler(handler, (*origin, event.payload), on_error)
+                run_handler(handler, (*origin, event.payload), on_error, track)
         elif isinstance(event, ev.Call):
             types = self.protocol_types
             fn = self.procedures.handlers.get(event.name)
@@ -71,8 +79,9 @@ class Peer:
                 reply(types.response_error, {"code": WSE_ERROR.RP_NOT_REGISTERED}, event.stamp)
             else:
                 args = (*origin, event.payload)
+                name, payload = event.name, event.payload
                 rpc.answer_call(
-                    fn, args, event.name, event.payload, event.stamp, reply, types, self.debug
+                    fn, args, name, payload, event.stamp, reply, types, self.debug, track
                 )
         elif isinstance(event, ev.Response):
             if pending is not None:

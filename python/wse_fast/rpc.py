@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import random
+import secrets
 import string
 import traceback
 from collections.abc import Callable
@@ -15,6 +17,10 @@ from .errors import WseError
 from .protocols import InternalTypes
 
 _STAMP_CHARS = string.ascii_letters + string.digits
+#: The message of a failure whose details stay on the server (the reference's own wording).
+FAILED = "RPC execution failed"
+log = logging.getLogger("wse_fast")
+CANCELLED = {"code": WSE_ERROR.RP_EXECUTION_FAILED, "message": "the call was cancelled"}
 
 
 def make_stamp() -> str:
@@ -27,30 +33,48 @@ def error_payload(exc: BaseException, name: str, payload: Any, debug: bool) -> d
     """The ``~wse:response-err`` payload for an exception raised by the handler of ``name``.
 
     - :class:`WseError`: its code and details (``rpc`` and ``payload`` added when absent);
-    - an exception whose only argument is a dict stands for JavaScript's ``throw {...}``: the
-      dict's fields become the details;
-    - any other exception: its type name and message. The stack trace goes to the peer only
-      when the server runs with ``debug=True``: it describes the server, not the request.
+    - ``Exception({...})`` (exactly that class, with one dict) stands for JavaScript's
+      ``throw {...}``: the dict's fields become the details;
+    - anything else says only that the call failed, with an ``error_id`` that the server logs
+      beside the full exception: an exception's text describes the server (paths, SQL,
+      constraint names), not the request. With ``debug=True`` the caller also gets its type,
+      message and stack trace, as the reference sends them.
     """
     if isinstance(exc, WseError):
         details = dict(exc.details)
         details.setdefault("rpc", name)
         details.setdefault("payload", payload)
         return {"code": exc.code, "details": details}
-    if len(exc.args) == 1 and isinstance(exc.args[0], dict):
+    if type(exc) is Exception and len(exc.args) == 1 and isinstance(exc.args[0], dict):
         details = {**exc.args[0], "rpc": name, "payload": payload}
+        return {"code": WSE_ERROR.RP_EXECUTION_FAILED, "message": FAILED, "details": details}
+    if debug:
+        origin = {
+            "name": type(exc).__name__,
+            "message": str(exc),
+            "stack": "".join(traceback.format_exception(exc)),
+        }
         return {
             "code": WSE_ERROR.RP_EXECUTION_FAILED,
-            "message": "RPC execution failed",
-            "details": details,
+            "message": str(exc),
+            "details": {"origin": origin, "rpc": name, "payload": payload},
         }
-    origin: dict[str, Any] = {"name": type(exc).__name__, "message": str(exc)}
-    if debug:
-        origin["stack"] = "".join(traceback.format_exception(exc))
+    error_id = secrets.token_hex(8)
+    log.error("procedure %r failed (error_id %s)", name, error_id, exc_info=exc)
     return {
         "code": WSE_ERROR.RP_EXECUTION_FAILED,
-        "message": str(exc),
-        "details": {"origin": origin, "rpc": name, "payload": payload},
+        "message": FAILED,
+        "details": {"error_id": error_id, "rpc": name, "payload": payload},
+    }
+
+
+def minimal_error(payload: dict[str, Any]) -> dict[str, Any]:
+    """What is left of an error payload that could not be encoded: its code, which is a
+    string (or the generic code), and nothing the application supplied."""
+    code = payload.get("code")
+    return {
+        "code": code if isinstance(code, str) else WSE_ERROR.RP_EXECUTION_FAILED,
+        "message": "the error could not be encoded",
     }
 
 
@@ -118,6 +142,8 @@ class PendingCalls:
 
 
 Reply = Callable[[str, Any, str], None]
+#: Takes charge of a task a handler started (keeps it, counts it, cancels it with its owner).
+Track = Callable[["asyncio.Future[Any]"], None]
 
 
 def answer_call(
@@ -129,20 +155,26 @@ def answer_call(
     reply: Reply,
     types: InternalTypes,
     debug: bool,
+    track: Track,
 ) -> None:
     """Runs an RPC handler and sends its result or error under ``stamp``.
 
-    A plain function is answered at once, in the same loop turn; a coroutine runs as a task.
+    A plain function is answered at once, in the same loop turn; a coroutine runs as a task,
+    handed to ``track``. A result or error that cannot be encoded still gets an answer.
     """
 
     def send_result(result: Any) -> None:
         try:
             reply(types.response, result, stamp)
-        except TypeError as exc:  # the result cannot be serialised: tell the caller why
+        except Exception as exc:  # the result cannot be encoded: tell the caller why
             send_error(exc)
 
     def send_error(exc: BaseException) -> None:
-        reply(types.response_error, error_payload(exc, name, payload, debug), stamp)
+        error = error_payload(exc, name, payload, debug)
+        try:
+            reply(types.response_error, error, stamp)
+        except Exception:  # details the protocol cannot encode: the code alone always can
+            reply(types.response_error, minimal_error(error), stamp)
 
     try:
         result = fn(*args)
@@ -154,17 +186,13 @@ def answer_call(
         return
 
     def done(task: asyncio.Future[Any]) -> None:
-        _running.discard(task)
-        if task.cancelled():
-            send_error(asyncio.CancelledError("the call was cancelled"))
+        if task.cancelled():  # its connection closed, or the server is shutting down
+            reply(types.response_error, CANCELLED, stamp)
         elif (exc := task.exception()) is not None:
             send_error(exc)
         else:
             send_result(task.result())
 
     task = asyncio.ensure_future(result)
-    _running.add(task)
     task.add_done_callback(done)
-
-
-_running: set[asyncio.Future[Any]] = set()
+    track(task)

@@ -7,31 +7,29 @@ import itertools
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
 
-from picows import (
-    WSUpgradeRequest,
-    WSUpgradeResponse,
-    WSUpgradeResponseWithListener,
-    ws_create_server,
-)
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
 from .errors import WseError
 from .events import ServerEvents, run_handler
+from .handshake import HandshakeRequest, client_address, parse_networks
 from .peer import Peer
 from .protocols import WireProtocol
+from .transport.admission import CONTROL_ALLOWANCE, HTTP_REQUEST_MAX, Admission, ReadGuard
 from .transport.flush import Flusher, flusher_for
 from .transport.picows_endpoint import Endpoint
+from .transport.picows_listener import ListenerOptions, listen
 
-#: picows gives every connection its own child ``logging.Logger`` (about 600 bytes each) when
-#: handed a Logger; an adapter over the same logger keeps its records and costs nothing per
-#: connection.
-_PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
+log = logging.getLogger("wse_fast")
+#: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse.
+UpgradeVerdict = int | tuple[int, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +53,12 @@ class IdentifyRequest:
         self.identity = conn.identity
         self.meta = conn.meta
         self.challenge = challenge
+
+    @property
+    def request(self) -> HandshakeRequest | None:
+        """The upgrade request (path, query, headers, cookies, remote address), while the
+        connection authenticates; released once it is accepted or refused."""
+        return self.conn.handshake
 
     def accept(self, cid: Any, welcome: Any = None) -> None:
         """Admits the connection as a device of user ``cid``; a falsy cid refuses."""
@@ -116,6 +120,17 @@ class WseServer(Peer):
     to callers), transport limits and ``ssl``. ``max_pending_bytes`` bounds what may wait for
     one slow reader: past it the connection is dropped at once (close code 1008, reason
     ``wse.slow-consumer``, reported through ``error`` and ``disconnected``); None disables it.
+
+    Strangers (sockets not yet accepted by identify) are bounded: ``max_unauthenticated`` in
+    all and ``max_unauthenticated_per_ip`` per client address (past either: HTTP 503 / 429),
+    ``handshake_timeout`` for the upgrade request, ``auth_timeout`` for authentication, and
+    ``auth_max_message_size`` per message (close 1009) with about twice that in all (close
+    1008). ``origins`` lists the ``Origin`` values allowed (others: HTTP 403); ``on_upgrade``
+    sees each upgrade request (:class:`HandshakeRequest`) and may refuse it with an HTTP
+    status; ``trusted_proxies`` (addresses or networks) are believed about the client's
+    address (``X-Forwarded-For``, ``Forwarded``). Authenticated connections may have
+    ``max_in_flight`` handler tasks running each and ``max_tasks`` in all; past either, the
+    connection stops reading until one ends.
     """
 
     def __init__(
@@ -136,6 +151,15 @@ class WseServer(Peer):
         read_buffer_size: int = 2048,
         max_pending_bytes: int | None = 4 << 20,
         debug: bool = False,
+        auth_max_message_size: int = 16 * 1024,
+        handshake_timeout: float | None = 5.0,
+        max_unauthenticated: int = 2048,
+        max_unauthenticated_per_ip: int = 256,
+        max_in_flight: int = 64,
+        max_tasks: int = 10_000,
+        origins: Collection[str] | None = None,
+        on_upgrade: Callable[[HandshakeRequest], UpgradeVerdict] | None = None,
+        trusted_proxies: Collection[str] = (),
     ) -> None:
         if identify is None:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
@@ -144,6 +168,8 @@ class WseServer(Peer):
         if ping_interval is not None and ping_timeout > ping_interval:
             # picows checks this only when a connection arrives, and then fails every one
             raise ValueError("ping_timeout must not exceed ping_interval")
+        if min(auth_max_message_size, max_unauthenticated, max_in_flight, max_tasks) < 1:
+            raise ValueError("limits must be at least 1")
         self.identify = identify
         self.host = host
         self.port = port
@@ -158,6 +184,14 @@ class WseServer(Peer):
         self.close_timeout = close_timeout
         self.read_buffer_size = read_buffer_size
         self.max_pending_bytes = max_pending_bytes
+        self.auth_max_message_size = min(auth_max_message_size, max_message_size)
+        self.handshake_timeout = handshake_timeout
+        self.max_in_flight = max_in_flight
+        self.max_tasks = max_tasks
+        self.origins = frozenset(origins) if origins is not None else None
+        self.on_upgrade = on_upgrade
+        self.trusted_proxies = parse_networks(trusted_proxies)
+        self.admission = Admission(max_unauthenticated, max_unauthenticated_per_ip)
 
         self.when = ServerEvents()
         self.clients: dict[str, Client] = {}
@@ -175,6 +209,8 @@ class WseServer(Peer):
         self._flusher: Flusher  # the running loop's, set by start()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
+        self.tasks_running = 0  # handler tasks of every connection
+        self._waiting_for_tasks: dict[Connection, None] = {}  # paused by max_tasks, in order
 
     # ---- configuration ---------------------------------------------------------------------
 
@@ -194,20 +230,24 @@ class WseServer(Peer):
         for example one inherited from a process manager.
         """
         self._flusher = flusher_for(asyncio.get_running_loop())
-        where: dict[str, Any] = (
-            {"sock": sock} if sock is not None else {"host": self.host, "port": self.port}
-        )
-        self._server = await ws_create_server(
-            self._upgrade,
-            **where,
-            ssl=self.ssl,
+        options = ListenerOptions(
             max_frame_size=self.max_message_size,
-            enable_auto_ping=self.ping_interval is not None,
-            auto_ping_idle_timeout=self.ping_interval or 20.0,
-            auto_ping_reply_timeout=self.ping_timeout,
-            read_buffer_init_size=self.read_buffer_size,
-            use_aiofastnet=False,
-            logger_name=_PICOWS_LOG,
+            handshake_timeout=self.handshake_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            read_buffer_size=self.read_buffer_size,
+            auto_pong=True,
+            # the upgrade request, the hi and a challenge answer, and a few control frames
+            stranger_budget=HTTP_REQUEST_MAX + 2 * self.auth_max_message_size + CONTROL_ALLOWANCE,
+        )
+        self._server = await listen(
+            self._upgrade,
+            self.admission,
+            options,
+            host=self.host,
+            port=self.port,
+            sock=sock,
+            ssl=self.ssl,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -283,13 +323,34 @@ class WseServer(Peer):
 
     # ---- wire ------------------------------------------------------------------------------
 
-    def _upgrade(self, request: WSUpgradeRequest) -> Any:
+    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+        headers = request.headers
+        if self.origins is not None and headers.get("Origin") not in self.origins:
+            return _refusal(HTTPStatus.FORBIDDEN, "origin not allowed")
+        remote = client_address(guard.peer, headers, self.trusted_proxies)
+        if not self.admission.admit_address(remote[0]):
+            return _refusal(HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating")
+        guard.counted_address = remote[0]
+        handshake = HandshakeRequest(request.path.decode("latin-1"), headers, guard.peer, remote)
+        if self.on_upgrade is not None:
+            try:
+                verdict = self.on_upgrade(handshake)
+            except Exception:
+                log.exception("on_upgrade failed; the upgrade is refused")
+                return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "")
+            if verdict is not None:
+                status, body = verdict if isinstance(verdict, tuple) else (verdict, "")
+                return _refusal(status, body)
         conn_id = f"{next(self._ids):x}"
         conn = Connection(self, conn_id)
+        conn.guard = guard
+        conn.handshake = handshake
+        if remote != guard.peer:
+            conn.forwarded_addr = remote
         endpoint = Endpoint(
             conn, self.max_message_size, False, self.close_timeout, self.max_pending_bytes
         )
-        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        offered = headers.get("Sec-WebSocket-Protocol", "")
         if self.protocol.name in (p.strip() for p in offered.split(",")):
             return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
         # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
@@ -307,7 +368,7 @@ class WseServer(Peer):
             self.when.emit(
                 "error", WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": detail}), conn
             )
-            conn.drop(WSE_REASON.PROTOCOL_ERR)
+            self.refuse(conn, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
             return
         loop = asyncio.get_running_loop()
         conn._auth_timer = loop.call_later(self.auth_timeout, self._refuse, conn)
@@ -328,6 +389,7 @@ class WseServer(Peer):
             self.challenger,
             (conn.identity, conn.meta, quest, lambda: self._refuse(conn)),
             lambda exc: self._auth_failed(conn, exc),
+            conn._track,
         )
 
     def _identify(self, conn: Connection, response: Any) -> None:
@@ -335,7 +397,7 @@ class WseServer(Peer):
         if self.challenger is not None:  # identify sees the quest and the client's answer
             challenge = Challenge(conn.quest[0] if conn.quest else None, response)
         req = IdentifyRequest(self, conn, challenge)
-        run_handler(self.identify, (req,), lambda exc: self._auth_failed(conn, exc))
+        run_handler(self.identify, (req,), lambda exc: self._auth_failed(conn, exc), conn._track)
 
     def _auth_failed(self, conn: Connection, exc: BaseException) -> None:
         err = WseError(WSE_ERROR.MESSAGE_PROCESSING_ERROR, {"error": repr(exc), "stage": "auth"})
@@ -344,15 +406,36 @@ class WseServer(Peer):
         self._refuse(conn)
 
     def _refuse(self, conn: Connection) -> None:
-        conn.cancel_auth_timer()
         if not conn.session.valid:
-            conn.drop(WSE_REASON.NOT_AUTHORIZED)
+            self.refuse(conn, CLOSE_NORMAL, WSE_REASON.NOT_AUTHORIZED)
+
+    def refuse(self, conn: Connection, code: int, reason: str) -> None:
+        """Ends a connection that was never accepted: its Close frame goes out and the socket
+        closes at once, without waiting for the stranger's answer; what it sent is released."""
+        conn.cancel_auth_timer()
+        conn.handshake = None
+        conn.identity = None
+        conn.meta = {}
+        endpoint = conn.endpoint
+        if endpoint is not None:
+            endpoint.close(code, reason)
+            if endpoint.transport is not None:  # TEMP until the endpoint has a quick close
+                endpoint.transport.disconnect()
 
     def _accept(self, conn: Connection, cid: str, welcome: Any) -> None:
         if conn.endpoint is None or not conn.endpoint.open:
             return  # closed (or timed out) while identify was running
+        try:  # before any state changes: a welcome that cannot be sent accepts nobody
+            welcome_frame = self.encode(self.protocol_types.welcome, welcome, None)
+        except Exception as exc:
+            self._auth_failed(conn, exc)
+            return
         conn.cancel_auth_timer()
         conn.session.accepted()
+        conn.handshake = None
+        if conn.guard is not None:
+            conn.guard.release()
+            conn.guard = None
         conn.cid = cid
         client = self.clients.get(cid)
         joined = client is None
@@ -362,7 +445,7 @@ class WseServer(Peer):
             client._conns.append(conn)
         conn.client = client
         self._live[conn.conn_id] = conn.endpoint
-        conn.endpoint.write(self.encode(self.protocol_types.welcome, welcome, None))
+        conn.endpoint.write(welcome_frame)
         if joined:
             self.when.emit("joined", client, conn.meta)
         self.when.emit("connected", conn)
@@ -372,8 +455,27 @@ class WseServer(Peer):
             for old in client._conns[:excess]:
                 old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
 
+    # ---- handler tasks (counted by Connection) ---------------------------------------------
+
+    def task_started(self) -> None:
+        self.tasks_running += 1
+
+    def task_finished(self) -> None:
+        self.tasks_running -= 1
+        waiting = self._waiting_for_tasks
+        while waiting and self.tasks_running < self.max_tasks:
+            conn = next(iter(waiting))
+            del waiting[conn]
+            conn.resume()
+
+    def wait_for_tasks(self, conn: Connection) -> None:
+        """``conn`` stopped reading because the server runs ``max_tasks``: resumed, oldest
+        first, as tasks end."""
+        self._waiting_for_tasks[conn] = None
+
     def _closed(self, conn: Connection, was_valid: bool, code: int, reason: str) -> None:
         self.connections.pop(conn.conn_id, None)
+        self._waiting_for_tasks.pop(conn, None)
         self._live.pop(conn.conn_id, None)
         client = conn.client
         if client is not None and conn in client._conns:
@@ -385,3 +487,8 @@ class WseServer(Peer):
             self.when.emit("left", client, code, reason)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
+
+
+def _refusal(status: int, body: str) -> WSUpgradeResponseWithListener:
+    response = WSUpgradeResponse.create_error_response(status, body.encode())
+    return WSUpgradeResponseWithListener(response, None)

@@ -117,6 +117,28 @@ def _valid_event(types: InternalTypes, type: str, payload: Any, stamp: str | Non
     return Call(type, payload, stamp)
 
 
+#: How deeply a stranger's identity and meta may nest (their size is bounded by the message
+#: size limit before authentication). Meta is kept for the connection's life and handed to
+#: application code, where deep nesting breaks recursive code (logging, serialisers).
+HI_MAX_DEPTH = 16
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in ``value`` nest more than ``limit`` levels (iteratively, so
+    that no input can exhaust the stack)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
+
+
 class ServerSession:
     __slots__ = ("state", "types")
 
@@ -131,14 +153,22 @@ class ServerSession:
         if state is ServerState.STRANGER:
             if type != self.types.hi:
                 return Violation(f"first message must be {self.types.hi}, got {type!r}")
-            self.state = ServerState.VALIDATING
             hi = payload if isinstance(payload, dict) else {}
-            meta = hi.get("meta")
-            return Hello(hi.get("identity"), dict(meta) if isinstance(meta, dict) else {})
+            identity, meta = hi.get("identity"), hi.get("meta")
+            if nested_deeper_than([identity, meta], HI_MAX_DEPTH + 1):  # +1: the list
+                return Violation(f"identity or meta nested deeper than {HI_MAX_DEPTH} levels")
+            self.state = ServerState.VALIDATING
+            return Hello(identity, dict(meta) if isinstance(meta, dict) else {})
         if state is ServerState.CHALLENGED and type == self.types.challenge:
             self.state = ServerState.VALIDATING
             return ChallengeAnswer(payload)
         return Ignored(type)  # validating, waiting for an answer, or closed
+
+    @property
+    def awaits_message(self) -> bool:
+        """Whether a message now means anything: not while identify (or the challenge
+        generator) runs, when the reference ignores what arrives, so it need not be decoded."""
+        return self.state is not ServerState.VALIDATING and self.state is not ServerState.CLOSED
 
     def quest_sent(self) -> None:
         self._move(ServerState.VALIDATING, ServerState.CHALLENGED)
