@@ -217,17 +217,7 @@ fn parse_frame_header<'py>(
 #[pyfunction]
 fn send_to_all(py: Python<'_>, fds: Vec<i32>, data: &Bound<'_, PyBytes>) -> Vec<(usize, isize)> {
     let bytes = data.as_bytes(); // bytes are immutable: safe to read without the GIL
-    py.detach(|| {
-        // A ring submission costs more than it saves for a few sends (the fan-out matrix:
-        // at 10 connections the loop was ahead in every cell).
-        #[cfg(target_os = "linux")]
-        if fds.len() >= direct::uring::MIN_BATCH && direct::uring::wanted() {
-            if let Some(short) = direct::uring::send_to_all(&fds, bytes) {
-                return short;
-            }
-        }
-        direct::send_to_all(&fds, bytes)
-    })
+    py.detach(|| direct::send_to_all(&fds, bytes))
 }
 
 #[pymodule]
