@@ -128,13 +128,16 @@ class Connection:
         self._server._opened(self)
 
     def on_message(self, binary: bool, data: Any) -> None:
-        if self._backlog is not None:  # reading is paused: keep it, in order, for later
-            self._backlog.append((binary, bytes(data)))
+        server = self._server
+        if self._backlog is not None or server.tasks_running >= server.max_tasks:
+            if self._backlog is None:
+                self._pause()
+            # reading is paused: what was read already waits, copied, in order
+            self._backlog.append((binary, bytes(data)))  # type: ignore[union-attr]
             return
         if self.session.state is not ServerState.VALID:
             self._stranger_message(binary, data)
             return
-        server = self._server
         try:
             type, payload, stamp = server.decode(binary, data)
         except Exception as exc:
