@@ -5,10 +5,12 @@ send-to-user and send-to-connection; RPC both ways; an auto-reconnecting client;
 compatible with JavaScript WSE 4.x) and MessagePack protocols.
 """
 
+from .auth import HmacChallenge, hmac_answer, hmac_solver
 from .client import WseClient
 from .connection import Connection
 from .constants import WSE_ERROR, WSE_REASON, WSE_STATUS
 from .errors import WseError
+from .handshake import HandshakeRequest
 from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
 from .server import Challenge, Client, IdentifyRequest, WseServer
 
@@ -21,6 +23,8 @@ __all__ = [
     "Challenge",
     "Client",
     "Connection",
+    "HandshakeRequest",
+    "HmacChallenge",
     "IdentifyRequest",
     "InternalTypes",
     "JsonProtocol",
@@ -29,4 +33,6 @@ __all__ = [
     "WseClient",
     "WseError",
     "WseServer",
+    "hmac_answer",
+    "hmac_solver",
 ]
