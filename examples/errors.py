@@ -16,7 +16,7 @@ async def main():
 
     @server.register("crash")
     def crash(conn, payload):
-        raise RuntimeError("something broke")  # callers get the type and message, no stack
+        raise RuntimeError("something broke")  # callers get an error_id; the log has the rest
 
     @server.register("ask-client")
     async def ask_client(conn, payload):
