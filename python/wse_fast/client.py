@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from picows import WSError, ws_connect
+from picows import WSError, WSTransport, ws_connect
 
 from .constants import (
+    CLOSE_ABNORMAL,
+    CLOSE_GOING_AWAY,
     CLOSE_JUMP,
     CLOSE_NORMAL,
     JUMP_REASON,
@@ -29,6 +32,37 @@ from .sansio import session as ev
 from .sansio.session import ClientSession
 from .transport.picows_endpoint import Endpoint
 
+#: The reason reported with code 1006 when the server left a keepalive ping unanswered.
+PING_TIMEOUT_REASON: Final = "wse.client.ping-timeout"
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    jitter: float,
+    factor: float,
+    cap: float,
+    rand: Callable[[], float],
+) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0: the first after a loss).
+
+    The first wait is ``base + rand() * jitter``, as in the JavaScript client. Each failed
+    attempt multiplies both terms by ``factor``, until the longest possible wait would pass
+    ``cap``; from then on the window keeps its proportions with ``cap`` as its top, so clients
+    that have retried for long stay spread instead of piling up on the cap. With the defaults
+    (1 + up to 1 s) half of each window is fixed and half random ("equal jitter"); with
+    ``base=0`` the whole window is random ("full jitter").
+    """
+    top = base + jitter
+    if top <= 0:
+        return 0.0
+    limit = cap / top
+    # Compared in logarithms: factor ** attempt overflows a float after ~1000 attempts.
+    capped = attempt * math.log(factor) >= math.log(limit)
+    scale = limit if capped else factor**attempt
+    return scale * (base + rand() * jitter)
+
 
 class _Link:
     """One WebSocket of the client: the session on it, its pending calls and its outcome."""
@@ -38,6 +72,8 @@ class _Link:
         self.session = ClientSession(client.protocol_types)
         self.pending = PendingCalls(asyncio.get_running_loop())
         self.endpoint: Endpoint | None = None
+        self.transport: WSTransport | None = None  # picows's, once ws_connect has returned
+        self.leaving = False  # this side has started the close handshake
         self.welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
 
@@ -66,6 +102,11 @@ class _Link:
         )
 
     def on_close(self, code: int, reason: str) -> None:
+        if self._ping_unanswered():
+            # picows's own Close (1001) is not the server's answer; whether or not the server
+            # echoed it, the server is gone as far as this client can tell: report it as an
+            # abnormal close, which the reconnect rules then treat like a dropped socket.
+            code, reason = CLOSE_ABNORMAL, PING_TIMEOUT_REASON
         self.session.closed()
         self.pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
         if not self.welcome.done():
@@ -75,6 +116,30 @@ class _Link:
         if not self.closed.done():
             self.closed.set_result((code, reason))
         self.client._link_closed(self, code, reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Starts this side's close handshake; ``closed`` then reports ``code`` and ``reason``
+        (or the server's own Close, should it have sent one first)."""
+        if self.endpoint is not None:
+            self.leaving = True
+            self.endpoint.close(code, reason)
+
+    def _ping_unanswered(self) -> bool:
+        """picows ended this connection because its keepalive ping went unanswered.
+
+        picows then sends Close 1001 itself and aborts the socket shortly after
+        (``_auto_ping_loop``). Nothing else on this side closes with 1001: the client leaves
+        with 1000 or 4000, and a Close that answers the server's is recorded as received
+        first (``recv_then_sent``). A ping that goes unanswered after the client has begun
+        to leave (the server is slow to answer its Close) is no news: the client's own
+        close is what it reports.
+        """
+        if self.leaving:
+            return False
+        handshake = None if self.transport is None else self.transport.close_handshake
+        if handshake is None or handshake.sent is None:
+            return False
+        return handshake.sent.code.value == CLOSE_GOING_AWAY and not handshake.recv_then_sent
 
     def send(self, type: str, payload: Any, stamp: str | None) -> None:
         assert self.endpoint is not None
@@ -88,10 +153,27 @@ class _Link:
 class WseClient(Peer):
     """A WSE client on picows.
 
-    ``timeout`` bounds each RPC call and each connection attempt (seconds). With
-    ``reconnect=True`` a connection lost with one of the reference's reconnect codes is
-    re-established after ``reconnect_delay`` plus up to ``reconnect_jitter`` seconds.
+    ``timeout`` bounds each RPC call and each connection attempt (seconds).
+
+    Keepalive: when nothing has arrived from the server for ``ping_interval`` seconds (default
+    20), the client pings it, and drops the connection when no pong comes within
+    ``ping_timeout`` (default 20, at most ``ping_interval``), reporting ``closed`` with code
+    1006 and reason ``wse.client.ping-timeout``. A dead server or a silent network path is so
+    noticed within ``ping_interval + ping_timeout``, and then handled like any lost socket.
+    ``ping_interval=None`` turns keepalive off.
+
+    Reconnect: with ``reconnect=True`` a connection lost with one of the reference's reconnect
+    codes (1005, 1006, 1011-1014, 4000) is re-established by itself. The first attempt waits
+    ``reconnect_delay`` (default 1 s) plus up to ``reconnect_jitter`` (default 1 s) at random,
+    as the JavaScript client does; each failed attempt multiplies that window by
+    ``reconnect_factor`` (default 2), and no wait exceeds ``reconnect_max_delay`` (default
+    30 s). A successful connection starts the next loss from the first window again. See
+    :func:`backoff_delay`. ``reconnect_random`` is the jitter's source (floats in [0, 1);
+    default :func:`random.random`): pass ``random.Random(seed).random`` for a reproducible
+    schedule.
     """
+
+    when: ClientEvents
 
     def __init__(
         self,
@@ -102,11 +184,25 @@ class WseClient(Peer):
         reconnect: bool = True,
         reconnect_delay: float = 1.0,
         reconnect_jitter: float = 1.0,
+        reconnect_factor: float = 2.0,
+        reconnect_max_delay: float = 30.0,
+        reconnect_random: Callable[[], float] = random.random,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
         ssl: ssl_module.SSLContext | None = None,
         max_message_size: int = 1 << 20,
         close_timeout: float = 5.0,
         max_pending_bytes: int | None = 4 << 20,
     ) -> None:
+        if reconnect_delay < 0 or reconnect_jitter < 0:
+            raise ValueError("reconnect_delay and reconnect_jitter must not be negative")
+        if reconnect_factor < 1:
+            raise ValueError("reconnect_factor must be at least 1")
+        if reconnect_max_delay <= 0:
+            raise ValueError("reconnect_max_delay must be positive")
+        if ping_interval is not None and not 0 < ping_timeout <= ping_interval:
+            # picows asserts this only inside ws_connect, where it would fail every attempt
+            raise ValueError("ping_timeout must be positive and not exceed ping_interval")
         super().__init__(protocol, mask=True)
         self.url = url
         self.max_pending_bytes = max_pending_bytes
@@ -114,6 +210,11 @@ class WseClient(Peer):
         self.reconnect = reconnect
         self.reconnect_delay = reconnect_delay
         self.reconnect_jitter = reconnect_jitter
+        self.reconnect_factor = reconnect_factor
+        self.reconnect_max_delay = reconnect_max_delay
+        self.reconnect_random = reconnect_random
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.ssl = ssl
         self.max_message_size = max_message_size
         self.close_timeout = close_timeout
@@ -165,7 +266,7 @@ class WseClient(Peer):
             self._reconnector = None
         link = self._link
         if link is not None and link.endpoint is not None:
-            link.endpoint.close(CLOSE_NORMAL, reason)
+            link.close(CLOSE_NORMAL, reason)
             await asyncio.shield(link.closed)
         self._set_status(WSE_STATUS.OFFLINE)
 
@@ -175,7 +276,7 @@ class WseClient(Peer):
         self._jumping = True
         try:
             if link is not None and link.endpoint is not None:
-                link.endpoint.close(CLOSE_JUMP, JUMP_REASON)
+                link.close(CLOSE_JUMP, JUMP_REASON)
                 await asyncio.shield(link.closed)
         finally:
             self._jumping = False
@@ -227,16 +328,28 @@ class WseClient(Peer):
                 extra_headers={"Sec-WebSocket-Protocol": self.protocol.name},
                 websocket_handshake_timeout=self.timeout,
                 enable_auto_pong=False,  # pongs are masked with CSPRNG keys by the endpoint
+                # picows writes its keepalive pings itself, masked with its rand() key. They
+                # carry no payload, so there are no bytes for a predictable key to expose
+                # (the masking of RFC 6455 §10.3 guards payloads chosen by an attacker).
+                # With auto-pong off, the server's pong is still consumed by picows while a
+                # ping is outstanding, and a stray pong reaches the endpoint, which drops it.
+                enable_auto_ping=self.ping_interval is not None,
+                auto_ping_idle_timeout=self.ping_interval or self.ping_timeout,
+                auto_ping_reply_timeout=self.ping_timeout,
                 max_frame_size=self.max_message_size,
                 use_aiofastnet=False,
             )
         except (TimeoutError, OSError, WSError) as exc:
             raise WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": repr(exc)}) from exc
+        if transport.response is None:
+            # picows's ws_connect returns, without raising, a transport whose server hung up
+            # before answering the upgrade (a server going down, or a proxy without backend)
+            raise WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": "closed during the upgrade"})
+        link.transport = transport
         self._link = link
         agreed = transport.response.headers.get("Sec-WebSocket-Protocol")
         if agreed != self.protocol.name:
-            assert link.endpoint is not None
-            link.endpoint.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
+            link.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
             raise WseError(
                 WSE_ERROR.WS_CLIENT_ERROR, {"error": f"server chose subprotocol {agreed!r}"}
             )
@@ -245,8 +358,7 @@ class WseClient(Peer):
         try:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), self.timeout)
         except TimeoutError:
-            assert link.endpoint is not None
-            link.endpoint.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
+            link.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
             raise WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": "no welcome in time"}) from None
         self._set_status(WSE_STATUS.READY)
         self.when.emit("ready", welcome)
@@ -255,8 +367,7 @@ class WseClient(Peer):
     def _solve(self, link: _Link, quest: Any) -> None:
         if self._solver is None:
             self.when.emit("error", WseError(WSE_ERROR.INVALID_CRA_HANDLER, {"quest": quest}))
-            if link.endpoint is not None:
-                link.endpoint.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
+            link.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
             return
 
         def solve(answer: Any) -> None:
@@ -283,10 +394,24 @@ class WseClient(Peer):
         elif was_ready:
             self._set_status(WSE_STATUS.OFFLINE)
 
+    def reconnect_wait(self, attempt: int) -> float:
+        """Seconds before reconnect attempt ``attempt`` (0: the first after a loss)."""
+        return backoff_delay(
+            attempt,
+            base=self.reconnect_delay,
+            jitter=self.reconnect_jitter,
+            factor=self.reconnect_factor,
+            cap=self.reconnect_max_delay,
+            rand=self.reconnect_random,
+        )
+
     async def _reconnect_loop(self) -> None:
+        # One loop per loss: the attempt count starts at 0 again after a successful connection.
+        attempt = 0
         try:
             while not self._closing:
-                await asyncio.sleep(self.reconnect_delay + random.random() * self.reconnect_jitter)
+                await asyncio.sleep(self.reconnect_wait(attempt))
+                attempt += 1
                 try:
                     await self._attempt()
                     return
@@ -296,6 +421,14 @@ class WseClient(Peer):
                         continue  # server still away: try again
                     self._set_status(WSE_STATUS.OFFLINE)  # refused: trying again cannot help
                     self.when.emit("error", err)
+                    return
+                except Exception as exc:
+                    # Not a known way for a connection to fail: stop, and say so, rather than
+                    # leave the client RE_CONNECTING with no task behind it.
+                    failure = WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": repr(exc)})
+                    failure.__cause__ = exc
+                    self._set_status(WSE_STATUS.OFFLINE)
+                    self.when.emit("error", failure)
                     return
         finally:
             if self._reconnector is asyncio.current_task():
