@@ -236,7 +236,7 @@ class WseServer(Peer):
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             read_buffer_size=self.read_buffer_size,
-            auto_pong=True,
+            auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
             # the upgrade request, the hi and a challenge answer, and a few control frames
             stranger_budget=HTTP_REQUEST_MAX + 2 * self.auth_max_message_size + CONTROL_ALLOWANCE,
         )

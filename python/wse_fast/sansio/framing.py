@@ -1,12 +1,13 @@
-"""Data frames to messages: fragmentation, UTF-8 and size rules of RFC 6455.
+"""Frames to messages and close frames to (code, reason): the RFC 6455 rules picows leaves out.
 
-picows hands over frames one by one and leaves these duties to its user.
+picows hands over frames one by one and leaves these duties to its user: fragmentation, UTF-8
+and size rules of data frames, and which status codes a Close frame may carry.
 """
 
 from __future__ import annotations
 
 from .. import codec
-from ..constants import CLOSE_INVALID_TEXT, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
+from ..constants import CLOSE_INVALID_TEXT, CLOSE_NO_STATUS, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -20,6 +21,37 @@ class FrameViolation(Exception):
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+
+
+def close_code_allowed(code: int) -> bool:
+    """Whether a Close frame may carry ``code`` (RFC 6455 §7.4).
+
+    1000-1003 and 1007-1014 are the defined codes an endpoint may send (1012-1014 registered
+    with IANA after the RFC); 3000-4999 belong to libraries and applications. 1004 is reserved,
+    1005, 1006 and 1015 only report what happened and must never be sent, and every other
+    value is unassigned.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def parse_close(body: bytes) -> tuple[int, str]:
+    """A Close frame's payload as ``(code, reason)``; 1005 for one without a status code.
+
+    Raises :class:`FrameViolation`: 1002 for a 1-byte payload or a code that may not be sent,
+    1007 for a reason that is not UTF-8 (RFC 6455 §5.5.1).
+    """
+    if not body:
+        return CLOSE_NO_STATUS, ""
+    if len(body) == 1:
+        raise FrameViolation(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    code = int.from_bytes(body[:2], "big")
+    if not close_code_allowed(code):
+        raise FrameViolation(CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent")
+    try:
+        reason = body[2:].decode()
+    except UnicodeDecodeError:
+        raise FrameViolation(CLOSE_INVALID_TEXT, "close reason is not UTF-8") from None
+    return code, reason
 
 
 def whole_message(

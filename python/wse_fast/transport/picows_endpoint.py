@@ -1,28 +1,46 @@
 """One WebSocket connection on picows, either side: frames in, messages and a close out.
 
-picows parses frames and answers pings; this listener does the rest of RFC 6455 that picows
-leaves to its user: reassembly and validation (through the sans-I/O assembler), the close
-handshake, and, on the client side, masking with keys from the OS CSPRNG (picows's own client
-masking draws keys from an unseeded ``rand()``, so every frame it sends is written here).
+picows parses frames; this listener does the rest of RFC 6455 that picows leaves to its user:
+reassembly and validation (through the sans-I/O assembler), answering pings, checking close
+frames, the close handshake with ``close_timeout`` on every way a connection ends, and, on the
+client side, masking with keys from the OS CSPRNG (picows's own client masking draws keys from
+an unseeded ``rand()``, so every frame the client endpoint sends is written here).
+
+Invariants: one Close frame per connection, and nothing written after it (no data, no pong);
+no user code runs while frames are being written (a handler called from inside a flush could
+otherwise close or write to connections the flush is about to write to).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
-from picows import WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codec
-from ..constants import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER
-from ..sansio.framing import FrameViolation, MessageAssembler, whole_message
+from ..constants import (
+    CLOSE_ABNORMAL,
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
+    SLOW_CONSUMER,
+)
+from ..sansio.framing import FrameViolation, MessageAssembler, parse_close, whole_message
 from .flush import flusher_for
 
 #: From this size on, queued frames are handed over as they are instead of joined.
 LARGE_FRAME = 8 * 1024
+#: How often (seconds) open connections are looked at for a Close that picows sent by itself;
+#: such a connection then gets its ``close_timeout``, so it ends at most this much later than
+#: one closed here.
+CLOSE_WATCH_INTERVAL = 1.0
+CLOSE_INTERNAL_ERROR = 1011
 OP_CLOSE = 0x8
 OP_PONG = 0xA
 _CLOSE = WSMsgType.CLOSE
@@ -32,6 +50,7 @@ _PONG = WSMsgType.PONG
 #: instance, read-only so that it cannot be changed through any request (hence Any: picows
 #: types the attribute as a mutable CIMultiDict).
 _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict[str]())
+_log = logging.getLogger(__name__)
 
 
 class EndpointHandler(Protocol):
@@ -42,6 +61,12 @@ class EndpointHandler(Protocol):
 
 
 class Endpoint(WSListener):  # type: ignore[misc]
+    """One connection: give it to picows as the listener; ``handler`` gets its events.
+
+    Server-side endpoints are made with picows's automatic pongs off (``auto_pong=False``):
+    pings are answered here, where a Close already sent or a failed connection is known.
+    """
+
     __slots__ = (
         "_assembler",
         "_close_received",
@@ -84,9 +109,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._close_timeout = close_timeout
         self._close_sent: tuple[int, str] | None = None
         self._close_received: tuple[int, str] | None = None
-        self._failed = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._failed = False  # the peer broke the protocol: nothing more is taken from it
+        self._timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
         self.transport: WSTransport | None = None
+        self.under: Any = None  # the uvloop transport under picows, once connected
 
     # ---- picows callbacks ------------------------------------------------------------------
 
@@ -107,16 +133,25 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if self.max_pending_bytes is not None:
             # pause_writing (below) fires when more than this is waiting for the peer
             underlying.set_write_buffer_limits(high=self.max_pending_bytes)
-        self.handler.on_open(self)
+        _close_watch(asyncio.get_running_loop()).add(self)
+        try:
+            self.handler.on_open(self)
+        except Exception:
+            _log.exception("endpoint handler failed in on_open")
+            self._fail(CLOSE_INTERNAL_ERROR, "")
 
     def pause_writing(self) -> None:
-        """The peer reads slower than we write: drop it before its backlog grows further."""
+        """The peer reads slower than we write: drop it before its backlog grows further.
+
+        Called by uvloop from inside a write, possibly in the middle of a flush of many
+        connections: the handler hears of it on the next loop turn, when no flush is running.
+        """
         if self.max_pending_bytes is None or self.transport is None:
             return
         self._head = self._tail = None
         if self._close_sent is None:
             self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
-            self.handler.on_overflow()
+            asyncio.get_running_loop().call_soon(self.handler.on_overflow)
         self.transport.disconnect(graceful=False)  # frees the backlog now
 
     def resume_writing(self) -> None:
@@ -127,13 +162,12 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if op is _CLOSE:
             self._on_close_frame(frame)
             return
-        if op is _PING:  # only reached on the client side, where picows does not auto-pong
-            if self._close_sent is None:
-                self.write(codec.build_frame(OP_PONG, frame.get_payload_as_bytes(), mask=True))
+        if op is _PING or op is _PONG:
+            self._on_ping_or_pong(frame)
             return
         # Data sent before the peer saw our close is still delivered; nothing after theirs,
-        # and nothing after a framing violation.
-        if op is _PONG or self._close_received is not None or self._failed:
+        # and nothing after a protocol violation.
+        if self._close_received is not None or self._failed:
             return
         rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
         try:
@@ -151,31 +185,41 @@ class Endpoint(WSListener):  # type: ignore[misc]
             else:
                 message = assembler.feed(op.value, frame.fin, rsv, payload)
         except FrameViolation as violation:
-            self._failed = True
-            self.close(violation.code, violation.reason)
+            self._fail(violation.code, violation.reason)
             return
         if message is not None:
-            self.handler.on_message(*message)
+            try:
+                self.handler.on_message(*message)
+            except Exception:
+                # Handled here, not by picows: its own close would arm no close_timeout.
+                _log.exception("endpoint handler failed in on_message")
+                self._fail(CLOSE_INTERNAL_ERROR, "")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        _close_watch(asyncio.get_running_loop()).discard(self)
+        self._head = self._tail = None
         if self._close_received is not None:
             code, reason = self._close_received
         elif self._close_sent is not None:
             code, reason = self._close_sent
         else:
-            code, reason = CLOSE_ABNORMAL, ""
+            code, reason = CLOSE_ABNORMAL, ""  # no close handshake here (picows's own close)
         self.handler.on_close(code, reason)
 
     # ---- output ----------------------------------------------------------------------------
 
     @property
     def open(self) -> bool:
+        """True until a Close is sent (here or by picows) or the socket is gone."""
+        transport = self.transport
         return (
             self._close_sent is None
-            and self.transport is not None
-            and not self.transport.is_disconnected
+            and transport is not None
+            and not transport.is_close_frame_sent
+            and not transport.is_disconnected
         )
 
     def write(self, frame: bytes) -> None:
@@ -201,7 +245,11 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if head is None:
             return
         self._head = self._tail = None
-        if self.transport is None or self.transport.is_disconnected:
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        if transport.is_close_frame_sent:  # picows closed by itself: nothing after its Close
+            self._closed_by_picows()
             return
         if tail is None:
             self.under.write(head)
@@ -210,46 +258,173 @@ class Endpoint(WSListener):  # type: ignore[misc]
         else:
             self.under.writelines((head, *tail))  # large frames: no joined copy of megabytes
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Starts the close handshake; the connection ends when the peer answers or times out."""
-        if self._close_sent is not None or self.transport is None:
+    def close(self, code: int, reason: str = "", *, wait: bool = True) -> None:
+        """Sends a Close frame (after what is queued) and ends the connection.
+
+        ``wait=True``: the close handshake; TCP is closed when the peer answers (a server
+        closes it at once then, RFC 6455 §7.1.1), or aborted after ``close_timeout``.
+        ``wait=False``: for a stranger to be rid of fast: TCP is closed as soon as the Close
+        frame has been written out, without waiting for the peer's answer, and aborted after
+        ``close_timeout`` if the peer does not read it. (A peer that is still sending then
+        may get a reset, which can make it lose the Close frame: it sees a dropped socket.)
+        Calling it again with ``wait=False`` on a connection already closing closes TCP now.
+        """
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
             return
-        self._send_close(code, reason)
-        if self._close_received is not None and not self.client_side:
-            self.transport.disconnect()
-        else:
-            self._arm_timer()
+        if self._close_sent is None and not self._send_close(code, reason):
+            return  # dropped while flushing (slow consumer), or picows had closed already
+        if not wait or (self._close_received is not None and not self.client_side):
+            transport.disconnect()
+        self._arm_timer()
 
     def abort(self) -> None:
+        """Drops the socket now: no Close frame, nothing more written."""
         if self.transport is not None:
             self.transport.disconnect(graceful=False)
 
+    def pause_reading(self) -> None:
+        """Stops reading from the peer until :meth:`resume_reading`; idempotent.
+
+        For flow control: while paused, nothing arrives (no messages, no pings, no Close),
+        and the peer's sends back up into TCP. picows's keepalive counts only what it reads,
+        so a connection paused for longer than ``ping_interval + ping_timeout`` is dropped
+        as unresponsive. A closing connection stays as it is.
+        """
+        under = self.under
+        if under is not None and not under.is_closing() and under.is_reading():
+            under.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Reads from the peer again after :meth:`pause_reading`; idempotent."""
+        under = self.under
+        if under is not None and not under.is_closing() and not under.is_reading():
+            under.resume_reading()
+
     # ---- close handshake -------------------------------------------------------------------
 
-    def _send_close(self, code: int, reason: str) -> None:
+    def _fail(self, code: int, reason: str) -> None:
+        """The peer broke the protocol (RFC 6455 §7.1.7): Close with ``code``, take no more."""
+        self._failed = True
+        self.close(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> bool:
+        """Writes what is queued, then the one Close frame; False if no Close may be sent."""
         self.flush()  # what was queued before the close leaves before it
+        transport = self.transport
+        assert transport is not None
+        if transport.is_close_frame_sent:  # picows closed by itself
+            self._closed_by_picows()
+            return False
+        if self._close_sent is not None:  # the flush overflowed: the peer is dropped already
+            return False
         self._close_sent = (code, reason)
         # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
         text = reason.encode()[:123].decode("utf-8", "ignore").encode()
-        body = struct.pack("!H", code) + text if code != CLOSE_NO_STATUS else b""
-        self.under.write(codec.build_frame(OP_CLOSE, body, mask=self.client_side))
+        if self.client_side:
+            body = struct.pack("!H", code) + text if code != CLOSE_NO_STATUS else b""
+            self.under.write(codec.build_frame(OP_CLOSE, body, mask=True))
+        else:
+            # Through picows, which then sends no Close, ping or pong of its own after it
+            # (a framing error it finds later, an unanswered keepalive ping). It always sends
+            # a status code: a Close without one is answered with 1000.
+            transport.send_close(
+                WSCloseCode(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code), text
+            )
+        return True
 
     def _on_close_frame(self, frame: WSFrame) -> None:
-        body = frame.get_payload_as_bytes()
-        if len(body) >= 2:  # picows has checked the code and the reason's UTF-8 already
-            self._close_received = (int.from_bytes(body[:2], "big"), body[2:].decode())
-        else:
-            self._close_received = (CLOSE_NO_STATUS, "")
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._failed = True
+            self.close(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame", wait=False)
+            return
+        try:
+            self._close_received = parse_close(frame.get_payload_as_bytes())
+        except FrameViolation as violation:
+            self._failed = True  # the peer is closing anyway: answer and hang up
+            self.close(violation.code, violation.reason, wait=False)
+            return
         if self._close_sent is None:  # echo the peer's close, as the reference does
             code, reason = self._close_received
             self._send_close(code, reason)
-        assert self.transport is not None
-        if self.client_side:
-            self._arm_timer()  # RFC 6455 §7.1.1: the server closes TCP first
-        else:
-            self.transport.disconnect()
+        if not self.client_side:
+            assert self.transport is not None
+            self.transport.disconnect()  # RFC 6455 §7.1.1: the server closes TCP first
+        self._arm_timer()  # bounds both: a server's flush to a peer that stopped reading,
+        # and a client's wait for the server to hang up
+
+    def _on_ping_or_pong(self, frame: WSFrame) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame")
+        elif frame.msg_type is _PING and not self._failed:
+            # write() takes nothing once a Close is sent; flush() nothing after picows's own.
+            payload = frame.get_payload_as_bytes()
+            self.write(codec.build_frame(OP_PONG, payload, mask=self.client_side))
+
+    def _closed_by_picows(self) -> None:
+        """picows has sent a Close of its own: drop what is queued, end within close_timeout.
+
+        picows fails a connection by itself for what it finds while parsing (an unknown
+        opcode, a fragmented or oversized control frame, an unmasked client frame, a frame
+        over ``max_frame_size``, a close frame it rejects), and for a keepalive ping left
+        unanswered. It then closes TCP gracefully, that is only once the peer has read what
+        is queued, and tells its listener nothing.
+        """
+        self._head = self._tail = None
+        self._arm_timer()
 
     def _arm_timer(self) -> None:
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._close_timeout, self.abort)
+
+
+class _CloseWatch:
+    """The open endpoints of one event loop, looked at every ``CLOSE_WATCH_INTERVAL`` seconds.
+
+    A connection that picows closes by itself (see :meth:`Endpoint._closed_by_picows`) shows
+    it only in its transport's ``is_close_frame_sent``; without a look, a peer that stops
+    reading would keep its socket and backlog for as long as it likes. One look costs about
+    50 ns per open connection.
+    """
+
+    __slots__ = ("_endpoints", "_handle", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._endpoints: set[Endpoint] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, endpoint: Endpoint) -> None:
+        self._endpoints.add(endpoint)
+        if self._handle is None:
+            self._handle = self._loop.call_later(CLOSE_WATCH_INTERVAL, self._look)
+
+    def discard(self, endpoint: Endpoint) -> None:
+        self._endpoints.discard(endpoint)
+
+    def _look(self) -> None:
+        self._handle = None
+        found = [
+            endpoint
+            for endpoint in self._endpoints
+            # _timer first: endpoints closed here have theirs already, and it is the
+            # cheaper read
+            if endpoint._timer is None and endpoint.transport.is_close_frame_sent  # type: ignore[union-attr]
+        ]
+        for endpoint in found:
+            endpoint._closed_by_picows()
+        if self._endpoints:
+            self._handle = self._loop.call_later(CLOSE_WATCH_INTERVAL, self._look)
+
+
+_watches: dict[asyncio.AbstractEventLoop, _CloseWatch] = {}
+
+
+def _close_watch(loop: asyncio.AbstractEventLoop) -> _CloseWatch:
+    watch = _watches.get(loop)
+    if watch is None:
+        for closed in [other for other in _watches if other.is_closed()]:
+            del _watches[closed]  # forget watches with their loops
+        watch = _watches[loop] = _CloseWatch(loop)
+    return watch
