@@ -47,6 +47,7 @@ PEERS: dict[str, list[str]] = {
     "aiohttp": [sys.executable, str(HERE / "peers/aiohttp_server.py")],
     "python-socketio": [sys.executable, str(HERE / "peers/socketio_server.py")],
 }
+BASELINE = "wse-fast baseline"
 DIALECTS = {"python-socketio": SOCKETIO}  # the others speak the WSE slice
 MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
 
@@ -196,27 +197,37 @@ async def latency(
     return out
 
 
-async def rpc_bench(runs: int) -> list[tuple[str, Result, list[float]]]:
+async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, list[float]]]:
+    """RPC through each of ``servers`` (wse-fast, and a baseline build when one is given),
+    measured in alternation run by run."""
     out = []
     for conns, depth in ((1, 1), (1, 64), (100, 8)):
-        results, lat = [], []
+        results: dict[str, list[Result]] = {name: [] for name in servers}
+        lat: dict[str, list[list[float]]] = {name: [] for name in servers}
         for _ in range(runs):
-            with Server("wse-fast") as server:
-                gen = LoadGen(server.port, server.proc.pid)
-                result, samples = await rpc(gen, conns, depth, 1.0)
-                gen.close()
-            samples.sort()
-            results.append(result)
-            lat.append(
-                [samples[len(samples) // 2] / 1e6, samples[int(0.99 * (len(samples) - 1))] / 1e6]
+            for name in servers:
+                with Server(name) as server:
+                    gen = LoadGen(server.port, server.proc.pid)
+                    result, samples = await rpc(gen, conns, depth, 1.0)
+                    gen.close()
+                samples.sort()
+                results[name].append(result)
+                lat[name].append(
+                    [
+                        samples[len(samples) // 2] / 1e6,
+                        samples[int(0.99 * (len(samples) - 1))] / 1e6,
+                    ]
+                )
+        for name in servers:
+            mid = sorted(results[name], key=lambda r: r.per_cpu_second)[len(results[name]) // 2]
+            p = [statistics.median(x[i] for x in lat[name]) for i in (0, 1)]
+            label = f"{conns} conn x {depth} in flight"
+            if name != "wse-fast":
+                label += f" ({name})"
+            say(
+                f"  rpc {label:22}: {mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms"
             )
-        mid = sorted(results, key=lambda r: r.per_cpu_second)[len(results) // 2]
-        p = [statistics.median(x[i] for x in lat) for i in (0, 1)]
-        label = f"{conns} conn x {depth} in flight"
-        say(
-            f"  rpc {label:22}: {mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms"
-        )
-        out.append((label, mid, p))
+            out.append((label, mid, p))
     return out
 
 
@@ -408,7 +419,20 @@ def plot_latency(lat: list[tuple[float, str, list[float], float]], path: Path) -
 
 
 async def main(args: argparse.Namespace) -> None:
+    global RESULTS
     os.sched_setaffinity(0, {LOADGEN_CORE})
+    if args.out:
+        RESULTS = Path(args.out)
+    if args.baseline:
+        # Another checkout of wse-fast (with its own `make bench-setup`), measured beside this
+        # one in the same run: the before and after of a change to a hot path.
+        base = Path(args.baseline).resolve()
+        PEERS[BASELINE] = [
+            str(base / ".venv/bin/python"),
+            str(base / "benches/peers/wse_fast_server.py"),
+        ]
+        if args.peers:
+            args.peers.append(BASELINE)
     peers = [p for p in PEERS if p in args.peers] if args.peers else list(PEERS)
     if shutil.which("node") is None:
         peers = [p for p in peers if p != "Node.js ws"]
@@ -436,7 +460,7 @@ async def main(args: argparse.Namespace) -> None:
         lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs)
     if "rpc" in args.parts:
         say("rpc:")
-        rpcs = await rpc_bench(args.runs)
+        rpcs = await rpc_bench(args.runs, ["wse-fast", *([BASELINE] if args.baseline else [])])
     if "connections" in args.parts:
         say("connections:")
         conns_rows = await connections([1000, 10000])
@@ -454,6 +478,11 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--peers", nargs="*", help="a subset of: " + ", ".join(PEERS))
+    parser.add_argument(
+        "--baseline",
+        help="another wse-fast checkout (set up with make bench-setup) to measure beside",
+    )
+    parser.add_argument("--out", help="where to write the results (default: benches/results)")
     parser.add_argument(
         "--parts",
         nargs="*",

@@ -239,7 +239,7 @@ class Connection:
     def _pause(self) -> None:
         self._backlog = deque()
         if self.endpoint is not None:
-            self.endpoint.under.pause_reading()  # TEMP
+            self.endpoint.pause_reading()
         if self.tasks_running < self._server.max_in_flight:
             self._server.wait_for_tasks(self)  # the server-wide cap: woken by any task's end
 
@@ -258,7 +258,7 @@ class Connection:
                 self._backlog.extendleft(reversed(backlog))
                 return
         if self.endpoint is not None and self.session.state is not ServerState.CLOSED:
-            self.endpoint.under.resume_reading()  # TEMP
+            self.endpoint.resume_reading()
 
     # ---- helpers ---------------------------------------------------------------------------
 

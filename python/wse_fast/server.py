@@ -340,6 +340,9 @@ class WseServer(Peer):
                 return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "")
             if verdict is not None:
                 status, body = verdict if isinstance(verdict, tuple) else (verdict, "")
+                if not 400 <= status <= 599:
+                    log.error("on_upgrade answered %r, not an HTTP error status", status)
+                    return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "")
                 return _refusal(status, body)
         conn_id = f"{next(self._ids):x}"
         conn = Connection(self, conn_id)
@@ -416,11 +419,8 @@ class WseServer(Peer):
         conn.handshake = None
         conn.identity = None
         conn.meta = {}
-        endpoint = conn.endpoint
-        if endpoint is not None:
-            endpoint.close(code, reason)
-            if endpoint.transport is not None:  # TEMP until the endpoint has a quick close
-                endpoint.transport.disconnect()
+        if conn.endpoint is not None:
+            conn.endpoint.close(code, reason, wait=False)
 
     def _accept(self, conn: Connection, cid: str, welcome: Any) -> None:
         if conn.endpoint is None or not conn.endpoint.open:
