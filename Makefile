@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check bench-setup bench-codec bench bench-full clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance bench-setup bench-codec bench bench-full clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ wheel-check: setup
 	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
 
 test: browser-setup lint test-rust test-py test-pure test-sendloop wheel-check
+
+# RFC 6455 conformance: the Autobahn fuzzing client (groups 1-7, 9, 10; Python 2.7, installed
+# with pinned versions into tests/autobahn/.env on first use) against examples/echo_server.py.
+# Fails on any case that is not OK, NON-STRICT or INFORMATIONAL.
+conformance: setup
+	$(PY) tests/autobahn/run.py
 
 # The benchmark peers (aiohttp, python-socketio) and taskset, on top of the dev setup.
 bench-setup: setup
