@@ -18,6 +18,7 @@ from wse_fast import codec
 from wse_fast.transport.picows_endpoint import Endpoint
 
 MAX_MESSAGE = 16 << 20
+RECEIVE_BUFFER = 256 << 10  # SO_RCVBUF: bounds picows's read buffer under floods
 OP_TEXT, OP_BINARY = 0x1, 0x2
 
 
@@ -45,7 +46,12 @@ class Echo:
 def upgrade(request: WSUpgradeRequest) -> Endpoint:
     # Any subprotocol offer, or none, is accepted by answering without one.
     return Endpoint(
-        Echo(), MAX_MESSAGE, False, close_timeout=5.0, max_pending_bytes=4 * MAX_MESSAGE
+        Echo(),
+        MAX_MESSAGE,
+        False,
+        close_timeout=5.0,
+        max_pending_bytes=4 * MAX_MESSAGE,
+        receive_buffer=RECEIVE_BUFFER,
     )
 
 
