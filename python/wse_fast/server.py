@@ -130,7 +130,9 @@ class WseServer(Peer):
     status; ``trusted_proxies`` (addresses or networks) are believed about the client's
     address (``X-Forwarded-For``, ``Forwarded``). Authenticated connections may have
     ``max_in_flight`` handler tasks running each and ``max_tasks`` in all; past either, the
-    connection stops reading until one ends.
+    connection stops reading until one ends. ``receive_buffer`` (bytes) sets each socket's
+    SO_RCVBUF, which bounds what one read can grow picows's read buffer to under a flood of
+    small frames (and turns off the kernel's receive autotuning for that socket).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class WseServer(Peer):
         origins: Collection[str] | None = None,
         on_upgrade: Callable[[HandshakeRequest], UpgradeVerdict] | None = None,
         trusted_proxies: Collection[str] = (),
+        receive_buffer: int | None = None,
     ) -> None:
         if identify is None:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
@@ -192,6 +195,7 @@ class WseServer(Peer):
         self.on_upgrade = on_upgrade
         self.trusted_proxies = parse_networks(trusted_proxies)
         self.admission = Admission(max_unauthenticated, max_unauthenticated_per_ip)
+        self.receive_buffer = receive_buffer
 
         self.when = ServerEvents()
         self.clients: dict[str, Client] = {}
@@ -351,7 +355,12 @@ class WseServer(Peer):
         if remote != guard.peer:
             conn.forwarded_addr = remote
         endpoint = Endpoint(
-            conn, self.max_message_size, False, self.close_timeout, self.max_pending_bytes
+            conn,
+            self.max_message_size,
+            False,
+            self.close_timeout,
+            self.max_pending_bytes,
+            receive_buffer=self.receive_buffer,
         )
         offered = headers.get("Sec-WebSocket-Protocol", "")
         if self.protocol.name in (p.strip() for p in offered.split(",")):
