@@ -306,7 +306,8 @@ async def test_identify_sees_the_request_only_while_authenticating(
         (("127.0.0.1",), {"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7"),
         (("127.0.0.0/8",), {"X-Forwarded-For": "1.2.3.4, 203.0.113.7"}, "203.0.113.7"),
         (("127.0.0.1", "10.0.0.0/8"), {"X-Forwarded-For": "203.0.113.7, 10.1.1.1"}, "203.0.113.7"),
-        (("127.0.0.1",), {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}, "2001:db8::1"),
+        (("127.0.0.1",), {"Forwarded": "for=198.51.100.1"}, "127.0.0.1"),  # never believed
+        (("127.0.0.1",), {"X-Forwarded-For": "2001:DB8:0::1"}, "2001:db8::1"),
         (("127.0.0.1",), {"X-Forwarded-For": "not-an-address"}, "127.0.0.1"),
     ],
 )

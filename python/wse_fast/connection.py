@@ -228,9 +228,14 @@ class Connection:
     def _task_done(self, task: asyncio.Future[Any]) -> None:
         if self._tasks is not None:
             self._tasks.discard(task)
-        self._server.task_finished()
-        if self._backlog is not None and self._may_start_tasks():
-            self.resume()
+        server = self._server
+        server.task_finished()
+        if self._backlog is not None:
+            if self._may_start_tasks():
+                self.resume()
+            elif self.tasks_running < server.max_in_flight:
+                # its own tasks are done, but the server is at max_tasks: wait with the rest
+                server.wait_for_tasks(self)
 
     def _may_start_tasks(self) -> bool:
         server = self._server

@@ -1,7 +1,8 @@
 """The HTTP upgrade request as the application sees it, and who sent it.
 
-Nothing here trusts a header by default: ``X-Forwarded-For`` and ``Forwarded`` (RFC 7239) only
-name the client when the socket's peer is one of the ``trusted_proxies``.
+Nothing here trusts a header by default: ``X-Forwarded-For`` only names the client when the
+socket's peer is one of the ``trusted_proxies``. ``Forwarded`` (RFC 7239) is never read: a
+proxy that writes ``X-Forwarded-For`` commonly passes a client's own ``Forwarded`` through.
 """
 
 from __future__ import annotations
@@ -32,26 +33,6 @@ def _trusted(host: str, networks: tuple[Network, ...]) -> bool:
     return ip is not None and any(ip in net for net in networks)
 
 
-def _forwarded_for(value: str) -> list[str]:
-    """The ``for=`` nodes of a ``Forwarded`` header, first hop first (RFC 7239 §4, §6)."""
-    hops = []
-    for element in value.split(","):
-        node = None
-        for pair in element.split(";"):
-            name, _, raw = pair.strip().partition("=")
-            if name.lower() == "for":
-                node = raw.strip().strip('"')
-        if node is None:
-            hops.append("")
-            continue
-        if node.startswith("["):  # "[2001:db8::1]:4711"
-            node = node[1 : node.find("]")] if "]" in node else ""
-        elif node.count(":") == 1:  # "192.0.2.1:4711"
-            node = node.split(":")[0]
-        hops.append(node)
-    return hops
-
-
 def client_address(
     peer: Any, headers: Mapping[str, str], trusted: tuple[Network, ...]
 ) -> tuple[str, int]:
@@ -64,17 +45,16 @@ def client_address(
     host, port = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
     if not trusted or not _trusted(host, trusted):
         return host, port
-    forwarded = headers.get("Forwarded")
-    if forwarded is not None:
-        chain = _forwarded_for(forwarded)
-    else:
-        chain = [hop.strip() for hop in headers.get("X-Forwarded-For", "").split(",")]
+    # Every header line: some proxies add a line of their own instead of appending.
+    lines = _get_all(headers, "X-Forwarded-For")
+    chain = [hop.strip() for line in lines for hop in line.split(",")]
     for hop in reversed(chain):
-        if _ip(hop) is None:
+        ip = _ip(hop)
+        if ip is None:
             break  # an obfuscated or malformed hop: nothing left of it can be believed
         if not _trusted(hop, trusted):
-            return hop, 0
-        host = hop
+            return str(ip), 0  # one spelling per address, for the per-address counts
+        host = str(ip)
     return host, 0 if host != peer[0] else port
 
 

@@ -79,4 +79,7 @@ async def listen(
         return guard
 
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    if ssl is not None and options.handshake_timeout is not None:
+        # uvloop reports a TLS socket only once its TLS handshake is done: bound that too
+        where["ssl_handshake_timeout"] = options.handshake_timeout
     return await loop.create_server(protocol, ssl=ssl, **where)
