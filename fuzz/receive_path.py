@@ -460,8 +460,9 @@ def nested(fdp: Any, levels: int, leaf: Any) -> Any:
     return leaf
 
 
-def value(fdp: Any) -> Any:
-    choice = fdp.ConsumeIntInRange(0, 6)
+def value(fdp: Any, levels: int = 3) -> Any:
+    """A JSON value of at most ``levels`` levels (what the codecs pack, whatever the input)."""
+    choice = fdp.ConsumeIntInRange(0, 6 if levels > 0 else 4)
     if choice == 0:
         return None
     if choice == 1:
@@ -473,9 +474,10 @@ def value(fdp: Any) -> Any:
     if choice == 4:
         return fdp.ConsumeBool()
     if choice == 5:
-        return [value(fdp) for _ in range(fdp.ConsumeIntInRange(0, 3))]
+        return [value(fdp, levels - 1) for _ in range(fdp.ConsumeIntInRange(0, 3))]
     return {
-        fdp.ConsumeUnicodeNoSurrogates(4): value(fdp) for _ in range(fdp.ConsumeIntInRange(0, 3))
+        fdp.ConsumeUnicodeNoSurrogates(4): value(fdp, levels - 1)
+        for _ in range(fdp.ConsumeIntInRange(0, 3))
     }
 
 
