@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance bench-setup bench-codec bench bench-full clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,8 @@ demo: setup
 	$(PY) examples/demo.py
 
 lint: setup
-	$(VENV)/bin/ruff check python tests benches examples
-	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/ruff check python tests benches examples fuzz
+	$(VENV)/bin/ruff format --check python tests benches examples fuzz
 	$(VENV)/bin/mypy
 	cargo fmt --check
 	cargo clippy --release --all-targets -q -- -D warnings
@@ -65,6 +65,14 @@ test: browser-setup lint test-rust test-py test-pure test-sendloop wheel-check
 # Fails on any case that is not OK, NON-STRICT or INFORMATIONAL.
 conformance: setup
 	$(PY) tests/autobahn/run.py
+
+FUZZ_TIME ?= 600
+
+# Coverage-guided fuzzing on demand (the test suite runs each harness briefly); see fuzz/README.md.
+fuzz: setup
+	$(PY) fuzz/receive_path.py -max_total_time=$(FUZZ_TIME)
+	WSE_FAST_PURE=1 $(PY) fuzz/receive_path.py -max_total_time=$(FUZZ_TIME)
+	$(PY) fuzz/codec_differential.py -max_total_time=$(FUZZ_TIME)
 
 # The benchmark peers (aiohttp, python-socketio) and taskset, on top of the dev setup.
 bench-setup: setup
