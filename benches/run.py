@@ -231,10 +231,12 @@ async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, li
     return out
 
 
-async def connections(counts: list[int]) -> list[tuple[str, int, float, float, float]]:
+async def connections(
+    counts: list[int], names: list[str]
+) -> list[tuple[str, int, float, float, float]]:
     """Server RSS per idle authenticated connection, and connects + authentications per second."""
     out = []
-    for name in ("wse-fast", "minimal picows", "websockets broadcast()", "Node.js ws"):
+    for name in names:
         for n in counts:
             with Server(name) as server:
                 gen = LoadGen(server.port, server.proc.pid)
@@ -463,7 +465,18 @@ async def main(args: argparse.Namespace) -> None:
         rpcs = await rpc_bench(args.runs, ["wse-fast", *([BASELINE] if args.baseline else [])])
     if "connections" in args.parts:
         say("connections:")
-        conns_rows = await connections([1000, 10000])
+        names = [
+            p
+            for p in (
+                "wse-fast",
+                BASELINE,
+                "minimal picows",
+                "websockets broadcast()",
+                "Node.js ws",
+            )
+            if p in peers
+        ]
+        conns_rows = await connections([1000, 10000], names)
     write_report(fan, lat, rpcs, conns_rows, args)
 
 

@@ -212,6 +212,39 @@ async def test_strangers_per_address(
     assert await make_client(server).connect("bob") == "welcome"
 
 
+async def test_one_host_cannot_hold_every_strangers_place(make_server: ServerFactory) -> None:
+    server = await make_server(max_unauthenticated_per_ip=2)
+    silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # sent nothing yet
+    assert head.startswith(b"HTTP/1.1 429")
+    for _, w in [*silent, (reader, writer)]:
+        w.close()
+
+
+async def test_a_trusted_proxy_is_counted_per_client(make_server: ServerFactory) -> None:
+    entered = asyncio.Event()
+
+    async def identify(req: IdentifyRequest) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # everyone stays a stranger
+
+    server = await make_server(
+        identify, max_unauthenticated_per_ip=1, trusted_proxies=["127.0.0.1"]
+    )
+    held = []
+    for client in ("203.0.113.1", "203.0.113.2"):  # two clients behind one proxy: both fine
+        reader, writer, head = await upgrade(server.port, {"X-Forwarded-For": client})
+        assert head.startswith(b"HTTP/1.1 101")
+        RawPeer(reader, writer).send(0x1, HI)
+        held.append(writer)
+    await entered.wait()
+    _, writer, head = await upgrade(server.port, {"X-Forwarded-For": "203.0.113.1"})
+    assert head.startswith(b"HTTP/1.1 429")  # the same client again
+    for w in [*held, writer]:
+        w.close()
+
+
 async def test_an_upgrade_that_never_comes_times_out(make_server: ServerFactory) -> None:
     server = await make_server(handshake_timeout=0.2)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -391,6 +424,42 @@ async def test_tasks_are_bounded_across_the_server(
     gate.open.set()
     assert sorted(await asyncio.gather(*calls)) == sorted(list(range(20)) * 3)
     assert gate.most == 5
+
+
+async def test_a_paused_connection_resumes_when_the_server_frees_a_task(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    # A is paused by its own limit; its task ends just as C, waiting for the server-wide cap,
+    # takes the freed place. A must then wait for the next free place, not for ever.
+    server = await make_server(max_in_flight=1, max_tasks=2)
+    gates: dict[str, asyncio.Event] = {}
+
+    @server.register("hold")
+    async def hold(conn: Any, name: str) -> str:
+        log.hook("started")(name)
+        await gates.setdefault(name, asyncio.Event()).wait()
+        return name
+
+    a, b, c = (make_client(server) for _ in range(3))
+    for i, client in enumerate((a, b, c)):
+        await client.connect(f"user{i}")
+    a1 = asyncio.ensure_future(a.call("hold", "a1"))
+    a2 = asyncio.ensure_future(a.call("hold", "a2"))  # waits: a is at max_in_flight
+    await log.wait("started")
+    b1 = asyncio.ensure_future(b.call("hold", "b1"))
+    await log.wait("started", 2)  # a1 and b1: the server is at its cap
+    c1 = asyncio.ensure_future(c.call("hold", "c1"))
+    await eventually(lambda: len(server._waiting_for_tasks) == 1)  # c waits for a place
+    gates.setdefault("a1", asyncio.Event()).set()  # c1 takes a1's place
+    assert await a1 == "a1"
+    await log.wait("started", 3)
+    gates.setdefault("b1", asyncio.Event()).set()  # a2 takes b1's place
+    assert await b1 == "b1"
+    await log.wait("started", 4)
+    assert [args[0] for args in log.of("started")] == ["a1", "b1", "c1", "a2"]
+    for name in ("a2", "c1"):
+        gates.setdefault(name, asyncio.Event()).set()
+    assert (await a2, await c1) == ("a2", "c1")
 
 
 async def test_a_connections_tasks_end_with_it(make_server: ServerFactory, log: EventLog) -> None:

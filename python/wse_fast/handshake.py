@@ -28,7 +28,10 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _trusted(host: str, networks: tuple[Network, ...]) -> bool:
+def is_trusted(networks: tuple[Network, ...], host: str) -> bool:
+    """Whether ``host`` is an address within one of the trusted ``networks``."""
+    if not networks:
+        return False
     ip = _ip(host)
     return ip is not None and any(ip in net for net in networks)
 
@@ -43,7 +46,7 @@ def client_address(
     entry left of the first untrusted one may have been written by the client itself.
     """
     host, port = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
-    if not trusted or not _trusted(host, trusted):
+    if not trusted or not is_trusted(trusted, host):
         return host, port
     # Every header line: some proxies add a line of their own instead of appending.
     lines = _get_all(headers, "X-Forwarded-For")
@@ -52,7 +55,7 @@ def client_address(
         ip = _ip(hop)
         if ip is None:
             break  # an obfuscated or malformed hop: nothing left of it can be believed
-        if not _trusted(hop, trusted):
+        if not is_trusted(trusted, hop):
             return str(ip), 0  # one spelling per address, for the per-address counts
         host = str(ip)
     return host, 0 if host != peer[0] else port

@@ -9,6 +9,7 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
@@ -19,7 +20,7 @@ from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
 from .errors import WseError
 from .events import ServerEvents, run_handler
-from .handshake import HandshakeRequest, client_address, parse_networks
+from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .peer import Peer
 from .protocols import WireProtocol
 from .transport.admission import CONTROL_ALLOWANCE, HTTP_REQUEST_MAX, Admission, ReadGuard
@@ -122,7 +123,8 @@ class WseServer(Peer):
     ``wse.slow-consumer``, reported through ``error`` and ``disconnected``); None disables it.
 
     Strangers (sockets not yet accepted by identify) are bounded: ``max_unauthenticated`` in
-    all and ``max_unauthenticated_per_ip`` per client address (past either: HTTP 503 / 429),
+    all and ``max_unauthenticated_per_ip`` per client address, from the TCP accept on (past
+    either: HTTP 503 / 429),
     ``handshake_timeout`` for the upgrade request, ``auth_timeout`` for authentication, and
     ``auth_max_message_size`` per message (close 1009) with about twice that in all (close
     1008). ``origins`` lists the ``Origin`` values allowed (others: HTTP 403); ``on_upgrade``
@@ -194,7 +196,8 @@ class WseServer(Peer):
         self.origins = frozenset(origins) if origins is not None else None
         self.on_upgrade = on_upgrade
         self.trusted_proxies = parse_networks(trusted_proxies)
-        self.admission = Admission(max_unauthenticated, max_unauthenticated_per_ip)
+        is_proxy = partial(is_trusted, self.trusted_proxies)
+        self.admission = Admission(max_unauthenticated, max_unauthenticated_per_ip, is_proxy)
         self.receive_buffer = receive_buffer
 
         self.when = ServerEvents()
@@ -332,9 +335,11 @@ class WseServer(Peer):
         if self.origins is not None and headers.get("Origin") not in self.origins:
             return _refusal(HTTPStatus.FORBIDDEN, "origin not allowed")
         remote = client_address(guard.peer, headers, self.trusted_proxies)
-        if not self.admission.admit_address(remote[0]):
-            return _refusal(HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating")
-        guard.counted_address = remote[0]
+        forwarded = remote != tuple(guard.peer[:2])  # (an IPv6 peer has two more fields)
+        if forwarded:  # named by a trusted proxy: counted under the client now
+            if not self.admission.admit_address(remote[0]):
+                return _refusal(HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating")
+            guard.counted_address = remote[0]
         handshake = HandshakeRequest(request.path.decode("latin-1"), headers, guard.peer, remote)
         if self.on_upgrade is not None:
             try:
@@ -352,7 +357,7 @@ class WseServer(Peer):
         conn = Connection(self, conn_id)
         conn.guard = guard
         conn.handshake = handshake
-        if remote != guard.peer:
+        if forwarded:
             conn.forwarded_addr = remote
         endpoint = Endpoint(
             conn,

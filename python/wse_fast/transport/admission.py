@@ -3,15 +3,16 @@
 Every accepted TCP socket starts behind a :class:`ReadGuard`, a thin buffered protocol between
 uvloop and picows's ``WSProtocol``. It
 
-- counts the server's strangers (sockets not yet accepted by identify, from the TCP accept on)
-  and refuses a socket past ``max_total`` with HTTP 503 before reading a byte of it;
+- counts the server's strangers (sockets not yet accepted by identify, from the TCP accept on),
+  in all and per address, and refuses a socket past either with HTTP 503 or 429 before
+  reading a byte of it;
 - caps every read at the bytes the stranger still may send, so that picows's read buffer (which
   grows with what arrives and never shrinks) stays small whatever frame header a stranger sends;
 - steps aside once the connection is accepted (:meth:`ReadGuard.release`): uvloop then talks to
   picows directly, so an authenticated connection pays nothing per read.
 
-Counts per remote address are taken at the upgrade (:meth:`Admission.admit_address`), once the
-address a trusted proxy forwarded is known.
+A trusted proxy's sockets are counted per client address at the upgrade
+(:meth:`Admission.admit_address`), once the proxy has named the client.
 """
 
 from __future__ import annotations
@@ -28,24 +29,42 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
     b"Content-Length: 0\r\n\r\n"
 )
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 
 
 class Admission:
-    """The server's strangers: how many there are, in all and per remote address."""
+    """The server's strangers: how many there are, in all and per client address.
 
-    __slots__ = ("_per_address", "max_per_address", "max_total", "total")
+    A socket is counted per address from its TCP accept, under its peer's address, so that
+    one host cannot take every stranger's place before it has sent a byte. A peer that is a
+    trusted proxy speaks for many clients: its sockets count in all only, and each is counted
+    under the client's address once the upgrade request has named it.
+    """
 
-    def __init__(self, max_total: int, max_per_address: int) -> None:
+    __slots__ = ("_is_proxy", "_per_address", "max_per_address", "max_total", "total")
+
+    def __init__(
+        self, max_total: int, max_per_address: int, is_proxy: Callable[[str], bool]
+    ) -> None:
         self.max_total = max_total
         self.max_per_address = max_per_address
+        self._is_proxy = is_proxy
         self.total = 0
         self._per_address: dict[str, int] = {}
 
-    def admit(self) -> bool:
+    def admit(self, peer_host: str) -> tuple[bool, str | None]:
+        """A socket from ``peer_host`` arrives: whether it may stay, and the address it is
+        counted under (None for a trusted proxy's)."""
         if self.total >= self.max_total:
-            return False
+            return False, None
+        counted = None if self._is_proxy(peer_host) else peer_host
+        if counted is not None and not self.admit_address(counted):
+            return False, counted
         self.total += 1
-        return True
+        return True, counted
 
     def admit_address(self, host: str) -> bool:
         count = self._per_address.get(host, 0)
@@ -54,14 +73,17 @@ class Admission:
         self._per_address[host] = count + 1
         return True
 
-    def leave(self, host: str | None) -> None:
+    def leave(self, *hosts: str | None) -> None:
+        """A counted socket is accepted or gone: it no longer counts, in all or under
+        ``hosts``."""
         self.total -= 1
-        if host is not None:
-            count = self._per_address[host] - 1
-            if count:
-                self._per_address[host] = count
-            else:
-                del self._per_address[host]
+        for host in hosts:
+            if host is not None:
+                count = self._per_address[host] - 1
+                if count:
+                    self._per_address[host] = count
+                else:
+                    del self._per_address[host]
 
     def strangers_from(self, host: str) -> int:
         return self._per_address.get(host, 0)
@@ -78,6 +100,7 @@ class ReadGuard(asyncio.BufferedProtocol):
     __slots__ = (
         "_admission",
         "_budget",
+        "_counted_peer",
         "_inner",
         "_transport",
         "counted_address",
@@ -91,7 +114,8 @@ class ReadGuard(asyncio.BufferedProtocol):
         self._budget = budget
         self._transport: Any = None  # uvloop's transport (not an asyncio.Transport subclass)
         self.peer: Any = None  # the socket's peer address
-        self.counted_address: str | None = None  # set by the upgrade once counted per address
+        self._counted_peer: str | None = None  # counted under the peer's address at the accept
+        self.counted_address: str | None = None  # a proxy's client, counted at the upgrade
         self.on_exhausted: Callable[[], None] | None = None
 
     @property
@@ -101,12 +125,15 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
-        if not self._admission.admit():
+        self.peer = transport.get_extra_info("peername")
+        host = self.peer[0] if isinstance(self.peer, tuple) else ""
+        admitted, counted = self._admission.admit(host)
+        if not admitted:
             self._inner = None  # picows never sees this socket
-            transport.write(_BUSY)
+            transport.write(_BUSY if counted is None else _TOO_MANY)
             transport.close()
             return
-        self.peer = transport.get_extra_info("peername")
+        self._counted_peer = counted
         self._inner.connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> Any:
@@ -142,7 +169,7 @@ class ReadGuard(asyncio.BufferedProtocol):
             return
         inner, self._inner = self._inner, None
         self._transport = None
-        self._admission.leave(self.counted_address)
+        self._admission.leave(self._counted_peer, self.counted_address)
         inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -160,6 +187,6 @@ class ReadGuard(asyncio.BufferedProtocol):
             return
         self._transport = None
         self.on_exhausted = None
-        self._admission.leave(self.counted_address)
+        self._admission.leave(self._counted_peer, self.counted_address)
         transport.set_protocol(self._inner)
         self._inner = None
