@@ -19,6 +19,8 @@ from .rpc import PendingCalls
 from .sansio import session as ev
 from .sansio.session import ServerSession, ServerState
 
+_VALID = ServerState.VALID  # read per message: a module name is cheaper than the enum's
+
 if TYPE_CHECKING:
     from .handshake import HandshakeRequest
     from .server import Client, WseServer
@@ -129,13 +131,13 @@ class Connection:
 
     def on_message(self, binary: bool, data: Any) -> None:
         server = self._server
-        if self._backlog is not None or server.tasks_running >= server.max_tasks:
+        if self._backlog is not None or server.saturated:
             if self._backlog is None:
                 self._pause()
             # reading is paused: what was read already waits, copied, in order
             self._backlog.append((binary, bytes(data)))  # type: ignore[union-attr]
             return
-        if self.session.state is not ServerState.VALID:
+        if self.session.state is not _VALID:
             self._stranger_message(binary, data)
             return
         try:

@@ -217,6 +217,7 @@ class WseServer(Peer):
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
+        self.saturated = False  # tasks_running has reached max_tasks (read per message)
         self._waiting_for_tasks: dict[Connection, None] = {}  # paused by max_tasks, in order
 
     # ---- configuration ---------------------------------------------------------------------
@@ -473,9 +474,11 @@ class WseServer(Peer):
 
     def task_started(self) -> None:
         self.tasks_running += 1
+        self.saturated = self.tasks_running >= self.max_tasks
 
     def task_finished(self) -> None:
         self.tasks_running -= 1
+        self.saturated = self.tasks_running >= self.max_tasks
         waiting = self._waiting_for_tasks
         while waiting and self.tasks_running < self.max_tasks:
             conn = next(iter(waiting))

@@ -36,6 +36,12 @@ class ClientState(Enum):
     CLOSED = auto()
 
 
+# Enum members read through their class cost ~70 ns each on CPython 3.11; the per-message
+# checks read these module-level names instead.
+_VALID = ServerState.VALID
+_READY = ClientState.READY
+
+
 # ---- events -----------------------------------------------------------------------------
 
 
@@ -148,7 +154,7 @@ class ServerSession:
 
     def receive(self, type: str, payload: Any, stamp: str | None) -> Event | Violation | Ignored:
         state = self.state
-        if state is ServerState.VALID:
+        if state is _VALID:
             return _valid_event(self.types, type, payload, stamp)
         if state is ServerState.STRANGER:
             if type != self.types.hi:
@@ -181,7 +187,7 @@ class ServerSession:
 
     @property
     def valid(self) -> bool:
-        return self.state is ServerState.VALID
+        return self.state is _VALID
 
     def _move(self, source: ServerState, target: ServerState) -> None:
         if self.state is not source:
@@ -197,7 +203,7 @@ class ClientSession:
         self.state = ClientState.GREETING
 
     def receive(self, type: str, payload: Any, stamp: str | None) -> Event | Ignored:
-        if self.state is ClientState.READY:
+        if self.state is _READY:
             return _valid_event(self.types, type, payload, stamp)
         if self.state is ClientState.GREETING:
             if type == self.types.welcome:
@@ -212,4 +218,4 @@ class ClientSession:
 
     @property
     def ready(self) -> bool:
-        return self.state is ClientState.READY
+        return self.state is _READY
