@@ -228,8 +228,11 @@ class Connection:
             self._pause()
 
     def _task_done(self, task: asyncio.Future[Any]) -> None:
-        if self._tasks is not None:
-            self._tasks.discard(task)
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None  # idle connections are many: keep no empty set
         server = self._server
         server.task_finished()
         if self._backlog is not None:
