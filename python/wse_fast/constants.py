@@ -49,6 +49,14 @@ class WSE_ERROR:
     MESSAGE_PROCESSING_ERROR: Final = "wse.server.msg-processing-error"
 
 
+# RFC 6455 §5.2 opcodes (the Rust codec has its own two in rust/src/frame.rs).
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
 # RFC 6455 §7.4.1 close codes used here.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
@@ -58,6 +66,7 @@ CLOSE_ABNORMAL: Final = 1006
 CLOSE_INVALID_TEXT: Final = 1007
 CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_JUMP: Final = 4000
 JUMP_REASON: Final = "jump"

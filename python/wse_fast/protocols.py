@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from . import codec
+from .constants import OP_BINARY, OP_TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +81,6 @@ class MsgpackProtocol:
 
     def frame(self, type: str, payload: Any, stamp: str | None, mask: bool) -> bytes:
         return codec.pack_msgpack_frame(type, payload, stamp, mask)
-
-
-OP_TEXT = 0x1
-OP_BINARY = 0x2
 
 
 class FrameEncoder:

@@ -7,11 +7,15 @@ and size rules of data frames, and which status codes a Close frame may carry.
 from __future__ import annotations
 
 from .. import codec
-from ..constants import CLOSE_INVALID_TEXT, CLOSE_NO_STATUS, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
-
-OP_CONTINUATION = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
+from ..constants import (
+    CLOSE_INVALID_TEXT,
+    CLOSE_NO_STATUS,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_TEXT,
+)
 
 
 class FrameViolation(Exception):

@@ -26,10 +26,14 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from .. import codec
 from ..constants import (
     CLOSE_ABNORMAL,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_NO_STATUS,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
     SLOW_CONSUMER,
 )
 from ..sansio.framing import FrameViolation, MessageAssembler, parse_close, whole_message
@@ -41,12 +45,11 @@ LARGE_FRAME = 8 * 1024
 #: such a connection then gets its ``close_timeout``, so it ends at most this much later than
 #: one closed here.
 CLOSE_WATCH_INTERVAL = 1.0
-CLOSE_INTERNAL_ERROR = 1011
-OP_CLOSE = 0x8
-OP_PONG = 0xA
-_CLOSE = WSMsgType.CLOSE
-_PING = WSMsgType.PING
-_PONG = WSMsgType.PONG
+#: picows's members for these opcodes: ``frame.msg_type`` is one of them, so a frame's type is
+#: told by identity, the cheapest test on the per-frame path.
+_CLOSE = WSMsgType(OP_CLOSE)
+_PING = WSMsgType(OP_PING)
+_PONG = WSMsgType(OP_PONG)
 #: What an accepted upgrade request keeps as headers once the handshake is over: one shared
 #: instance, read-only so that it cannot be changed through any request (hence Any: picows
 #: types the attribute as a mutable CIMultiDict).
