@@ -93,11 +93,9 @@ _flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
 
 
 def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
-    """The one flusher of ``loop`` (shared by all servers and clients on it)."""
+    """The one flusher of ``loop``, the running loop (shared by all servers and clients on it)."""
     flusher = _flushers.get(loop)
-    if flusher is None or flusher._loop is not loop:
-        if loop.is_closed():
-            raise RuntimeError("event loop is closed")
+    if flusher is None:
         flusher = _flushers[loop] = Flusher(loop)
         # forget the flusher with its loop, so closed loops do not accumulate
         _prune_closed()
