@@ -1,7 +1,8 @@
 """Pure-Python reference of every function in the Rust extension ``wse_fast._codec``.
 
 Each function here defines what its Rust twin must return; the test suite compares the two
-with hypothesis. ``WSE_FAST_PURE=1`` makes the package run on this module alone.
+with hypothesis. ``WSE_FAST_PURE=1`` makes the package run on this module alone. Its public
+functions and classes are ``wse_fast.codec.EXPORTS``, no more (tests/test_codec.py checks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import msgpack
 import orjson
 
+from .constants import OP_BINARY, OP_TEXT
+
 try:  # share the exception class with the extension when it is importable
     from ._codec import EnvelopeError
 except ImportError:  # pragma: no cover - only without the compiled extension
@@ -24,35 +27,17 @@ except ImportError:  # pragma: no cover - only without the compiled extension
         """A received message is not a valid WSE envelope."""
 
 
-__all__ = [
-    "EnvelopeError",
-    "Utf8Validator",
-    "build_frame",
-    "mask",
-    "mask_inplace",
-    "pack_json",
-    "pack_json_frame",
-    "pack_msgpack",
-    "pack_msgpack_frame",
-    "parse_frame_header",
-    "random_mask_key",
-    "send_to_all",
-    "unpack_json",
-    "unpack_msgpack",
-    "validate_utf8",
-]
-
-Buffer = bytes | bytearray | memoryview
+_Buffer = bytes | bytearray | memoryview
 
 
-def _key(key: Buffer) -> bytes:
+def _key(key: _Buffer) -> bytes:
     key = bytes(key)
     if len(key) != 4:
         raise ValueError("masking key must be 4 bytes")
     return key
 
 
-def mask(data: Buffer, key: Buffer, offset: int = 0) -> bytes:
+def mask(data: _Buffer, key: _Buffer, offset: int = 0) -> bytes:
     k = _key(key)
     k = k[offset % 4 :] + k[: offset % 4]
     n = len(data)
@@ -62,17 +47,6 @@ def mask(data: Buffer, key: Buffer, offset: int = 0) -> bytes:
 
 
 _xor = mask  # build_frame's `mask` flag shadows the function
-
-
-def mask_inplace(data: bytearray | memoryview, key: Buffer, offset: int = 0) -> None:
-    view = memoryview(data)
-    if view.readonly:
-        raise BufferError("buffer is read-only")
-    view.cast("B")[:] = mask(view, key, offset)
-
-
-def random_mask_key() -> bytes:
-    return os.urandom(4)
 
 
 def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]:
@@ -90,7 +64,7 @@ def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]:
     return short
 
 
-def validate_utf8(data: Buffer) -> bool:
+def validate_utf8(data: _Buffer) -> bool:
     try:
         codecs.decode(data, "utf-8")
     except UnicodeDecodeError:
@@ -112,7 +86,7 @@ class Utf8Validator:
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._failed = False
 
-    def feed(self, data: Buffer) -> bool:
+    def feed(self, data: _Buffer) -> bool:
         if self._failed:
             return False
         try:
@@ -157,17 +131,17 @@ def _header(opcode: int, length: int, fin: bool, rsv: int, key: bytes | None) ->
 
 
 def build_frame(
-    opcode: int, payload: Buffer, fin: bool = True, mask: bool = False, rsv: int = 0
+    opcode: int, payload: _Buffer, fin: bool = True, mask: bool = False, rsv: int = 0
 ) -> bytes:
     if not 0 <= opcode <= 0x0F or not 0 <= rsv <= 7:
         raise ValueError("opcode must fit 4 bits and rsv 3 bits")
     if mask:
-        key = random_mask_key()
+        key = os.urandom(4)  # unpredictable, as RFC 6455 §5.3 requires
         return _header(opcode, len(payload), fin, rsv, key) + _xor(payload, key)
     return _header(opcode, len(payload), fin, rsv, None) + bytes(payload)
 
 
-def parse_frame_header(data: Buffer) -> tuple[bool, int, int, bytes | None, int, int] | None:
+def parse_frame_header(data: _Buffer) -> tuple[bool, int, int, bytes | None, int, int] | None:
     data = bytes(data[:14])
     if len(data) < 2:
         return None
@@ -245,13 +219,13 @@ def pack_msgpack(kind: str, payload: Any = None, stamp: str | None = None) -> by
 def pack_json_frame(
     kind: str, payload: Any = None, stamp: str | None = None, mask: bool = False
 ) -> bytes:
-    return build_frame(0x1, pack_json(kind, payload, stamp), mask=mask)
+    return build_frame(OP_TEXT, pack_json(kind, payload, stamp), mask=mask)
 
 
 def pack_msgpack_frame(
     kind: str, payload: Any = None, stamp: str | None = None, mask: bool = False
 ) -> bytes:
-    return build_frame(0x2, pack_msgpack(kind, payload, stamp), mask=mask)
+    return build_frame(OP_BINARY, pack_msgpack(kind, payload, stamp), mask=mask)
 
 
 def _triple(decoded: Any) -> tuple[str, Any, str | None]:
@@ -271,7 +245,7 @@ def _triple(decoded: Any) -> tuple[str, Any, str | None]:
     return kind, payload, stamp
 
 
-def unpack_json(data: Buffer | str) -> tuple[str, Any, str | None]:
+def unpack_json(data: _Buffer | str) -> tuple[str, Any, str | None]:
     # Reading JSON is orjson's, as on the Rust path: integers past 64 bits become floats, and
     # numbers past the double range, lone surrogates and nesting deeper than 1024 levels are
     # refused (json.loads keeps the first three and can exhaust the stack on the last).
@@ -282,7 +256,7 @@ def unpack_json(data: Buffer | str) -> tuple[str, Any, str | None]:
     return _triple(decoded)
 
 
-def unpack_msgpack(data: Buffer) -> tuple[str, Any, str | None]:
+def unpack_msgpack(data: _Buffer) -> tuple[str, Any, str | None]:
     try:
         decoded = msgpack.unpackb(data)
     except Exception as exc:  # msgpack raises several unrelated types for bad input

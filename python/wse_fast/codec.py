@@ -8,6 +8,31 @@ is reported as one instead of silently running several times slower.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+#: The codec's Python surface: what the extension ``_codec`` and its twin ``_pure`` both
+#: provide, and what this module re-exports. tests/test_codec.py checks that the extension,
+#: the twin and the type stub ``_codec.pyi`` each define exactly these names.
+EXPORTS = (
+    "EnvelopeError",
+    "Utf8Validator",
+    "build_frame",
+    "mask",
+    "pack_json",
+    "pack_json_frame",
+    "pack_msgpack",
+    "pack_msgpack_frame",
+    "parse_frame_header",
+    "send_to_all",
+    "unpack_json",
+    "unpack_msgpack",
+    "validate_utf8",
+)
+
+if TYPE_CHECKING:
+    # The stub's public names are EXPORTS (checked by the test above), typed as the
+    # extension's: callers are type-checked against the stub on either path.
+    from ._codec import *  # noqa: F403
 
 if os.environ.get("WSE_FAST_PURE") == "1":
     from . import _pure as _impl
@@ -18,37 +43,8 @@ else:
 
     IMPLEMENTATION = "rust"
 
-EnvelopeError = _impl.EnvelopeError
-Utf8Validator = _impl.Utf8Validator
-build_frame = _impl.build_frame
-mask = _impl.mask
-mask_inplace = _impl.mask_inplace
-pack_json = _impl.pack_json
-pack_json_frame = _impl.pack_json_frame
-pack_msgpack = _impl.pack_msgpack
-pack_msgpack_frame = _impl.pack_msgpack_frame
-parse_frame_header = _impl.parse_frame_header
-random_mask_key = _impl.random_mask_key
-send_to_all = _impl.send_to_all
-unpack_json = _impl.unpack_json
-unpack_msgpack = _impl.unpack_msgpack
-validate_utf8 = _impl.validate_utf8
+# Plain module attributes, as if assigned one by one: ``codec.build_frame`` costs one
+# module attribute lookup, as before.
+globals().update({name: getattr(_impl, name) for name in EXPORTS})
 
-__all__ = [
-    "IMPLEMENTATION",
-    "EnvelopeError",
-    "Utf8Validator",
-    "build_frame",
-    "mask",
-    "mask_inplace",
-    "pack_json",
-    "pack_json_frame",
-    "pack_msgpack",
-    "pack_msgpack_frame",
-    "parse_frame_header",
-    "random_mask_key",
-    "send_to_all",
-    "unpack_json",
-    "unpack_msgpack",
-    "validate_utf8",
-]
+__all__ = ["IMPLEMENTATION", *EXPORTS]

@@ -78,40 +78,6 @@ fn mask<'py>(
     })?
 }
 
-/// Masks a writable buffer (bytearray, writable memoryview) in place.
-#[pyfunction]
-#[pyo3(signature = (data, key, offset=0))]
-fn mask_inplace(
-    py: Python<'_>,
-    data: &Bound<'_, PyAny>,
-    key: &Bound<'_, PyAny>,
-    offset: usize,
-) -> PyResult<()> {
-    let key = key4(key)?;
-    let buf = contiguous(data)?;
-    if buf.readonly() {
-        return Err(PyBufferError::new_err("buffer is read-only"));
-    }
-    let len = buf.len_bytes();
-    if len == 0 {
-        return Ok(());
-    }
-    // Safety: the buffer is writable, contiguous and exported (so not resizable) while `buf` lives.
-    let dst = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr() as *mut u8, len) };
-    if len >= DETACH_AT {
-        py.detach(|| masking::mask_in_place(dst, key, offset));
-    } else {
-        masking::mask_in_place(dst, key, offset);
-    }
-    Ok(())
-}
-
-/// Four bytes from the operating system's CSPRNG, for masking a client frame.
-#[pyfunction]
-fn random_mask_key(py: Python<'_>) -> Bound<'_, PyBytes> {
-    PyBytes::new(py, &masking::random_key())
-}
-
 /// True if the whole buffer is valid UTF-8.
 #[pyfunction]
 fn validate_utf8(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -224,8 +190,6 @@ fn send_to_all(py: Python<'_>, fds: Vec<i32>, data: &Bound<'_, PyBytes>) -> Vec<
 fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EnvelopeError", m.py().get_type::<EnvelopeError>())?;
     m.add_function(wrap_pyfunction!(mask, m)?)?;
-    m.add_function(wrap_pyfunction!(mask_inplace, m)?)?;
-    m.add_function(wrap_pyfunction!(random_mask_key, m)?)?;
     m.add_function(wrap_pyfunction!(validate_utf8, m)?)?;
     m.add_class::<Utf8Validator>()?;
     m.add_function(wrap_pyfunction!(build_frame, m)?)?;
