@@ -15,11 +15,11 @@ from typing import Any
 import uvloop
 from picows import WSUpgradeRequest, ws_create_server
 from wse_fast import codec
+from wse_fast.constants import OP_BINARY, OP_TEXT
 from wse_fast.transport.picows_endpoint import Endpoint
 
 MAX_MESSAGE = 16 << 20
 RECEIVE_BUFFER = 256 << 10  # SO_RCVBUF: bounds picows's read buffer under floods
-OP_TEXT, OP_BINARY = 0x1, 0x2
 
 
 class Echo:
