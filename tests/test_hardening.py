@@ -19,7 +19,14 @@ from typing import Any
 
 import msgpack
 import pytest
-from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, MsgpackProtocol, WseError
+from wse_fast import (
+    WSE_ERROR,
+    WSE_REASON,
+    IdentifyRequest,
+    MsgpackProtocol,
+    NotAuthorized,
+    WseError,
+)
 from wse_fast.handshake import HandshakeRequest
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory
@@ -528,9 +535,9 @@ async def test_a_welcome_that_cannot_be_encoded_accepts_nobody(
     server.when.error(log.hook("error"))
     server.when.connected(log.hook("connected"))
     client = make_client(server)
-    with pytest.raises(WseError) as err:
+    with pytest.raises(NotAuthorized) as err:
         await client.connect("alice")
-    assert err.value.code == WSE_REASON.NOT_AUTHORIZED
+    assert err.value.code == WSE_ERROR.NOT_AUTHORIZED
     [(error, _)] = await log.wait("error")
     assert error.details["stage"] == "auth"
     assert not server.clients and not log.of("connected")

@@ -9,7 +9,17 @@ from .auth import HmacChallenge, hmac_answer, hmac_solver
 from .client import WseClient
 from .connection import Connection
 from .constants import WSE_ERROR, WSE_REASON, WSE_STATUS
-from .errors import WseError
+from .errors import (
+    AlreadyConnected,
+    ConnectionFailed,
+    ConnectionNotReady,
+    NotAuthorized,
+    ProtocolViolation,
+    RpcDisconnected,
+    RpcError,
+    RpcTimeout,
+    WseError,
+)
 from .handshake import HandshakeRequest
 from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
 from .server import Challenge, Client, IdentifyRequest, WseServer
@@ -20,15 +30,23 @@ __all__ = [
     "WSE_ERROR",
     "WSE_REASON",
     "WSE_STATUS",
+    "AlreadyConnected",
     "Challenge",
     "Client",
     "Connection",
+    "ConnectionFailed",
+    "ConnectionNotReady",
     "HandshakeRequest",
     "HmacChallenge",
     "IdentifyRequest",
     "InternalTypes",
     "JsonProtocol",
     "MsgpackProtocol",
+    "NotAuthorized",
+    "ProtocolViolation",
+    "RpcDisconnected",
+    "RpcError",
+    "RpcTimeout",
     "WireProtocol",
     "WseClient",
     "WseError",

@@ -7,7 +7,8 @@ import math
 import random
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 from picows import WSError, WSTransport, ws_connect
 
@@ -23,7 +24,14 @@ from .constants import (
     WSE_REASON,
     WSE_STATUS,
 )
-from .errors import WseError
+from .errors import (
+    AlreadyConnected,
+    ConnectionFailed,
+    ConnectionNotReady,
+    NotAuthorized,
+    ProtocolViolation,
+    WseError,
+)
 from .events import ClientEvents, run_handler
 from .peer import Peer
 from .protocols import WireProtocol
@@ -85,7 +93,7 @@ class _Link:
         try:
             type, payload, stamp = client.decode(binary, data)
         except Exception as exc:
-            client.when.emit("error", WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": str(exc)}))
+            client.when.emit("error", ProtocolViolation({"detail": str(exc)}))
             return
         event = self.session.receive(type, payload, stamp)
         if client.route(event, (), self.reply, self.pending, client._handler_failed):
@@ -110,9 +118,7 @@ class _Link:
         self.session.closed()
         self.pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
         if not self.welcome.done():
-            self.welcome.set_exception(
-                WseError(reason or WSE_ERROR.WS_CLIENT_ERROR, {"code": code, "reason": reason})
-            )
+            self.welcome.set_exception(closed_before_welcome(code, reason))
         if not self.closed.done():
             self.closed.set_result((code, reason))
         self.client._link_closed(self, code, reason)
@@ -150,8 +156,36 @@ class _Link:
             self.endpoint.write(self.client.encode(type, payload, stamp))
 
 
-class WseClient(Peer):
+def closed_before_welcome(code: int, reason: str) -> ConnectionFailed | NotAuthorized:
+    """What ``connect`` raises when the connection closes before the welcome: the server's
+    refusal (reason ``wse.not-authorized``), or a failed connection; either way the close code
+    and reason are in the details, never in the error code."""
+    details = {"code": code, "reason": reason}
+    if reason == WSE_REASON.NOT_AUTHORIZED:
+        return NotAuthorized(details)
+    return ConnectionFailed(details)
+
+
+def worth_retrying(err: WseError) -> bool:
+    """Whether a reconnect attempt that failed with ``err`` should be followed by another.
+
+    Yes when the server could not be reached or answered nothing (no close code), or closed
+    with a code the reference reconnects after, or without a reason (no WSE server's answer).
+    No when it refused (:class:`NotAuthorized`) or closed with a reason and a final code
+    (``wse.protocol-error`` with 1000, say): trying again cannot help.
+    """
+    if not isinstance(err, ConnectionFailed):
+        return False
+    code = err.details.get("code")
+    return code is None or code in RECONNECT_CODES or not err.details.get("reason")
+
+
+class WseClient(Peer[ClientEvents]):
     """A WSE client on picows.
+
+    ``async with WseClient(url) as client:`` closes the client when the block ends; connecting
+    stays an explicit ``await client.connect(identity, meta)`` inside it, since it takes the
+    identity and returns the welcome (and ``jump`` connects again with another).
 
     ``timeout`` bounds each RPC call and each connection attempt (seconds).
 
@@ -243,11 +277,13 @@ class WseClient(Peer):
     async def connect(self, identity: Any = None, meta: dict[str, Any] | None = None) -> Any:
         """Connects and authenticates; returns the server's welcome payload.
 
-        Raises :class:`WseError`: ``wse.not-authorized`` when refused, the close reason when
-        the server closes first, ``wse.client.ws-error`` when the socket cannot be opened.
+        Raises :class:`NotAuthorized` when refused, :class:`ConnectionFailed` when there is
+        no connection (socket, upgrade, subprotocol, no welcome in time, closed before the
+        welcome: then with the close ``code`` and ``reason`` in its details), and
+        :class:`AlreadyConnected` while connected or connecting.
         """
         if self.status in (WSE_STATUS.READY, WSE_STATUS.CONNECTING):
-            raise WseError(WSE_ERROR.CLIENT_ALREADY_CONNECTED)
+            raise AlreadyConnected()
         self.identity = identity
         self.meta = dict(meta or {})
         self._closing = False
@@ -270,6 +306,17 @@ class WseClient(Peer):
             await asyncio.shield(link.closed)
         self._set_status(WSE_STATUS.OFFLINE)
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
     async def jump(self, url: str, identity: Any = None, meta: dict[str, Any] | None = None) -> Any:
         """Leaves the current server (close 4000 ``jump``) and connects to ``url``."""
         link = self._link
@@ -289,11 +336,16 @@ class WseClient(Peer):
     # ---- messages and calls ----------------------------------------------------------------
 
     def send(self, type: str, payload: Any = None) -> None:
-        """Sends a message; raises ``wse.client.not-ready`` before the welcome."""
+        """Sends a message; raises :class:`ConnectionNotReady` before the welcome."""
         self._ready_link().send(type, payload, None)
 
     async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
-        """Calls server procedure ``rp``; returns its result or raises :class:`WseError`."""
+        """Calls server procedure ``rp`` and returns its result.
+
+        Raises :class:`RpcError` when the server answers with an error, :class:`RpcTimeout`
+        after ``timeout`` (default: the client's), :class:`RpcDisconnected` when the
+        connection closes first, :class:`ConnectionNotReady` before the welcome.
+        """
         link = self._ready_link()
         stamp, future = link.pending.open(self.timeout if timeout is None else timeout)
         link.send(rp, payload, stamp)
@@ -309,7 +361,7 @@ class WseClient(Peer):
             or link.endpoint is None
             or not link.endpoint.open
         ):
-            raise WseError(WSE_ERROR.CONNECTION_NOT_READY)
+            raise ConnectionNotReady()
         return link
 
     async def _attempt(self) -> Any:
@@ -340,26 +392,24 @@ class WseClient(Peer):
                 use_aiofastnet=False,
             )
         except (TimeoutError, OSError, WSError) as exc:
-            raise WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": repr(exc)}) from exc
+            raise ConnectionFailed({"error": repr(exc)}) from exc
         if transport.response is None:
             # picows's ws_connect returns, without raising, a transport whose server hung up
             # before answering the upgrade (a server going down, or a proxy without backend)
-            raise WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": "closed during the upgrade"})
+            raise ConnectionFailed({"error": "closed during the upgrade"})
         link.transport = transport
         self._link = link
         agreed = transport.response.headers.get("Sec-WebSocket-Protocol")
         if agreed != self.protocol.name:
             link.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
-            raise WseError(
-                WSE_ERROR.WS_CLIENT_ERROR, {"error": f"server chose subprotocol {agreed!r}"}
-            )
+            raise ConnectionFailed({"error": f"server chose subprotocol {agreed!r}"})
         self.when.emit("connected")
         link.send(self.protocol_types.hi, {"identity": self.identity, "meta": self.meta}, None)
         try:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), self.timeout)
         except TimeoutError:
             link.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
-            raise WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": "no welcome in time"}) from None
+            raise ConnectionFailed({"error": "no welcome in time"}) from None
         self._set_status(WSE_STATUS.READY)
         self.when.emit("ready", welcome)
         return welcome
@@ -416,8 +466,7 @@ class WseClient(Peer):
                     await self._attempt()
                     return
                 except WseError as err:
-                    code = err.details.get("code")
-                    if err.code == WSE_ERROR.WS_CLIENT_ERROR or code in RECONNECT_CODES:
+                    if worth_retrying(err):
                         continue  # server still away: try again
                     self._set_status(WSE_STATUS.OFFLINE)  # refused: trying again cannot help
                     self.when.emit("error", err)
@@ -425,7 +474,7 @@ class WseClient(Peer):
                 except Exception as exc:
                     # Not a known way for a connection to fail: stop, and say so, rather than
                     # leave the client RE_CONNECTING with no task behind it.
-                    failure = WseError(WSE_ERROR.WS_CLIENT_ERROR, {"error": repr(exc)})
+                    failure = ConnectionFailed({"error": repr(exc)})
                     failure.__cause__ = exc
                     self._set_status(WSE_STATUS.OFFLINE)
                     self.when.emit("error", failure)

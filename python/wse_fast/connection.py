@@ -14,7 +14,7 @@ from .constants import (
     WSE_ERROR,
     WSE_REASON,
 )
-from .errors import WseError
+from .errors import ConnectionNotReady, ProtocolViolation, WseError
 from .rpc import PendingCalls
 from .sansio import session as ev
 from .sansio.session import ServerSession, ServerState
@@ -111,7 +111,7 @@ class Connection:
     async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
         """Calls procedure ``rp`` on this device and returns its result (or raises WseError)."""
         if not self.session.valid or self.endpoint is None or not self.endpoint.open:
-            raise WseError(WSE_ERROR.CONNECTION_NOT_READY, {"rpc": rp})
+            raise ConnectionNotReady({"rpc": rp})
         stamp, future = self.pending.open(self._server.timeout if timeout is None else timeout)
         self.endpoint.write(self._server.encode(rp, payload, stamp))
         return await future
@@ -184,9 +184,8 @@ class Connection:
         if len(data) > server.auth_max_message_size:
             self._server.when.emit(
                 "error",
-                WseError(
-                    WSE_ERROR.PROTOCOL_VIOLATION,
-                    {"detail": "message too big before authentication", "size": len(data)},
+                ProtocolViolation(
+                    {"detail": "message too big before authentication", "size": len(data)}
                 ),
                 self,
             )
@@ -209,9 +208,7 @@ class Connection:
 
     def _budget_spent(self) -> None:
         """The stranger sent every byte it may before authentication."""
-        err = WseError(
-            WSE_ERROR.PROTOCOL_VIOLATION, {"detail": "too much data before authentication"}
-        )
+        err = ProtocolViolation({"detail": "too much data before authentication"})
         self._server.when.emit("error", err, self)
         self._server.refuse(self, CLOSE_POLICY_VIOLATION, "too much data before authentication")
 
@@ -277,7 +274,7 @@ class Connection:
             self.endpoint.write(self._server.encode(type, payload, stamp))
 
     def _violation(self, detail: str) -> None:
-        err = WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": detail, "conn_id": self.conn_id})
+        err = ProtocolViolation({"detail": detail, "conn_id": self.conn_id})
         self._server.when.emit("error", err, self)
         if self.session.valid:
             self.drop(WSE_REASON.PROTOCOL_ERR)

@@ -2,6 +2,10 @@
 
 Every registration method works as a call and as a decorator, and handlers may be plain
 functions or coroutine functions; a coroutine is run as a task whose failure is reported.
+
+For type checkers, registering returns the function unchanged, with its own type, and checks
+it against the signature the registry calls it with: the Protocols below, whose returns are
+``object`` (a value, None, or an awaitable that is awaited).
 """
 
 from __future__ import annotations
@@ -10,14 +14,19 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 from .constants import WSE_ERROR
 from .errors import WseError
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultedTypeVar
+
+    from .connection import Connection
+    from .server import Client
+
 log = logging.getLogger("wse_fast")
 
-F = TypeVar("F", bound=Callable[..., Any])
 ErrorSink = Callable[[BaseException], None]
 
 _tasks: set[asyncio.Future[Any]] = set()
@@ -60,6 +69,88 @@ def _log_error(exc: BaseException) -> None:
     log.error("event handler failed", exc_info=exc)
 
 
+# ---- handler signatures ------------------------------------------------------------------
+
+
+class ServerHandler(Protocol):
+    """A server's message handler or procedure: ``fn(conn, payload)``."""
+
+    def __call__(self, conn: Connection, payload: Any, /) -> object: ...
+
+
+class ClientHandler(Protocol):
+    """A client's message handler or procedure: ``fn(payload)``."""
+
+    def __call__(self, payload: Any, /) -> object: ...
+
+
+class OnJoined(Protocol):
+    def __call__(self, client: Client, meta: dict[str, Any], /) -> object: ...
+
+
+class OnLeft(Protocol):
+    def __call__(self, client: Client, code: int, reason: str, /) -> object: ...
+
+
+class OnConnected(Protocol):
+    def __call__(self, conn: Connection, /) -> object: ...
+
+
+class OnDisconnected(Protocol):
+    def __call__(self, conn: Connection, code: int, reason: str, /) -> object: ...
+
+
+class OnServerIgnored(Protocol):
+    def __call__(self, conn: Connection, type: str, payload: Any, /) -> object: ...
+
+
+class OnServerError(Protocol):
+    def __call__(self, err: WseError, conn: Connection, /) -> object: ...
+
+
+class OnReady(Protocol):
+    def __call__(self, welcome: Any, /) -> object: ...
+
+
+class OnClosed(Protocol):
+    def __call__(self, code: int, reason: str, /) -> object: ...
+
+
+class OnClientError(Protocol):
+    def __call__(self, err: WseError, /) -> object: ...
+
+
+class OnUpdated(Protocol):
+    def __call__(self, status: str, /) -> object: ...
+
+
+class OnOpened(Protocol):
+    def __call__(self) -> object: ...
+
+
+class OnClientIgnored(Protocol):
+    def __call__(self, type: str, payload: Any, /) -> object: ...
+
+
+# Each registration is generic in the handler's own type, bounded by its signature, so that
+# decorating keeps the function's type.
+F = TypeVar("F", bound=Callable[..., Any])
+_SH = TypeVar("_SH", bound=ServerHandler)
+_CH = TypeVar("_CH", bound=ClientHandler)
+_Joined = TypeVar("_Joined", bound=OnJoined)
+_Left = TypeVar("_Left", bound=OnLeft)
+_Connected = TypeVar("_Connected", bound=OnConnected)
+_Disconnected = TypeVar("_Disconnected", bound=OnDisconnected)
+_ServerIgnored = TypeVar("_ServerIgnored", bound=OnServerIgnored)
+_ServerError = TypeVar("_ServerError", bound=OnServerError)
+_Ready = TypeVar("_Ready", bound=OnReady)
+_Closed = TypeVar("_Closed", bound=OnClosed)
+_ClientError = TypeVar("_ClientError", bound=OnClientError)
+_Updated = TypeVar("_Updated", bound=OnUpdated)
+_Opened = TypeVar("_Opened", bound=OnOpened)
+_ClientIgnored = TypeVar("_ClientIgnored", bound=OnClientIgnored)
+
+
 class Events:
     """Base of ``server.when`` and ``client.when``: one list of handlers per event name."""
 
@@ -87,82 +178,101 @@ class Events:
 class ServerEvents(Events):
     _names = ("joined", "left", "connected", "disconnected", "ignored", "error")
 
-    def joined(self, fn: F) -> F:
+    def joined(self, fn: _Joined) -> _Joined:
         """``fn(client, meta)``: a user's first connection was accepted."""
         return self._add("joined", fn)
 
-    def left(self, fn: F) -> F:
+    def left(self, fn: _Left) -> _Left:
         """``fn(client, code, reason)``: a user's last connection closed."""
         return self._add("left", fn)
 
-    def connected(self, fn: F) -> F:
+    def connected(self, fn: _Connected) -> _Connected:
         """``fn(conn)``: a connection was accepted (after identify)."""
         return self._add("connected", fn)
 
-    def disconnected(self, fn: F) -> F:
+    def disconnected(self, fn: _Disconnected) -> _Disconnected:
         """``fn(conn, code, reason)``: an accepted connection closed."""
         return self._add("disconnected", fn)
 
-    def ignored(self, fn: F) -> F:
+    def ignored(self, fn: _ServerIgnored) -> _ServerIgnored:
         """``fn(conn, type, payload)``: a message with no channel handler."""
         return self._add("ignored", fn)
 
-    def error(self, fn: F) -> F:
-        """``fn(err, conn)``: a bad message, a failing handler, a refused protocol."""
+    def error(self, fn: _ServerError) -> _ServerError:
+        """``fn(err, conn)``: a bad message (:class:`wse_fast.ProtocolViolation`), a failing
+        handler, a slow consumer; ``err`` is a :class:`wse_fast.WseError`."""
         return self._add("error", fn)
 
 
 class ClientEvents(Events):
     _names = ("ready", "closed", "error", "updated", "connected", "ignored")
 
-    def ready(self, fn: F) -> F:
+    def ready(self, fn: _Ready) -> _Ready:
         """``fn(welcome)``: authenticated; messages and calls may flow."""
         return self._add("ready", fn)
 
-    def closed(self, fn: F) -> F:
+    def closed(self, fn: _Closed) -> _Closed:
         """``fn(code, reason)``: the connection closed."""
         return self._add("closed", fn)
 
-    def error(self, fn: F) -> F:
-        """``fn(err)``: a failing handler or a transport error."""
+    def error(self, fn: _ClientError) -> _ClientError:
+        """``fn(err)``: a failing handler, a bad message, a reconnect that gave up; ``err`` is
+        a :class:`wse_fast.WseError`."""
         return self._add("error", fn)
 
-    def updated(self, fn: F) -> F:
+    def updated(self, fn: _Updated) -> _Updated:
         """``fn(status)``: the status (:class:`wse_fast.WSE_STATUS`) changed."""
         return self._add("updated", fn)
 
-    def connected(self, fn: F) -> F:
+    def connected(self, fn: _Opened) -> _Opened:
         """``fn()``: the WebSocket opened (authentication follows)."""
         return self._add("connected", fn)
 
-    def ignored(self, fn: F) -> F:
+    def ignored(self, fn: _ClientIgnored) -> _ClientIgnored:
         """``fn(type, payload)``: a message with no channel handler."""
         return self._add("ignored", fn)
 
 
-class Channel:
-    """Message handlers by type: ``channel.on("type", fn)`` or ``@channel.on("type")``."""
+# The side of a peer (server or client), named by the class of its life-cycle events; it
+# tells type checkers which handler signatures ``channel.on`` and ``register`` take. A peer or
+# channel with no side named is a server's (``class WseServer(Peer)``).
+if TYPE_CHECKING:
+    Side = DefaultedTypeVar("Side", bound=Events, default=ServerEvents)
+else:
+    Side = TypeVar("Side", bound=Events)
+
+
+class Channel(Generic[Side]):
+    """Message handlers by type: ``channel.on("type", fn)`` or ``@channel.on("type")``.
+
+    ``fn(conn, payload)`` on a server (:class:`ServerHandler`), ``fn(payload)`` on a client
+    (:class:`ClientHandler`); registering a type again replaces its handler.
+    """
 
     def __init__(self) -> None:
         self.handlers: dict[str, Callable[..., Any]] = {}
 
+    @overload
+    def on(self: Channel[ServerEvents], type: str) -> Callable[[_SH], _SH]: ...
+    @overload
+    def on(self: Channel[ServerEvents], type: str, fn: _SH) -> _SH: ...
+    @overload
+    def on(self: Channel[ClientEvents], type: str) -> Callable[[_CH], _CH]: ...
+    @overload
+    def on(self: Channel[ClientEvents], type: str, fn: _CH) -> _CH: ...
     def on(self, type: str, fn: Callable[..., Any] | None = None) -> Any:
-        if fn is None:
+        def add(f: F) -> F:
+            self.handlers[type] = f
+            return f
 
-            def decorate(f: F) -> F:
-                self.handlers[type] = f
-                return f
-
-            return decorate
-        self.handlers[type] = fn
-        return fn
+        return add if fn is None else add(fn)
 
     def off(self, type: str) -> None:
         self.handlers.pop(type, None)
 
 
 class Procedures:
-    """RPC handlers by name, shared by server and client."""
+    """RPC handlers by name, shared by server and client (typed by ``Peer.register``)."""
 
     def __init__(self) -> None:
         self.handlers: dict[str, Callable[..., Any]] = {}
@@ -174,7 +284,7 @@ class Procedures:
             self.handlers[name] = f
             return f
 
-        return add if fn is None else add(fn)  # type: ignore[arg-type]
+        return add if fn is None else add(fn)
 
     def unregister(self, name: str) -> None:
         self.handlers.pop(name, None)

@@ -3,37 +3,65 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from . import rpc
 from .constants import WSE_ERROR
-from .events import Channel, ErrorSink, Events, Procedures, keep, run_handler
+from .events import (
+    Channel,
+    ClientEvents,
+    ClientHandler,
+    ErrorSink,
+    Procedures,
+    ServerEvents,
+    ServerHandler,
+    Side,
+    keep,
+    run_handler,
+)
 from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
 from .sansio import session as ev
 
+_SH = TypeVar("_SH", bound=ServerHandler)
+_CH = TypeVar("_CH", bound=ClientHandler)
 
-class Peer:
+
+class Peer(Generic[Side]):
     """One end of WSE: encodes and decodes with its protocol, routes messages by type, and
-    answers calls. ``mask`` is True on the client side (RFC 6455 §5.3)."""
+    answers calls. ``mask`` is True on the client side (RFC 6455 §5.3).
 
-    when: Events  # the subclass's life-cycle events
+    ``Side`` is the class of its life-cycle events (``when``): :class:`ServerEvents` or
+    :class:`ClientEvents`, which also tells type checkers the handler signatures that
+    ``channel.on`` and ``register`` take."""
+
+    when: Side  # the subclass's life-cycle events
 
     def __init__(self, protocol: WireProtocol | None, mask: bool, debug: bool = False) -> None:
         self.protocol: WireProtocol = protocol or JsonProtocol()
         self.protocol_types = InternalTypes.of(self.protocol.internal_types)
         self.debug = debug
-        self.channel = Channel()
+        self.channel: Channel[Side] = Channel()
         self.procedures = Procedures()
         encoder = FrameEncoder(self.protocol, mask)
         self.encode = encoder
         self._text_input = encoder.text_input
         self._unpack = self.protocol.unpack
 
+    @overload
+    def register(self: Peer[ServerEvents], name: str) -> Callable[[_SH], _SH]: ...
+    @overload
+    def register(self: Peer[ServerEvents], name: str, fn: _SH) -> _SH: ...
+    @overload
+    def register(self: Peer[ClientEvents], name: str) -> Callable[[_CH], _CH]: ...
+    @overload
+    def register(self: Peer[ClientEvents], name: str, fn: _CH) -> _CH: ...
     def register(self, name: str, fn: Callable[..., Any] | None = None) -> Any:
-        """Registers procedure ``name`` for the other side to call (also as a decorator).
+        """Registers procedure ``name`` for the other side to call (also as a decorator,
+        which returns the function unchanged).
 
         On a server ``fn(conn, payload)``, on a client ``fn(payload)``; it returns the answer
-        or raises (see :class:`wse_fast.WseError`), and may be a coroutine function.
+        or raises (see :class:`wse_fast.WseError`), and may be a coroutine function. A name
+        registered twice raises ``wse.server.rp.already-registered``.
         """
         return self.procedures.register(name, fn)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .constants import WSE_ERROR
-from .errors import WseError
+from .errors import RpcError, RpcTimeout, WseError
 from .protocols import InternalTypes
 
 _STAMP_CHARS = string.ascii_letters + string.digits
@@ -78,14 +78,18 @@ def minimal_error(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def error_from_payload(error: Any) -> WseError:
-    """The caller's view of a ``~wse:response-err`` payload."""
+def error_from_payload(error: Any) -> RpcError:
+    """The caller's view of a ``~wse:response-err`` payload: an :class:`RpcError` whatever its
+    code, since every code in it describes the remote procedure (see :class:`RpcError`)."""
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         details = error.get("details")
-        return WseError(
-            error["code"], details if isinstance(details, dict) else None, error.get("message")
+        message = error.get("message")
+        return RpcError(
+            error["code"],
+            details if isinstance(details, dict) else None,
+            message if isinstance(message, str) else None,
         )
-    return WseError(WSE_ERROR.RP_EXECUTION_FAILED, {"error": error})
+    return RpcError(WSE_ERROR.RP_EXECUTION_FAILED, {"error": error})
 
 
 class PendingCalls:
@@ -135,10 +139,10 @@ class PendingCalls:
 
     def reject_all(self, error_code: str, details: dict[str, Any]) -> None:
         for stamp in list(self._calls):
-            self.reject(stamp, WseError(error_code, details))
+            self.reject(stamp, WseError.from_code(error_code, details))
 
     def _expire(self, stamp: str, timeout: float) -> None:
-        self.reject(stamp, WseError(WSE_ERROR.RP_TIMEOUT, {"timeout": timeout}))
+        self.reject(stamp, RpcTimeout({"timeout": timeout}))
 
 
 Reply = Callable[[str, Any, str], None]

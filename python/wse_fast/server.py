@@ -11,14 +11,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from types import MappingProxyType
-from typing import Any
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
-from .errors import WseError
+from .errors import ProtocolViolation, WseError
 from .events import ServerEvents, run_handler
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .peer import Peer
@@ -282,6 +282,20 @@ class WseServer(Peer):
         await self._server.wait_closed()
         self._server = None
 
+    async def __aenter__(self) -> Self:
+        """``async with WseServer(identify, port=0) as server:`` starts it (see :meth:`start`);
+        leaving the block closes it (see :meth:`close`)."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
     def run(self) -> None:
         """Runs the server on uvloop until interrupted."""
         import uvloop
@@ -383,9 +397,7 @@ class WseServer(Peer):
         offered = conn.offered_protocols
         if offered is not None:
             detail = f"subprotocol {self.protocol.name!r} not offered (got {offered!r})"
-            self.when.emit(
-                "error", WseError(WSE_ERROR.PROTOCOL_VIOLATION, {"detail": detail}), conn
-            )
+            self.when.emit("error", ProtocolViolation({"detail": detail}), conn)
             self.refuse(conn, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
             return
         loop = asyncio.get_running_loop()
