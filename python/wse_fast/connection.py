@@ -109,7 +109,8 @@ class Connection:
             self.endpoint.write(self._server.encode(type, payload, None))
 
     async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
-        """Calls procedure ``rp`` on this device and returns its result (or raises WseError)."""
+        """Calls procedure ``rp`` on this device and returns its result; raises ``RpcError``,
+        ``RpcTimeout``, ``RpcDisconnected`` or ``ConnectionNotReady``."""
         if not self.session.valid or self.endpoint is None or not self.endpoint.open:
             raise ConnectionNotReady({"rpc": rp})
         stamp, future = self.pending.open(self._server.timeout if timeout is None else timeout)
