@@ -235,7 +235,7 @@ class ClientEvents(Events):
 
 # The side of a peer (server or client), named by the class of its life-cycle events; it
 # tells type checkers which handler signatures ``channel.on`` and ``register`` take. A peer or
-# channel with no side named is a server's (``class WseServer(Peer)``).
+# channel with no side named is a server's.
 if TYPE_CHECKING:
     Side = DefaultedTypeVar("Side", bound=Events, default=ServerEvents)
 else:

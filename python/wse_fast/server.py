@@ -112,7 +112,7 @@ class Client:
             conn.drop(reason)
 
 
-class WseServer(Peer):
+class WseServer(Peer[ServerEvents]):
     """A WSE server on picows + uvloop.
 
     ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
