@@ -7,7 +7,6 @@ import math
 import random
 import ssl as ssl_module
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Final, Self
 
 from picows import WSError, WSTransport, ws_connect
@@ -308,14 +307,6 @@ class WseClient(Peer[ClientEvents]):
 
     async def __aenter__(self) -> Self:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def jump(self, url: str, identity: Any = None, meta: dict[str, Any] | None = None) -> Any:
         """Leaves the current server (close 4000 ``jump``) and connects to ``url``."""

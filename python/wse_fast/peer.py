@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 from . import rpc
@@ -35,6 +36,19 @@ class Peer(Generic[Side]):
     ``channel.on`` and ``register`` take."""
 
     when: Side  # the subclass's life-cycle events
+
+    async def close(self) -> None:
+        """Ends this side's connections (each subclass's own; it may take options)."""
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Leaving ``async with`` closes, also when the block raised."""
+        await self.close()
 
     def __init__(self, protocol: WireProtocol | None, mask: bool, debug: bool = False) -> None:
         self.protocol: WireProtocol = protocol or JsonProtocol()
