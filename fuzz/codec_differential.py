@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from atheris_main import instrumented_imports, main
-from oracles import same_value, utf8_completable
+from oracles import same_value, utf8_completable, valid_utf8
 
 with instrumented_imports(__name__):
     import msgpack
@@ -83,14 +83,6 @@ def check_envelopes(data: bytes, fmt: str) -> None:
             again = unpacked(getattr(rust, name_unpack), encoding)
             if not (again is not None and same_value(list(again), list(fast))):
                 raise Finding(f"{impl.__name__}.{name_pack} of {short(fast)} gives {short(again)}")
-
-
-def valid_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 #: How far the validator is fed one byte at a time, so that every prefix is checked.

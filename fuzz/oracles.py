@@ -16,6 +16,15 @@ _SECOND_BYTES = (b"\x80", b"\x90", b"\xa0", b"\xbf")
 _COMPLETIONS = (b"", *(s + b"\x80" * n for s in _SECOND_BYTES for n in range(3)))
 
 
+def valid_utf8(data: bytes) -> bool:
+    """Whether Python's own decoder takes ``data`` as UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def utf8_completable(prefix: bytes) -> bool:
     """Whether some valid UTF-8 text starts with ``prefix`` (RFC 6455 §8.1: a text message
     fails as soon as this is false)."""

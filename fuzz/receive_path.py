@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atheris_main import instrumented_imports, main
-from oracles import nesting_levels, same_value, utf8_completable
+from oracles import nesting_levels, same_value, utf8_completable, valid_utf8
 
 with instrumented_imports(__name__):
     import atheris  # type: ignore[import-untyped]
@@ -121,14 +121,6 @@ class FrameModel:
             return None
         message, self.pending = self.pending, None
         return self.pending_binary, message
-
-
-def valid_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class Reassembly:
