@@ -46,7 +46,7 @@ def client_address(
     entry left of the first untrusted one may have been written by the client itself.
     """
     host, port = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
-    if not trusted or not is_trusted(trusted, host):
+    if not is_trusted(trusted, host):
         return host, port
     # Every header line: some proxies add a line of their own instead of appending.
     lines = _get_all(headers, "X-Forwarded-For")
@@ -55,7 +55,7 @@ def client_address(
         ip = _ip(hop)
         if ip is None:
             break  # an obfuscated or malformed hop: nothing left of it can be believed
-        if not is_trusted(trusted, hop):
+        if not any(ip in net for net in trusted):
             return str(ip), 0  # one spelling per address, for the per-address counts
         host = str(ip)
     return host, 0 if host != peer[0] else port
