@@ -10,6 +10,8 @@ import pytest
 import uvloop
 from wse_fast import IdentifyRequest, WseClient, WseServer
 
+from tests.hosts import URLS, Host, mount
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     return {"uvloop": uvloop.new_event_loop}  # the loop the library is made for
@@ -58,19 +60,39 @@ ClientFactory = Callable[..., WseClient]
 
 
 @pytest.fixture
-async def make_server() -> AsyncIterator[ServerFactory]:
+def transport() -> str:
+    """What ``make_server`` serves on: picows's own listener; modules that run on every
+    transport override this with a parametrised fixture (``hosts.TRANSPORTS``)."""
+    return "picows"
+
+
+@pytest.fixture
+async def make_server(transport: str) -> AsyncIterator[ServerFactory]:
     servers: list[WseServer] = []
+    hosts: dict[int, Host] = {}
 
     async def make(identify: Any = accept_identity, **options: Any) -> WseServer:
-        options.setdefault("port", 0)
+        port = options.pop("port", 0)
         server = WseServer(identify, **options)
-        await server.start()
         servers.append(server)
+        if transport == "picows":
+            server.port = port
+            await server.start()
+            URLS[server] = f"ws://127.0.0.1:{server.port}"
+            return server
+        if port in hosts:  # a restart on the same address: the old host goes first
+            await hosts.pop(port).stop()
+        host = await mount(transport, {"/ws": server}, port)
+        hosts[host.port] = host
+        server.port = host.port
+        URLS[server] = host.url("/ws")
         return server
 
     yield make
     for server in servers:
         await server.close()
+    for host in hosts.values():
+        await host.stop()
 
 
 @pytest.fixture
@@ -78,7 +100,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     clients: list[WseClient] = []
 
     def make(target: WseServer | str, **options: Any) -> WseClient:
-        url = target if isinstance(target, str) else f"ws://127.0.0.1:{target.port}"
+        url = target if isinstance(target, str) else url_of(target)
         options.setdefault("reconnect", False)
         client = WseClient(url, **options)
         clients.append(client)
@@ -90,7 +112,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 
 
 def url_of(server: WseServer) -> str:
-    return f"ws://127.0.0.1:{server.port}"
+    return URLS.get(server) or f"ws://127.0.0.1:{server.port}"
 
 
 class RecordingTransport:

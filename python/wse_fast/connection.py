@@ -24,8 +24,8 @@ _VALID = ServerState.VALID  # read per message: a module name is cheaper than th
 if TYPE_CHECKING:
     from .handshake import HandshakeRequest
     from .server import Client, WseServer
-    from .transport.admission import ReadGuard
-    from .transport.picows_endpoint import Endpoint
+    from .transport.admission import StrangerHold
+    from .transport.base import Transport
 
 
 class Connection:
@@ -49,13 +49,13 @@ class Connection:
         "conn_id",
         "endpoint",
         "forwarded_addr",
-        "guard",
         "handshake",
         "identity",
         "meta",
         "offered_protocols",
         "quest",
         "session",
+        "stranger",
     )
 
     def __init__(self, server: WseServer, conn_id: str) -> None:
@@ -67,11 +67,11 @@ class Connection:
         self.client: Client | None = None
         self.session = ServerSession(server.protocol_types)
         self._pending: PendingCalls | None = None  # made by the first server-to-client call
-        self.endpoint: Endpoint | None = None
+        self.endpoint: Transport | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
         self.quest: list[Any] | None = None  # [the challenge sent], once asked
         self.offered_protocols: str | None = None  # set when the client did not offer ours
-        self.guard: ReadGuard | None = None  # until accepted: what the socket may still send
+        self.stranger: StrangerHold | None = None  # until accepted: counts and bounds it
         self.handshake: HandshakeRequest | None = None  # the upgrade request, until accepted
         self.forwarded_addr: tuple[str, int] | None = None  # the client, as a trusted proxy says
         self._tasks: set[asyncio.Future[Any]] | None = None  # running handler tasks
@@ -89,9 +89,7 @@ class Connection:
         once closed)."""
         if self.forwarded_addr is not None:
             return self.forwarded_addr
-        if self.endpoint is None or self.endpoint.transport is None:
-            return None
-        return self.endpoint.transport.underlying_transport.get_extra_info("peername")
+        return None if self.endpoint is None else self.endpoint.remote_addr
 
     @property
     def tasks_running(self) -> int:
@@ -124,10 +122,10 @@ class Connection:
 
     # ---- endpoint events -------------------------------------------------------------------
 
-    def on_open(self, endpoint: Endpoint) -> None:
+    def on_open(self, endpoint: Transport) -> None:
         self.endpoint = endpoint
-        if self.guard is not None:
-            self.guard.on_exhausted = self._budget_spent
+        if self.stranger is not None:
+            self.stranger.on_exhausted = self._budget_spent
         self._server._opened(self)
 
     def on_message(self, binary: bool, data: Any) -> None:

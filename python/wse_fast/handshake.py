@@ -64,12 +64,19 @@ def client_address(
 class HandshakeRequest:
     """The upgrade request: what the ``on_upgrade`` hook and ``identify`` (as ``req.request``)
     see. ``remote_addr`` is the client's ``(host, port)``, through trusted proxies (port 0 when
-    a proxy named the client); ``peer_addr`` is the socket's own peer."""
+    a proxy named the client); ``peer_addr`` is the socket's own peer. ``native`` is the
+    transport's own request: the ASGI scope (a dict; ``starlette.requests.HTTPConnection(scope)``
+    reads it), aiohttp's ``web.Request``, or picows's ``WSUpgradeRequest``."""
 
-    __slots__ = ("headers", "path", "peer_addr", "query", "remote_addr")
+    __slots__ = ("headers", "native", "path", "peer_addr", "query", "remote_addr")
 
     def __init__(
-        self, target: str, headers: Mapping[str, str], peer_addr: Any, remote_addr: tuple[str, int]
+        self,
+        target: str,
+        headers: Mapping[str, str],
+        peer_addr: Any,
+        remote_addr: tuple[str, int],
+        native: Any = None,
     ) -> None:
         path, _, query = target.partition("?")
         self.path = path
@@ -77,6 +84,7 @@ class HandshakeRequest:
         self.headers = headers
         self.peer_addr = peer_addr
         self.remote_addr = remote_addr
+        self.native = native
 
     def __repr__(self) -> str:
         return f"<HandshakeRequest {self.path!r} from {self.remote_addr!r}>"

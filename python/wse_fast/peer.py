@@ -90,8 +90,11 @@ class Peer(Generic[Side]):
         ``bytes`` or ``str`` of its own, which it may keep (a zero-copy slice of a view would
         later read frames of other messages, or freed memory).
         """
-        if self._text_input:
-            data = str(data, "utf-8") if not binary else bytes(data)  # text as str, as in JS
+        if self._text_input:  # text as str, as in JS (message-level transports give str)
+            if binary:
+                data = bytes(data)
+            elif not isinstance(data, str):
+                data = str(data, "utf-8")
         return self._unpack(data)
 
     def route(

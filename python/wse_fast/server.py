@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
@@ -23,10 +23,20 @@ from .events import ServerEvents, run_handler
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .peer import Peer
 from .protocols import WireProtocol
-from .transport.admission import CONTROL_ALLOWANCE, HTTP_REQUEST_MAX, Admission, ReadGuard
-from .transport.flush import Flusher, flusher_for
+from .transport.admission import (
+    CONTROL_ALLOWANCE,
+    HTTP_REQUEST_MAX,
+    Admission,
+    ReadGuard,
+    StrangerHold,
+)
+from .transport.asgi import AsgiApp
+from .transport.group import EndpointGroup
 from .transport.picows_endpoint import Endpoint
 from .transport.picows_listener import ListenerOptions, listen
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("wse_fast")
 #: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse.
@@ -105,7 +115,7 @@ class Client:
         """Sends to every device of this user; the frame is encoded once."""
         frame = self._server.encode(type, payload, None)
         for conn in self._conns:
-            conn.endpoint.write(frame)  # type: ignore[union-attr]
+            conn.endpoint.write(frame)  # type: ignore[union-attr]  # accepted: it has one
 
     def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
         for conn in list(self._conns):
@@ -205,15 +215,18 @@ class WseServer(Peer[ServerEvents]):
         self.connections: dict[str, Connection] = {}  # every open socket, authenticated or not
         self.challenger: Callable[..., Any] | None = None
 
+        # what a stranger may send before it is accepted: the upgrade request, the hi and a
+        # challenge answer, and a few control frames
+        self.stranger_budget = HTTP_REQUEST_MAX + 2 * self.auth_max_message_size + CONTROL_ALLOWANCE
         self._ids = itertools.count(1)
-        self._live: dict[str, Endpoint] = {}  # endpoints of accepted connections
+        self._live = EndpointGroup()  # endpoints of accepted connections
+        self._asgi: AsgiApp | None = None
         # One 101 response for every upgrade: picows sets its Sec-WebSocket-Accept header and
         # serialises it in the same call, so sharing it is safe, and saves each connection
         # keeping a response object and header map of its own for its whole life.
         self._upgrade_response = WSUpgradeResponse.create_101_response(
             extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
         )
-        self._flusher: Flusher  # the running loop's, set by start()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
@@ -237,7 +250,6 @@ class WseServer(Peer[ServerEvents]):
         ``sock``: an already bound socket to serve on instead (host and port are then unused),
         for example one inherited from a process manager.
         """
-        self._flusher = flusher_for(asyncio.get_running_loop())
         options = ListenerOptions(
             max_frame_size=self.max_message_size,
             handshake_timeout=self.handshake_timeout,
@@ -245,8 +257,7 @@ class WseServer(Peer[ServerEvents]):
             ping_timeout=self.ping_timeout,
             read_buffer_size=self.read_buffer_size,
             auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
-            # the upgrade request, the hi and a challenge answer, and a few control frames
-            stranger_budget=HTTP_REQUEST_MAX + 2 * self.auth_max_message_size + CONTROL_ALLOWANCE,
+            stranger_budget=self.stranger_budget,
         )
         self._server = await listen(
             self._upgrade,
@@ -265,10 +276,11 @@ class WseServer(Peer[ServerEvents]):
         """Stops accepting and closes every connection with a close handshake.
 
         The default code, 1012 (service restart), tells WSE clients to reconnect later.
+        Mounted (ASGI, aiohttp), call it from the application's shutdown: it closes the
+        connections the server has on every transport.
         """
-        if self._server is None:
-            return
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
         if self.connections:
             self._all_closed = asyncio.Event()
             for conn in list(self.connections.values()):
@@ -279,8 +291,9 @@ class WseServer(Peer[ServerEvents]):
                 for conn in list(self.connections.values()):
                     if conn.endpoint is not None:
                         conn.endpoint.abort()
-        await self._server.wait_closed()
-        self._server = None
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
 
     async def __aenter__(self) -> Self:
         """``async with WseServer(identify, port=0) as server:`` starts it (see :meth:`start`);
@@ -305,22 +318,7 @@ class WseServer(Peer[ServerEvents]):
 
     def broadcast(self, type: str, payload: Any = None) -> None:
         """Sends to every connection of every user; the frame is encoded once."""
-        frame = self.encode(type, payload, None)
-        # Endpoint.write, inlined (keep the two alike): this loop runs once per delivery.
-        newly_dirty = []
-        for endpoint in self._live.values():
-            if endpoint._close_sent is None:
-                if endpoint._head is None:
-                    endpoint._head = frame
-                    newly_dirty.append(endpoint)
-                else:
-                    tail = endpoint._tail
-                    if tail is None:
-                        endpoint._tail = [frame]
-                    else:
-                        tail.append(frame)
-        if newly_dirty:
-            self._flusher.mark_all(newly_dirty)
+        self._live.write_all(self.encode(type, payload, None))
 
     def send(self, cid: str, type: str, payload: Any = None) -> bool:
         """Sends to every device of user ``cid``; False if the user is not connected."""
@@ -335,51 +333,105 @@ class WseServer(Peer[ServerEvents]):
         if client is not None:
             client.drop(reason)
 
-    # ---- wire ------------------------------------------------------------------------------
+    # ---- mounting --------------------------------------------------------------------------
 
-    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
-        headers = request.headers
+    @property
+    def asgi(self) -> AsgiApp:
+        """This server as an ASGI 3 application: ``WebSocketRoute("/ws", server.asgi)`` in
+        Starlette, ``app.add_websocket_route("/ws", server.asgi)`` in FastAPI, or served alone
+        (``uvicorn module:app`` with ``app = server.asgi``). No :meth:`start` is needed; call
+        :meth:`close` from the application's shutdown."""
+        if self._asgi is None:
+            self._asgi = AsgiApp(self)
+        return self._asgi
+
+    async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
+        """This server as an aiohttp handler: ``app.router.add_get("/ws",
+        server.aiohttp_handler)``. No :meth:`start` is needed; call :meth:`close` from the
+        application's ``on_shutdown``."""
+        from .transport import aiohttp as aiohttp_transport  # aiohttp is optional
+
+        return await aiohttp_transport.handle(self, request)
+
+    # ---- upgrades (every transport) --------------------------------------------------------
+
+    def admit(
+        self,
+        target: str,
+        headers: Mapping[str, str],
+        peer: Any,
+        stranger: StrangerHold,
+        offered: Collection[str],
+        native: Any = None,
+    ) -> Connection | tuple[int, str]:
+        """Decides an upgrade request: a new connection, or the HTTP status (and body) that
+        refuses it. ``peer`` is the socket's peer address, ``stranger`` what counts and bounds
+        the socket until it is accepted, ``offered`` the subprotocols the client offered,
+        ``native`` the transport's own request (what ``HandshakeRequest.native`` shows)."""
         if self.origins is not None and headers.get("Origin") not in self.origins:
-            return _refusal(HTTPStatus.FORBIDDEN, "origin not allowed")
-        remote = client_address(guard.peer, headers, self.trusted_proxies)
-        forwarded = remote != tuple(guard.peer[:2])  # (an IPv6 peer has two more fields)
+            return HTTPStatus.FORBIDDEN, "origin not allowed"
+        remote = client_address(peer, headers, self.trusted_proxies)
+        forwarded = remote != tuple(peer[:2])  # (an IPv6 peer has two more fields)
         if forwarded:  # named by a trusted proxy: counted under the client now
             if not self.admission.admit_address(remote[0]):
-                return _refusal(HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating")
-            guard.counted_address = remote[0]
-        handshake = HandshakeRequest(request.path.decode("latin-1"), headers, guard.peer, remote)
+                return HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating"
+            stranger.counted_address = remote[0]
+        handshake = HandshakeRequest(target, headers, peer, remote, native)
         if self.on_upgrade is not None:
             try:
                 verdict = self.on_upgrade(handshake)
             except Exception:
                 log.exception("on_upgrade failed; the upgrade is refused")
-                return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "")
+                return HTTPStatus.INTERNAL_SERVER_ERROR, ""
             if verdict is not None:
                 status, body = verdict if isinstance(verdict, tuple) else (verdict, "")
                 if not 400 <= status <= 599:
                     log.error("on_upgrade answered %r, not an HTTP error status", status)
-                    return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "")
-                return _refusal(status, body)
-        conn_id = f"{next(self._ids):x}"
-        conn = Connection(self, conn_id)
-        conn.guard = guard
+                    return HTTPStatus.INTERNAL_SERVER_ERROR, ""
+                return status, body
+        conn = Connection(self, f"{next(self._ids):x}")
+        conn.stranger = stranger
         conn.handshake = handshake
         if forwarded:
             conn.forwarded_addr = remote
+        if self.protocol.name not in offered:
+            # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
+            # client sees a reason it knows (an HTTP 400 would only say that the upgrade failed).
+            conn.offered_protocols = ", ".join(offered)
+        return conn
+
+    def endpoint_options(
+        self, conn: Connection, stranger: StrangerHold, peer: Any
+    ) -> dict[str, Any]:
+        """What a message-level transport's endpoint takes from this server."""
+        return {
+            "handler": conn,
+            "max_message_size": self.max_message_size,
+            "max_pending_bytes": self.max_pending_bytes,
+            "close_timeout": self.close_timeout,
+            "remote_addr": peer,
+            "ticket": stranger,
+        }
+
+    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+        """picows's upgrade hook: :meth:`admit`, answered as picows's listener factory."""
+        headers = request.headers
+        offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        verdict = self.admit(
+            request.path.decode("latin-1"), headers, guard.peer, guard, offered, request
+        )
+        if isinstance(verdict, tuple):
+            return _refusal(*verdict)
         endpoint = Endpoint(
-            conn,
+            verdict,
             self.max_message_size,
             False,
             self.close_timeout,
             self.max_pending_bytes,
             receive_buffer=self.receive_buffer,
         )
-        offered = headers.get("Sec-WebSocket-Protocol", "")
-        if self.protocol.name in (p.strip() for p in offered.split(",")):
+        if verdict.offered_protocols is None:
             return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
-        # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
-        # client sees a reason it knows (an HTTP 400 would only say that the upgrade failed).
-        conn.offered_protocols = offered
         return endpoint
 
     # ---- connection life cycle (called by Connection) --------------------------------------
@@ -452,9 +504,9 @@ class WseServer(Peer[ServerEvents]):
         conn.cancel_auth_timer()
         conn.session.accepted()
         conn.handshake = None
-        if conn.guard is not None:
-            conn.guard.release()
-            conn.guard = None
+        if conn.stranger is not None:
+            conn.stranger.release()
+            conn.stranger = None
         conn.cid = cid
         client = self.clients.get(cid)
         joined = client is None
@@ -463,7 +515,7 @@ class WseServer(Peer[ServerEvents]):
         else:
             client._conns.append(conn)
         conn.client = client
-        self._live[conn.conn_id] = conn.endpoint
+        self._live.add(conn.conn_id, conn.endpoint)
         conn.endpoint.write(welcome_frame)
         if joined:
             self.when.emit("joined", client, conn.meta)
@@ -497,7 +549,7 @@ class WseServer(Peer[ServerEvents]):
     def _closed(self, conn: Connection, was_valid: bool, code: int, reason: str) -> None:
         self.connections.pop(conn.conn_id, None)
         self._waiting_for_tasks.pop(conn, None)
-        self._live.pop(conn.conn_id, None)
+        self._live.discard(conn.conn_id)
         client = conn.client
         if client is not None and conn in client._conns:
             client._conns.remove(conn)

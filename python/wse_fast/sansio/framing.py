@@ -140,3 +140,15 @@ class MessageAssembler:
             raise FrameViolation(CLOSE_INVALID_TEXT, "text message ends inside a character")
         self._buffer = None
         return self._binary, bytes(buffer)
+
+
+def unframe(frame: bytes) -> tuple[bool, memoryview]:
+    """A complete, unmasked, unfragmented data frame (as the codec builds for a server) back to
+    ``(binary, payload)``: for transports where the host server does the framing.
+
+    The header is 2 bytes, plus 2 or 8 bytes of extended length when the 7-bit length says
+    126 or 127 (RFC 6455 §5.2); the payload is what follows, as a view (no copy).
+    """
+    first, length = frame[0], frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return (first & 0x0F) == OP_BINARY, memoryview(frame)[start:]

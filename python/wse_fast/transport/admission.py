@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 #: picows refuses an upgrade request larger than this (its ``_http_max_size``).
 HTTP_REQUEST_MAX = 16 * 1024
@@ -33,6 +33,18 @@ _TOO_MANY = (
     b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n"
     b"Content-Length: 0\r\n\r\n"
 )
+
+
+class StrangerHold(Protocol):
+    """What counts and bounds one stranger until it is accepted (a :class:`ReadGuard` on
+    picows, a :class:`StrangerTicket` on a mounted transport)."""
+
+    counted_address: str | None  # the client's address as a trusted proxy named it
+    on_exhausted: Callable[[], None] | None  # runs when the stranger has sent all it may
+
+    def release(self) -> None:
+        """The stranger is accepted: it no longer counts, and nothing bounds its bytes."""
+        ...
 
 
 class Admission:
@@ -190,3 +202,56 @@ class ReadGuard(asyncio.BufferedProtocol):
         self._admission.leave(self._counted_peer, self.counted_address)
         transport.set_protocol(self._inner)
         self._inner = None
+
+
+class StrangerTicket:
+    """A stranger on a transport whose host server did the TCP accept and the upgrade (ASGI,
+    aiohttp): counted from its upgrade until it is accepted or gone, with the bytes it may
+    still send in messages (the host server bounds the upgrade request itself).
+
+    It offers what a :class:`ReadGuard` offers the server: ``counted_address``,
+    ``on_exhausted`` and :meth:`release`.
+    """
+
+    __slots__ = (
+        "_admission",
+        "_counted_peer",
+        "_held",
+        "budget",
+        "counted_address",
+        "on_exhausted",
+    )
+
+    def __init__(self, admission: Admission, counted_peer: str | None, budget: int) -> None:
+        self._admission = admission
+        self._counted_peer = counted_peer
+        self._held = True
+        self.budget = budget
+        self.counted_address: str | None = None
+        self.on_exhausted: Callable[[], None] | None = None
+
+    @classmethod
+    def admit(cls, admission: Admission, peer_host: str, budget: int) -> StrangerTicket | int:
+        """A ticket for a stranger from ``peer_host``, or the HTTP status that refuses it."""
+        admitted, counted = admission.admit(peer_host)
+        if not admitted:
+            return 503 if counted is None else 429
+        return cls(admission, counted, budget)
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def spend(self, nbytes: int) -> None:
+        """The stranger sent ``nbytes`` more; past its budget, ``on_exhausted`` runs."""
+        if self._held:
+            self.budget -= nbytes
+            if self.budget < 0 and self.on_exhausted is not None:
+                self.on_exhausted()
+
+    def release(self) -> None:
+        """Accepted or gone: it no longer counts (idempotent)."""
+        if self._held:
+            self._held = False
+            self.on_exhausted = None
+            self._admission.leave(self._counted_peer, self.counted_address)

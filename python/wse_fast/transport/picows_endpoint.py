@@ -18,7 +18,8 @@ import contextlib
 import logging
 import socket
 import struct
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -37,6 +38,7 @@ from ..constants import (
     SLOW_CONSUMER,
 )
 from ..sansio.framing import FrameViolation, MessageAssembler, parse_close, whole_message
+from .base import EndpointHandler
 from .flush import flusher_for
 
 #: From this size on, queued frames are handed over as they are instead of joined.
@@ -55,13 +57,6 @@ _PONG = WSMsgType(OP_PONG)
 #: types the attribute as a mutable CIMultiDict).
 _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict[str]())
 _log = logging.getLogger(__name__)
-
-
-class EndpointHandler(Protocol):
-    def on_open(self, endpoint: Endpoint) -> None: ...
-    def on_message(self, binary: bool, data: Any) -> None: ...
-    def on_close(self, code: int, reason: str) -> None: ...
-    def on_overflow(self) -> None: ...
 
 
 class Endpoint(WSListener):  # type: ignore[misc]
@@ -230,6 +225,11 @@ class Endpoint(WSListener):  # type: ignore[misc]
     # ---- output ----------------------------------------------------------------------------
 
     @property
+    def remote_addr(self) -> Any:
+        under = self.under
+        return None if under is None else under.get_extra_info("peername")
+
+    @property
     def open(self) -> bool:
         """True until a Close is sent (here or by picows) or the socket is gone."""
         transport = self.transport
@@ -242,8 +242,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     def write(self, frame: bytes) -> None:
         """Queues one complete frame (built by the codec) for this loop turn's flush."""
-        # WseServer.broadcast inlines these lines (a call per delivery would cost more than
-        # the queueing itself): change both together.
+        # write_all inlines these lines (a call per delivery would cost more than the
+        # queueing itself): change both together.
         if self._close_sent is None:
             if self._head is None:
                 self._head = frame
@@ -395,6 +395,25 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._close_timeout, self.abort)
+
+
+def write_all(endpoints: Iterable[Endpoint], frame: bytes) -> None:
+    """Queues one frame for every endpoint in ``endpoints`` (a broadcast: encoded once)."""
+    # Endpoint.write, inlined (keep the two alike): this loop runs once per delivery.
+    newly_dirty = []
+    for endpoint in endpoints:
+        if endpoint._close_sent is None:
+            if endpoint._head is None:
+                endpoint._head = frame
+                newly_dirty.append(endpoint)
+            else:
+                tail = endpoint._tail
+                if tail is None:
+                    endpoint._tail = [frame]
+                else:
+                    tail.append(frame)
+    if newly_dirty:
+        newly_dirty[0]._flusher.mark_all(newly_dirty)
 
 
 class _CloseWatch:

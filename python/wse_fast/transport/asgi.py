@@ -1,0 +1,157 @@
+"""A WSE server as an ASGI 3 application (Starlette, FastAPI, uvicorn, any ASGI server).
+
+``server.asgi`` is an :class:`AsgiApp`. Mounted on a route (Starlette's ``WebSocketRoute``,
+FastAPI's ``add_websocket_route``) or served alone (``uvicorn module:app``), it answers
+
+- ``websocket`` scopes: the upgrade is admitted or refused by the server (origins, stranger
+  counts, ``on_upgrade``), then the connection runs on a :class:`MessageEndpoint`;
+- ``http`` scopes: 426 Upgrade Required, with a line saying what the URL is for;
+- ``lifespan`` scopes (when it is the whole application): startup, and a shutdown that closes
+  the server's connections.
+
+The host server does the WebSocket framing, its own keepalive and its own size limit
+(uvicorn: ``--ws-max-size``, ``--ws-ping-interval``); the server's ``max_message_size`` is
+applied here as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .admission import StrangerTicket
+from .messages import MessageEndpoint, Received
+
+if TYPE_CHECKING:
+    from ..server import WseServer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_NOT_WEBSOCKET = b"This URL serves WebSocket connections (WSE); HTTP requests are not taken.\n"
+
+
+class AsgiEndpoint(MessageEndpoint):
+    def __init__(self, receive: Receive, send: Send, **options: Any) -> None:
+        super().__init__(**options)
+        self._receive = receive
+        self._send = send
+
+    async def send_message(self, binary: bool, payload: memoryview) -> None:
+        if binary:
+            await self._send({"type": "websocket.send", "bytes": bytes(payload)})
+        else:
+            await self._send({"type": "websocket.send", "text": str(payload, "utf-8")})
+
+    async def send_close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def receive_event(self) -> Received:
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is not None:
+                    return False, text
+                return True, message.get("bytes") or b""
+            if kind == "websocket.disconnect":
+                return None, (message.get("code", 1005), message.get("reason") or "")
+
+
+class AsgiApp:
+    """The ASGI 3 application of one :class:`~wse_fast.WseServer` (``server.asgi``)."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server: WseServer) -> None:
+        self.server = server
+
+    def __repr__(self) -> str:
+        return f"<AsgiApp of {self.server!r}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "http":
+            await _respond(send, 426, _NOT_WEBSOCKET, [(b"upgrade", b"websocket")])
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.server.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in scope.get("headers", ())
+            )
+        )
+        client = scope.get("client")
+        peer = (client[0], client[1]) if client else ("", 0)
+        path = scope.get("root_path", "") + scope.get("path", "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = f"{path}?{query}" if query else path
+        ticket = StrangerTicket.admit(server.admission, peer[0], server.stranger_budget)
+        if isinstance(ticket, int):
+            await _refuse(scope, send, ticket, "")
+            return
+        offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        verdict = server.admit(target, headers, peer, ticket, offered, scope)
+        if isinstance(verdict, tuple):
+            ticket.release()
+            await _refuse(scope, send, *verdict)
+            return
+        subprotocol = server.protocol.name if server.protocol.name in offered else None
+        try:
+            await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        except Exception:
+            ticket.release()
+            raise
+        endpoint = AsgiEndpoint(receive, send, **server.endpoint_options(verdict, ticket, peer))
+        await endpoint.serve()
+
+
+async def _refuse(scope: Scope, send: Send, status: int, body: str) -> None:
+    """Refuses an upgrade with an HTTP status where the server can send one (the ASGI
+    ``websocket.http.response`` extension); elsewhere the server answers 403 by itself."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body.encode()})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,263 @@
+"""One connection on a host server that does the WebSocket framing itself (ASGI, aiohttp).
+
+Such servers take and give whole messages, each through a coroutine; this endpoint gives the
+WSE layer the same synchronous :class:`~wse_fast.transport.base.Transport` as picows's: frames
+written in one loop turn queue up and one drain task sends them in order, a Close after them.
+What it adds to the host's own rules: the message size limit, the pending-bytes limit (the
+host's ``send`` hides its buffer, so what waits here is counted), pausing reads for flow
+control, ``close_timeout`` on every way out, and the stranger's byte budget.
+
+Subclasses say how a message, a close and the next event cross the host's interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from ..constants import (
+    CLOSE_ABNORMAL,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG,
+    SLOW_CONSUMER,
+)
+from ..sansio.framing import unframe
+from .admission import StrangerTicket
+from .base import EndpointHandler
+
+_log = logging.getLogger(__name__)
+
+#: What :meth:`MessageEndpoint.receive_event` returns: a message ``(binary, data)``, or the
+#: end of the connection ``(code, reason)`` as ``None, (code, reason)``.
+Received = tuple[bool, Any] | tuple[None, tuple[int, str]]
+
+
+class MessageEndpoint:
+    """The WSE side of one connection on a message-level host server.
+
+    The host's coroutine for the connection calls :meth:`serve`, which returns once the
+    connection is over (the host then closes the socket if it is still open).
+    """
+
+    #: Whether :meth:`send_close` returns only once the close handshake is over (the host
+    #: waits for the peer's Close itself), so that the connection ends with it.
+    close_ends_connection = False
+    #: Whether the peer's Close is answered here (after what is queued), not by the host.
+    echoes_close = False
+
+    def __init__(
+        self,
+        handler: EndpointHandler,
+        *,
+        max_message_size: int,
+        max_pending_bytes: int | None,
+        close_timeout: float,
+        remote_addr: Any,
+        ticket: StrangerTicket | None,
+    ) -> None:
+        self.handler = handler
+        self.max_message_size = max_message_size
+        self.max_pending_bytes = max_pending_bytes
+        self.close_timeout = close_timeout
+        self.ticket = ticket
+        self._remote_addr = remote_addr
+        self._loop = asyncio.get_running_loop()
+        self._out: deque[bytes] = deque()
+        self._out_bytes = 0
+        self._drain: asyncio.Task[None] | None = None
+        self._close_sent: tuple[int, str] | None = None
+        self._close_written = False
+        self._close_received: tuple[int, str] | None = None
+        self._leave_after_close = False  # close(wait=False): end once the Close is out
+        self._failed = False
+        self._resume: asyncio.Event | None = None  # set while reading is paused
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ---- the host's side (subclasses) ------------------------------------------------------
+
+    async def send_message(self, binary: bool, payload: memoryview) -> None:
+        raise NotImplementedError
+
+    async def send_close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    async def receive_event(self) -> Received:
+        raise NotImplementedError
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Runs the connection from its accepted upgrade to its end."""
+        try:
+            self.handler.on_open(self)
+        except Exception:
+            _log.exception("endpoint handler failed in on_open")
+            self._fail(CLOSE_INTERNAL_ERROR, "")
+        reader = self._loop.create_task(self._read())
+        try:
+            await self._done
+        finally:
+            reader.cancel()
+            if self._drain is not None:
+                self._drain.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._out.clear()
+            if self._close_received is not None:
+                code, reason = self._close_received
+            elif self._close_sent is not None:
+                code, reason = self._close_sent
+            else:
+                code, reason = CLOSE_ABNORMAL, ""
+            if self.ticket is not None:
+                self.ticket.release()
+            self.handler.on_close(code, reason)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                if self._resume is not None:
+                    await self._resume.wait()
+                binary, data = await self.receive_event()
+                if binary is None:
+                    self._close_received = data
+                    if self.echoes_close:
+                        await self._echo_close(*data)
+                    self._finish()
+                    return
+                if self._close_received is not None or self._failed:
+                    continue
+                size = len(data)
+                if size > self.max_message_size:
+                    self._fail(CLOSE_TOO_BIG, "message too big")
+                    continue
+                ticket = self.ticket
+                if ticket is not None and ticket.held:
+                    ticket.spend(size)
+                    if self._failed or self._close_sent is not None:
+                        continue
+                self.handler.on_message(binary, data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the host lost the connection in a way of its own
+            _log.debug("connection lost: %r", exc)
+            self._finish()
+
+    async def closed(self) -> None:
+        """Returns once the connection is over."""
+        await asyncio.shield(self._done)
+
+    async def _echo_close(self, code: int, reason: str) -> None:
+        """Answers the peer's Close with its own code and reason, as the reference (Node.js
+        ``ws``) does, once what was queued before it has left."""
+        while self._drain is not None and not self._done.done():
+            await asyncio.shield(self._drain)
+        if self._close_written or self._done.done():
+            return
+        self._close_written = True
+        if self._close_sent is None:
+            self._close_sent = (code, reason)
+        try:
+            await self.send_close(code, reason)
+        except Exception as exc:
+            _log.debug("close failed: %r", exc)
+
+    def _finish(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    # ---- Transport -------------------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        return self._close_sent is None and not self._done.done()
+
+    @property
+    def remote_addr(self) -> Any:
+        return None if self._done.done() else self._remote_addr
+
+    def write(self, frame: bytes) -> None:
+        if self._close_sent is not None or self._done.done():
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        limit = self.max_pending_bytes
+        if limit is not None and self._out_bytes > limit:
+            self._overflow()
+            return
+        if self._drain is None:
+            self._drain = self._loop.create_task(self._drain_out())
+
+    def close(self, code: int, reason: str = "", *, wait: bool = True) -> None:
+        if self._done.done():
+            return
+        if not wait:
+            self._leave_after_close = True
+            if self._close_written:
+                self._finish()
+                return
+        if self._close_sent is None:
+            # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
+            reason = reason.encode()[:123].decode("utf-8", "ignore")
+            self._close_sent = (code, reason)
+            if self._drain is None:
+                self._drain = self._loop.create_task(self._drain_out())
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.close_timeout, self.abort)
+
+    def abort(self) -> None:
+        self._out.clear()
+        self._finish()
+
+    def pause_reading(self) -> None:
+        if self._resume is None:
+            self._resume = asyncio.Event()
+
+    def resume_reading(self) -> None:
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            resume.set()
+
+    # ---- internals -------------------------------------------------------------------------
+
+    async def _drain_out(self) -> None:
+        out = self._out
+        try:
+            while out:
+                frame = out.popleft()
+                self._out_bytes -= len(frame)
+                binary, payload = unframe(frame)
+                await self.send_message(binary, payload)
+            if self._close_sent is not None and not self._close_written:
+                self._close_written = True
+                await self.send_close(*self._close_sent)
+                if self._leave_after_close or self.close_ends_connection:
+                    self._finish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the peer is gone: the reader learns it too
+            _log.debug("send failed: %r", exc)
+            out.clear()
+            self._finish()
+        finally:
+            self._drain = None
+            if out and not self._done.done():  # written while the last send was awaited
+                self._drain = self._loop.create_task(self._drain_out())
+
+    def _overflow(self) -> None:
+        """The peer reads slower than it is written to: drop it now, as picows's endpoint
+        does (close code 1008, reason ``wse.slow-consumer``)."""
+        self._out.clear()
+        self._out_bytes = 0
+        if self._close_sent is None:
+            self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
+            self._loop.call_soon(self.handler.on_overflow)
+        self._finish()
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._failed = True
+        self.close(code, reason)
