@@ -19,14 +19,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import uvloop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from loadgen import SOCKETIO, WSE, Latency, LoadGen, Result, rpc  # noqa: E402
+from loadgen import SOCKETIO, WSE, Dialect, Latency, LoadGen, Result, rpc  # noqa: E402
 from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -46,9 +46,18 @@ PEERS: dict[str, list[str]] = {
     "Node.js ws": ["node", str(HERE / "peers/node_ws_server.mjs")],
     "aiohttp": [sys.executable, str(HERE / "peers/aiohttp_server.py")],
     "python-socketio": [sys.executable, str(HERE / "peers/socketio_server.py")],
+    # the price of mounting: the same wse-fast server inside a web framework's application,
+    # beside that framework's own WebSocket handler
+    "wse-fast on uvicorn": [sys.executable, str(HERE / "peers/wse_fast_uvicorn.py")],
+    "Starlette (uvicorn)": [sys.executable, str(HERE / "peers/starlette_server.py")],
+    "wse-fast on aiohttp": [sys.executable, str(HERE / "peers/wse_fast_aiohttp.py")],
+    "python-socketio (uvicorn)": [sys.executable, str(HERE / "peers/socketio_asgi_server.py")],
 }
 BASELINE = "wse-fast baseline"
-DIALECTS = {"python-socketio": SOCKETIO}  # the others speak the WSE slice
+# the others speak the WSE slice
+DIALECTS = {"python-socketio": SOCKETIO, "python-socketio (uvicorn)": SOCKETIO}
+#: The peers that answer the ``add`` procedure: wse-fast, wherever it runs.
+RPC_PEERS = ("wse-fast", "wse-fast on uvicorn", "wse-fast on aiohttp", BASELINE)
 MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
 
 
@@ -57,7 +66,11 @@ def say(*parts: object) -> None:
 
 
 class Server:
-    """A peer server process pinned to the server core."""
+    """A peer server process pinned to the server core.
+
+    It announces ``READY <port>``, or ``READY <port> <path>`` when it serves at a path of
+    its own (a mounted application) rather than at its dialect's.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -70,6 +83,12 @@ class Server:
             self.stop()
             raise RuntimeError(f"{name} did not start")
         self.port = int(line[1])
+        self.dialect: Dialect = DIALECTS.get(name, WSE)
+        if len(line) > 2:
+            self.dialect = replace(self.dialect, path=line[2])
+
+    def loadgen(self) -> LoadGen:
+        return LoadGen(self.port, self.proc.pid, self.dialect)
 
     def stop(self) -> None:
         self.proc.kill()
@@ -114,7 +133,7 @@ async def fanout(names: list[str], conns: int, size: int, runs: int) -> list[Row
         try:
             plans = []
             for server in servers:
-                gen = LoadGen(server.port, server.proc.pid, DIALECTS.get(server.name, WSE))
+                gen = server.loadgen()
                 await gen.connect(conns)
                 for mode in MODES.get(server.name, ["burst", "paced"]):
                     plans.append(
@@ -163,7 +182,7 @@ async def latency(
     try:
         gens = []
         for server in servers:
-            gen = LoadGen(server.port, server.proc.pid)
+            gen = server.loadgen()
             await gen.connect(conns)
             gens.append(gen)
         for fraction in (0.1, 0.5, 0.8):
@@ -198,8 +217,8 @@ async def latency(
 
 
 async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, list[float]]]:
-    """RPC through each of ``servers`` (wse-fast, and a baseline build when one is given),
-    measured in alternation run by run."""
+    """RPC through each of ``servers`` (wse-fast on its own listener, mounted, and a
+    baseline build when one is given), measured in alternation run by run."""
     out = []
     for conns, depth in ((1, 1), (1, 64), (100, 8)):
         results: dict[str, list[Result]] = {name: [] for name in servers}
@@ -207,7 +226,7 @@ async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, li
         for _ in range(runs):
             for name in servers:
                 with Server(name) as server:
-                    gen = LoadGen(server.port, server.proc.pid)
+                    gen = server.loadgen()
                     result, samples = await rpc(gen, conns, depth, 1.0)
                     gen.close()
                 samples.sort()
@@ -239,7 +258,7 @@ async def connections(
     for name in names:
         for n in counts:
             with Server(name) as server:
-                gen = LoadGen(server.port, server.proc.pid)
+                gen = server.loadgen()
                 await gen.connect(10)  # warm up allocators and code paths
                 rss0 = rss_bytes(server.proc.pid)
                 from wire import cpu_seconds
@@ -322,7 +341,7 @@ def write_report(
             lines.append(
                 f"| {name} | {n:,} | {per_conn / 1024:.1f} KiB | {rate:,.0f} | {per_cpu:,.0f} |"
             )
-    name = "matrix" if args.full else "suite"
+    name = args.name or ("matrix" if args.full else "suite")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"{name}.json").write_text(
         json.dumps(
@@ -462,7 +481,8 @@ async def main(args: argparse.Namespace) -> None:
         lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs)
     if "rpc" in args.parts:
         say("rpc:")
-        rpcs = await rpc_bench(args.runs, ["wse-fast", *([BASELINE] if args.baseline else [])])
+        rpc_peers = [p for p in peers if p in RPC_PEERS and p != "wse-fast"]
+        rpcs = await rpc_bench(args.runs, ["wse-fast", *rpc_peers])
     if "connections" in args.parts:
         say("connections:")
         names = [
@@ -496,6 +516,9 @@ if __name__ == "__main__":
         help="another wse-fast checkout (set up with make bench-setup) to measure beside",
     )
     parser.add_argument("--out", help="where to write the results (default: benches/results)")
+    parser.add_argument(
+        "--name", help="the results' file name, without suffix (default: suite, or matrix)"
+    )
     parser.add_argument(
         "--parts",
         nargs="*",

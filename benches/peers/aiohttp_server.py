@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 
 import uvloop
@@ -12,19 +10,10 @@ from aiohttp import WSMsgType, web
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from aiohttp_site import serve
-from wire import PROTOCOL, WELCOME, tick_body
+from wire import PROTOCOL
+from wse_slice import Audience
 
-clients: set[web.WebSocketResponse] = set()
-tasks: set[asyncio.Future[None]] = set()  # keeps running fan-outs referenced
-
-
-async def fanout(mode: str, count: int, size: int) -> None:
-    message = tick_body(size).decode()
-    for _ in range(count):
-        for ws in list(clients):
-            await ws.send_str(message)
-        if mode == "paced":
-            await asyncio.sleep(0)
+audience = Audience(web.WebSocketResponse.send_str)
 
 
 async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -34,20 +23,10 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     try:
         async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            kind, payload, _ = json.loads(msg.data)
-            if kind == "~wse:hi":
-                clients.add(ws)
-                await ws.send_str(WELCOME.decode())
-            elif kind == "bench":
-                tasks.add(
-                    asyncio.ensure_future(
-                        fanout(payload["mode"], payload["count"], payload["size"])
-                    )
-                )
+            if msg.type == WSMsgType.TEXT:
+                await audience.on_text(ws, msg.data)
     finally:
-        clients.discard(ws)
+        audience.leave(ws)
     return ws
 
 

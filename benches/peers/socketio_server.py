@@ -1,34 +1,20 @@
-"""python-socketio (on aiohttp), fanning out with emit() to everyone."""
+"""python-socketio on aiohttp, fanning out with emit() to everyone."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from typing import Any
 
-import socketio
 import uvloop
 from aiohttp import web
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from aiohttp_site import serve
-
-# Pings would land between the counted ticks; the runs are far shorter than an hour.
-sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=3600, ping_timeout=3600)
-
-
-@sio.on("bench")
-async def bench(sid: str, cmd: dict[str, Any]) -> None:
-    payload = "x" * (cmd["size"] - 2)
-    for _ in range(cmd["count"]):
-        await sio.emit("tick", payload)
-        if cmd["mode"] == "paced":
-            await asyncio.sleep(0)
+from socketio_bench import bench_sio
 
 
 async def main(port: int) -> None:
     app = web.Application()
-    sio.attach(app)
+    bench_sio("aiohttp").attach(app)
     await serve(app, port)
 
 

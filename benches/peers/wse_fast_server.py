@@ -1,47 +1,18 @@
-"""wse-fast itself, as the benchmark sees it: each connection its own user."""
+"""wse-fast itself, as the benchmark sees it, on its own listener (picows)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from typing import Any
 
 import uvloop
-from wse_fast import WseServer
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from wse_fast_bench import bench_server
 
 
 async def main(port: int) -> None:
-    server = WseServer(
-        lambda req: req.accept(req.conn_id),
-        port=port,
-        ping_interval=None,
-        auth_timeout=120,
-        max_pending_bytes=None,  # the load generator reads as fast as it can
-    )
-    server.register("add", lambda conn, p: p["a"] + p["b"])
-
-    @server.channel.on("bench")
-    async def bench(conn: Any, cmd: dict[str, Any]) -> None:
-        mode, count, size = cmd["mode"], cmd["count"], cmd["size"]
-        payload = "x" * (size - 2)
-        broadcast = server.broadcast
-        if mode == "burst":
-            for _ in range(count):
-                broadcast("tick", payload)
-        elif mode == "paced":
-            for _ in range(count):
-                broadcast("tick", payload)
-                await asyncio.sleep(0)
-        elif mode == "rate":  # fixed schedule; the payload starts with the send time
-            loop = asyncio.get_running_loop()
-            interval, due = 1.0 / cmd["rate"], loop.time()
-            filler = "x" * (size - 2 - 19)
-            for _ in range(count):
-                broadcast("tick", f"{time.monotonic_ns():019d}{filler}")
-                due += interval
-                await asyncio.sleep(max(0.0, due - loop.time()))
-
+    server = bench_server(port=port)
     await server.start()
     print("READY", server.port, flush=True)
     await asyncio.Event().wait()
