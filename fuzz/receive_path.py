@@ -47,9 +47,11 @@ with instrumented_imports(__name__):
         ServerState,
         Violation,
         Welcome,
+        Wire,
     )
 
 TYPES = InternalTypes()
+WIRE = Wire()
 PROTOCOLS: tuple[WireProtocol, ...] = (JsonProtocol(), MsgpackProtocol())
 MAX_SIZES = (32, 256, 4096, 1 << 16)
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_PING = 0x0, 0x1, 0x2, 0x9
@@ -254,7 +256,7 @@ class ServerApp:
     a violation or an undecodable message closes the connection."""
 
     def __init__(self, config: Config) -> None:
-        self.session = ServerSession(TYPES)
+        self.session = ServerSession(WIRE)
         self.challenges_left = config.challenges
         self.slow = config.slow_identify
         self.identify_running = False
@@ -361,7 +363,7 @@ class ClientApp:
     an undecodable message is reported and skipped."""
 
     def __init__(self) -> None:
-        self.session = ClientSession(TYPES)
+        self.session = ClientSession(WIRE)
 
     def message(self, triple: tuple[str, Any, str | None] | None) -> None:
         if triple is None:

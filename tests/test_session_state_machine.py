@@ -36,9 +36,11 @@ from wse_fast.sansio.session import (
     ServerState,
     Violation,
     Welcome,
+    Wire,
 )
 
 TYPES = InternalTypes()
+WIRE = Wire()
 S = ServerState
 C = ClientState
 
@@ -133,7 +135,7 @@ def expected_valid_event(kind: str, payload: Any, stamp: str | None) -> object:
 class ServerSessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.session = ServerSession(TYPES)
+        self.session = ServerSession(WIRE)
         self.model = S.STRANGER
         # the last step: (state before, what was done, state after)
         self.step: tuple[ServerState, str, ServerState] = (S.STRANGER, "start", S.STRANGER)
@@ -233,7 +235,7 @@ class ServerSessionMachine(RuleBasedStateMachine):
 class ClientSessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.session = ClientSession(TYPES)
+        self.session = ClientSession(WIRE)
         self.model = C.GREETING
         self.step: tuple[ClientState, str, ClientState] = (C.GREETING, "start", C.GREETING)
 
@@ -286,6 +288,6 @@ def test_hi_nested_exactly_to_the_limit_is_accepted_one_more_level_is_not() -> N
     """The boundary the state machine crosses at random, pinned: HI_MAX_DEPTH levels pass."""
     for part in ("identity", "meta"):
         at_limit = nest(1, [True] * HI_MAX_DEPTH)
-        assert type(ServerSession(TYPES).receive(TYPES.hi, {part: at_limit}, None)) is Hello
+        assert type(ServerSession(WIRE).receive(TYPES.hi, {part: at_limit}, None)) is Hello
         over = nest(1, [False] * (HI_MAX_DEPTH + 1))
-        assert type(ServerSession(TYPES).receive(TYPES.hi, {part: over}, None)) is Violation
+        assert type(ServerSession(WIRE).receive(TYPES.hi, {part: over}, None)) is Violation

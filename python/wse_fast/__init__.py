@@ -22,7 +22,9 @@ from .errors import (
 )
 from .handshake import HandshakeRequest
 from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
-from .server import Challenge, Client, IdentifyRequest, WseServer
+from .authentication import Challenge, IdentifyRequest
+from .registry import Client
+from .server import WseServer
 
 __version__ = "0.1.0"
 

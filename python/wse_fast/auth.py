@@ -67,7 +67,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .server import IdentifyRequest
+from .authentication import IdentifyRequest
 
 #: The value of the quest's ``alg`` field.
 ALG = "HMAC-SHA256"

@@ -76,7 +76,7 @@ class _Link:
 
     def __init__(self, client: WseClient) -> None:
         self.client = client
-        self.session = ClientSession(client.protocol_types)
+        self.session = ClientSession(client.wire)
         self.pending = PendingCalls(asyncio.get_running_loop())
         self.endpoint: Endpoint | None = None
         self.transport: WSTransport | None = None  # picows's, once ws_connect has returned

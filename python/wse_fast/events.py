@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultedTypeVar
 
     from .connection import Connection
-    from .server import Client
+    from .registry import Client
 
 log = logging.getLogger("wse_fast")
 

@@ -20,8 +20,9 @@ from .events import (
     keep,
     run_handler,
 )
-from .protocols import FrameEncoder, InternalTypes, JsonProtocol, WireProtocol
+from .protocols import JsonProtocol, WireProtocol
 from .sansio import session as ev
+from .sansio.session import Wire
 
 _SH = TypeVar("_SH", bound=ServerHandler)
 _CH = TypeVar("_CH", bound=ClientHandler)
@@ -52,14 +53,14 @@ class Peer(Generic[Side]):
 
     def __init__(self, protocol: WireProtocol | None, mask: bool, debug: bool = False) -> None:
         self.protocol: WireProtocol = protocol or JsonProtocol()
-        self.protocol_types = InternalTypes.of(self.protocol.internal_types)
+        self.wire = Wire(self.protocol, mask=mask)
+        self.protocol_types = self.wire.types
         self.debug = debug
         self.channel: Channel[Side] = Channel()
         self.procedures = Procedures()
-        encoder = FrameEncoder(self.protocol, mask)
-        self.encode = encoder
-        self._text_input = encoder.text_input
-        self._unpack = self.protocol.unpack
+        self.encode = self.wire.encode
+        #: A received message to ``(type, payload, stamp)`` (see :class:`MessageDecoder`).
+        self.decode = self.wire.decode
 
     @overload
     def register(self: Peer[ServerEvents], name: str) -> Callable[[_SH], _SH]: ...
@@ -81,21 +82,6 @@ class Peer(Generic[Side]):
 
     def unregister(self, name: str) -> None:
         self.procedures.unregister(name)
-
-    def decode(self, binary: bool, data: Any) -> tuple[str, Any, str | None]:
-        """A received message to ``(type, payload, stamp)`` with this side's protocol.
-
-        ``data`` may be a view into the transport's read buffer, valid only during this call.
-        The built-in protocols copy what they keep; a custom protocol's ``unpack`` gets
-        ``bytes`` or ``str`` of its own, which it may keep (a zero-copy slice of a view would
-        later read frames of other messages, or freed memory).
-        """
-        if self._text_input:  # text as str, as in JS (message-level transports give str)
-            if binary:
-                data = bytes(data)
-            elif not isinstance(data, str):
-                data = str(data, "utf-8")
-        return self._unpack(data)
 
     def route(
         self,

@@ -113,3 +113,28 @@ class FrameEncoder:
         if isinstance(data, str):
             return codec.build_frame(OP_TEXT, data.encode(), mask=self.mask)
         return codec.build_frame(OP_BINARY, data, mask=self.mask)
+
+
+class MessageDecoder:
+    """Decodes a received message with any protocol: ``(binary, data) -> (type, payload,
+    stamp)``.
+
+    ``data`` may be a view into a transport's read buffer, valid only during the call. The
+    built-in protocols copy what they keep; a custom protocol's ``unpack`` gets ``bytes`` or
+    ``str`` (text, as in JavaScript) of its own, which it may keep (a zero-copy slice of a view
+    would later read frames of other messages, or freed memory).
+    """
+
+    __slots__ = ("_text_input", "_unpack")
+
+    def __init__(self, protocol: WireProtocol) -> None:
+        self._unpack = protocol.unpack
+        self._text_input = not isinstance(protocol, JsonProtocol | MsgpackProtocol)
+
+    def __call__(self, binary: bool, data: Any) -> Triple:
+        if self._text_input:  # message-level transports give text as str already
+            if binary:
+                data = bytes(data)
+            elif not isinstance(data, str):
+                data = str(data, "utf-8")
+        return self._unpack(data)

@@ -8,21 +8,21 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from .connection import Connection
+from .authentication import Authentication, IdentifyRequest
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
-from .errors import ProtocolViolation, WseError
-from .events import ServerEvents, run_handler
+from .errors import WseError
+from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .peer import Peer
 from .protocols import WireProtocol
+from .registry import Client, UserRegistry
+from .server_connection import ServerConnection
 from .transport.admission import (
     CONTROL_ALLOWANCE,
     HTTP_REQUEST_MAX,
@@ -41,85 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wse_fast")
 #: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse.
 UpgradeVerdict = int | tuple[int, str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """What the challenge generator asked (``quest``) and what the client answered."""
-
-    quest: Any
-    response: Any
-
-
-class IdentifyRequest:
-    """Handed to ``identify``: answer with ``accept(cid, welcome)`` or ``refuse()``, once."""
-
-    __slots__ = ("_answered", "_server", "challenge", "conn", "conn_id", "identity", "meta")
-
-    def __init__(self, server: WseServer, conn: Connection, challenge: Challenge | None) -> None:
-        self._server = server
-        self._answered = False
-        self.conn = conn
-        self.conn_id = conn.conn_id
-        self.identity = conn.identity
-        self.meta = conn.meta
-        self.challenge = challenge
-
-    @property
-    def request(self) -> HandshakeRequest | None:
-        """The upgrade request (path, query, headers, cookies, remote address), while the
-        connection authenticates; released once it is accepted or refused."""
-        return self.conn.handshake
-
-    def accept(self, cid: Any, welcome: Any = None) -> None:
-        """Admits the connection as a device of user ``cid``; a falsy cid refuses."""
-        if self._answered:
-            return
-        self._answered = True
-        if not cid:
-            self._server._refuse(self.conn)
-        else:
-            self._server._accept(self.conn, str(cid), welcome)
-
-    def refuse(self) -> None:
-        if not self._answered:
-            self._answered = True
-            self._server._refuse(self.conn)
-
-
-class Client:
-    """A user (``cid``) and its open connections, oldest first."""
-
-    __slots__ = ("_conns", "_server", "cid", "meta")
-
-    def __init__(self, server: WseServer, cid: str, first: Connection) -> None:
-        self._server = server
-        self.cid = cid
-        self.meta = first.meta
-        # A list, not a dict: most users have one or two devices, and an idle user's dict
-        # would cost more than its connection's own state.
-        self._conns: list[Connection] = [first]
-
-    def __repr__(self) -> str:
-        return f"<Client {self.cid!r} conns={len(self._conns)}>"
-
-    @property
-    def conns(self) -> Mapping[str, Connection]:
-        """The user's open connections, conn_id to :class:`Connection`, oldest first.
-
-        A read-only snapshot taken when read.
-        """
-        return MappingProxyType({conn.conn_id: conn for conn in self._conns})
-
-    def send(self, type: str, payload: Any = None) -> None:
-        """Sends to every device of this user; the frame is encoded once."""
-        frame = self._server.encode(type, payload, None)
-        for conn in self._conns:
-            conn.endpoint.write(frame)  # type: ignore[union-attr]  # accepted: it has one
-
-    def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
-        for conn in list(self._conns):
-            conn.drop(reason)
 
 
 class WseServer(Peer[ServerEvents]):
@@ -189,7 +110,6 @@ class WseServer(Peer[ServerEvents]):
         self.host = host
         self.port = port
         super().__init__(protocol, mask=False, debug=debug)
-        self.conn_per_user = conn_per_user
         self.timeout = timeout
         self.auth_timeout = auth_timeout
         self.ssl = ssl
@@ -200,6 +120,7 @@ class WseServer(Peer[ServerEvents]):
         self.read_buffer_size = read_buffer_size
         self.max_pending_bytes = max_pending_bytes
         self.auth_max_message_size = min(auth_max_message_size, max_message_size)
+        self.wire.auth_max_message_size = self.auth_max_message_size
         self.handshake_timeout = handshake_timeout
         self.max_in_flight = max_in_flight
         self.max_tasks = max_tasks
@@ -211,9 +132,12 @@ class WseServer(Peer[ServerEvents]):
         self.receive_buffer = receive_buffer
 
         self.when = ServerEvents()
-        self.clients: dict[str, Client] = {}
-        self.connections: dict[str, Connection] = {}  # every open socket, authenticated or not
+        self.registry = UserRegistry(self.encode, conn_per_user)
+        self.clients: dict[str, Client] = self.registry.clients  # users with open connections
+        # every open socket, authenticated or not
+        self.connections: dict[str, ServerConnection] = {}
         self.challenger: Callable[..., Any] | None = None
+        self.authentication = Authentication(self)
 
         # what a stranger may send before it is accepted: the upgrade request, the hi and a
         # challenge answer, and a few control frames
@@ -231,7 +155,16 @@ class WseServer(Peer[ServerEvents]):
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
         self.saturated = False  # tasks_running has reached max_tasks (read per message)
-        self._waiting_for_tasks: dict[Connection, None] = {}  # paused by max_tasks, in order
+        self._waiting_for_tasks: dict[ServerConnection, None] = {}  # paused by max_tasks, in order
+
+    @property
+    def conn_per_user(self) -> int:
+        """How many connections one user may have open; a new one drops the oldest."""
+        return self.registry.conn_per_user
+
+    @conn_per_user.setter
+    def conn_per_user(self, limit: int) -> None:
+        self.registry.conn_per_user = limit
 
     # ---- configuration ---------------------------------------------------------------------
 
@@ -363,7 +296,7 @@ class WseServer(Peer[ServerEvents]):
         stranger: StrangerHold,
         offered: Collection[str],
         native: Any = None,
-    ) -> Connection | tuple[int, str]:
+    ) -> ServerConnection | tuple[int, str]:
         """Decides an upgrade request: a new connection, or the HTTP status (and body) that
         refuses it. ``peer`` is the socket's peer address, ``stranger`` what counts and bounds
         the socket until it is accepted, ``offered`` the subprotocols the client offered,
@@ -389,7 +322,7 @@ class WseServer(Peer[ServerEvents]):
                     log.error("on_upgrade answered %r, not an HTTP error status", status)
                     return HTTPStatus.INTERNAL_SERVER_ERROR, ""
                 return status, body
-        conn = Connection(self, f"{next(self._ids):x}")
+        conn = ServerConnection(self, f"{next(self._ids):x}")
         conn.stranger = stranger
         conn.handshake = handshake
         if forwarded:
@@ -401,7 +334,7 @@ class WseServer(Peer[ServerEvents]):
         return conn
 
     def endpoint_options(
-        self, conn: Connection, stranger: StrangerHold, peer: Any
+        self, conn: ServerConnection, stranger: StrangerHold, peer: Any
     ) -> dict[str, Any]:
         """What a message-level transport's endpoint takes from this server."""
         return {
@@ -434,99 +367,45 @@ class WseServer(Peer[ServerEvents]):
             return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
         return endpoint
 
-    # ---- connection life cycle (called by Connection) --------------------------------------
+    # ---- connection life cycle (called by ServerConnection) -----------------------------------
 
-    def _opened(self, conn: Connection) -> None:
+    def connection_opened(self, conn: ServerConnection) -> None:
+        """A connection's WebSocket is open (before authentication)."""
         self.connections[conn.conn_id] = conn
-        offered = conn.offered_protocols
-        if offered is not None:
-            detail = f"subprotocol {self.protocol.name!r} not offered (got {offered!r})"
-            self.when.emit("error", ProtocolViolation({"detail": detail}), conn)
-            self.refuse(conn, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
-            return
-        loop = asyncio.get_running_loop()
-        conn._auth_timer = loop.call_later(self.auth_timeout, self._refuse, conn)
 
-    def _authenticate(self, conn: Connection) -> None:
-        if self.challenger is None:
-            self._identify(conn, None)
-            return
+    def report(self, error: WseError, conn: ServerConnection) -> None:
+        """Reports a problem of one connection through the ``error`` event."""
+        self.when.emit("error", error, conn)
 
-        def quest(q: Any) -> None:
-            if conn.quest is not None or not conn.endpoint or not conn.endpoint.open:
-                return
-            conn.quest = [q]
-            conn.session.quest_sent()
-            conn.endpoint.write(self.encode(self.protocol_types.challenge, q, None))
-
-        run_handler(
-            self.challenger,
-            (conn.identity, conn.meta, quest, lambda: self._refuse(conn)),
-            lambda exc: self._auth_failed(conn, exc),
-            conn._track,
-        )
-
-    def _identify(self, conn: Connection, response: Any) -> None:
-        challenge = None
-        if self.challenger is not None:  # identify sees the quest and the client's answer
-            challenge = Challenge(conn.quest[0] if conn.quest else None, response)
-        req = IdentifyRequest(self, conn, challenge)
-        run_handler(self.identify, (req,), lambda exc: self._auth_failed(conn, exc), conn._track)
-
-    def _auth_failed(self, conn: Connection, exc: BaseException) -> None:
-        err = WseError(WSE_ERROR.MESSAGE_PROCESSING_ERROR, {"error": repr(exc), "stage": "auth"})
-        err.__cause__ = exc
-        self.when.emit("error", err, conn)
-        self._refuse(conn)
-
-    def _refuse(self, conn: Connection) -> None:
-        if not conn.session.valid:
-            self.refuse(conn, CLOSE_NORMAL, WSE_REASON.NOT_AUTHORIZED)
-
-    def refuse(self, conn: Connection, code: int, reason: str) -> None:
+    def refuse(self, conn: ServerConnection, code: int, reason: str) -> None:
         """Ends a connection that was never accepted: its Close frame goes out and the socket
         closes at once, without waiting for the stranger's answer; what it sent is released."""
-        conn.cancel_auth_timer()
-        conn.handshake = None
-        conn.identity = None
-        conn.meta = {}
+        conn.forget_stranger()
         if conn.endpoint is not None:
             conn.endpoint.close(code, reason, wait=False)
 
-    def _accept(self, conn: Connection, cid: str, welcome: Any) -> None:
-        if conn.endpoint is None or not conn.endpoint.open:
+    def admitted(self, conn: ServerConnection, cid: str, welcome: Any) -> None:
+        """identify accepted ``conn`` as user ``cid``: welcome it, register it, tell the
+        application, and drop the user's oldest connections over ``conn_per_user``."""
+        if not conn.open:
             return  # closed (or timed out) while identify was running
         try:  # before any state changes: a welcome that cannot be sent accepts nobody
-            welcome_frame = self.encode(self.protocol_types.welcome, welcome, None)
+            welcome_frame = conn.session.accept(welcome)
         except Exception as exc:
-            self._auth_failed(conn, exc)
+            self.authentication.failed(conn, exc)
             return
-        conn.cancel_auth_timer()
-        conn.session.accepted()
-        conn.handshake = None
-        if conn.stranger is not None:
-            conn.stranger.release()
-            conn.stranger = None
-        conn.cid = cid
-        client = self.clients.get(cid)
-        joined = client is None
-        if client is None:
-            client = self.clients[cid] = Client(self, cid, conn)
-        else:
-            client._conns.append(conn)
+        conn.accepted(cid)
+        client, joined, excess = self.registry.add(conn, cid)
         conn.client = client
-        self._live.add(conn.conn_id, conn.endpoint)
-        conn.endpoint.write(welcome_frame)
+        self._live.add(conn.conn_id, conn.endpoint)  # type: ignore[arg-type]  # open: it has one
+        conn.send_frame(welcome_frame)
         if joined:
             self.when.emit("joined", client, conn.meta)
         self.when.emit("connected", conn)
-        # Over the limit: the oldest devices go, the newest stays.
-        excess = len(client._conns) - self.conn_per_user
-        if excess > 0:
-            for old in client._conns[:excess]:
-                old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
+        for old in excess:  # over the limit: the oldest devices go, the newest stays
+            old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
 
-    # ---- handler tasks (counted by Connection) ---------------------------------------------
+    # ---- handler tasks (counted by ServerConnection) ---------------------------------------------
 
     def task_started(self) -> None:
         self.tasks_running += 1
@@ -541,23 +420,23 @@ class WseServer(Peer[ServerEvents]):
             del waiting[conn]
             conn.resume()
 
-    def wait_for_tasks(self, conn: Connection) -> None:
+    def wait_for_tasks(self, conn: ServerConnection) -> None:
         """``conn`` stopped reading because the server runs ``max_tasks``: resumed, oldest
         first, as tasks end."""
         self._waiting_for_tasks[conn] = None
 
-    def _closed(self, conn: Connection, was_valid: bool, code: int, reason: str) -> None:
+    def connection_closed(
+        self, conn: ServerConnection, was_valid: bool, code: int, reason: str
+    ) -> None:
+        """A connection is gone (``was_valid``: it had been accepted)."""
         self.connections.pop(conn.conn_id, None)
         self._waiting_for_tasks.pop(conn, None)
         self._live.discard(conn.conn_id)
-        client = conn.client
-        if client is not None and conn in client._conns:
-            client._conns.remove(conn)
+        left = self.registry.remove(conn)
         if was_valid:
             self.when.emit("disconnected", conn, code, reason)
-        if client is not None and not client._conns and self.clients.get(client.cid) is client:
-            del self.clients[client.cid]
-            self.when.emit("left", client, code, reason)
+        if left is not None:
+            self.when.emit("left", left, code, reason)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
 

@@ -1,7 +1,11 @@
-"""The WSE message state machines, one per side of a connection.
+"""The WSE core of one connection, one class per side, without I/O.
 
-``receive`` classifies an incoming envelope according to the session's state and returns
-one small event; the I/O layer acts on it. Transitions happen here and nowhere else.
+Messages in, events and frames out: ``receive_data`` takes a received message (bytes, a view,
+or text), applies the limits that hold in the session's state, decodes it with the wire
+protocol and returns one small event; the authentication steps (``challenge``, ``accept``,
+``hello``, ``answer``) return the frame to send. The I/O layer moves those bytes, runs the
+timers (authentication and call deadlines) and calls the application; transitions happen here
+and nowhere else. No sockets, no event loop, no transport: any transport can drive it.
 
 Server side::
 
@@ -15,11 +19,13 @@ Client side::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any
 
-from ..protocols import InternalTypes
+from ..constants import CLOSE_NORMAL, CLOSE_TOO_BIG, WSE_REASON
+from ..protocols import FrameEncoder, InternalTypes, JsonProtocol, MessageDecoder, WireProtocol
 
 
 class ServerState(Enum):
@@ -93,9 +99,18 @@ class ResponseError:
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """The peer broke the WSE protocol; close with ``wse.protocol-error``."""
+    """The peer broke the WSE protocol; close with ``wse.protocol-error`` (see
+    :meth:`ServerSession.close_for`)."""
 
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooBig:
+    """A stranger sent a message over the size allowed before authentication: close with
+    1009 (see :meth:`ServerSession.close_for`); it was not decoded."""
+
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +125,27 @@ Event = Hello | ChallengeAnswer | Quest | Welcome | Message | Call | Response | 
 
 class IllegalTransition(RuntimeError):
     pass
+
+
+class Wire:
+    """What a session needs of the wire protocol: the internal types, the encoder of complete
+    frames and the decoder of messages (codec calls, no I/O), and the size a message may
+    have before authentication. One per server or client, shared by its sessions."""
+
+    __slots__ = ("auth_max_message_size", "decode", "encode", "types")
+
+    def __init__(
+        self,
+        protocol: WireProtocol | None = None,
+        *,
+        mask: bool = False,
+        auth_max_message_size: int = 16 * 1024,
+    ) -> None:
+        protocol = protocol or JsonProtocol()
+        self.types = InternalTypes.of(protocol.internal_types)
+        self.encode = FrameEncoder(protocol, mask)
+        self.decode: Callable[[bool, Any], tuple[str, Any, str | None]] = MessageDecoder(protocol)
+        self.auth_max_message_size = auth_max_message_size
 
 
 def _valid_event(types: InternalTypes, type: str, payload: Any, stamp: str | None) -> Event:
@@ -146,13 +182,46 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
 
 
 class ServerSession:
-    __slots__ = ("state", "types")
+    """The server side of one connection: authentication, then messages and calls.
 
-    def __init__(self, types: InternalTypes) -> None:
-        self.types = types
+    ``quest`` is the challenge sent, once asked (``[quest]``, so that any value, None too,
+    can be one).
+    """
+
+    __slots__ = ("quest", "state", "types", "wire")
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.types = wire.types
         self.state = ServerState.STRANGER
+        self.quest: list[Any] | None = None
+
+    # ---- messages in -----------------------------------------------------------------------
+
+    def receive_data(self, binary: bool, data: Any) -> Event | Violation | Ignored | TooBig:
+        """A received message, whole: what it means now. ``data`` may be a view valid only
+        during the call."""
+        state = self.state
+        if state is _VALID:
+            try:
+                type, payload, stamp = self.wire.decode(binary, data)
+            except Exception as exc:
+                return Violation(f"cannot unpack message: {exc}")
+            return _valid_event(self.types, type, payload, stamp)
+        if state is ServerState.VALIDATING or state is ServerState.CLOSED:
+            # identify (or the challenge generator) is running: ignored, as in the reference,
+            # and never decoded
+            return Ignored("")
+        if len(data) > self.wire.auth_max_message_size:
+            return TooBig(len(data))
+        try:
+            type, payload, stamp = self.wire.decode(binary, data)
+        except Exception as exc:
+            return Violation(f"cannot unpack message: {exc}")
+        return self.receive(type, payload, stamp)
 
     def receive(self, type: str, payload: Any, stamp: str | None) -> Event | Violation | Ignored:
+        """A decoded envelope: what it means now."""
         state = self.state
         if state is _VALID:
             return _valid_event(self.types, type, payload, stamp)
@@ -169,6 +238,35 @@ class ServerSession:
             self.state = ServerState.VALIDATING
             return ChallengeAnswer(payload)
         return Ignored(type)  # validating, waiting for an answer, or closed
+
+    # ---- authentication steps --------------------------------------------------------------
+
+    def challenge(self, quest: Any) -> bytes | None:
+        """The frame that asks the client ``quest``; None when one was asked already or the
+        session no longer authenticates."""
+        if self.quest is not None or self.state is not ServerState.VALIDATING:
+            return None
+        frame = self.wire.encode(self.types.challenge, quest, None)
+        self.quest = [quest]
+        self.state = ServerState.CHALLENGED
+        return frame
+
+    def accept(self, welcome: Any) -> bytes:
+        """Admits the connection: the welcome frame to send. The welcome is encoded before
+        anything changes, so one that cannot be encoded (it raises) admits nobody."""
+        if self.state is not ServerState.VALIDATING:
+            raise IllegalTransition(f"{self.state.name} -> VALID")
+        frame = self.wire.encode(self.types.welcome, welcome, None)
+        self.state = _VALID
+        return frame
+
+    def close_for(self, event: Violation | TooBig) -> tuple[int, str]:
+        """The close code and reason that answer a broken rule."""
+        if isinstance(event, TooBig):
+            return CLOSE_TOO_BIG, "message too big"
+        return CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR
+
+    # ---- state -----------------------------------------------------------------------------
 
     @property
     def awaits_message(self) -> bool:
@@ -196,11 +294,32 @@ class ServerSession:
 
 
 class ClientSession:
-    __slots__ = ("state", "types")
+    """The client side of one connection: the hello, an optional challenge, the welcome,
+    then messages and calls."""
 
-    def __init__(self, types: InternalTypes) -> None:
-        self.types = types
+    __slots__ = ("state", "types", "wire")
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.types = wire.types
         self.state = ClientState.GREETING
+
+    def hello(self, identity: Any, meta: dict[str, Any]) -> bytes:
+        """The first frame of a connection."""
+        return self.wire.encode(self.types.hi, {"identity": identity, "meta": meta}, None)
+
+    def answer(self, response: Any) -> bytes | None:
+        """The frame that answers the server's challenge; None once the session is past it."""
+        if self.state is not ClientState.GREETING:
+            return None
+        return self.wire.encode(self.types.challenge, response, None)
+
+    def receive_data(self, binary: bool, data: Any) -> Event | Violation | Ignored:
+        try:
+            type, payload, stamp = self.wire.decode(binary, data)
+        except Exception as exc:
+            return Violation(f"cannot unpack message: {exc}")
+        return self.receive(type, payload, stamp)
 
     def receive(self, type: str, payload: Any, stamp: str | None) -> Event | Ignored:
         if self.state is _READY:

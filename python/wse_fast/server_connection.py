@@ -1,0 +1,227 @@
+"""The machinery of one server connection: transport events in, the session's events to the
+server's authentication flow, handlers and pending calls; flow control of handler tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .connection import Connection
+from .constants import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
+from .errors import ProtocolViolation, WseError
+from .sansio import session as ev
+from .sansio.session import ServerSession, ServerState
+
+_CLOSED = ServerState.CLOSED
+
+if TYPE_CHECKING:
+    from .handshake import HandshakeRequest
+    from .server import WseServer
+    from .transport.admission import StrangerHold
+    from .transport.base import Transport
+
+
+class ServerConnection(Connection):
+    """A :class:`Connection` and the transport's handler of its events.
+
+    Flow control: the tasks its messages and calls start (coroutine handlers) are counted; at
+    the server's ``max_in_flight`` per connection, or its ``max_tasks`` in all, the connection
+    stops reading its socket. Messages already read wait, copied, in order, and run as tasks
+    finish; the peer's TCP window then holds the rest. Every task still running when the
+    connection closes is cancelled.
+    """
+
+    __slots__ = (
+        "_auth_timer",
+        "_backlog",
+        "_tasks",
+        "handshake",
+        "offered_protocols",
+        "stranger",
+    )
+
+    def __init__(self, server: WseServer, conn_id: str) -> None:
+        super().__init__(server, conn_id, ServerSession(server.wire))
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self.offered_protocols: str | None = None  # set when the client did not offer ours
+        self.stranger: StrangerHold | None = None  # until accepted: counts and bounds it
+        self.handshake: HandshakeRequest | None = None  # the upgrade request, until accepted
+        self._tasks: set[asyncio.Future[Any]] | None = None  # running handler tasks
+        self._backlog: deque[tuple[bool, Any]] | None = None  # read while paused
+
+    @property
+    def tasks_running(self) -> int:
+        """How many tasks this connection's messages and calls have running."""
+        return len(self._tasks) if self._tasks is not None else 0
+
+    # ---- transport events ------------------------------------------------------------------
+
+    def on_open(self, endpoint: Transport) -> None:
+        self.endpoint = endpoint
+        if self.stranger is not None:
+            self.stranger.on_exhausted = self._budget_spent
+        server = self._server
+        server.connection_opened(self)
+        if self.offered_protocols is not None:
+            name, offered = server.protocol.name, self.offered_protocols
+            detail = f"subprotocol {name!r} not offered (got {offered!r})"
+            server.report(ProtocolViolation({"detail": detail}), self)
+            server.refuse(self, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
+            return
+        self._auth_timer = server.authentication.opened(self)
+
+    def on_message(self, binary: bool, data: Any) -> None:
+        server = self._server
+        if self._backlog is not None or server.saturated:
+            if self._backlog is None:
+                self._pause()
+            # reading is paused: what was read already waits, copied, in order
+            self._backlog.append((binary, data if isinstance(data, str) else bytes(data)))  # type: ignore[union-attr]
+            return
+        event = self.session.receive_data(binary, data)
+        if not server.route(
+            event, (self,), self._reply, self._pending, self._handler_failed, self.track
+        ):
+            self._authentication_event(event)
+
+    def on_overflow(self) -> None:
+        limit = self._server.max_pending_bytes
+        err = WseError(
+            WSE_ERROR.CONNECTION_ERROR, {"reason": SLOW_CONSUMER, "max_pending_bytes": limit}
+        )
+        self._server.report(err, self)
+
+    def on_close(self, code: int, reason: str) -> None:
+        was_valid = self.session.valid
+        self.session.closed()
+        self.cancel_auth_timer()
+        self.handshake = None
+        self._backlog = None
+        if self.stranger is not None:
+            self.stranger.release()
+            self.stranger = None
+        if self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
+        if self._pending is not None:
+            self._pending.reject_all(WSE_ERROR.RP_DISCONNECT, {"code": code, "reason": reason})
+        self._server.connection_closed(self, was_valid, code, reason)
+
+    # ---- before authentication -------------------------------------------------------------
+
+    def _authentication_event(self, event: object) -> None:
+        """What the session made of a message that is not a message or a call."""
+        if isinstance(event, ev.Hello):
+            self.identity = event.identity
+            self.meta.update(event.meta)
+            self._server.authentication.hello(self)
+        elif isinstance(event, ev.ChallengeAnswer):
+            self._server.authentication.identify(self, event.response)
+        elif isinstance(event, ev.Violation):
+            self._violation(event.detail)
+        elif isinstance(event, ev.TooBig):
+            detail = {"detail": "message too big before authentication", "size": event.size}
+            self._server.report(ProtocolViolation(detail), self)
+            self._server.refuse(self, *self.session.close_for(event))
+
+    def _budget_spent(self) -> None:
+        """The stranger sent every byte it may before authentication."""
+        err = ProtocolViolation({"detail": "too much data before authentication"})
+        self._server.report(err, self)
+        self._server.refuse(self, CLOSE_POLICY_VIOLATION, "too much data before authentication")
+
+    def accepted(self, cid: str) -> None:
+        """identify accepted the connection as user ``cid``: what held it as a stranger goes."""
+        self.cancel_auth_timer()
+        self.handshake = None
+        if self.stranger is not None:
+            self.stranger.release()
+            self.stranger = None
+        self.cid = cid
+
+    def forget_stranger(self) -> None:
+        """Refused: what it sent goes at once."""
+        self.cancel_auth_timer()
+        self.handshake = None
+        self.identity = None
+        self.meta = {}
+
+    def cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+
+    # ---- flow control ----------------------------------------------------------------------
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Takes charge of a task a handler of this connection started."""
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        self._server.task_started()
+        task.add_done_callback(self._task_done)
+        if self._backlog is None and not self._may_start_tasks():
+            self._pause()
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None  # idle connections are many: keep no empty set
+        server = self._server
+        server.task_finished()
+        if self._backlog is not None:
+            if self._may_start_tasks():
+                self.resume()
+            elif self.tasks_running < server.max_in_flight:
+                # its own tasks are done, but the server is at max_tasks: wait with the rest
+                server.wait_for_tasks(self)
+
+    def _may_start_tasks(self) -> bool:
+        server = self._server
+        return self.tasks_running < server.max_in_flight and server.tasks_running < server.max_tasks
+
+    def _pause(self) -> None:
+        self._backlog = deque()
+        if self.endpoint is not None:
+            self.endpoint.pause_reading()
+        if self.tasks_running < self._server.max_in_flight:
+            self._server.wait_for_tasks(self)  # the server-wide cap: woken by any task's end
+
+    def resume(self) -> None:
+        """Runs what was read while paused, and reads again once there is room."""
+        backlog = self._backlog
+        if backlog is None:
+            return
+        self._backlog = None
+        while backlog:
+            binary, data = backlog.popleft()
+            self.on_message(binary, data)
+            if self.session.state is _CLOSED:
+                return
+            if self._backlog is not None:  # paused again by that message's task
+                self._backlog.extendleft(reversed(backlog))
+                return
+        if self.endpoint is not None and self.session.state is not _CLOSED:
+            self.endpoint.resume_reading()
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _reply(self, type: str, payload: Any, stamp: str) -> None:
+        if self.endpoint is not None:
+            self.endpoint.write(self._server.encode(type, payload, stamp))
+
+    def _violation(self, detail: str) -> None:
+        self._server.report(ProtocolViolation({"detail": detail, "conn_id": self.conn_id}), self)
+        if self.session.valid:
+            self.drop(WSE_REASON.PROTOCOL_ERR)
+        else:
+            self._server.refuse(self, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        err = WseError(WSE_ERROR.MESSAGE_PROCESSING_ERROR, {"error": repr(exc)})
+        err.__cause__ = exc
+        self._server.report(err, self)
