@@ -13,8 +13,10 @@ from wse_fast import (
     WSE_ERROR,
     WSE_REASON,
     WSE_STATUS,
+    ConnectionFailed,
     IdentifyRequest,
     JsonProtocol,
+    Listener,
     MsgpackProtocol,
     WseClient,
     WseError,
@@ -22,7 +24,7 @@ from wse_fast import (
 )
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
-from tests.hosts import TRANSPORTS
+from tests.hosts import TRANSPORTS, mount
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -270,6 +272,35 @@ async def test_two_servers_in_one_process(
     await c2.connect("alice")
     assert await c1.call("who") == "one" and await c2.call("who") == "two"
     assert list(one.clients) == list(two.clients) == ["alice"]
+
+
+async def test_several_servers_on_one_port_by_path(
+    transport: str, make_client: ClientFactory
+) -> None:
+    chat, admin = WseServer(accept_identity), WseServer(accept_identity, conn_per_user=2)
+    chat.register("who", lambda conn, p: "chat")
+    admin.register("who", lambda conn, p: "admin")
+    routes = {"/chat": chat, "/admin": admin}
+    if transport == "picows":
+        listener = Listener(routes, port=0)
+        await listener.start()
+        port, stop = listener.port, listener.close
+    else:
+        host = await mount(transport, routes)
+        port, stop = host.port, host.stop
+    try:
+        on_chat = make_client(f"ws://127.0.0.1:{port}/chat")
+        on_admin = make_client(f"ws://127.0.0.1:{port}/admin?x=1")
+        await on_chat.connect("alice")
+        await on_admin.connect("alice")
+        assert await on_chat.call("who") == "chat" and await on_admin.call("who") == "admin"
+        assert len(chat.connections) == len(admin.connections) == 1
+        with pytest.raises(ConnectionFailed):  # no server on that path
+            await make_client(f"ws://127.0.0.1:{port}/other").connect("alice")
+    finally:
+        await chat.close()
+        await admin.close()
+        await stop()
 
 
 async def test_pre_existing_socket(make_client: ClientFactory) -> None:

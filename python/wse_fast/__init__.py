@@ -6,6 +6,7 @@ compatible with JavaScript WSE 4.x) and MessagePack protocols.
 """
 
 from .auth import HmacChallenge, hmac_answer, hmac_solver
+from .authentication import Challenge, IdentifyRequest
 from .client import WseClient
 from .connection import Connection
 from .constants import WSE_ERROR, WSE_REASON, WSE_STATUS
@@ -21,8 +22,8 @@ from .errors import (
     WseError,
 )
 from .handshake import HandshakeRequest
+from .listener import Listener
 from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
-from .authentication import Challenge, IdentifyRequest
 from .registry import Client
 from .server import WseServer
 
@@ -43,6 +44,7 @@ __all__ = [
     "IdentifyRequest",
     "InternalTypes",
     "JsonProtocol",
+    "Listener",
     "MsgpackProtocol",
     "NotAuthorized",
     "ProtocolViolation",

@@ -19,6 +19,7 @@ from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASO
 from .errors import WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
+from .listener import Listener
 from .peer import Peer
 from .protocols import WireProtocol
 from .registry import Client, UserRegistry
@@ -33,7 +34,6 @@ from .transport.admission import (
 from .transport.asgi import AsgiApp
 from .transport.group import EndpointGroup
 from .transport.picows_endpoint import Endpoint
-from .transport.picows_listener import ListenerOptions, listen
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -151,7 +151,7 @@ class WseServer(Peer[ServerEvents]):
         self._upgrade_response = WSUpgradeResponse.create_101_response(
             extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
         )
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None  # its own, from start()
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
         self.saturated = False  # tasks_running has reached max_tasks (read per message)
@@ -178,42 +178,31 @@ class WseServer(Peer[ServerEvents]):
     # ---- life cycle ------------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``).
+        """Starts listening on every path; ``self.port`` holds the bound port (useful with
+        ``port=0``). Several servers share a port by path through a
+        :class:`~wse_fast.Listener` instead.
 
         ``sock``: an already bound socket to serve on instead (host and port are then unused),
         for example one inherited from a process manager.
         """
-        options = ListenerOptions(
-            max_frame_size=self.max_message_size,
-            handshake_timeout=self.handshake_timeout,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            read_buffer_size=self.read_buffer_size,
-            auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
-            stranger_budget=self.stranger_budget,
-        )
-        self._server = await listen(
-            self._upgrade,
-            self.admission,
-            options,
-            host=self.host,
-            port=self.port,
-            sock=sock,
-            ssl=self.ssl,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        listener = Listener({None: self}, host=self.host, port=self.port, ssl=self.ssl)
+        await listener.start(sock)
+        self._listener = listener
+        self.port = listener.port
 
     async def close(
         self, code: int = CLOSE_SERVICE_RESTART, reason: str = WSE_REASON.BY_SERVER
     ) -> None:
-        """Stops accepting and closes every connection with a close handshake.
+        """Stops accepting (when started by :meth:`start`) and closes every connection with a
+        close handshake.
 
         The default code, 1012 (service restart), tells WSE clients to reconnect later.
-        Mounted (ASGI, aiohttp), call it from the application's shutdown: it closes the
-        connections the server has on every transport.
+        Mounted (ASGI, aiohttp) or on a shared :class:`~wse_fast.Listener`, it closes the
+        connections of this server; call it from the application's shutdown.
         """
-        if self._server is not None:
-            self._server.close()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop_listening()
         if self.connections:
             self._all_closed = asyncio.Event()
             for conn in list(self.connections.values()):
@@ -224,9 +213,8 @@ class WseServer(Peer[ServerEvents]):
                 for conn in list(self.connections.values()):
                     if conn.endpoint is not None:
                         conn.endpoint.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        if listener is not None:
+            await listener.wait_closed()
 
     async def __aenter__(self) -> Self:
         """``async with WseServer(identify, port=0) as server:`` starts it (see :meth:`start`);
@@ -346,8 +334,9 @@ class WseServer(Peer[ServerEvents]):
             "ticket": stranger,
         }
 
-    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
-        """picows's upgrade hook: :meth:`admit`, answered as picows's listener factory."""
+    def picows_upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+        """An upgrade on wse-fast's own listener: :meth:`admit`, answered as picows's
+        listener factory."""
         headers = request.headers
         offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
         verdict = self.admit(

@@ -1,0 +1,104 @@
+"""wse-fast's own listening socket (picows on uvloop), serving one or more servers by path.
+
+``WseServer.start()`` makes a listener for its server alone, on every path. Several servers
+share one port through a :class:`Listener` with a route for each::
+
+    listener = Listener({"/chat": chat, "/admin": admin}, port=4200)
+    await listener.start()
+    ...
+    await listener.close()  # stops listening and closes both servers
+
+An upgrade to a path with no route gets HTTP 404. What is settled before the path is known
+(when the TCP connection is accepted) is the listener's: TLS, the stranger counts and the
+upgrade-request timeout come from the first server; the per-frame size and the byte budget
+of a stranger are the largest of its servers' (each server applies its own message limits
+once the path has chosen it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl as ssl_module
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+
+from .transport.admission import ReadGuard
+from .transport.picows_listener import ListenerOptions, listen
+
+if TYPE_CHECKING:
+    from .server import WseServer
+
+
+class Listener:
+    """Serves ``routes`` (path to server; the path ``None`` takes every path) on one port."""
+
+    def __init__(
+        self,
+        routes: Mapping[str | None, WseServer],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4200,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        if not routes:
+            raise ValueError("a listener needs at least one server")
+        self.routes = dict(routes)
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self._server: asyncio.Server | None = None
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``).
+        ``sock``: an already bound socket to serve on instead."""
+        servers = list(self.routes.values())
+        first = servers[0]
+        options = ListenerOptions(
+            max_frame_size=max(s.max_message_size for s in servers),
+            handshake_timeout=first.handshake_timeout,
+            ping_interval=first.ping_interval,
+            ping_timeout=first.ping_timeout,
+            read_buffer_size=first.read_buffer_size,
+            auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
+            stranger_budget=max(s.stranger_budget for s in servers),
+        )
+        self._server = await listen(
+            self._upgrade,
+            first.admission,
+            options,
+            host=self.host,
+            port=self.port,
+            sock=sock,
+            ssl=self.ssl,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop_listening(self) -> None:
+        """Accepts no more connections; open ones stay."""
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        """Stops listening and closes every server's connections (see ``WseServer.close``)."""
+        self.stop_listening()
+        await asyncio.gather(*(server.close() for server in self.routes.values()))
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+        server = self.routes.get(None)
+        if len(self.routes) > 1 or server is None:
+            path = request.path.decode("latin-1").partition("?")[0]
+            server = self.routes.get(path, server)
+        if server is None:
+            response = WSUpgradeResponse.create_error_response(HTTPStatus.NOT_FOUND, b"")
+            return WSUpgradeResponseWithListener(response, None)
+        return server.picows_upgrade(request, guard)
