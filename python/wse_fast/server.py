@@ -258,10 +258,10 @@ class WseServer(Peer[ServerEvents]):
 
     @property
     def asgi(self) -> AsgiApp:
-        """This server as an ASGI 3 application: ``WebSocketRoute("/ws", server.asgi)`` in
-        Starlette, ``app.add_websocket_route("/ws", server.asgi)`` in FastAPI, or served alone
-        (``uvicorn module:app`` with ``app = server.asgi``). No :meth:`start` is needed; call
-        :meth:`close` from the application's shutdown."""
+        """This server as an ASGI 3 application: a route ``WebSocketRoute("/ws", server.asgi)``
+        in Starlette or FastAPI (``routes=[...]``, or ``app.router.routes.append(...)``), or
+        served alone (``uvicorn module:app`` with ``app = server.asgi``). No :meth:`start` is
+        needed; call :meth:`close` from the application's shutdown (lifespan)."""
         if self._asgi is None:
             self._asgi = AsgiApp(self)
         return self._asgi
