@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import secrets
-import string
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -15,18 +13,12 @@ from typing import Any
 from .constants import WSE_ERROR
 from .errors import RpcError, RpcTimeout, WseError
 from .protocols import InternalTypes
+from .sansio.calls import CallTable
 
-_STAMP_CHARS = string.ascii_letters + string.digits
 #: The message of a failure whose details stay on the server (the reference's own wording).
 FAILED = "RPC execution failed"
 log = logging.getLogger("wse_fast")
 CANCELLED = {"code": WSE_ERROR.RP_EXECUTION_FAILED, "message": "the call was cancelled"}
-
-
-def make_stamp() -> str:
-    """10 characters of ``[A-Za-z0-9]``, like the reference. Stamps only pair answers with
-    calls on one connection, so they need to be unlikely to collide, not unguessable."""
-    return "".join(random.choices(_STAMP_CHARS, k=10))
 
 
 def error_payload(exc: BaseException, name: str, payload: Any, debug: bool) -> dict[str, Any]:
@@ -92,28 +84,35 @@ def error_from_payload(error: Any) -> RpcError:
     return RpcError(WSE_ERROR.RP_EXECUTION_FAILED, {"error": error})
 
 
+class _Waiting:
+    """One call's future, and the timer of its deadline (set once the stamp is known)."""
+
+    __slots__ = ("future", "timer")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class PendingCalls:
-    """Outgoing calls of one connection waiting for their answer, each with a deadline."""
+    """Outgoing calls of one connection waiting for their answer, each with a deadline: the
+    sans-I/O :class:`~wse_fast.sansio.calls.CallTable`, with a future and a timer each."""
 
     __slots__ = ("_calls", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._calls: dict[str, tuple[asyncio.Future[Any], asyncio.TimerHandle | None]] = {}
+        self._calls: CallTable[_Waiting] = CallTable()
 
     def __len__(self) -> int:
         return len(self._calls)
 
     def open(self, timeout: float | None) -> tuple[str, asyncio.Future[Any]]:
-        stamp = make_stamp()
-        while stamp in self._calls:
-            stamp = make_stamp()
-        future: asyncio.Future[Any] = self._loop.create_future()
-        timer = None
+        waiting = _Waiting(self._loop.create_future())
+        stamp = self._calls.open(waiting)
         if timeout is not None:
-            timer = self._loop.call_later(timeout, self._expire, stamp, timeout)
-        self._calls[stamp] = (future, timer)
-        return stamp, future
+            waiting.timer = self._loop.call_later(timeout, self._expire, stamp, timeout)
+        return stamp, waiting.future
 
     def resolve(self, stamp: str, result: Any) -> bool:
         future = self._settle(stamp)
@@ -129,16 +128,16 @@ class PendingCalls:
 
     def _settle(self, stamp: str) -> asyncio.Future[Any] | None:
         """Takes the call off the table: its future if it still waits, else None."""
-        entry = self._calls.pop(stamp, None)
-        if entry is None:
+        waiting = self._calls.settle(stamp)
+        if waiting is None:
             return None
-        future, timer = entry
-        if timer is not None:
-            timer.cancel()
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        future = waiting.future
         return None if future.done() else future  # done: the caller gave up (cancelled)
 
     def reject_all(self, error_code: str, details: dict[str, Any]) -> None:
-        for stamp in list(self._calls):
+        for stamp in self._calls:
             self.reject(stamp, WseError.from_code(error_code, details))
 
     def _expire(self, stamp: str, timeout: float) -> None:
