@@ -1,4 +1,5 @@
-"""Independent WebSocket implementations against the wse-fast server."""
+"""Independent WebSocket implementations against the wse-fast server: on its own listener, and
+mounted under uvicorn and aiohttp."""
 
 from __future__ import annotations
 
@@ -7,19 +8,35 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
+import pytest
 import websockets
+from wse_fast import IdentifyRequest
 
-from tests.conftest import EventLog, ServerFactory
+from tests.conftest import EventLog, ServerFactory, accept_identity, url_of
+from tests.hosts import TRANSPORTS
 
 NODE_PEER = Path(__file__).parent / "node" / "wse_peer.mjs"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each peer against picows's own listener, and mounted under uvicorn (Starlette's
+    WebSocketRoute) and aiohttp."""
+    return str(request.param)
 
 
 async def test_node_ws_client(make_server: ServerFactory, log: EventLog) -> None:
     node = shutil.which("node")
     assert node is not None, "Node.js is part of the test setup (make setup)"
-    server = await make_server()
+
+    def identify(req: IdentifyRequest) -> None:
+        log.hook("path")(req.request and req.request.path)
+        accept_identity(req)
+
+    server = await make_server(identify)
     server.when.joined(log.hook("joined"))
     server.when.disconnected(log.hook("disconnected"))
     server.register("add", lambda conn, p: p["a"] + p["b"])
@@ -31,7 +48,7 @@ async def test_node_ws_client(make_server: ServerFactory, log: EventLog) -> None
         conn.send("bye")
 
     proc = await asyncio.create_subprocess_exec(
-        node, str(NODE_PEER), f"ws://127.0.0.1:{server.port}", stdout=asyncio.subprocess.PIPE
+        node, str(NODE_PEER), url_of(server), stdout=asyncio.subprocess.PIPE
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, out
@@ -48,6 +65,8 @@ async def test_node_ws_client(make_server: ServerFactory, log: EventLog) -> None
     assert await log.wait("rpc") == [({"node": {"q": 1}},)]
     [(client, meta)] = log.of("joined")
     assert client.cid == "node-user" and meta == {"device": "node"}
+    # the peer reached the server where it is served: a mounted one at its path
+    assert log.of("path") == [(urlsplit(url_of(server)).path or "/",)]
     [(_conn, code, reason)] = await log.wait("disconnected")
     assert (code, reason) == (1000, "wse.by-client")
 
@@ -57,9 +76,8 @@ async def test_websockets_client_speaking_msgpack(make_server: ServerFactory) ->
 
     server = await make_server(protocol=MsgpackProtocol())
     server.register("echo", lambda conn, p: p)
-    async with websockets.connect(
-        f"ws://127.0.0.1:{server.port}", subprotocols=["wse-msgpack"]
-    ) as ws:  # type: ignore[list-item]
+    url = url_of(server)
+    async with websockets.connect(url, subprotocols=["wse-msgpack"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "wse-msgpack"
         await ws.send(msgpack.packb(["~wse:hi", {"identity": "bin", "meta": {}}, None]))
         welcome = await ws.recv()

@@ -1,6 +1,7 @@
 // A WSE client written against the wire protocol only (docs: the WSE protocol page), on the
 // npm `ws` package: what a Node.js WSE user's traffic looks like to a wse-fast server.
-// Usage: node wse_peer.mjs ws://127.0.0.1:PORT   Prints one JSON line per observation.
+// Usage: node wse_peer.mjs ws://127.0.0.1:PORT[/PATH]   (the server's whole URL: a mounted server
+// lives at a path). Prints one JSON line per observation.
 import WebSocket from 'ws'
 
 const url = process.argv[2]
