@@ -89,15 +89,12 @@ class _Link:
 
     def on_message(self, binary: bool, data: Any) -> None:
         client = self.client
-        try:
-            type, payload, stamp = client.decode(binary, data)
-        except Exception as exc:
-            client.when.emit("error", ProtocolViolation({"detail": str(exc)}))
-            return
-        event = self.session.receive(type, payload, stamp)
+        event = self.session.receive_data(binary, data)
         if client.route(event, (), self.reply, self.pending, client._handler_failed):
             return
-        if isinstance(event, ev.Welcome):
+        if isinstance(event, ev.Violation):
+            client.when.emit("error", ProtocolViolation({"detail": event.detail}))
+        elif isinstance(event, ev.Welcome):
             if not self.welcome.done():
                 self.welcome.set_result(event.payload)
         elif isinstance(event, ev.Quest):
@@ -149,6 +146,10 @@ class _Link:
     def send(self, type: str, payload: Any, stamp: str | None) -> None:
         assert self.endpoint is not None
         self.endpoint.write(self.client.encode(type, payload, stamp))
+
+    def send_frame(self, frame: bytes) -> None:
+        assert self.endpoint is not None
+        self.endpoint.write(frame)
 
     def reply(self, type: str, payload: Any, stamp: str) -> None:
         if self.endpoint is not None:
@@ -395,7 +396,7 @@ class WseClient(Peer[ClientEvents]):
             link.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
             raise ConnectionFailed({"error": f"server chose subprotocol {agreed!r}"})
         self.when.emit("connected")
-        link.send(self.protocol_types.hi, {"identity": self.identity, "meta": self.meta}, None)
+        link.send_frame(link.session.hello(self.identity, self.meta))
         try:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), self.timeout)
         except TimeoutError:
@@ -413,7 +414,9 @@ class WseClient(Peer[ClientEvents]):
 
         def solve(answer: Any) -> None:
             if link.endpoint is not None and link.endpoint.open:
-                link.send(self.protocol_types.challenge, answer, None)
+                frame = link.session.answer(answer)
+                if frame is not None:
+                    link.send_frame(frame)
 
         run_handler(self._solver, (quest, solve), self._handler_failed)
 
