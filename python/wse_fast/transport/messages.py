@@ -42,6 +42,27 @@ class MessageEndpoint:
     connection is over (the host then closes the socket if it is still open).
     """
 
+    __slots__ = (
+        "_close_received",
+        "_close_sent",
+        "_close_written",
+        "_done",
+        "_drain",
+        "_failed",
+        "_leave_after_close",
+        "_loop",
+        "_out",
+        "_out_bytes",
+        "_remote_addr",
+        "_resume",
+        "_timer",
+        "close_timeout",
+        "handler",
+        "max_message_size",
+        "max_pending_bytes",
+        "ticket",
+    )
+
     #: Whether :meth:`send_close` returns only once the close handshake is over (the host
     #: waits for the peer's Close itself), so that the connection ends with it.
     close_ends_connection = False
@@ -65,7 +86,9 @@ class MessageEndpoint:
         self.ticket = ticket
         self._remote_addr = remote_addr
         self._loop = asyncio.get_running_loop()
-        self._out: deque[bytes] = deque()
+        # frames waiting for the host, oldest first; None while there are none (an empty
+        # deque costs 760 bytes, and idle connections are many)
+        self._out: deque[bytes] | None = None
         self._out_bytes = 0
         self._drain: asyncio.Task[None] | None = None
         self._close_sent: tuple[int, str] | None = None
@@ -88,6 +111,11 @@ class MessageEndpoint:
     async def receive_event(self) -> Received:
         raise NotImplementedError
 
+    def drop_connection(self) -> None:
+        """Drops the socket now, without a Close and without sending what the host still
+        buffers, where the host lets the endpoint reach its socket (a peer that stopped
+        reading would otherwise keep that buffer, and the host's task, until it reads)."""
+
     # ---- running ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
@@ -106,7 +134,7 @@ class MessageEndpoint:
                 self._drain.cancel()
             if self._timer is not None:
                 self._timer.cancel()
-            self._out.clear()
+            self._out = None
             if self._close_received is not None:
                 code, reason = self._close_received
             elif self._close_sent is not None:
@@ -120,7 +148,7 @@ class MessageEndpoint:
     async def _read(self) -> None:
         try:
             while True:
-                if self._resume is not None:
+                while self._resume is not None:  # paused again before this task woke
                     await self._resume.wait()
                 binary, data = await self.receive_event()
                 if binary is None:
@@ -183,7 +211,10 @@ class MessageEndpoint:
     def write(self, frame: bytes) -> None:
         if self._close_sent is not None or self._done.done():
             return
-        self._out.append(frame)
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+        out.append(frame)
         self._out_bytes += len(frame)
         limit = self.max_pending_bytes
         if limit is not None and self._out_bytes > limit:
@@ -210,8 +241,9 @@ class MessageEndpoint:
             self._timer = self._loop.call_later(self.close_timeout, self.abort)
 
     def abort(self) -> None:
-        self._out.clear()
+        self._out = None
         self._finish()
+        self.drop_connection()
 
     def pause_reading(self) -> None:
         if self._resume is None:
@@ -225,13 +257,13 @@ class MessageEndpoint:
     # ---- internals -------------------------------------------------------------------------
 
     async def _drain_out(self) -> None:
-        out = self._out
         try:
-            while out:
+            while out := self._out:  # read again after each send: an overflow drops it
                 frame = out.popleft()
                 self._out_bytes -= len(frame)
                 binary, payload = unframe(frame)
                 await self.send_message(binary, payload)
+            self._out = None
             if self._close_sent is not None and not self._close_written:
                 self._close_written = True
                 await self.send_close(*self._close_sent)
@@ -241,22 +273,22 @@ class MessageEndpoint:
             raise
         except Exception as exc:  # the peer is gone: the reader learns it too
             _log.debug("send failed: %r", exc)
-            out.clear()
+            self._out = None
             self._finish()
         finally:
             self._drain = None
-            if out and not self._done.done():  # written while the last send was awaited
-                self._drain = self._loop.create_task(self._drain_out())
 
     def _overflow(self) -> None:
         """The peer reads slower than it is written to: drop it now, as picows's endpoint
         does (close code 1008, reason ``wse.slow-consumer``)."""
-        self._out.clear()
+        self._out = None
         self._out_bytes = 0
+        self._close_written = True  # dropped, not closed: no Close goes out after this
         if self._close_sent is None:
             self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
             self._loop.call_soon(self.handler.on_overflow)
         self._finish()
+        self.drop_connection()
 
     def _fail(self, code: int, reason: str) -> None:
         self._failed = True
