@@ -12,6 +12,12 @@ FastAPI's ``add_websocket_route``) or served alone (``uvicorn module:app``), it 
 The host server does the WebSocket framing, its own keepalive and its own size limit
 (uvicorn: ``--ws-max-size``, ``--ws-ping-interval``); the server's ``max_message_size`` is
 applied here as well.
+
+What ASGI gives no way to do: drop a socket. A slow consumer is dropped by the server (its
+queue freed, ``error`` and ``disconnected`` reported), but the host server closes the socket
+gracefully once the application returns, so its own buffer (uvicorn: about 64 KiB) stays until
+the peer reads it or goes; after a Close, uvicorn keeps the socket until the peer answers or
+its own close timeout (10 s) passes, whatever the server's ``close_timeout``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _NOT_WEBSOCKET = b"This URL serves WebSocket connections (WSE); HTTP requests ar
 
 
 class AsgiEndpoint(MessageEndpoint):
+    __slots__ = ("_receive", "_send")
+
     def __init__(self, receive: Receive, send: Send, **options: Any) -> None:
         super().__init__(**options)
         self._receive = receive
@@ -105,15 +113,13 @@ class AsgiApp:
         )
         client = scope.get("client")
         peer = (client[0], client[1]) if client else ("", 0)
-        path = scope.get("root_path", "") + scope.get("path", "")
-        query = scope.get("query_string", b"").decode("latin-1")
-        target = f"{path}?{query}" if query else path
         ticket = StrangerTicket.admit(server.admission, peer[0], server.stranger_budget)
         if isinstance(ticket, int):
-            await _refuse(scope, send, ticket, "")
+            await _refuse(scope, send, ticket, "", [(b"retry-after", b"1")])
             return
-        offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        verdict = server.admit(target, headers, peer, ticket, offered, scope)
+        # ASGI servers list the offered subprotocols from every header line
+        offered = scope.get("subprotocols") or [""]
+        verdict = server.admit(_target(scope), headers, peer, ticket, offered, scope)
         if isinstance(verdict, tuple):
             ticket.release()
             await _refuse(scope, send, *verdict)
@@ -121,14 +127,30 @@ class AsgiApp:
         subprotocol = server.protocol.name if server.protocol.name in offered else None
         try:
             await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        except Exception:
+        except BaseException:  # cancelled too: the stranger's place must not stay taken
             ticket.release()
             raise
         endpoint = AsgiEndpoint(receive, send, **server.endpoint_options(verdict, ticket, peer))
         await endpoint.serve()
 
 
-async def _refuse(scope: Scope, send: Send, status: int, body: str) -> None:
+def _target(scope: Scope) -> str:
+    """The request target as the client sent it (percent-encoded, with the query), as picows
+    gives it. ``raw_path`` and ``path`` are the whole path: a Starlette ``Mount`` and
+    uvicorn's ``--root-path`` set ``root_path`` to the prefix without removing it from them."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("path", "")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+async def _refuse(
+    scope: Scope,
+    send: Send,
+    status: int,
+    body: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """Refuses an upgrade with an HTTP status where the server can send one (the ASGI
     ``websocket.http.response`` extension); elsewhere the server answers 403 by itself."""
     if "websocket.http.response" in scope.get("extensions", {}):
@@ -136,7 +158,7 @@ async def _refuse(scope: Scope, send: Send, status: int, body: str) -> None:
             {
                 "type": "websocket.http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), *(headers or ())],
             }
         )
         await send({"type": "websocket.http.response.body", "body": body.encode()})
@@ -151,7 +173,11 @@ async def _respond(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), *headers],
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
