@@ -10,14 +10,17 @@ aiohttp does the framing and answers pings; its heartbeat is set from the server
 within half of it), and its message size limit and close timeout from the server's. Its
 permessage-deflate is left off. The peer's Close is answered here, with its own code, after
 what was queued before it. A Close is sent through aiohttp's ``close()``, which waits for
-the peer's answer (up to ``close_timeout``) also for refused strangers.
+the peer's answer (up to ``close_timeout``) also for refused strangers. A slow consumer's
+socket is aborted, as on picows, with what aiohttp still buffered for it; a refused upgrade
+closes its socket (no keep-alive).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from .admission import StrangerTicket
 from .messages import MessageEndpoint, Received
@@ -31,14 +34,19 @@ _ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgTy
 
 
 class AiohttpEndpoint(MessageEndpoint):
+    __slots__ = ("_socket", "_ws")
+
     close_ends_connection = True  # aiohttp's close() waits for the peer's Close
     # aiohttp's own answer to a Close (autoclose) says 1000 whatever the peer said, and drops
     # what was queued before it
     echoes_close = True
 
-    def __init__(self, ws: web.WebSocketResponse, **options: Any) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, socket: asyncio.Transport | None, **options: Any
+    ) -> None:
         super().__init__(**options)
         self._ws = ws
+        self._socket = socket
 
     async def send_message(self, binary: bool, payload: memoryview) -> None:
         await self._ws.send_frame(bytes(payload), _BINARY if binary else _TEXT)
@@ -59,7 +67,16 @@ class AiohttpEndpoint(MessageEndpoint):
             # close() was called by this side and reads the peer's answer itself; the
             # connection ends when it returns
             await self.closed()
+        if kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+            # aiohttp failed the connection itself (a message over max_msg_size, a framing
+            # error) and sent a Close with this code and no reason: what picows's endpoint
+            # reports for the failures it finds
+            return None, (msg.data.code, "")
         return None, (self._ws.close_code or 1006, "")
+
+    def drop_connection(self) -> None:
+        if self._socket is not None:
+            self._socket.abort()
 
 
 async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
@@ -74,22 +91,35 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text=_NOT_WEBSOCKET, headers={"Upgrade": "websocket"})
-    peer = request.transport.get_extra_info("peername") if request.transport else None
+    socket = request.transport
+    peer = socket.get_extra_info("peername") if socket is not None else None
     peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
     ticket = StrangerTicket.admit(server.admission, peer[0], server.stranger_budget)
     if isinstance(ticket, int):
-        return web.Response(status=ticket, headers={"Retry-After": "1"})
-    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-    verdict = server.admit(request.path_qs, request.headers, peer, ticket, offered, request)
+        return _refusal(ticket, "", {"Retry-After": "1"})
+    offered = [
+        p.strip()
+        for line in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for p in line.split(",")
+    ]
+    # the target as the client sent it (percent-encoded, with the query), as picows gives it
+    verdict = server.admit(request.raw_path, request.headers, peer, ticket, offered, request)
     if isinstance(verdict, tuple):
         ticket.release()
-        status, body = verdict
-        return web.Response(status=status, text=body)
+        return _refusal(*verdict)
     try:
         await ws.prepare(request)
     except BaseException:
         ticket.release()
         raise
-    endpoint = AiohttpEndpoint(ws, **server.endpoint_options(verdict, ticket, peer))
+    endpoint = AiohttpEndpoint(ws, socket, **server.endpoint_options(verdict, ticket, peer))
     await endpoint.serve()
     return ws
+
+
+def _refusal(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A refused upgrade; the socket closes after it, as on picows and uvicorn (a refused
+    stranger keeps no idle keep-alive connection)."""
+    response = web.Response(status=status, text=body, headers=headers)
+    response.force_close()
+    return response
