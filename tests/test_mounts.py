@@ -1,0 +1,443 @@
+"""The hardening limits and the handshake hook on the mounted transports, under real uvicorn and
+aiohttp servers: each test names what the native listener guarantees (tests/test_hardening.py)
+and checks it holds when a host server does the TCP accept, the upgrade and the framing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.routing import Mount, WebSocketRoute
+from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
+from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, WseServer
+from wse_fast.handshake import HandshakeRequest
+
+from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
+from tests.hosts import Host, bound_socket, serve_aiohttp, serve_asgi
+from tests.test_framing import HI, RawPeer
+from tests.test_hardening import closed_by_server, eventually, upgrade
+
+MOUNTS = ("asgi", "aiohttp")
+WSE_JSON = Subprotocol("wse-default-json")
+
+
+@pytest.fixture(params=MOUNTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def raw_peer(server: WseServer, headers: dict[str, str] | None = None) -> RawPeer:
+    """A raw-socket peer upgraded at the server's mounted path (``/ws``)."""
+    reader, writer, head = await upgrade(server.port, headers, target="/ws")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return RawPeer(reader, writer)
+
+
+@contextlib.asynccontextmanager
+async def strangers(url: str, count: int) -> AsyncIterator[list[ClientConnection]]:
+    """``count`` WebSocket clients that upgrade and never say hi: strangers held open."""
+    held: list[ClientConnection] = []
+    try:
+        for _ in range(count):
+            held.append(await websockets.connect(url, subprotocols=[WSE_JSON], open_timeout=5))
+        yield held
+    finally:
+        for ws in held:
+            await ws.close()
+
+
+async def refused_with(url: str) -> int:
+    """The HTTP status an upgrade to ``url`` is refused with, for a while (as on picows)."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url, subprotocols=[WSE_JSON], open_timeout=5)
+    assert refused.value.response.headers.get("Retry-After") == "1"
+    return refused.value.response.status_code
+
+
+async def http_get(port: int, target: str) -> tuple[bytes, bytes]:
+    """A plain HTTP GET (no upgrade): the response's head and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def serve_alone(server: WseServer) -> Host:
+    """uvicorn serving ``server.asgi`` as the whole application, lifespan on (as
+    ``uvicorn module:app`` does with an application that answers lifespan)."""
+    sock = bound_socket()
+    settings = uvicorn.Config(server.asgi, lifespan="on", log_level="warning", loop="none")
+    settings.load()
+    host = uvicorn.Server(settings)
+    host.lifespan = settings.lifespan_class(settings)
+    await host.startup(sockets=[sock])
+    assert not host.should_exit, "the lifespan startup failed"
+
+    async def stop() -> None:
+        host.should_exit = True
+        await host.shutdown()
+        sock.close()
+
+    return Host(sock.getsockname()[1], stop)
+
+
+# ---- HTTP and the lifespan -----------------------------------------------------------------
+
+
+async def test_a_plain_http_request_gets_426_with_a_readable_body(transport: str) -> None:
+    server = WseServer(accept_identity)
+    if transport == "asgi":
+        host = await serve_asgi(server.asgi)  # the ASGI application alone
+    else:
+        app = web.Application()
+        app.router.add_get("/ws", server.aiohttp_handler)
+        host = await serve_aiohttp(app)
+    try:
+        head, body = await http_get(host.port, "/ws")
+        assert head.startswith(b"HTTP/1.1 426")
+        assert b"upgrade: websocket" in head.lower()
+        assert body.decode().startswith("This URL serves WebSocket connections")
+    finally:
+        await server.close()
+        await host.stop()
+
+
+async def test_the_asgi_app_alone_runs_the_lifespan_and_closes_with_the_host(
+    make_client: ClientFactory, log: EventLog
+) -> None:
+    server = WseServer(accept_identity, conn_per_user=2)
+    server.when.disconnected(log.hook("disconnected"))
+    host = await serve_alone(server)
+    # the same server also on aiohttp: uvicorn closes its own sockets when it stops, so the
+    # lifespan's shutdown shows in the connections it does not know about
+    app = web.Application()
+    app.router.add_get("/ws", server.aiohttp_handler)
+    other = await serve_aiohttp(app)
+    try:
+        alone, beside = make_client(host.url("/any/path")), make_client(other.url("/ws"))
+        alone.when.closed(log.hook("alone closed"))
+        beside.when.closed(log.hook("beside closed"))
+        assert await alone.connect("alice") == {"hey": "welcome data"}
+        assert await beside.connect("alice") == {"hey": "welcome data"}
+        async with asyncio.timeout(10):  # shutdown waits for the lifespan's answer
+            await host.stop()
+        [(code, _)] = await log.wait("alone closed")
+        assert code == 1012  # come back later
+        assert await log.wait("beside closed") == [(1012, WSE_REASON.BY_SERVER)]
+        await log.wait("disconnected", 2)
+        assert server.connections == {} and server.clients == {}
+    finally:
+        await other.stop()
+
+
+# ---- subprotocols --------------------------------------------------------------------------
+
+
+async def test_a_client_not_offering_the_subprotocol_is_closed_with_a_reason(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    server.when.error(log.hook("error"))
+    # upgraded, as on picows, so that a WSE client reads a reason it knows
+    async with websockets.connect(url_of(server), subprotocols=[Subprotocol("chat")]) as ws:
+        assert ws.subprotocol is None
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, WSE_REASON.PROTOCOL_ERR)
+    [(error, _)] = await log.wait("error")
+    assert error.code == WSE_ERROR.PROTOCOL_VIOLATION
+    await eventually(lambda: not server.connections and server.admission.total == 0)
+
+
+async def test_the_subprotocol_is_echoed_when_offered(make_server: ServerFactory) -> None:
+    server = await make_server()
+    _, writer, head = await upgrade(
+        server.port, {"Sec-WebSocket-Protocol": "chat"}, target="/ws"
+    )  # two header lines: "wse-default-json" and "chat"
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"\r\nsec-websocket-protocol: wse-default-json\r\n" in head.lower()
+    writer.close()
+
+
+# ---- the upgrade request -------------------------------------------------------------------
+
+
+async def test_origins_not_listed_are_forbidden(make_server: ServerFactory) -> None:
+    server = await make_server(origins=["https://app.example"])
+    _, writer, head = await upgrade(server.port, {"Origin": "https://evil.example"}, "/ws")
+    assert head.startswith(b"HTTP/1.1 403")
+    writer.close()
+    _, writer, head = await upgrade(server.port, {"Origin": "https://app.example"}, "/ws")
+    assert head.startswith(b"HTTP/1.1 101")
+    writer.close()
+    await eventually(lambda: server.admission.total == 0)
+
+
+async def test_the_upgrade_hook_refuses_with_its_status_and_body(
+    make_server: ServerFactory,
+) -> None:
+    def on_upgrade(request: HandshakeRequest) -> tuple[int, str] | None:
+        if request.cookies.get("session") != "s3cret":
+            return 401, "log in first"
+        return None
+
+    server = await make_server(on_upgrade=on_upgrade)
+    reader, writer, head = await upgrade(server.port, target="/ws")
+    assert head.startswith(b"HTTP/1.1 401")
+    assert b"log in first" in await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    _, writer, head = await upgrade(server.port, {"Cookie": "session=s3cret"}, "/ws")
+    assert head.startswith(b"HTTP/1.1 101")
+    writer.close()
+    await eventually(lambda: server.admission.total == 0)
+
+
+async def test_the_hook_and_identify_see_the_frameworks_request(
+    make_server: ServerFactory, transport: str, log: EventLog
+) -> None:
+    def on_upgrade(request: HandshakeRequest) -> None:
+        log.hook("upgrade")(request)
+
+    def identify(req: IdentifyRequest) -> None:
+        log.hook("identify")(req.request)
+        assert req.request is not None
+        req.accept(req.request.cookies["user"])
+
+    server = await make_server(identify, on_upgrade=on_upgrade)
+    server.when.connected(log.hook("connected"))
+    reader, writer, head = await upgrade(
+        server.port, {"Cookie": "theme=dark; user=carol"}, target="/ws?room=7&room=8"
+    )
+    assert head.startswith(b"HTTP/1.1 101")
+    RawPeer(reader, writer).send(0x1, HI)
+    [(conn,)] = await log.wait("connected")
+    [(seen,)] = log.of("upgrade")
+    [(request,)] = log.of("identify")
+    assert request is seen
+    assert conn.cid == "carol"
+    assert (request.path, request.params) == ("/ws", {"room": ["7", "8"]})
+    assert request.cookies == {"theme": "dark", "user": "carol"}
+    assert request.remote_addr[0] == request.peer_addr[0] == "127.0.0.1"
+    if transport == "asgi":
+        assert isinstance(request.native, dict)
+        assert request.native["type"] == "websocket"
+        assert request.native["query_string"] == b"room=7&room=8"
+    else:
+        assert isinstance(request.native, web.Request)
+        assert request.native.query.getall("room") == ["7", "8"]
+        assert request.native.cookies["user"] == "carol"
+    writer.close()
+
+
+async def test_the_path_under_a_mounted_asgi_prefix_is_the_whole_path(log: EventLog) -> None:
+    server = WseServer(accept_identity, on_upgrade=lambda request: log.hook("upgrade")(request))
+    app = Starlette(routes=[Mount("/api", routes=[WebSocketRoute("/ws", server.asgi)])])
+    host = await serve_asgi(app)
+    try:
+        _, writer, head = await upgrade(host.port, target="/api/ws?x=1")
+        assert head.startswith(b"HTTP/1.1 101")
+        [(request,)] = await log.wait("upgrade")
+        assert (request.path, request.query) == ("/api/ws", "x=1")
+        writer.close()
+    finally:
+        await server.close()
+        await host.stop()
+
+
+# ---- strangers: how many -------------------------------------------------------------------
+
+
+async def test_strangers_past_the_total_get_503_and_places_are_freed(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(max_unauthenticated=2)
+    url = url_of(server)
+    async with strangers(url, 2) as held:
+        assert server.admission.total == 2
+        assert await refused_with(url) == 503
+        await held.pop().close()  # a stranger leaves: its place is free again
+        await eventually(lambda: server.admission.total == 1)
+        async with strangers(url, 1):
+            assert server.admission.total == 2
+    await eventually(lambda: server.admission.total == 0)
+
+
+async def test_strangers_past_the_per_address_limit_get_429_and_are_freed_when_accepted(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    server = await make_server(max_unauthenticated_per_ip=2)
+    url = url_of(server)
+    async with strangers(url, 2) as held:
+        assert server.admission.strangers_from("127.0.0.1") == 2
+        assert await refused_with(url) == 429
+        await held[0].send(HI.decode())  # accepted: no longer a stranger
+        assert json.loads(await asyncio.wait_for(held[0].recv(), 5))[0] == "~wse:welcome"
+        assert server.admission.strangers_from("127.0.0.1") == 1
+        assert await make_client(server).connect("bob") == {"hey": "welcome data"}
+        async with strangers(url, 1):
+            assert await refused_with(url) == 429
+    await eventually(lambda: server.admission.total == 0)
+    assert server.admission.strangers_from("127.0.0.1") == 0
+
+
+# ---- strangers: bytes ----------------------------------------------------------------------
+
+
+async def test_a_large_hello_is_refused_with_1009(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await make_server(auth_max_message_size=1024)
+    server.when.error(log.hook("error"))
+    peer = await raw_peer(server)
+    peer.send(0x1, json.dumps(["~wse:hi", {"identity": "alice", "pad": "x" * 2000}]).encode())
+    assert await peer.expect_close(1009) == "message too big"
+    [(err, _)] = await log.wait("error")
+    assert err.details["detail"] == "message too big before authentication"
+    peer.writer.close()
+    await eventually(lambda: not server.connections and server.admission.total == 0)
+
+
+async def test_a_stranger_sending_past_its_budget_is_refused_with_1008(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    entered = asyncio.Event()
+
+    async def identify(req: IdentifyRequest) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # never answers: what follows the hi is ignored
+
+    server = await make_server(identify, auth_max_message_size=1024)
+    server.when.error(log.hook("error"))
+    peer = await raw_peer(server)
+    peer.send(0x1, HI)
+    await entered.wait()
+    note = json.dumps(["note", "x" * 900]).encode()
+    for _ in range(server.stranger_budget // len(note) + 1):  # each one small, all too much
+        peer.send(0x1, note)
+    assert await peer.expect_close(1008) == "too much data before authentication"
+    [(err, _)] = await log.wait("error")
+    assert err.details["detail"] == "too much data before authentication"
+    peer.writer.close()
+    await eventually(lambda: not server.connections and server.admission.total == 0)
+
+
+async def test_a_message_over_the_size_limit_after_authentication_closes_1009(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await make_server(max_message_size=4096, auth_max_message_size=1024)
+    server.when.disconnected(log.hook("disconnected"))
+    peer = await raw_peer(server)
+    await peer.hello()
+    peer.send(0x1, json.dumps(["note", "x" * 3000]).encode())  # fine once authenticated
+    peer.send(0x1, json.dumps(["note", "x" * 5000]).encode())
+    await peer.expect_close(1009)
+    [(conn, code, _)] = await log.wait("disconnected")
+    assert (conn.cid, code) == ("alice", 1009)
+    peer.writer.close()
+
+
+# ---- a peer that stops reading -------------------------------------------------------------
+
+
+async def test_a_slow_consumer_is_dropped_with_1008(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    # close_timeout: a drop that waited for a close handshake would outlast the test
+    server = await make_server(max_pending_bytes=256 * 1024, close_timeout=60)
+    server.when.disconnected(log.hook("disconnected"))
+    server.when.error(log.hook("error"))
+    peer = await raw_peer(server)  # never reads after the welcome
+    await peer.hello()
+    [conn] = server.clients["alice"].conns.values()
+    chunk = "x" * 1024
+    # 32 KiB a turn (each turn's writes are below the limit: what piles up is what the host
+    # cannot send), up to 128 MiB: far more than the socket buffers take
+    for _ in range(4096):
+        for _ in range(32):
+            conn.send("flood", chunk)
+        await asyncio.sleep(0)  # the host sends in its own tasks
+        if log.of("disconnected"):
+            break
+    [(dropped, code, reason)] = await log.wait("disconnected")
+    assert (dropped.cid, code, reason) == ("alice", 1008, "wse.slow-consumer")
+    [(error, _)] = log.of("error")
+    assert error.code == WSE_ERROR.CONNECTION_ERROR
+    assert error.details == {"reason": "wse.slow-consumer", "max_pending_bytes": 256 * 1024}
+    assert server.clients == {} and server.connections == {}
+    # dropped, not closed, as on picows: the stream ends without a Close frame (aiohttp would
+    # send its own 1000 once the peer had read the backlog)
+    opcodes = []
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionResetError):
+        async with asyncio.timeout(10):
+            while True:
+                opcode, _ = await peer.recv()
+                opcodes.append(opcode)
+    assert 0x8 not in opcodes
+    peer.writer.close()
+
+
+# ---- flow control --------------------------------------------------------------------------
+
+
+async def test_a_connection_at_max_in_flight_handles_nothing_more_until_a_task_ends(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server(max_in_flight=1)
+    gates: dict[int, asyncio.Event] = {}
+
+    @server.channel.on("hold")
+    async def hold(conn: Any, n: int) -> None:
+        log.hook("started")(n)
+        await gates.setdefault(n, asyncio.Event()).wait()
+        conn.send("done", n)
+
+    server.register("ping", lambda conn, p: "pong")
+    client = make_client(server)
+    client.channel.on("done", log.hook("done"))
+    await client.connect("alice")
+    for n in range(4):
+        client.send("hold", n)
+    await log.wait("started")
+    # Another connection's round trip: time for the held connection's messages to arrive.
+    other = make_client(server)
+    await other.connect("bob")
+    assert await other.call("ping") == "pong"
+    assert log.of("started") == [(0,)]
+    for n in range(4):
+        gates.setdefault(n, asyncio.Event()).set()
+        await log.wait("done", n + 1)
+        assert log.of("started")[: n + 1] == [(i,) for i in range(n + 1)]
+    assert log.of("done") == [(n,) for n in range(4)]  # in order
+
+
+# ---- closing -------------------------------------------------------------------------------
+
+
+async def test_server_close_sends_1012_and_returns_though_a_peer_never_answers(
+    make_server: ServerFactory, transport: str, log: EventLog
+) -> None:
+    server = await make_server(close_timeout=0.5)
+    server.when.disconnected(log.hook("disconnected"))
+    peer = await raw_peer(server)
+    await peer.hello()
+    async with asyncio.timeout(5):
+        await server.close()
+    assert server.connections == {} and server.clients == {}
+    [(_, code, reason)] = log.of("disconnected")
+    assert (code, reason) == (1012, WSE_REASON.BY_SERVER)
+    assert await peer.expect_close(1012) == WSE_REASON.BY_SERVER
+    if transport == "aiohttp":  # uvicorn keeps the socket for its own 10 s close timeout
+        await closed_by_server(peer.reader)
+    peer.writer.close()
