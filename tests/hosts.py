@@ -40,15 +40,16 @@ class Host:
         await self._stop()
 
 
-async def serve_asgi(app: Any, port: int = 0, **config: Any) -> Host:
+async def serve_asgi(app: Any, port: int = 0, lifespan: str = "off", **config: Any) -> Host:
     """uvicorn serving ``app`` (its default WebSocket implementation, websockets)."""
     sock = bound_socket(port)
-    settings = uvicorn.Config(app, lifespan="off", log_level="warning", loop="none", **config)
+    settings = uvicorn.Config(app, lifespan=lifespan, log_level="warning", loop="none", **config)
     settings.load()
     server = uvicorn.Server(settings)
     # Server.serve's steps without its signal handlers (pytest keeps its own)
     server.lifespan = settings.lifespan_class(settings)
     await server.startup(sockets=[sock])
+    assert not server.should_exit, "the lifespan startup failed"
 
     async def stop() -> None:
         server.should_exit = True

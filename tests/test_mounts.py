@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
 from aiohttp import web
 from starlette.applications import Starlette
@@ -22,7 +21,7 @@ from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, WseServer
 from wse_fast.handshake import HandshakeRequest
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
-from tests.hosts import Host, bound_socket, serve_aiohttp, serve_asgi
+from tests.hosts import serve_aiohttp, serve_asgi
 from tests.test_framing import HI, RawPeer
 from tests.test_hardening import closed_by_server, eventually, upgrade
 
@@ -73,25 +72,6 @@ async def http_get(port: int, target: str) -> tuple[bytes, bytes]:
     return head, body
 
 
-async def serve_alone(server: WseServer) -> Host:
-    """uvicorn serving ``server.asgi`` as the whole application, lifespan on (as
-    ``uvicorn module:app`` does with an application that answers lifespan)."""
-    sock = bound_socket()
-    settings = uvicorn.Config(server.asgi, lifespan="on", log_level="warning", loop="none")
-    settings.load()
-    host = uvicorn.Server(settings)
-    host.lifespan = settings.lifespan_class(settings)
-    await host.startup(sockets=[sock])
-    assert not host.should_exit, "the lifespan startup failed"
-
-    async def stop() -> None:
-        host.should_exit = True
-        await host.shutdown()
-        sock.close()
-
-    return Host(sock.getsockname()[1], stop)
-
-
 # ---- HTTP and the lifespan -----------------------------------------------------------------
 
 
@@ -118,7 +98,7 @@ async def test_the_asgi_app_alone_runs_the_lifespan_and_closes_with_the_host(
 ) -> None:
     server = WseServer(accept_identity, conn_per_user=2)
     server.when.disconnected(log.hook("disconnected"))
-    host = await serve_alone(server)
+    host = await serve_asgi(server.asgi, lifespan="on")  # as ``uvicorn module:app`` does
     # the same server also on aiohttp: uvicorn closes its own sockets when it stops, so the
     # lifespan's shutdown shows in the connections it does not know about
     app = web.Application()

@@ -338,7 +338,11 @@ class WseServer(Peer[ServerEvents]):
         """An upgrade on wse-fast's own listener: :meth:`admit`, answered as picows's
         listener factory."""
         headers = request.headers
-        offered = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        offered = [
+            p.strip()
+            for line in headers.getall("Sec-WebSocket-Protocol", ())
+            for p in line.split(",")
+        ]
         verdict = self.admit(
             request.path.decode("latin-1"), headers, guard.peer, guard, offered, request
         )
