@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from wire import rss_bytes  # noqa: E402
-from wse_fast import WseServer  # noqa: E402
+from wse_fast import ServerLimits, WseServer  # noqa: E402
 
 N = 2000
 
@@ -96,7 +96,9 @@ async def uvloop_alone() -> float:
 
 async def main() -> None:
     baseline = await uvloop_alone()
-    server = WseServer(lambda req: req.accept(req.conn_id), port=0, ping_interval=None)
+    server = WseServer(
+        lambda req: req.accept(req.conn_id), port=0, limits=ServerLimits(ping_interval=None)
+    )
     all_joined = asyncio.Event()
     server.when.joined(lambda client, meta: len(server.clients) == N + 50 and all_joined.set())
     await server.start()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import uvloop
-from wse_fast import IdentifyRequest, WseClient, WseServer
+from wse_fast import IdentifyRequest, Limits, ServerLimits, WseClient, WseServer
 
 from tests.hosts import URLS, Host, mount
 
@@ -55,6 +56,14 @@ def log() -> EventLog:
     return EventLog()
 
 
+def with_limits(kind: type[Limits], options: dict[str, Any]) -> dict[str, Any]:
+    """The factories below take the fields of ``Limits`` / ``ServerLimits`` as keywords of
+    their own: they are gathered into a ``limits`` object here."""
+    names = {field.name for field in dataclasses.fields(kind)}
+    limits = {name: options.pop(name) for name in list(options) if name in names}
+    return {**options, "limits": kind(**limits)} if limits else options
+
+
 ServerFactory = Callable[..., Awaitable[WseServer]]
 ClientFactory = Callable[..., WseClient]
 
@@ -73,7 +82,7 @@ async def make_server(transport: str) -> AsyncIterator[ServerFactory]:
 
     async def make(identify: Any = accept_identity, **options: Any) -> WseServer:
         port = options.pop("port", 0)
-        server = WseServer(identify, **options)
+        server = WseServer(identify, **with_limits(ServerLimits, options))
         servers.append(server)
         if transport == "picows":
             server.port = port
@@ -102,7 +111,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     def make(target: WseServer | str, **options: Any) -> WseClient:
         url = target if isinstance(target, str) else url_of(target)
         options.setdefault("reconnect", False)
-        client = WseClient(url, **options)
+        client = WseClient(url, **with_limits(Limits, options))
         clients.append(client)
         return client
 

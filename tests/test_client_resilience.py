@@ -15,7 +15,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from wse_fast import WSE_ERROR, WSE_STATUS, WseClient, WseError, codec
+from wse_fast import WSE_ERROR, WSE_STATUS, Limits, WseClient, WseError, codec
 from wse_fast.client import PING_TIMEOUT_REASON, backoff_delay
 
 from tests.conftest import ClientFactory, EventLog
@@ -287,7 +287,7 @@ async def test_a_deliberate_close_outlasting_the_ping_timeout_is_reported_as_suc
 
 def test_ping_timeout_beyond_ping_interval_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="ping_timeout"):
-        WseClient("ws://127.0.0.1:9", ping_interval=5, ping_timeout=10)
+        WseClient("ws://127.0.0.1:9", limits=Limits(ping_interval=5, ping_timeout=10))
 
 
 # ---- backoff schedule ----------------------------------------------------------------------

@@ -81,7 +81,7 @@ async def test_client_answering_pings_stays(
 
 
 def test_ping_timeout_longer_than_the_interval_is_refused_up_front() -> None:
-    from wse_fast import WseServer
+    from wse_fast import ServerLimits
 
     with pytest.raises(ValueError, match="ping_timeout"):
-        WseServer(lambda req: None, ping_interval=1, ping_timeout=2)
+        ServerLimits(ping_interval=1, ping_timeout=2)

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import uvloop
-from wse_fast import WseServer
+from wse_fast import ServerLimits, WseServer
 
 
 async def identify(req: Any) -> None:
@@ -27,7 +27,7 @@ async def nap(conn: Any, payload: Any) -> None:
 
 
 async def main(port: int) -> None:
-    server = WseServer(identify, port=port, ping_interval=None)
+    server = WseServer(identify, port=port, limits=ServerLimits(ping_interval=None))
     server.register("echo", lambda conn, payload: payload)
     server.register("nap", nap)
     await server.start()

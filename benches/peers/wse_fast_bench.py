@@ -7,16 +7,15 @@ import asyncio
 import time
 from typing import Any
 
-from wse_fast import WseServer
+from wse_fast import ServerLimits, WseServer
 
 
 def bench_server(**transport: Any) -> WseServer:
     """The benchmarked server; ``transport`` holds what only its own listener needs (port)."""
     server = WseServer(
         lambda req: req.accept(req.conn_id),
-        ping_interval=None,
-        auth_timeout=120,
-        max_pending_bytes=None,  # the load generator reads as fast as it can
+        # the load generator reads as fast as it can, and authenticates thousands at once
+        limits=ServerLimits(ping_interval=None, auth_timeout=120, max_pending_bytes=None),
         **transport,
     )
     server.register("add", lambda conn, p: p["a"] + p["b"])

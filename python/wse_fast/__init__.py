@@ -23,6 +23,7 @@ from .errors import (
 )
 from .handshake import HandshakeRequest
 from .listener import Listener
+from .options import Limits, ServerLimits
 from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
 from .registry import Client
 from .server import WseServer
@@ -44,6 +45,7 @@ __all__ = [
     "IdentifyRequest",
     "InternalTypes",
     "JsonProtocol",
+    "Limits",
     "Listener",
     "MsgpackProtocol",
     "NotAuthorized",
@@ -51,6 +53,7 @@ __all__ = [
     "RpcDisconnected",
     "RpcError",
     "RpcTimeout",
+    "ServerLimits",
     "WireProtocol",
     "WseClient",
     "WseError",

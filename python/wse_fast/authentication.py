@@ -19,6 +19,7 @@ from .events import run_handler
 
 if TYPE_CHECKING:
     from .handshake import HandshakeRequest
+    from .options import ServerLimits
     from .server_connection import ServerConnection
 
 
@@ -35,7 +36,7 @@ class AuthenticationHost(Protocol):
 
     identify: Callable[[IdentifyRequest], Any]
     challenger: Callable[..., Any] | None
-    auth_timeout: float
+    limits: ServerLimits
 
     def admitted(self, conn: ServerConnection, cid: str, welcome: Any) -> None: ...
 
@@ -94,7 +95,7 @@ class Authentication:
     def opened(self, conn: ServerConnection) -> asyncio.TimerHandle:
         """A stranger's WebSocket is open: its deadline starts."""
         loop = asyncio.get_running_loop()
-        return loop.call_later(self.host.auth_timeout, self.refuse, conn)
+        return loop.call_later(self.host.limits.auth_timeout, self.refuse, conn)
 
     def hello(self, conn: ServerConnection) -> None:
         """The stranger said hi (``conn.identity`` and ``conn.meta`` are set)."""

@@ -32,6 +32,7 @@ from .errors import (
     WseError,
 )
 from .events import ClientEvents, run_handler
+from .options import Limits
 from .peer import Peer
 from .protocols import WireProtocol
 from .rpc import PendingCalls
@@ -189,12 +190,15 @@ class WseClient(Peer[ClientEvents]):
 
     ``timeout`` bounds each RPC call and each connection attempt (seconds).
 
+    ``limits``: a :class:`~wse_fast.Limits` (message size, pending bytes, keepalive, close
+    timeout), the same object a server takes.
+
     Keepalive: when nothing has arrived from the server for ``ping_interval`` seconds (default
     20), the client pings it, and drops the connection when no pong comes within
     ``ping_timeout`` (default 20, at most ``ping_interval``), reporting ``closed`` with code
     1006 and reason ``wse.client.ping-timeout``. A dead server or a silent network path is so
     noticed within ``ping_interval + ping_timeout``, and then handled like any lost socket.
-    ``ping_interval=None`` turns keepalive off.
+    ``Limits(ping_interval=None)`` turns keepalive off.
 
     Reconnect: with ``reconnect=True`` a connection lost with one of the reference's reconnect
     codes (1005, 1006, 1011-1014, 4000) is re-established by itself. The first attempt waits
@@ -221,12 +225,8 @@ class WseClient(Peer[ClientEvents]):
         reconnect_factor: float = 2.0,
         reconnect_max_delay: float = 30.0,
         reconnect_random: Callable[[], float] = random.random,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
         ssl: ssl_module.SSLContext | None = None,
-        max_message_size: int = 1 << 20,
-        close_timeout: float = 5.0,
-        max_pending_bytes: int | None = 4 << 20,
+        limits: Limits | None = None,
     ) -> None:
         if reconnect_delay < 0 or reconnect_jitter < 0:
             raise ValueError("reconnect_delay and reconnect_jitter must not be negative")
@@ -234,12 +234,8 @@ class WseClient(Peer[ClientEvents]):
             raise ValueError("reconnect_factor must be at least 1")
         if reconnect_max_delay <= 0:
             raise ValueError("reconnect_max_delay must be positive")
-        if ping_interval is not None and not 0 < ping_timeout <= ping_interval:
-            # picows asserts this only inside ws_connect, where it would fail every attempt
-            raise ValueError("ping_timeout must be positive and not exceed ping_interval")
         super().__init__(protocol, mask=True)
         self.url = url
-        self.max_pending_bytes = max_pending_bytes
         self.timeout = timeout
         self.reconnect = reconnect
         self.reconnect_delay = reconnect_delay
@@ -247,11 +243,8 @@ class WseClient(Peer[ClientEvents]):
         self.reconnect_factor = reconnect_factor
         self.reconnect_max_delay = reconnect_max_delay
         self.reconnect_random = reconnect_random
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
         self.ssl = ssl
-        self.max_message_size = max_message_size
-        self.close_timeout = close_timeout
+        self.limits = limits or Limits()
 
         self.when = ClientEvents()
         self.status = WSE_STATUS.IDLE
@@ -361,7 +354,11 @@ class WseClient(Peer[ClientEvents]):
 
         def listener() -> Endpoint:
             return Endpoint(
-                link, self.max_message_size, True, self.close_timeout, self.max_pending_bytes
+                link,
+                self.limits.max_message_size,
+                True,
+                self.limits.close_timeout,
+                self.limits.max_pending_bytes,
             )
 
         try:
@@ -377,10 +374,10 @@ class WseClient(Peer[ClientEvents]):
                 # (the masking of RFC 6455 §10.3 guards payloads chosen by an attacker).
                 # With auto-pong off, the server's pong is still consumed by picows while a
                 # ping is outstanding, and a stray pong reaches the endpoint, which drops it.
-                enable_auto_ping=self.ping_interval is not None,
-                auto_ping_idle_timeout=self.ping_interval or self.ping_timeout,
-                auto_ping_reply_timeout=self.ping_timeout,
-                max_frame_size=self.max_message_size,
+                enable_auto_ping=self.limits.ping_interval is not None,
+                auto_ping_idle_timeout=self.limits.ping_interval or self.limits.ping_timeout,
+                auto_ping_reply_timeout=self.limits.ping_timeout,
+                max_frame_size=self.limits.max_message_size,
                 use_aiofastnet=False,
             )
         except (TimeoutError, OSError, WSError) as exc:

@@ -58,11 +58,11 @@ class Listener:
         servers = list(self.routes.values())
         first = servers[0]
         options = ListenerOptions(
-            max_frame_size=max(s.max_message_size for s in servers),
-            handshake_timeout=first.handshake_timeout,
-            ping_interval=first.ping_interval,
-            ping_timeout=first.ping_timeout,
-            read_buffer_size=first.read_buffer_size,
+            max_frame_size=max(s.limits.max_message_size for s in servers),
+            handshake_timeout=first.limits.handshake_timeout,
+            ping_interval=first.limits.ping_interval,
+            ping_timeout=first.limits.ping_timeout,
+            read_buffer_size=first.limits.read_buffer_size,
             auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
             stranger_budget=max(s.stranger_budget for s in servers),
         )

@@ -20,6 +20,7 @@ from .errors import WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .listener import Listener
+from .options import ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
 from .registry import Client, UserRegistry
@@ -44,28 +45,16 @@ UpgradeVerdict = int | tuple[int, str] | None
 
 
 class WseServer(Peer[ServerEvents]):
-    """A WSE server on picows + uvloop.
+    """A WSE server on picows + uvloop, or mounted in an ASGI or aiohttp application.
 
     ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
-    coroutine function. Options beyond the JavaScript ones: ``auth_timeout`` (a connection that
-    is not accepted within it is refused), ``debug`` (send stack traces of failing RPC handlers
-    to callers), transport limits and ``ssl``. ``max_pending_bytes`` bounds what may wait for
-    one slow reader: past it the connection is dropped at once (close code 1008, reason
-    ``wse.slow-consumer``, reported through ``error`` and ``disconnected``); None disables it.
-
-    Strangers (sockets not yet accepted by identify) are bounded: ``max_unauthenticated`` in
-    all and ``max_unauthenticated_per_ip`` per client address, from the TCP accept on (past
-    either: HTTP 503 / 429),
-    ``handshake_timeout`` for the upgrade request, ``auth_timeout`` for authentication, and
-    ``auth_max_message_size`` per message (close 1009) with about twice that in all (close
-    1008). ``origins`` lists the ``Origin`` values allowed (others: HTTP 403); ``on_upgrade``
-    sees each upgrade request (:class:`HandshakeRequest`) and may refuse it with an HTTP
-    status; ``trusted_proxies`` (addresses or networks) are believed about the client's
-    address (``X-Forwarded-For``, ``Forwarded``). Authenticated connections may have
-    ``max_in_flight`` handler tasks running each and ``max_tasks`` in all; past either, the
-    connection stops reading until one ends. ``receive_buffer`` (bytes) sets each socket's
-    SO_RCVBUF, which bounds what one read can grow picows's read buffer to under a flood of
-    small frames (and turns off the kernel's receive autotuning for that socket).
+    coroutine function. Options beyond the JavaScript ones: ``timeout`` (server-to-client
+    calls), ``debug`` (send stack traces of failing RPC handlers to callers), ``ssl`` (own
+    listener), ``limits`` (a :class:`~wse_fast.ServerLimits`: the transport limits shared with
+    the client, and what strangers and handler tasks may cost). ``origins`` lists the
+    ``Origin`` values allowed (others: HTTP 403); ``on_upgrade`` sees each upgrade request
+    (:class:`HandshakeRequest`) and may refuse it with an HTTP status; ``trusted_proxies``
+    (addresses or networks) are believed about the client's address (``X-Forwarded-For``).
     """
 
     def __init__(
@@ -77,59 +66,35 @@ class WseServer(Peer[ServerEvents]):
         conn_per_user: int = 1,
         protocol: WireProtocol | None = None,
         timeout: float = 20.0,
-        auth_timeout: float = 10.0,
+        limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
-        max_message_size: int = 1 << 20,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        close_timeout: float = 5.0,
-        read_buffer_size: int = 2048,
-        max_pending_bytes: int | None = 4 << 20,
         debug: bool = False,
-        auth_max_message_size: int = 16 * 1024,
-        handshake_timeout: float | None = 5.0,
-        max_unauthenticated: int = 2048,
-        max_unauthenticated_per_ip: int = 256,
-        max_in_flight: int = 64,
-        max_tasks: int = 10_000,
         origins: Collection[str] | None = None,
         on_upgrade: Callable[[HandshakeRequest], UpgradeVerdict] | None = None,
         trusted_proxies: Collection[str] = (),
-        receive_buffer: int | None = None,
     ) -> None:
         if identify is None:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
         if conn_per_user < 1:
             raise ValueError("conn_per_user must be at least 1")
-        if ping_interval is not None and ping_timeout > ping_interval:
-            # picows checks this only when a connection arrives, and then fails every one
-            raise ValueError("ping_timeout must not exceed ping_interval")
-        if min(auth_max_message_size, max_unauthenticated, max_in_flight, max_tasks) < 1:
-            raise ValueError("limits must be at least 1")
         self.identify = identify
         self.host = host
         self.port = port
         super().__init__(protocol, mask=False, debug=debug)
+        self.limits = limits = limits or ServerLimits()
+        self.wire.auth_max_message_size = limits.auth_max_message_size
         self.timeout = timeout
-        self.auth_timeout = auth_timeout
         self.ssl = ssl
-        self.max_message_size = max_message_size
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.close_timeout = close_timeout
-        self.read_buffer_size = read_buffer_size
-        self.max_pending_bytes = max_pending_bytes
-        self.auth_max_message_size = min(auth_max_message_size, max_message_size)
-        self.wire.auth_max_message_size = self.auth_max_message_size
-        self.handshake_timeout = handshake_timeout
-        self.max_in_flight = max_in_flight
-        self.max_tasks = max_tasks
         self.origins = frozenset(origins) if origins is not None else None
         self.on_upgrade = on_upgrade
         self.trusted_proxies = parse_networks(trusted_proxies)
         is_proxy = partial(is_trusted, self.trusted_proxies)
-        self.admission = Admission(max_unauthenticated, max_unauthenticated_per_ip, is_proxy)
-        self.receive_buffer = receive_buffer
+        self.admission = Admission(
+            limits.max_unauthenticated, limits.max_unauthenticated_per_ip, is_proxy
+        )
+        # flow control reads these per handler task: kept at hand
+        self.max_in_flight = limits.max_in_flight
+        self.max_tasks = limits.max_tasks
 
         self.when = ServerEvents()
         self.registry = UserRegistry(self.encode, conn_per_user)
@@ -141,7 +106,9 @@ class WseServer(Peer[ServerEvents]):
 
         # what a stranger may send before it is accepted: the upgrade request, the hi and a
         # challenge answer, and a few control frames
-        self.stranger_budget = HTTP_REQUEST_MAX + 2 * self.auth_max_message_size + CONTROL_ALLOWANCE
+        self.stranger_budget = (
+            HTTP_REQUEST_MAX + 2 * limits.auth_max_message_size + CONTROL_ALLOWANCE
+        )
         self._ids = itertools.count(1)
         self._live = EndpointGroup()  # endpoints of accepted connections
         self._asgi: AsgiApp | None = None
@@ -208,7 +175,7 @@ class WseServer(Peer[ServerEvents]):
             for conn in list(self.connections.values()):
                 conn.drop(reason, code)
             try:
-                await asyncio.wait_for(self._all_closed.wait(), self.close_timeout + 1)
+                await asyncio.wait_for(self._all_closed.wait(), self.limits.close_timeout + 1)
             except TimeoutError:
                 for conn in list(self.connections.values()):
                     if conn.endpoint is not None:
@@ -327,9 +294,9 @@ class WseServer(Peer[ServerEvents]):
         """What a message-level transport's endpoint takes from this server."""
         return {
             "handler": conn,
-            "max_message_size": self.max_message_size,
-            "max_pending_bytes": self.max_pending_bytes,
-            "close_timeout": self.close_timeout,
+            "max_message_size": self.limits.max_message_size,
+            "max_pending_bytes": self.limits.max_pending_bytes,
+            "close_timeout": self.limits.close_timeout,
             "remote_addr": peer,
             "ticket": stranger,
         }
@@ -350,11 +317,11 @@ class WseServer(Peer[ServerEvents]):
             return _refusal(*verdict)
         endpoint = Endpoint(
             verdict,
-            self.max_message_size,
+            self.limits.max_message_size,
             False,
-            self.close_timeout,
-            self.max_pending_bytes,
-            receive_buffer=self.receive_buffer,
+            self.limits.close_timeout,
+            self.limits.max_pending_bytes,
+            receive_buffer=self.limits.receive_buffer,
         )
         if verdict.offered_protocols is None:
             return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)

@@ -86,7 +86,7 @@ class ServerConnection(Connection):
             self._authentication_event(event)
 
     def on_overflow(self) -> None:
-        limit = self._server.max_pending_bytes
+        limit = self._server.limits.max_pending_bytes
         err = WseError(
             WSE_ERROR.CONNECTION_ERROR, {"reason": SLOW_CONSUMER, "max_pending_bytes": limit}
         )

@@ -83,9 +83,9 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
     """Serves one request to the route as ``server``'s WebSocket endpoint."""
     ws = web.WebSocketResponse(
         protocols=(server.protocol.name,),
-        max_msg_size=server.max_message_size,
-        heartbeat=server.ping_interval,
-        timeout=server.close_timeout,
+        max_msg_size=server.limits.max_message_size,
+        heartbeat=server.limits.ping_interval,
+        timeout=server.limits.close_timeout,
         compress=False,
         autoclose=False,
     )
