@@ -1,0 +1,1 @@
+"""Several wse-fast processes as one logical server, over NATS."""

