@@ -1,0 +1,266 @@
+"""``wse-fast serve`` as a real process: one process, or workers sharing a port with
+SO_REUSEPORT (each connection answered by one of them), stopped by SIGTERM with their
+connections closed and the port released; a worker that dies stops the group with status 1
+and is named; bad MODULE:ATTR arguments are explained; --help documents the options."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from wse_fast import WseClient
+
+from tests.conftest import EventLog
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = shutil.which("wse-fast", path=str(Path(sys.executable).parent))
+# the installed console script when there is one, else the module: both run cli.main
+COMMAND = [SCRIPT] if SCRIPT is not None else [sys.executable, "-m", "wse_fast"]
+# The line the command writes once it accepts connections (a group: once every worker does).
+SERVING = re.compile(
+    r"serving \S+ on (?:ws://)?127\.0\.0\.1:(\d+)(?:.* workers \(pids ([\d, ]+)\))?"
+)
+CLOSE_SERVICE_RESTART = 1012
+
+
+class Served:
+    """``wse-fast serve ...`` running in a child process; what it writes is kept."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.output: list[str] = []
+        self.workers: list[int] = []
+
+    async def serving(self) -> int:
+        """The port, from the line written once serving starts."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            while line := (await self.proc.stdout.readline()).decode():
+                self.output.append(line)
+                if found := SERVING.search(line):
+                    if found[2]:
+                        self.workers = [int(pid) for pid in found[2].split(", ")]
+                    return int(found[1])
+        raise AssertionError(f"it exited before serving:\n{''.join(self.output)}")
+
+    async def ended(self) -> tuple[int, str]:
+        """Waits for the process to exit: its status and all it wrote."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            self.output.append((await self.proc.stdout.read()).decode())
+            status = await self.proc.wait()
+        return status, "".join(self.output)
+
+    async def terminate(self) -> tuple[int, str]:
+        self.proc.terminate()
+        return await self.ended()
+
+
+async def serve(*args: str) -> Served:
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "serve",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    return Served(proc)
+
+
+async def answering_pid(url: str, identity: str, log: EventLog) -> tuple[WseClient, int]:
+    """A connected client and the pid of the process its `pid` call reached."""
+    client = WseClient(url, reconnect=False)
+    client.when.closed(log.hook("closed"))
+    await client.connect(identity)
+    return client, await client.call("pid")
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on the port any more (TIME_WAIT leftovers aside)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+        except OSError:
+            return False
+    return True
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_one_process_serves_a_factory_and_closes_its_connections_on_sigterm(
+    log: EventLog,
+) -> None:
+    served = await serve("tests.cli_app:make_server", "--port", "0")
+    try:
+        port = await served.serving()
+        client, pid = await answering_pid(f"ws://127.0.0.1:{port}", "alice", log)
+        assert pid == served.proc.pid
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
+    [(code, _reason)] = await log.wait("closed")
+    assert code == CLOSE_SERVICE_RESTART  # server.close(), not a dead socket
+    assert port_is_free(port)
+    await client.close()
+
+
+async def test_workers_share_the_port_and_all_stop_cleanly_on_sigterm(log: EventLog) -> None:
+    served = await serve(
+        "tests.cli_app:server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--no-cluster",
+    )
+    clients: list[WseClient] = []
+    try:
+        port = await served.serving()
+        assert len(served.workers) == 2 and served.proc.pid not in served.workers
+        # The kernel picks a listener per connection by a hash of its addresses: every new
+        # source port is a fresh draw, so 64 connections all missing one worker has
+        # probability 2**-63.
+        answered: dict[int, WseClient] = {}
+        for n in range(64):
+            client, pid = await answering_pid(f"ws://127.0.0.1:{port}", f"user{n}", log)
+            clients.append(client)
+            answered.setdefault(pid, client)
+            if len(answered) == 2:
+                break
+        assert sorted(answered) == sorted(served.workers)
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
+    closed = await log.wait("closed", len(clients))
+    assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}  # each worker closed its own
+    assert port_is_free(port)
+    assert all(gone(pid) for pid in served.workers)
+    for client in clients:
+        await client.close()
+
+
+async def test_a_worker_that_dies_stops_the_group_with_status_1_and_is_named() -> None:
+    served = await serve("tests.cli_app:server", "--port", "0", "--workers", "2", "--no-cluster")
+    try:
+        port = await served.serving()
+        victim, survivor = served.workers
+        os.kill(victim, signal.SIGKILL)
+        status, output = await served.ended()  # on its own: no signal to the parent
+    finally:
+        if served.proc.returncode is None:
+            await served.terminate()
+    assert status == 1, output
+    assert f"worker {victim} ended unexpectedly (killed by SIGKILL)" in output
+    assert gone(survivor)
+    assert port_is_free(port)
+
+
+async def exited(pid: int) -> None:
+    """Waits for any process (not only a child) to exit: its pidfd becomes readable."""
+    fd = os.pidfd_open(pid)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, done.set_result, None)
+    try:
+        async with asyncio.timeout(20):
+            await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_workers_close_their_connections_when_their_parent_is_killed(log: EventLog) -> None:
+    served = await serve("tests.cli_app:server", "--port", "0", "--workers", "2", "--no-cluster")
+    try:
+        port = await served.serving()
+        client, pid = await answering_pid(f"ws://127.0.0.1:{port}", "alice", log)
+        assert pid in served.workers
+        served.proc.kill()
+        await served.proc.wait()
+        for worker in served.workers:
+            await exited(worker)
+    finally:
+        if served.proc.returncode is None:
+            await served.terminate()
+    [(code, _reason)] = await log.wait("closed")
+    assert code == CLOSE_SERVICE_RESTART  # the worker closed its server: no orphan keeps the port
+    assert port_is_free(port)
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("tests.cli_app:nothing", "module 'tests.cli_app' has no attribute 'nothing'"),
+        ("tests.no_such_module:server", "could not import module 'tests.no_such_module'"),
+        ("tests.cli_app:os", "tests.cli_app:os is a module, not a WseServer"),
+        ("tests.cli_app", "'tests.cli_app' is not MODULE:ATTR"),
+    ],
+)
+def test_a_wrong_application_is_explained(app: str, message: str) -> None:
+    result = subprocess.run(
+        [*COMMAND, "serve", app, "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+
+
+def test_cluster_and_no_cluster_exclude_each_other() -> None:
+    result = subprocess.run(
+        [
+            *COMMAND,
+            "serve",
+            "tests.cli_app:server",
+            "--cluster",
+            "nats://127.0.0.1:1",
+            "--no-cluster",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "exclude each other" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[*COMMAND, "serve", "--help"], [sys.executable, "-m", "wse_fast", "serve", "--help"]],
+)
+def test_serve_help_lists_its_options(command: list[str]) -> None:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for option in ("--host", "--port", "--workers", "--cluster", "--no-cluster", "--node-name"):
+        assert option in result.stdout
+    assert "SO_REUSEPORT" in result.stdout and "nats-server" in result.stdout
+    assert "--worker-of-group" not in result.stdout  # the parent's own, hidden
+
+
+def test_module_help_lists_serve() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wse_fast", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout and "--version" in result.stdout
