@@ -1,7 +1,10 @@
 """``wse-fast serve`` as a real process: one process, or workers sharing a port with
 SO_REUSEPORT (each connection answered by one of them), stopped by SIGTERM with their
 connections closed and the port released; a worker that dies stops the group with status 1
-and is named; bad MODULE:ATTR arguments are explained; --help documents the options."""
+and is named, and workers stop when their parent is killed. Workers in a cluster serve as one
+server (a user on one reaches a user on the other), on a nats-server of the command's own
+(stopped after them) or a given one (left running). Bad MODULE:ATTR arguments are explained;
+--help documents the options."""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 from wse_fast import WseClient
+from wse_fast.cluster.local_nats import LocalNats
 
 from tests.conftest import EventLog
 
@@ -29,6 +34,7 @@ SERVING = re.compile(
     r"serving \S+ on (?:ws://)?127\.0\.0\.1:(\d+)(?:.* workers \(pids ([\d, ]+)\))?"
 )
 CLOSE_SERVICE_RESTART = 1012
+CLUSTER = re.compile(r"serving \S+ on 127\.0\.0\.1:\d+, cluster (nats://\S+?:\d+)")
 
 
 class Served:
@@ -104,6 +110,47 @@ def gone(pid: int) -> bool:
     return False
 
 
+async def users_on_both_workers(
+    served: Served, port: int, log: EventLog
+) -> tuple[dict[int, tuple[str, WseClient]], list[WseClient]]:
+    """One (user, client) per worker pid; every client made, to close."""
+    by_pid: dict[int, tuple[str, WseClient]] = {}
+    clients: list[WseClient] = []
+    # The kernel picks a listener per connection by a hash of its addresses: every new
+    # source port is a fresh draw, so 64 connections all missing one worker has
+    # probability 2**-63.
+    for n in range(64):
+        cid = f"user{n}"
+        client, pid = await answering_pid(f"ws://127.0.0.1:{port}", cid, log)
+        clients.append(client)
+        by_pid.setdefault(pid, (cid, client))
+        if len(by_pid) == 2:
+            break
+    assert sorted(by_pid) == sorted(served.workers)
+    return by_pid, clients
+
+
+async def tell_across(served: Served, port: int, log: EventLog) -> list[WseClient]:
+    """A user on one worker sends to a user on the other, who gets it; the clients made."""
+    by_pid, clients = await users_on_both_workers(served, port, log)
+    (_, sender), (receiver_cid, receiver) = by_pid.values()
+    receiver.channel.on("told", log.hook("told"))
+    assert await sender.call("tell", {"cid": receiver_cid, "text": "across"}) is True
+    [(payload,)] = await log.wait("told")
+    assert payload == "across"
+    return clients
+
+
+def refuses_connections(url: str) -> bool:
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.connect((host, int(port)))
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
 async def test_one_process_serves_a_factory_and_closes_its_connections_on_sigterm(
     log: EventLog,
 ) -> None:
@@ -136,17 +183,10 @@ async def test_workers_share_the_port_and_all_stop_cleanly_on_sigterm(log: Event
     try:
         port = await served.serving()
         assert len(served.workers) == 2 and served.proc.pid not in served.workers
-        # The kernel picks a listener per connection by a hash of its addresses: every new
-        # source port is a fresh draw, so 64 connections all missing one worker has
-        # probability 2**-63.
-        answered: dict[int, WseClient] = {}
-        for n in range(64):
-            client, pid = await answering_pid(f"ws://127.0.0.1:{port}", f"user{n}", log)
-            clients.append(client)
-            answered.setdefault(pid, client)
-            if len(answered) == 2:
-                break
-        assert sorted(answered) == sorted(served.workers)
+        by_pid, clients = await users_on_both_workers(served, port, log)
+        (_, sender), (receiver_cid, _) = by_pid.values()
+        # no cluster: each worker is a server of its own, the other's users unknown to it
+        assert await sender.call("tell", {"cid": receiver_cid, "text": "lost"}) is False
     finally:
         status, output = await served.terminate()
     assert status == 0, output
@@ -205,6 +245,44 @@ async def test_workers_close_their_connections_when_their_parent_is_killed(log: 
     assert code == CLOSE_SERVICE_RESTART  # the worker closed its server: no orphan keeps the port
     assert port_is_free(port)
     await client.close()
+
+
+async def test_workers_without_cluster_share_a_nats_server_of_their_own(log: EventLog) -> None:
+    served = await serve("tests.cli_app:server", "--port", "0", "--workers", "2")
+    clients: list[WseClient] = []
+    try:
+        port = await served.serving()
+        found = CLUSTER.search("".join(served.output))
+        assert found is not None, served.output
+        nats_url = found[1]
+        clients = await tell_across(served, port, log)
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
+    assert refuses_connections(nats_url)  # stopped after the workers
+    assert port_is_free(port)
+    for client in clients:
+        await client.close()
+
+
+async def test_workers_join_a_given_cluster_and_leave_it_running(log: EventLog) -> None:
+    async with LocalNats() as server:
+        served = await serve(
+            "tests.cli_app:server", "--port", "0", "--workers", "2", "--cluster", server.url
+        )
+        clients: list[WseClient] = []
+        try:
+            port = await served.serving()
+            assert f", cluster {server.url}" in "".join(served.output)
+            clients = await tell_across(served, port, log)
+        finally:
+            status, output = await served.terminate()
+        assert status == 0, output
+        assert server.running
+        client = await nats.connect(server.url)  # still serving
+        await client.close()
+        for wse_client in clients:
+            await wse_client.close()
 
 
 @pytest.mark.parametrize(

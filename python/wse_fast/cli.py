@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import inspect
+import importlib.util
 import logging
 import os
 import signal
@@ -36,10 +36,9 @@ log = logging.getLogger("wse_fast.cli")
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-NO_JOIN_CLUSTER = (
-    "this wse-fast has no WseServer.join_cluster: a cluster (--cluster, or --workers above 1 "
-    "without --no-cluster) is not available; use --no-cluster for workers that only share "
-    "the port"
+NO_NATS = (
+    "a cluster (--cluster, or --workers above 1 without --no-cluster) needs nats-py: "
+    "pip install 'wse-fast[cluster]'; or --no-cluster for workers that only share the port"
 )
 
 
@@ -82,16 +81,6 @@ def load_server(spec: str) -> WseServer:
     return target
 
 
-async def join_cluster(server: WseServer, urls: Sequence[str], node: str) -> None:
-    """Tells ``server`` to join the NATS cluster at ``urls`` as node ``node``."""
-    join = getattr(server, "join_cluster", None)
-    if join is None:
-        raise click.ClickException(NO_JOIN_CLUSTER)
-    joined = join(urls[0] if len(urls) == 1 else list(urls), node=node)
-    if inspect.isawaitable(joined):
-        await joined
-
-
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening yet): every
     worker binds one, and the kernel spreads new connections over those that listen."""
@@ -114,10 +103,10 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def node_name(prefix: str | None) -> str:
-    """This process's node name in the cluster: ``<prefix>-<pid>``, the host name by default;
-    distinct for every process on one machine."""
-    return f"{prefix or socket.gethostname()}-{os.getpid()}"
+def node_name(prefix: str | None) -> str | None:
+    """This process's node name in the cluster: ``<prefix>-<pid>``, distinct for every process
+    on one machine; None without a prefix (the server's own default name)."""
+    return f"{prefix}-{os.getpid()}" if prefix else None
 
 
 def split_urls(values: Sequence[str]) -> list[str]:
@@ -164,8 +153,8 @@ async def serve_one(
         loop.add_reader(lifeline, parent_gone)
 
     server = load_server(spec)
-    if cluster:
-        await join_cluster(server, cluster, node_name(node_prefix))
+    if cluster:  # before start: the server starts its cluster link with its listener
+        server.join_cluster(cluster, node=node_name(node_prefix))
     server.host, server.port = host, port
     sock = reuseport_socket(host, port) if group_fds is not None else None
     await server.start(sock=sock)
@@ -351,7 +340,10 @@ async def serve_group(
     try:
         if cluster is None:
             local_nats = LocalNats()
-            await local_nats.start()
+            try:
+                await local_nats.start()
+            except FileNotFoundError as exc:  # no nats-server binary: how to install it
+                raise click.ClickException(str(exc)) from None
             cluster = [local_nats.url]
             log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.url)
         command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
@@ -419,7 +411,8 @@ def main() -> None:
 @click.option(
     "--node-name",
     metavar="PREFIX",
-    help="Node names in the cluster are PREFIX-<pid>  [default: the host name].",
+    help="Node names in the cluster are PREFIX-<pid> (letters, digits, '-' and '_')  "
+    "[default: the server's own: host name, pid and a random part].",
 )
 @click.option(
     "--log-level",
@@ -474,9 +467,9 @@ def serve(
     if worker_of_group is not None:
         ready, _, lifeline = worker_of_group.partition(",")
         group_fds = int(ready), int(lifeline)
-    wants_cluster = bool(cluster) or (workers > 1 and not no_cluster and group_fds is None)
-    if wants_cluster and not hasattr(WseServer, "join_cluster"):
-        raise click.ClickException(NO_JOIN_CLUSTER)
+    wants_cluster = bool(cluster) or (workers > 1 and not no_cluster)
+    if wants_cluster and importlib.util.find_spec("nats") is None:
+        raise click.ClickException(NO_NATS)
 
     import uvloop
 
