@@ -157,8 +157,8 @@ async def serve_one(
         server.join_cluster(cluster, node=node_name(node_prefix))
     server.host, server.port = host, port
     sock = reuseport_socket(host, port) if group_fds is not None else None
-    await server.start(sock=sock)
     try:
+        await server.start(sock=sock)
         if group_fds is None:
             scheme = "wss" if server.ssl is not None else "ws"
             joined = f", cluster {', '.join(cluster)}" if cluster else ""
@@ -308,7 +308,7 @@ class WorkerGroup:
             assert status is not None
             if status == 0 or (self.stop_signal is not None and status == -self.stop_signal):
                 continue
-            if self.stop_signal is not None:  # an unexpected end was reported already
+            if self.stop_signal is not None:  # (an end without one was reported by run)
                 log.error("worker %d stopped with %s", process.pid, describe_status(status))
             clean = False
         return clean
