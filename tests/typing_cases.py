@@ -108,7 +108,7 @@ def server_ignored(conn: Connection, type: str, payload: Any, /) -> None: ...
 
 
 @server.when.error
-def server_error(err: Exception, conn: Connection, /) -> None: ...  # a wider type is fine
+def server_error(err: Exception, conn: Connection | None, /) -> None: ...  # a wider type is fine
 
 
 assert_type(joined, Callable[[Client, dict[str, Any]], None])
@@ -116,7 +116,7 @@ assert_type(left, Callable[[Client, int, str], None])
 assert_type(connected, Callable[[Connection], Coroutine[Any, Any, None]])
 assert_type(disconnected, Callable[[Connection, int, str], None])
 assert_type(server_ignored, Callable[[Connection, str, Any], None])
-assert_type(server_error, Callable[[Exception, Connection], None])
+assert_type(server_error, Callable[[Exception, Connection | None], None])
 
 
 # ---- client.when ---------------------------------------------------------------------------

@@ -105,7 +105,11 @@ class OnServerIgnored(Protocol):
 
 
 class OnServerError(Protocol):
-    def __call__(self, err: WseError, conn: Connection, /) -> object: ...
+    def __call__(self, err: WseError, conn: Connection | None, /) -> object: ...
+
+
+class OnCluster(Protocol):
+    def __call__(self, state: str, /) -> object: ...
 
 
 class OnReady(Protocol):
@@ -143,6 +147,7 @@ _Connected = TypeVar("_Connected", bound=OnConnected)
 _Disconnected = TypeVar("_Disconnected", bound=OnDisconnected)
 _ServerIgnored = TypeVar("_ServerIgnored", bound=OnServerIgnored)
 _ServerError = TypeVar("_ServerError", bound=OnServerError)
+_Cluster = TypeVar("_Cluster", bound=OnCluster)
 _Ready = TypeVar("_Ready", bound=OnReady)
 _Closed = TypeVar("_Closed", bound=OnClosed)
 _ClientError = TypeVar("_ClientError", bound=OnClientError)
@@ -176,7 +181,7 @@ class Events:
 
 
 class ServerEvents(Events):
-    _names = ("joined", "left", "connected", "disconnected", "ignored", "error")
+    _names = ("joined", "left", "connected", "disconnected", "ignored", "error", "cluster")
 
     def joined(self, fn: _Joined) -> _Joined:
         """``fn(client, meta)``: a user's first connection was accepted."""
@@ -200,8 +205,15 @@ class ServerEvents(Events):
 
     def error(self, fn: _ServerError) -> _ServerError:
         """``fn(err, conn)``: a bad message (:class:`wse_fast.ProtocolViolation`), a failing
-        handler, a slow consumer; ``err`` is a :class:`wse_fast.WseError`."""
+        handler, a slow consumer; ``err`` is a :class:`wse_fast.WseError`. ``conn`` is None
+        for the server's own errors (its cluster link: ``wse.cluster.*``)."""
         return self._add("error", fn)
+
+    def cluster(self, fn: _Cluster) -> _Cluster:
+        """``fn(state)``: the cluster link changed: ``disconnected``, ``reconnected``, then
+        ``healthy`` (its subscriptions answer again) or ``unhealthy`` (they do not: the node
+        cannot hear the others, and says so until they do)."""
+        return self._add("cluster", fn)
 
 
 class ClientEvents(Events):

@@ -43,6 +43,11 @@ class Client:
         for conn in self._conns:
             conn.send_frame(frame)
 
+    def send_frame(self, frame: bytes) -> None:
+        """Sends a frame the server's encoder built to every device of this user."""
+        for conn in self._conns:
+            conn.send_frame(frame)
+
     def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
         for conn in list(self._conns):
             conn.drop(reason)

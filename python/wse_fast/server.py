@@ -7,7 +7,7 @@ import itertools
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Self
@@ -16,7 +16,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from .authentication import Authentication, IdentifyRequest
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
-from .errors import WseError
+from .errors import ConnectionNotReady, WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .listener import Listener
@@ -39,6 +39,8 @@ from .transport.picows_endpoint import Endpoint
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from .cluster.nats_cluster import NatsCluster
+
 log = logging.getLogger("wse_fast")
 #: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse.
 UpgradeVerdict = int | tuple[int, str] | None
@@ -55,6 +57,8 @@ class WseServer(Peer[ServerEvents]):
     ``Origin`` values allowed (others: HTTP 403); ``on_upgrade`` sees each upgrade request
     (:class:`HandshakeRequest`) and may refuse it with an HTTP status; ``trusted_proxies``
     (addresses or networks) are believed about the client's address (``X-Forwarded-For``).
+    ``cluster``: NATS URL(s) to share users, sends, broadcasts, the per-user limit and calls
+    with other servers (see :meth:`join_cluster`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class WseServer(Peer[ServerEvents]):
         origins: Collection[str] | None = None,
         on_upgrade: Callable[[HandshakeRequest], UpgradeVerdict] | None = None,
         trusted_proxies: Collection[str] = (),
+        cluster: str | Sequence[str] | None = None,
     ) -> None:
         if identify is None:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
@@ -119,6 +124,10 @@ class WseServer(Peer[ServerEvents]):
             extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
         )
         self._listener: Listener | None = None  # its own, from start()
+        self.cluster: NatsCluster | None = None
+        self._attached: asyncio.Future[None] | None = None  # the cluster link, once started
+        if cluster is not None:
+            self.join_cluster(cluster)
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
         self.saturated = False  # tasks_running has reached max_tasks (read per message)
@@ -142,6 +151,53 @@ class WseServer(Peer[ServerEvents]):
             raise WseError(WSE_ERROR.INVALID_CRA_GENERATOR)
         self.challenger = generator
 
+    def join_cluster(
+        self,
+        urls: str | Sequence[str],
+        *,
+        node: str | None = None,
+        prefix: str = "wse",
+        node_ttl: float = 6.0,
+        **nats_options: Any,
+    ) -> None:
+        """Makes this server one node of a cluster on NATS (before it starts): sends to a user,
+        broadcasts, ``drop_client``, ``conn_per_user``, :meth:`online` and :meth:`call` then
+        span every node. ``urls``: NATS server URL(s); ``node``: this node's name (default:
+        host, pid and a random part); ``prefix``: of every subject and bucket, to keep
+        clusters apart on one NATS; ``node_ttl``: how soon a node that died without a goodbye
+        stops counting (seconds); ``nats_options``: passed to ``nats.connect`` (TLS,
+        credentials, ...). Needs the ``cluster`` extra (nats-py)."""
+        from .cluster.nats_cluster import NatsCluster  # nats-py is optional
+
+        if self._attached is not None:
+            raise RuntimeError("join_cluster comes before the server starts")
+        self.cluster = NatsCluster(
+            self,
+            [urls] if isinstance(urls, str) else list(urls),
+            node=node,
+            prefix=prefix,
+            node_ttl=node_ttl,
+            nats_options=nats_options,
+        )
+
+    async def attach(self) -> None:
+        """Starts what the server needs beside its connections (the cluster link), once: by
+        :meth:`start`, or by a mounted server's first connection."""
+        attached = self._attached
+        if attached is None:
+            attached = self._attached = asyncio.get_running_loop().create_future()
+            try:
+                if self.cluster is not None:
+                    await self.cluster.start()
+            except BaseException as exc:
+                self._attached = None
+                attached.set_exception(exc)
+                attached.exception()  # retrieved: the caller gets it raised
+                raise
+            attached.set_result(None)
+        elif not attached.done():
+            await asyncio.shield(attached)
+
     # ---- life cycle ------------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -152,6 +208,7 @@ class WseServer(Peer[ServerEvents]):
         ``sock``: an already bound socket to serve on instead (host and port are then unused),
         for example one inherited from a process manager.
         """
+        await self.attach()
         listener = Listener({None: self}, host=self.host, port=self.port, ssl=self.ssl)
         await listener.start(sock)
         self._listener = listener
@@ -182,6 +239,9 @@ class WseServer(Peer[ServerEvents]):
                         conn.endpoint.abort()
         if listener is not None:
             await listener.wait_closed()
+        if self.cluster is not None and self._attached is not None:
+            await self.cluster.stop()
+            self._attached = None
 
     async def __aenter__(self) -> Self:
         """``async with WseServer(identify, port=0) as server:`` starts it (see :meth:`start`);
@@ -205,18 +265,67 @@ class WseServer(Peer[ServerEvents]):
     # ---- sending ---------------------------------------------------------------------------
 
     def broadcast(self, type: str, payload: Any = None) -> None:
-        """Sends to every connection of every user; the frame is encoded once."""
-        self._live.write_all(self.encode(type, payload, None))
+        """Sends to every connection of every user (on every node of a cluster); the frame is
+        encoded once."""
+        frame = self.encode(type, payload, None)
+        self._live.write_all(frame)
+        if self.cluster is not None:
+            self.cluster.broadcast(frame)
 
     def send(self, cid: str, type: str, payload: Any = None) -> bool:
-        """Sends to every device of user ``cid``; False if the user is not connected."""
+        """Sends to every device of user ``cid``; False if the user is not connected here and
+        there is no cluster to pass it to (in a cluster: True, and every node delivers it to
+        the user's connections it has)."""
         client = self.clients.get(cid)
-        if client is None:
-            return False
-        client.send(type, payload)
+        if self.cluster is None:
+            if client is None:
+                return False
+            client.send(type, payload)
+            return True
+        frame = self.encode(type, payload, None)
+        if client is not None:
+            client.send_frame(frame)
+        self.cluster.send(cid, frame)
         return True
 
     def drop_client(self, cid: str, reason: str = WSE_REASON.BY_SERVER) -> None:
+        """Closes every connection of user ``cid`` (on every node of a cluster)."""
+        self.drop_local_user(cid, reason)
+        if self.cluster is not None:
+            self.cluster.drop_user(cid, reason)
+
+    async def online(self, cid: str) -> int:
+        """How many connections user ``cid`` has open (on every live node of a cluster)."""
+        if self.cluster is not None:
+            return await self.cluster.online(cid)
+        client = self.clients.get(cid)
+        return 0 if client is None else len(client.conns)
+
+    async def call(
+        self, cid: str, rp: str, payload: Any = None, timeout: float | None = None
+    ) -> Any:
+        """Calls procedure ``rp`` on the newest connection of user ``cid``, wherever it lives;
+        the same results and errors as :meth:`Connection.call` (``ConnectionNotReady`` when
+        the user has none)."""
+        if self.cluster is not None:
+            return await self.cluster.call(cid, rp, payload, timeout)
+        client = self.clients.get(cid)
+        if client is None or not client.conns:
+            raise ConnectionNotReady({"rpc": rp, "cid": cid})
+        newest = list(client.conns.values())[-1]
+        return await newest.call(rp, payload, timeout)
+
+    # ---- what the cluster delivers here ----------------------------------------------------
+
+    def deliver_to_all(self, frame: bytes) -> None:
+        self._live.write_all(frame)
+
+    def deliver_to_user(self, cid: str, frame: bytes) -> None:
+        client = self.clients.get(cid)
+        if client is not None:
+            client.send_frame(frame)
+
+    def drop_local_user(self, cid: str, reason: str) -> None:
         client = self.clients.get(cid)
         if client is not None:
             client.drop(reason)
@@ -359,6 +468,8 @@ class WseServer(Peer[ServerEvents]):
         conn.client = client
         self._live.add(conn.conn_id, conn.endpoint)  # type: ignore[arg-type]  # open: it has one
         conn.send_frame(welcome_frame)
+        if self.cluster is not None:
+            self.cluster.added(cid, conn.conn_id)
         if joined:
             self.when.emit("joined", client, conn.meta)
         self.when.emit("connected", conn)
@@ -393,6 +504,8 @@ class WseServer(Peer[ServerEvents]):
         self._waiting_for_tasks.pop(conn, None)
         self._live.discard(conn.conn_id)
         left = self.registry.remove(conn)
+        if was_valid and self.cluster is not None and conn.cid is not None:
+            self.cluster.removed(conn.cid, conn.conn_id)
         if was_valid:
             self.when.emit("disconnected", conn, code, reason)
         if left is not None:

@@ -91,6 +91,7 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text=_NOT_WEBSOCKET, headers={"Upgrade": "websocket"})
+    await server.attach()  # the first connection starts the cluster link, if any
     socket = request.transport
     peer = socket.get_extra_info("peername") if socket is not None else None
     peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)

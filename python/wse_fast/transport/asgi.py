@@ -105,6 +105,7 @@ class AsgiApp:
         server = self.server
         if (await receive())["type"] != "websocket.connect":
             return
+        await server.attach()  # the first connection starts the cluster link, if any
         headers = CIMultiDictProxy(
             CIMultiDict(
                 (name.decode("latin-1"), value.decode("latin-1"))

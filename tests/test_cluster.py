@@ -1,0 +1,191 @@
+"""Three wse-fast nodes as one server over a real nats-server: one user's devices on several
+nodes, send-to-user, broadcast exactly once, the cluster-wide connection limit, ``online``,
+calls across nodes, and a NATS restart. (A node killed with SIGKILL: test_cluster_faults.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from wse_fast import WSE_REASON, ConnectionNotReady, RpcError, WseClient, WseError, WseServer
+from wse_fast.cluster.local_nats import LocalNats
+from wse_fast.cluster.nats_cluster import CLUSTER_LOST
+
+from tests.conftest import ClientFactory, EventLog, accept_identity, url_of
+
+Nodes = Callable[..., Awaitable[list[WseServer]]]
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[LocalNats]:
+    async with LocalNats() as nats:
+        yield nats
+
+
+@pytest.fixture
+async def make_nodes(nats_server: LocalNats) -> AsyncIterator[Nodes]:
+    nodes: list[WseServer] = []
+
+    async def make(count: int = 3, **options: Any) -> list[WseServer]:
+        made = []
+        for _ in range(count):
+            server = WseServer(accept_identity, port=0, **options)
+            server.join_cluster(nats_server.url, node=f"n{len(nodes)}", node_ttl=2.0)
+            await server.start()
+            nodes.append(server)
+            made.append(server)
+        return made
+
+    yield make
+    for server in nodes:
+        await server.close()
+
+
+async def connect(
+    make_client: ClientFactory, node: WseServer, cid: str, log: EventLog
+) -> WseClient:
+    client = make_client(node)
+    name = f"{cid}@{node.cluster.node}"  # type: ignore[union-attr]
+    client.channel.on("news", lambda payload: log.hook(name)(payload))
+    client.when.closed(log.hook(f"closed {name}"))
+    await client.connect(cid)
+    return client
+
+
+async def until_state(log: EventLog, name: str, state: str) -> None:
+    async with asyncio.timeout(10):
+        while (state,) not in log.of(name):
+            await log.wait(name, len(log.of(name)) + 1)
+
+
+async def until_online(node: WseServer, cid: str, count: int) -> None:
+    """The user's registry entries are written as the connections are accepted, a NATS round
+    trip later: wait (bounded) for them to be seen from ``node``."""
+    async with asyncio.timeout(5):
+        while await node.online(cid) != count:
+            await asyncio.sleep(0.01)
+
+
+async def test_send_to_a_user_reaches_its_devices_on_every_node(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b, c = await make_nodes(conn_per_user=3)
+    for node in (a, b, c):
+        await connect(make_client, node, "alice", log)
+    await connect(make_client, b, "bob", log)
+    await until_online(a, "alice", 3)
+    assert a.send("alice", "news", 1) is True
+    for node in ("n0", "n1", "n2"):
+        assert await log.wait(f"alice@{node}") == [(1,)]
+    a.send("bob", "news", 2)
+    assert await log.wait("bob@n1") == [(2,)]
+    assert log.of("alice@n0") == [(1,)]  # one copy each: nothing came twice
+
+
+async def test_broadcast_reaches_every_connection_exactly_once(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    nodes = await make_nodes()
+    users = [f"u{i}" for i in range(6)]
+    for i, cid in enumerate(users):
+        await connect(make_client, nodes[i % 3], cid, log)
+    for i in range(3):
+        nodes[i].broadcast("news", i)
+    for i, cid in enumerate(users):
+        got = await log.wait(f"{cid}@n{i % 3}", 3)
+        assert sorted(p for (p,) in got) == [0, 1, 2]
+    nodes[0].send(users[0], "news", "last")  # after the broadcasts, on the same subject
+    await log.wait(f"{users[0]}@n0", 4)
+    assert all(len(log.of(f"{cid}@n{i % 3}")) == 3 for i, cid in enumerate(users[1:], 1))
+
+
+async def test_the_connection_limit_holds_across_nodes_oldest_first(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b, c = await make_nodes(conn_per_user=2)
+    await connect(make_client, a, "alice", log)
+    await until_online(c, "alice", 1)
+    await connect(make_client, b, "alice", log)
+    await until_online(c, "alice", 2)
+    await connect(make_client, c, "alice", log)  # the third: the oldest, on a, goes
+    assert await log.wait("closed alice@n0") == [(1000, WSE_REASON.CLIENTS_CONCURRENCY)]
+    await until_online(b, "alice", 2)
+    assert log.of("closed alice@n1") == [] and log.of("closed alice@n2") == []
+
+
+async def test_online_counts_from_any_node_and_drop_client_ends_them_all(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b, c = await make_nodes(conn_per_user=5)
+    assert await a.online("alice") == 0
+    await connect(make_client, a, "alice", log)
+    await connect(make_client, c, "alice", log)
+    await until_online(b, "alice", 2)
+    assert await a.online("alice") == await c.online("alice") == 2
+    b.drop_client("alice", "bye")
+    await log.wait("closed alice@n0")
+    await log.wait("closed alice@n2")
+    await until_online(b, "alice", 0)
+
+
+async def test_call_reaches_the_users_newest_connection_on_another_node(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b, _ = await make_nodes(conn_per_user=2)
+    old = await connect(make_client, a, "alice", log)
+    old.register("where", lambda payload: "old")
+    await until_online(b, "alice", 1)
+    new = await connect(make_client, b, "alice", log)
+    new.register("where", lambda payload: f"new {payload}")
+    new.register("fail", lambda payload: (_ for _ in ()).throw(WseError("app.nope", {"x": 1})))
+    await until_online(a, "alice", 2)
+    assert await a.call("alice", "where", 1) == "new 1"  # across nodes
+    assert await b.call("alice", "where", 2) == "new 2"  # on its own node
+    with pytest.raises(RpcError) as caught:
+        await a.call("alice", "fail")
+    assert caught.value.code == "app.nope" and caught.value.details["x"] == 1
+    with pytest.raises(ConnectionNotReady):
+        await a.call("nobody", "where")
+
+
+async def test_a_nats_restart_is_reported_and_survived(
+    nats_server: LocalNats, make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b = await make_nodes(2)
+    for node in (a, b):
+        node.when.cluster(log.hook(f"cluster {node.cluster.node}"))  # type: ignore[union-attr]
+        node.when.error(log.hook(f"error {node.cluster.node}"))  # type: ignore[union-attr]
+    await connect(make_client, b, "bob", log)
+    await until_online(a, "bob", 1)
+    await nats_server.stop()
+    await log.wait("cluster n0")
+    assert log.of("cluster n0")[0] == ("disconnected",)
+    a.send("bob", "news", "while down")  # delivered nowhere: counted and reported
+    [(err, conn)] = await log.wait("error n0")
+    assert isinstance(err, WseError) and err.code == CLUSTER_LOST and conn is None
+    assert a.cluster is not None and a.cluster.lost == 1 and not a.cluster.healthy
+    await nats_server.restart()
+    for name in ("cluster n0", "cluster n1"):
+        await until_state(log, name, "healthy")  # its subscriptions answer again
+        states = [s for (s,) in log.of(name)]
+        assert states[:2] == ["disconnected", "reconnected"]
+    assert a.cluster.healthy
+    a.send("bob", "news", "after")
+    assert await log.wait("bob@n1") == [("after",)]
+    assert await a.online("bob") == 1  # the registry kept its data through the restart
+
+
+async def test_a_server_without_cluster_answers_online_and_call_locally(
+    make_client: ClientFactory, log: EventLog
+) -> None:
+    async with WseServer(accept_identity, port=0, conn_per_user=2) as server:
+        client = make_client(url_of(server))
+        client.register("hi", lambda payload: "hello")
+        await client.connect("alice")
+        assert await server.online("alice") == 1 and await server.online("bob") == 0
+        assert await server.call("alice", "hi") == "hello"
+        with pytest.raises(ConnectionNotReady):
+            await server.call("bob", "hi")
