@@ -74,7 +74,12 @@ CLUSTER_LOST = "wse.cluster.lost"
 
 
 def default_node_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    """The host's first label, the pid and a random part (a restarted process may get an old
+    pid back while its former self still counts as alive)."""
+    host = "".join(
+        c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname().split(".")[0]
+    )
+    return f"{host or 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _key(cid: str) -> str:
