@@ -120,15 +120,21 @@ async def test_online_counts_from_any_node_and_drop_client_ends_them_all(
     make_nodes: Nodes, make_client: ClientFactory, log: EventLog
 ) -> None:
     a, b, c = await make_nodes(conn_per_user=5)
+    for node in (a, b, c):
+        node.when.online(log.hook("online"))
+        node.when.offline(log.hook("offline"))
     assert await a.online("alice") == 0
     await connect(make_client, a, "alice", log)
     await connect(make_client, c, "alice", log)
     await until_online(b, "alice", 2)
     assert await a.online("alice") == await c.online("alice") == 2
+    assert await log.wait("online") == [("alice",)]  # the first connection anywhere
     b.drop_client("alice", "bye")
     await log.wait("closed alice@n0")
     await log.wait("closed alice@n2")
     await until_online(b, "alice", 0)
+    assert await log.wait("offline") == [("alice",)]  # the last one anywhere
+    assert log.of("online") == [("alice",)]  # each once, across the three nodes
 
 
 async def test_call_reaches_the_users_newest_connection_on_another_node(

@@ -112,6 +112,10 @@ class OnCluster(Protocol):
     def __call__(self, state: str, /) -> object: ...
 
 
+class OnPresence(Protocol):
+    def __call__(self, cid: str, /) -> object: ...
+
+
 class OnReady(Protocol):
     def __call__(self, welcome: Any, /) -> object: ...
 
@@ -148,6 +152,7 @@ _Disconnected = TypeVar("_Disconnected", bound=OnDisconnected)
 _ServerIgnored = TypeVar("_ServerIgnored", bound=OnServerIgnored)
 _ServerError = TypeVar("_ServerError", bound=OnServerError)
 _Cluster = TypeVar("_Cluster", bound=OnCluster)
+_Presence = TypeVar("_Presence", bound=OnPresence)
 _Ready = TypeVar("_Ready", bound=OnReady)
 _Closed = TypeVar("_Closed", bound=OnClosed)
 _ClientError = TypeVar("_ClientError", bound=OnClientError)
@@ -181,7 +186,17 @@ class Events:
 
 
 class ServerEvents(Events):
-    _names = ("joined", "left", "connected", "disconnected", "ignored", "error", "cluster")
+    _names = (
+        "joined",
+        "left",
+        "connected",
+        "disconnected",
+        "ignored",
+        "error",
+        "cluster",
+        "online",
+        "offline",
+    )
 
     def joined(self, fn: _Joined) -> _Joined:
         """``fn(client, meta)``: a user's first connection was accepted."""
@@ -208,6 +223,16 @@ class ServerEvents(Events):
         handler, a slow consumer; ``err`` is a :class:`wse_fast.WseError`. ``conn`` is None
         for the server's own errors (its cluster link: ``wse.cluster.*``)."""
         return self._add("error", fn)
+
+    def online(self, fn: _Presence) -> _Presence:
+        """``fn(cid)``: the user's first connection anywhere (in a cluster: on any node, fired
+        once, on the node that accepted it); alone, it comes with ``joined``."""
+        return self._add("online", fn)
+
+    def offline(self, fn: _Presence) -> _Presence:
+        """``fn(cid)``: the user's last connection anywhere closed (in a cluster: fired once,
+        on the node where it closed); alone, it comes with ``left``."""
+        return self._add("offline", fn)
 
     def cluster(self, fn: _Cluster) -> _Cluster:
         """``fn(state)``: the cluster link changed: ``disconnected``, ``reconnected``, then

@@ -472,6 +472,8 @@ class WseServer(Peer[ServerEvents]):
             self.cluster.added(cid, conn.conn_id)
         if joined:
             self.when.emit("joined", client, conn.meta)
+            if self.cluster is None:
+                self.when.emit("online", cid)
         self.when.emit("connected", conn)
         for old in excess:  # over the limit: the oldest devices go, the newest stays
             old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
@@ -510,6 +512,8 @@ class WseServer(Peer[ServerEvents]):
             self.when.emit("disconnected", conn, code, reason)
         if left is not None:
             self.when.emit("left", left, code, reason)
+            if self.cluster is None:
+                self.when.emit("offline", left.cid)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
 

@@ -256,8 +256,9 @@ class NatsCluster:
 
     async def _change(
         self, cid: str, change: Callable[[list[list[str]]], list[list[str]]]
-    ) -> list[list[str]]:
-        """Applies ``change`` to the user's list by compare-and-set; the list it wrote."""
+    ) -> tuple[list[list[str]], list[list[str]]]:
+        """Applies ``change`` to the user's list by compare-and-set: the list it read and the
+        list it wrote, in the change that took."""
         users = self._require(self._users)
         key = _key(cid)
         for _ in range(_CAS_ATTEMPTS):
@@ -277,7 +278,7 @@ class NatsCluster:
                     await users.create(key, msgpack.packb(after))
                 else:
                     await users.update(key, msgpack.packb(after), last=revision)
-                return after
+                return entries, after
             except (KeyWrongLastSequenceError, BadRequestError):
                 continue  # another node changed it first: read it again
         raise WseError(CLUSTER_UNAVAILABLE, {"error": "the user's list kept changing", "cid": cid})
@@ -286,14 +287,15 @@ class NatsCluster:
         me, alive = self.node, self.alive
 
         def add(entries: list[list[str]]) -> list[list[str]]:
-            kept = [e for e in entries if e[0] == me or e[0] in alive]  # forget dead nodes'
-            return [*kept, [me, conn_id]]
+            return [*_living(entries, me, alive), [me, conn_id]]
 
         try:
-            after = await self._change(cid, add)
+            before, after = await self._change(cid, add)
         except Exception as exc:
             self._report(exc, {"cid": cid, "conn_id": conn_id})
             return
+        if not _living(before, me, alive):  # decided by the bucket: once in the cluster
+            self.server.when.emit("online", cid)
         excess = len(after) - self.server.conn_per_user
         for node, other in after[: max(excess, 0)]:
             if node == self.node:
@@ -303,18 +305,21 @@ class NatsCluster:
             else:
                 self._publish(_pack_name(_DROP_CONN, node, other.encode()))
 
-    async def _removed(self, cid: str, conn_id: str, before: asyncio.Task[Any] | None) -> None:
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
-        me = self.node
+    async def _removed(self, cid: str, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
+        if adding is not None:
+            await asyncio.gather(adding, return_exceptions=True)
+        me, alive = self.node, self.alive
 
         def remove(entries: list[list[str]]) -> list[list[str]]:
-            return [e for e in entries if e != [me, conn_id]]
+            return [e for e in _living(entries, me, alive) if e != [me, conn_id]]
 
         try:
-            await self._change(cid, remove)
+            before, after = await self._change(cid, remove)
         except Exception as exc:
             self._report(exc, {"cid": cid, "conn_id": conn_id})
+            return
+        if not after and [me, conn_id] in before:
+            self.server.when.emit("offline", cid)
 
     # ---- messages from other nodes ---------------------------------------------------------
 
@@ -499,6 +504,12 @@ class NatsCluster:
         if value is None:
             raise WseError(CLUSTER_UNAVAILABLE, {"error": "the cluster link is not started"})
         return value
+
+
+def _living(entries: list[list[str]], me: str, alive: frozenset[str]) -> list[list[str]]:
+    """The entries of live nodes (this one is, whatever its key says); a dead node's are
+    forgotten by the next change of the list."""
+    return [e for e in entries if e[0] == me or e[0] in alive]
 
 
 async def _bucket(js: Any, name: str, ttl: float | None) -> KeyValue:
