@@ -188,6 +188,8 @@ async def test_a_server_without_cluster_answers_online_and_call_locally(
     make_client: ClientFactory, log: EventLog
 ) -> None:
     async with WseServer(accept_identity, port=0, conn_per_user=2) as server:
+        server.when.online(log.hook("online"))
+        server.when.offline(log.hook("offline"))
         client = make_client(url_of(server))
         client.register("hi", lambda payload: "hello")
         await client.connect("alice")
@@ -195,3 +197,6 @@ async def test_a_server_without_cluster_answers_online_and_call_locally(
         assert await server.call("alice", "hi") == "hello"
         with pytest.raises(ConnectionNotReady):
             await server.call("bob", "hi")
+        assert log.of("online") == [("alice",)]
+        await client.close()
+        assert await log.wait("offline") == [("alice",)]
