@@ -86,7 +86,7 @@ class MsgpackProtocol:
 class FrameEncoder:
     """Builds complete frames with any protocol: the codec's one-call path when there is one."""
 
-    __slots__ = ("_fast", "_pack", "mask", "protocol", "text_input")
+    __slots__ = ("_fast", "_pack", "mask", "protocol")
 
     def __init__(self, protocol: WireProtocol, mask: bool) -> None:
         self.protocol = protocol
@@ -103,8 +103,6 @@ class FrameEncoder:
             ):
                 self._fast = protocol.frame
         self._pack = protocol.pack
-        # Built-in JSON hands bytes to unpack; a custom protocol gets str for text, as in JS.
-        self.text_input = not isinstance(protocol, JsonProtocol | MsgpackProtocol)
 
     def __call__(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes:
         if self._fast is not None:
