@@ -1,0 +1,331 @@
+"""Faults of a cluster, with real node processes and a real nats-server: a node killed with
+SIGKILL stops counting (``online``, the per-user limit, ``call``) within its TTL while the
+others serve on, and the default TTL bounds that by 10 s; a node paused beyond its TTL counts
+again once it resumes; a node newer than another's view of the cluster keeps its users'
+connections; and the Node.js ``ws`` peer on one node gets what the other nodes send it,
+exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from wse_fast import WSE_REASON, WseClient, WseServer
+from wse_fast.cluster.local_nats import LocalNats
+
+from tests.conftest import ClientFactory, EventLog, accept_identity, url_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = shutil.which("wse-fast", path=str(Path(sys.executable).parent))
+COMMAND = [SCRIPT] if SCRIPT is not None else [sys.executable, "-m", "wse_fast"]
+SERVING = re.compile(r"serving \S+ on ws://127\.0\.0\.1:(\d+)")
+NODE_PEER = Path(__file__).parent / "node" / "wse_cluster_peer.mjs"
+
+NODE_TTL = 1.5
+# Every node renews its key and reads the others' every third of its TTL (nats_cluster's
+# module docstring): a dead node's key is gone NODE_TTL after its last renewal, and the others
+# see it at their next reading.
+HEARTBEAT = NODE_TTL / 3
+# nats-server ages keys out on a timer of its own: on this machine 0.25 s late at most, seen
+# with node TTLs of 0.5, 1.5 and 3 s.
+EXPIRY_SLACK = 1.0
+
+
+def dead_node_bound(node_ttl: float) -> float:
+    """Seconds after a node's death by which the others no longer count its connections."""
+    return node_ttl + node_ttl / 3 + EXPIRY_SLACK
+
+
+class NodeProcess:
+    """A node in a process of its own: ``wse-fast serve tests.cluster_node_app:make_server``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.output: list[str] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, nats_url: str, node: str, conn_per_user: int) -> NodeProcess:
+        env = {
+            **os.environ,
+            "WSE_FAST_TEST_NATS": nats_url,
+            "WSE_FAST_TEST_NODE": node,
+            "WSE_FAST_TEST_NODE_TTL": str(NODE_TTL),
+            "WSE_FAST_TEST_CONN_PER_USER": str(conn_per_user),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *COMMAND,
+            "serve",
+            "tests.cluster_node_app:make_server",
+            "--port",
+            "0",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(proc)
+
+    async def serving(self) -> str:
+        """The node's URL, once it serves (its cluster link is up before it listens)."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        async with asyncio.timeout(20):
+            while line := (await stdout.readline()).decode():
+                self.output.append(line)
+                if found := SERVING.search(line):
+                    self._drain = asyncio.ensure_future(self._read_rest())
+                    return f"ws://127.0.0.1:{found[1]}"
+        raise AssertionError(f"the node exited before serving:\n{''.join(self.output)}")
+
+    async def _read_rest(self) -> None:
+        """Keeps reading what the node writes, so that a full pipe never stops it."""
+        assert self.proc.stdout is not None
+        while line := (await self.proc.stdout.readline()).decode():
+            self.output.append(line)
+
+    async def kill(self) -> None:
+        """SIGKILL: no goodbye to the cluster, no close frame to its connections."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        if self._drain is not None:
+            await self._drain
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[LocalNats]:
+    async with LocalNats() as nats:
+        yield nats
+
+
+InProcessNodes = Callable[..., Awaitable[WseServer]]
+
+
+@pytest.fixture
+async def make_node(nats_server: LocalNats) -> AsyncIterator[InProcessNodes]:
+    """Nodes in the test's own process (the ones that are not killed)."""
+    nodes: list[WseServer] = []
+
+    async def make(name: str, conn_per_user: int = 3, node_ttl: float = NODE_TTL) -> WseServer:
+        server = WseServer(accept_identity, port=0, conn_per_user=conn_per_user)
+        server.join_cluster(nats_server.url, node=name, node_ttl=node_ttl)
+        nodes.append(server)
+        await server.start()
+        return server
+
+    yield make
+    for server in nodes:
+        await server.close()
+
+
+@pytest.fixture
+async def node_processes() -> AsyncIterator[list[NodeProcess]]:
+    """Node processes a test starts: any still running at its end are killed."""
+    processes: list[NodeProcess] = []
+    yield processes
+    for process in processes:
+        await process.kill()
+
+
+async def device(
+    make_client: ClientFactory, url: str, cid: str, name: str, log: EventLog
+) -> WseClient:
+    """A connection of user ``cid``; its ``news`` and its close go to ``log`` under ``name``,
+    in the order they happen."""
+    client = make_client(url)
+    client.channel.on("news", lambda payload: log.hook(name)("news", payload))
+    client.when.closed(lambda code, reason: log.hook(name)("closed", code, reason))
+    await client.connect(cid)
+    return client
+
+
+async def until_online(node: WseServer, cid: str, count: int, within: float = 5.0) -> None:
+    """Polls ``online`` until it says ``count``: a registry entry appears a NATS round trip
+    after its connection is accepted, and a dead node's connections stop counting when a TTL
+    runs out, which no event announces."""
+    seen = -1
+    try:
+        async with asyncio.timeout(within):
+            while (seen := await node.online(cid)) != count:
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        name = node.cluster.node if node.cluster is not None else "?"
+        raise AssertionError(f"{name} counts {seen} of {cid}'s connections, not {count}") from None
+
+
+def news(log: EventLog, name: str) -> list[Any]:
+    return [event[1] for event in log.of(name) if event[0] == "news"]
+
+
+def closes(log: EventLog, *names: str) -> list[tuple[str, tuple[Any, ...]]]:
+    return [(name, event) for name in names for event in log.of(name) if event[0] == "closed"]
+
+
+async def test_a_node_killed_with_sigkill_stops_counting_within_its_ttl_and_the_others_serve_on(
+    make_node: InProcessNodes,
+    node_processes: list[NodeProcess],
+    nats_server: LocalNats,
+    make_client: ClientFactory,
+    log: EventLog,
+) -> None:
+    a = await make_node("a", conn_per_user=3)
+    c = await make_node("c", conn_per_user=3)
+    b = await NodeProcess.start(nats_server.url, "b", conn_per_user=3)
+    node_processes.append(b)
+    b_url = await b.serving()
+    # alice's devices, oldest first: a1, c1, b1. b1, the newest, gets calls while b lives and
+    # must be skipped once b is dead; a1, live, is the oldest: the one a new device would
+    # wrongly drop if the dead b1 still counted against the limit
+    await device(make_client, url_of(a), "alice", "a1", log)
+    await until_online(c, "alice", 1)
+    c1 = await device(make_client, url_of(c), "alice", "c1", log)
+    c1.register("where", lambda payload: "c")
+    await until_online(a, "alice", 2)
+    b1 = await device(make_client, b_url, "alice", "b1", log)
+    b1.register("where", lambda payload: "b")
+    for node in (a, c):
+        await until_online(node, "alice", 3)
+    assert await a.call("alice", "where") == "b"  # the newest, in the other process
+
+    killed_at = asyncio.get_running_loop().time()
+    await b.kill()
+    assert b.proc.returncode == -signal.SIGKILL
+    [(_, code, _)] = await log.wait("b1")
+    assert code == 1006  # no close frame: the process is gone
+    bound = killed_at + dead_node_bound(NODE_TTL)
+    for node in (a, c):
+        await until_online(node, "alice", 2, within=bound - asyncio.get_running_loop().time())
+
+    # the survivors serve on: calls skip the dead entry, sends and broadcasts arrive once
+    assert await a.call("alice", "where") == "c"
+    a.send("alice", "news", "from a")
+    c.broadcast("news", "from c")
+    for name in ("a1", "c1"):
+        await log.wait(name, 2)
+        assert sorted(news(log, name)) == ["from a", "from c"]
+
+    # The limit (3) counts the live devices only: a third live one drops nobody. a2's
+    # removal from alice's list waits for its addition (which drops the oldest when over the
+    # limit) to finish, and anything a sends to a1 afterwards follows such a drop's close.
+    a2 = await device(make_client, url_of(a), "alice", "a2", log)
+    await until_online(c, "alice", 3)
+    await a2.close()
+    await until_online(c, "alice", 2)
+    a.send("alice", "news", "probe")
+    for name in ("a1", "c1"):
+        assert (await log.wait(name, 3))[2] == ("news", "probe")
+    assert closes(log, "a1", "c1") == []
+
+    # and the limit still holds across nodes: a fourth live device drops the oldest, a1
+    await device(make_client, url_of(c), "alice", "c2", log)
+    await until_online(a, "alice", 3)
+    await device(make_client, url_of(c), "alice", "c3", log)
+    assert (await log.wait("a1", 4))[3] == ("closed", 1000, WSE_REASON.CLIENTS_CONCURRENCY)
+    await until_online(a, "alice", 3)
+    assert closes(log, "c1", "c2", "c3") == []
+
+
+async def test_a_node_paused_beyond_its_ttl_counts_again_once_it_resumes(
+    make_node: InProcessNodes,
+    node_processes: list[NodeProcess],
+    nats_server: LocalNats,
+    make_client: ClientFactory,
+    log: EventLog,
+) -> None:
+    # a stopped VM, a long GC pause, a swapped-out process: the node looks dead, then is not
+    a = await make_node("a", conn_per_user=3)
+    b = await NodeProcess.start(nats_server.url, "b", conn_per_user=3)
+    node_processes.append(b)
+    await device(make_client, await b.serving(), "alice", "b1", log)
+    await until_online(a, "alice", 1)
+    paused_at = asyncio.get_running_loop().time()
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        within = paused_at + dead_node_bound(NODE_TTL) - asyncio.get_running_loop().time()
+        await until_online(a, "alice", 0, within=within)
+        # while b looks dead, alice's list changes: its entries are forgotten
+        await device(make_client, url_of(a), "alice", "a1", log)
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    # b renews its key at once (its heartbeat is overdue) and a reads it within a heartbeat:
+    # b1, open all along, counts again
+    await until_online(a, "alice", 2, within=NODE_TTL)
+    assert closes(log, "a1", "b1") == []
+
+
+def test_the_default_node_ttl_drops_a_dead_node_within_ten_seconds() -> None:
+    """The issue's bound on the default: the TTL plus a heartbeat plus nats-server's lateness."""
+    made = WseServer(accept_identity, cluster="nats://127.0.0.1:1")  # never started
+    joined = WseServer(accept_identity)
+    joined.join_cluster("nats://127.0.0.1:1")
+    for server in (made, joined):
+        assert server.cluster is not None
+        assert dead_node_bound(server.cluster.node_ttl) <= 10.0
+
+
+async def test_a_node_newer_than_anothers_view_of_the_cluster_keeps_its_users_connections(
+    make_node: InProcessNodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    # a reads which nodes are alive at its start and then every 10 s: b and c join after it,
+    # like a node restarted after a crash does
+    a = await make_node("a", conn_per_user=2, node_ttl=30.0)
+    b = await make_node("b", conn_per_user=2, node_ttl=30.0)
+    c = await make_node("c", conn_per_user=2, node_ttl=30.0)
+    await device(make_client, url_of(b), "alice", "b1", log)
+    await until_online(c, "alice", 1)
+    await device(make_client, url_of(a), "alice", "a1", log)  # b1 must stay in alice's list
+    await until_online(c, "alice", 2)
+    await device(make_client, url_of(c), "alice", "c1", log)  # over the limit: b1 is the oldest
+    assert await log.wait("b1") == [("closed", 1000, WSE_REASON.CLIENTS_CONCURRENCY)]
+    await until_online(b, "alice", 2)
+    assert closes(log, "a1", "c1") == []
+
+
+async def test_the_node_ws_peer_on_one_node_gets_what_the_others_send_exactly_once(
+    make_node: InProcessNodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    node_js = shutil.which("node")
+    assert node_js is not None, "Node.js is part of the test setup (make setup)"
+    a, b, c = [await make_node(name) for name in ("a", "b", "c")]
+    await device(make_client, url_of(c), "carol", "carol", log)  # someone else, on c
+    peer = await asyncio.create_subprocess_exec(
+        node_js, str(NODE_PEER), url_of(b), "js-user", "2", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert peer.stdout is not None
+        async with asyncio.timeout(20):
+            first = json.loads(await peer.stdout.readline())
+        assert first == ["welcome", {"hey": "welcome data"}]
+        await until_online(a, "js-user", 1)
+        assert await a.call("js-user", "where", {"q": 1}) == {"node": {"q": 1}}
+        a.send("js-user", "news", "from a")
+        c.broadcast("news", "from c")
+        # NATS keeps one node's messages in order: each end follows its node's message and
+        # any copy of it; the peer closes after both
+        a.send("js-user", "end", "a")
+        c.send("js-user", "end", "c")
+        async with asyncio.timeout(20):
+            out, _ = await peer.communicate()
+    finally:
+        if peer.returncode is None:
+            peer.kill()
+            await peer.wait()
+    assert peer.returncode == 0, out
+    seen = [json.loads(line) for line in out.decode().splitlines()]
+    assert seen[0] == ["called", ["where", {"q": 1}]]
+    assert seen[-1] == ["close", [1000, "wse.by-client"]]
+    messages = [tuple(value) for what, value in seen if what == "message"]
+    assert sorted(messages) == [("end", "a"), ("end", "c"), ("news", "from a"), ("news", "from c")]
+    assert messages.index(("news", "from a")) < messages.index(("end", "a"))
+    assert messages.index(("news", "from c")) < messages.index(("end", "c"))
+    assert await log.wait("carol") == [("news", "from c")]  # c's own user got it too
