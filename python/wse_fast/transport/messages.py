@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from ..constants import (
@@ -51,6 +52,7 @@ class MessageEndpoint:
         "_failed",
         "_leave_after_close",
         "_loop",
+        "_marked",
         "_out",
         "_out_bytes",
         "_remote_addr",
@@ -99,6 +101,7 @@ class MessageEndpoint:
         self._resume: asyncio.Event | None = None  # set while reading is paused
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._marked = False  # waits for the end of the loop turn to send what was written
 
     # ---- the host's side (subclasses) ------------------------------------------------------
 
@@ -182,6 +185,8 @@ class MessageEndpoint:
     async def _echo_close(self, code: int, reason: str) -> None:
         """Answers the peer's Close with its own code and reason, as the reference (Node.js
         ``ws``) does, once what was queued before it has left."""
+        if self._drain is None and self._out:  # written in this loop turn
+            self._start_drain()
         while self._drain is not None and not self._done.done():
             await asyncio.shield(self._drain)
         if self._close_written or self._done.done():
@@ -220,8 +225,10 @@ class MessageEndpoint:
         if limit is not None and self._out_bytes > limit:
             self._overflow()
             return
-        if self._drain is None:
-            self._drain = self._loop.create_task(self._drain_out())
+        if self._drain is None and not self._marked:
+            # sent at the end of this loop turn, with whatever else is written to it by then
+            self._marked = True
+            _turn_end(self._loop).mark(self)
 
     def close(self, code: int, reason: str = "", *, wait: bool = True) -> None:
         if self._done.done():
@@ -236,7 +243,7 @@ class MessageEndpoint:
             reason = reason.encode()[:123].decode("utf-8", "ignore")
             self._close_sent = (code, reason)
             if self._drain is None:
-                self._drain = self._loop.create_task(self._drain_out())
+                self._start_drain()
         if self._timer is None:
             self._timer = self._loop.call_later(self.close_timeout, self.abort)
 
@@ -255,6 +262,26 @@ class MessageEndpoint:
             resume.set()
 
     # ---- internals -------------------------------------------------------------------------
+
+    def turn_ended(self) -> None:
+        """The loop turn in which frames were written to it is over: send them."""
+        self._marked = False
+        if self._drain is None and self._out:
+            self._start_drain()
+
+    def _start_drain(self) -> None:
+        """Sends what is queued now, in this call, as far as the host takes it without
+        waiting; only a send that has to wait (the host's buffer is full) continues in a task.
+
+        A task for every write would cost more than the send itself in a paced fan-out, where
+        each broadcast finds every connection's queue empty.
+        """
+        drain = self._drain_out()
+        try:
+            waiting = drain.send(None)
+        except StopIteration:
+            return
+        self._drain = asyncio.ensure_future(_Continued(drain, waiting))
 
     async def _drain_out(self) -> None:
         try:
@@ -293,3 +320,68 @@ class MessageEndpoint:
     def _fail(self, code: int, reason: str) -> None:
         self._failed = True
         self.close(code, reason)
+
+
+class _Continued:
+    """A coroutine started by hand and suspended on ``waiting``, as an awaitable a task can
+    carry on: it hands the task what the coroutine waits for, and the coroutine what the task
+    sends back (a result, or an exception such as a cancellation), until it returns."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                sent = yield waiting
+            except BaseException as exc:  # thrown in by the task: the coroutine handles it
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = coro.send(sent)
+            except StopIteration:
+                return
+
+
+class _TurnEnd:
+    """The endpoints written to in this loop turn, sent to in one callback at its end (as
+    :mod:`.flush` does for picows): a burst's frames to one connection leave together, and a
+    paced broadcast costs one callback, not a task for every connection."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[MessageEndpoint] = []
+        self._scheduled = False
+
+    def mark(self, endpoint: MessageEndpoint) -> None:
+        self._dirty.append(endpoint)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for endpoint in dirty:
+            endpoint.turn_ended()
+
+
+_turn_ends: dict[asyncio.AbstractEventLoop, _TurnEnd] = {}
+
+
+def _turn_end(loop: asyncio.AbstractEventLoop) -> _TurnEnd:
+    turn_end = _turn_ends.get(loop)
+    if turn_end is None:
+        for closed in [other for other in _turn_ends if other.is_closed()]:
+            del _turn_ends[closed]  # forget closed loops
+        turn_end = _turn_ends[loop] = _TurnEnd(loop)
+    return turn_end
