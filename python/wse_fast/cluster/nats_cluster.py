@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import socket
 import struct
@@ -62,6 +63,7 @@ log = logging.getLogger("wse_fast.cluster")
 # what a message on <prefix>.msg carries: an operation, then its fields
 _BROADCAST, _SEND, _DROP_USER, _DROP_CONN = b"b", b"s", b"d", b"x"
 _LENGTH = struct.Struct("!H")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ORIGIN = 8  # bytes of the sending node's mark, first in every message
 #: Compare-and-set attempts on one user's list before giving up (each failure means another
 #: node changed it in between).
@@ -116,8 +118,9 @@ class NatsCluster:
         self.server = server
         self.urls = list(urls)
         self.node = node or default_node_name()
-        if not self.node.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("a node name takes letters, digits, '-' and '_'")
+        # both go into subjects and bucket names: ASCII letters, digits, '-' and '_' only
+        if not _NAME.fullmatch(self.node) or not _NAME.fullmatch(prefix):
+            raise ValueError("node and prefix take ASCII letters, digits, '-' and '_'")
         self.prefix = prefix
         self.node_ttl = node_ttl
         self.nats_options = dict(nats_options or {})
@@ -137,6 +140,7 @@ class NatsCluster:
         self._changes: dict[str, asyncio.Task[Any]] = {}  # conn_id: its registry change
         self._healthy = False
         self._started = False
+        self._renewed = False
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -182,6 +186,7 @@ class NatsCluster:
             return
         self._healthy = False
         self._started = False
+        self._renewed = False
         with contextlib.suppress(Exception):
             await self._flush_outbox(nc)
             if self._nodes is not None:
@@ -223,6 +228,7 @@ class NatsCluster:
     async def online(self, cid: str) -> int:
         """The user's open connections on every live node."""
         entries = await self._entries(cid)
+        await self._learn_nodes(entries)
         local = self.server.clients.get(cid)
         here = len(local.conns) if local is not None else 0
         return here + sum(1 for node, _ in entries if node != self.node and node in self.alive)
@@ -230,6 +236,7 @@ class NatsCluster:
     async def call(self, cid: str, rp: str, payload: Any, timeout: float | None) -> Any:
         """Calls the user's newest connection on any live node."""
         entries = await self._entries(cid)
+        await self._learn_nodes(entries)
         local = self.server.clients.get(cid)
         for node, conn_id in reversed(entries):
             if node == self.node:
@@ -269,6 +276,7 @@ class NatsCluster:
                 entries = list(msgpack.unpackb(entry.value)) if entry.value else []
             except (KeyNotFoundError, KeyDeletedError):
                 revision, entries = None, []
+            await self._learn_nodes(entries)  # never forget a node only this one thinks dead
             after = change(entries)
             try:
                 if not after:
@@ -283,18 +291,19 @@ class NatsCluster:
                 continue  # another node changed it first: read it again
         raise WseError(CLUSTER_UNAVAILABLE, {"error": "the user's list kept changing", "cid": cid})
 
-    async def _added(self, cid: str, conn_id: str) -> None:
-        me, alive = self.node, self.alive
+    async def _added(self, cid: str, conn_id: str, announce: bool = True) -> None:
+        me, entry = self.node, [self.node, conn_id]
 
         def add(entries: list[list[str]]) -> list[list[str]]:
-            return [*_living(entries, me, alive), [me, conn_id]]
+            living = _living(entries, me, self.alive)
+            return living if entry in living else [*living, entry]
 
         try:
             before, after = await self._change(cid, add)
         except Exception as exc:
             self._report(exc, {"cid": cid, "conn_id": conn_id})
             return
-        if not _living(before, me, alive):  # decided by the bucket: once in the cluster
+        if announce and not _living(before, me, self.alive):  # decided by the bucket: once
             self.server.when.emit("online", cid)
         excess = len(after) - self.server.conn_per_user
         for node, other in after[: max(excess, 0)]:
@@ -308,10 +317,10 @@ class NatsCluster:
     async def _removed(self, cid: str, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
         if adding is not None:
             await asyncio.gather(adding, return_exceptions=True)
-        me, alive = self.node, self.alive
+        me = self.node
 
         def remove(entries: list[list[str]]) -> list[list[str]]:
-            return [e for e in _living(entries, me, alive) if e != [me, conn_id]]
+            return [e for e in _living(entries, me, self.alive) if e != [me, conn_id]]
 
         try:
             before, after = await self._change(cid, remove)
@@ -446,12 +455,42 @@ class NatsCluster:
 
     async def _renew(self) -> None:
         nodes = self._require(self._nodes)
-        await nodes.put(f"n.{self.node}", b"")
+        key = f"n.{self.node}"
+        expired = self._renewed and not await self._exists(key)
+        await nodes.put(key, b"")
+        self._renewed = True
         try:
             keys = await nodes.keys()
         except NoKeysError:
             keys = []
         self.alive = frozenset(key[2:] for key in keys if key.startswith("n."))
+        if expired:
+            # The others took this node for dead (paused, or cut off from NATS, for longer
+            # than node_ttl) and may have forgotten its connections: they are added again.
+            log.warning(
+                "cluster node %s was taken for dead: registering its users again", self.node
+            )
+            for client in list(self.server.clients.values()):
+                for conn_id in list(client.conns):
+                    self._track(
+                        conn_id, asyncio.ensure_future(self._added(client.cid, conn_id, False))
+                    )
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self._require(self._nodes).get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            return False
+        return True
+
+    async def _learn_nodes(self, entries: list[list[str]]) -> None:
+        """Nodes in ``entries`` that this node does not know alive are looked up: one that
+        joined since the last renewal is alive although this node has not seen it yet."""
+        unknown = {node for node, _ in entries} - self.alive - {self.node}
+        if unknown:
+            found = [node for node in unknown if await self._exists(f"n.{node}")]
+            if found:
+                self.alive = self.alive | frozenset(found)
 
     async def _check(self) -> bool:
         """Whether this node's own call subscription answers through NATS."""
