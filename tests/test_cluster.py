@@ -6,6 +6,7 @@ calls across nodes, and a NATS restart. (A node killed with SIGKILL: test_cluste
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -200,3 +201,82 @@ async def test_a_server_without_cluster_answers_online_and_call_locally(
         assert log.of("online") == [("alice",)]
         await client.close()
         assert await log.wait("offline") == [("alice",)]
+
+
+# ---- what a hostile peer or a bad moment must not do -----------------------------------------
+
+
+async def test_a_user_id_of_any_length_keeps_the_link(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b = await make_nodes(2)
+    cid = "x" * 5000  # past NATS's 4 KiB control line, were it a subject or a key
+    await connect(make_client, b, cid, log)
+    await until_online(a, cid, 1)
+    a.send(cid, "news", "long")
+    assert await log.wait(f"{cid}@n1") == [("long",)]
+    assert a.cluster is not None and a.cluster.healthy
+
+
+async def test_a_call_naming_another_users_connection_is_refused(
+    nats_server: LocalNats, make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    import msgpack
+    import nats
+
+    _, b = await make_nodes(2)
+    bob = await connect(make_client, b, "bob", log)
+    bob.register("secret", lambda payload: "bob's")
+    await until_online(b, "bob", 1)
+    [bob_conn] = b.clients["bob"].conns.values()
+    assert b.cluster is not None
+    # a request as another node would send it, naming alice but bob's connection
+    request = {"cid": "alice", "ref": b.cluster.ref(bob_conn.conn_id), "rp": "secret", "t": 2}
+    nc = await nats.connect(nats_server.url)
+    try:
+        reply = await nc.request("wse.call.n1", msgpack.packb(request), timeout=5)
+    finally:
+        await nc.close()
+    answer = msgpack.unpackb(reply.data)
+    assert answer["err"]["code"] == "wse.client.not-ready" and "ok" not in answer
+
+
+async def test_a_slow_call_holds_up_no_other_call_to_its_node(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b = await make_nodes(2)
+    release = asyncio.Event()
+
+    async def slow(payload: Any) -> str:
+        await release.wait()
+        return "slow"
+
+    alice = await connect(make_client, b, "alice", log)
+    alice.register("slow", slow)
+    bob = await connect(make_client, b, "bob", log)
+    bob.register("fast", lambda payload: "fast")
+    await until_online(a, "alice", 1)
+    await until_online(a, "bob", 1)
+    pending = asyncio.ensure_future(a.call("alice", "slow", timeout=10))
+    assert await a.call("bob", "fast", timeout=3) == "fast"  # while alice's call waits
+    assert not pending.done()
+    release.set()
+    assert await pending == "slow"
+
+
+async def test_a_server_starts_only_with_its_cluster_and_can_try_again() -> None:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(f"nats://127.0.0.1:{port}", node="lonely", connect_timeout=0.5)
+    with pytest.raises(WseError) as failed:
+        await server.start()
+    assert failed.value.code == "wse.cluster.unavailable"
+    async with LocalNats(port=port) as nats_server:
+        assert nats_server.port == port
+        await server.start()  # the same server, once NATS is there
+        try:
+            assert server.cluster is not None and server.cluster.healthy
+        finally:
+            await server.close()

@@ -581,3 +581,14 @@ async def test_a_custom_protocol_gets_bytes_it_may_keep(
     notes = protocol.kept[1:51]
     for i, kept in enumerate(notes):  # what was kept still reads as it was
         assert msgpack.unpackb(bytes(kept)) == ["note", "n" * (i * 37), None]
+
+
+def test_sockets_without_an_address_count_in_all_only() -> None:
+    """A Unix socket behind a proxy has no address: one per-address count for all of them
+    would turn the per-address limit into a global one."""
+    from wse_fast.transport.admission import Admission
+
+    admission = Admission(3, 1, lambda host: False)
+    assert [admission.admit("") for _ in range(3)] == [(True, None)] * 3
+    assert admission.admit("") == (False, None)  # the total still holds
+    assert admission.strangers_from("") == 0

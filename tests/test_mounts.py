@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -180,6 +181,31 @@ async def test_the_upgrade_hook_refuses_with_its_status_and_body(
     writer.close()
     _, writer, head = await upgrade(server.port, {"Cookie": "session=s3cret"}, "/ws")
     assert head.startswith(b"HTTP/1.1 101")
+    writer.close()
+    await eventually(lambda: server.admission.total == 0)
+
+
+async def test_a_hook_answering_nonsense_refuses_with_500_and_frees_the_place(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(on_upgrade=lambda request: "403")  # a str, not a status
+    for _ in range(3):
+        _, writer, head = await upgrade(server.port, target="/ws")
+        assert head.startswith(b"HTTP/1.1 500")
+        writer.close()
+    await eventually(lambda: server.admission.total == 0)
+
+
+async def test_the_first_connection_gets_503_while_the_cluster_link_cannot_start(
+    make_server: ServerFactory,
+) -> None:
+    with socket.socket() as probe:  # a port where no NATS listens
+        probe.bind(("127.0.0.1", 0))
+        nats_url = f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    server = await make_server()
+    server.join_cluster(nats_url, node="mounted", connect_timeout=0.2)
+    _, writer, head = await upgrade(server.port, target="/ws")
+    assert head.startswith(b"HTTP/1.1 503")
     writer.close()
     await eventually(lambda: server.admission.total == 0)
 

@@ -39,14 +39,14 @@ class Client:
 
     def send(self, type: str, payload: Any = None) -> None:
         """Sends to every device of this user; the frame is encoded once."""
-        frame = self._encode(type, payload, None)
-        for conn in self._conns:
-            conn.send_frame(frame)
+        self.send_frame(self._encode(type, payload, None))
 
     def send_frame(self, frame: bytes) -> None:
         """Sends a frame the server's encoder built to every device of this user."""
         for conn in self._conns:
-            conn.send_frame(frame)
+            endpoint = conn.endpoint  # Connection.send_frame, inlined: once per device
+            if endpoint is not None:
+                endpoint.write(frame)
 
     def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
         for conn in list(self._conns):

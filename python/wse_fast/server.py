@@ -158,6 +158,8 @@ class WseServer(Peer[ServerEvents]):
         node: str | None = None,
         prefix: str = "wse",
         node_ttl: float = 6.0,
+        connect_timeout: float = 10.0,
+        max_outbox: int = 8 << 20,
         **nats_options: Any,
     ) -> None:
         """Makes this server one node of a cluster on NATS (before it starts): sends to a user,
@@ -165,8 +167,11 @@ class WseServer(Peer[ServerEvents]):
         span every node. ``urls``: NATS server URL(s); ``node``: this node's name (default:
         host, pid and a random part); ``prefix``: of every subject and bucket, to keep
         clusters apart on one NATS; ``node_ttl``: how soon a node that died without a goodbye
-        stops counting (seconds); ``nats_options``: passed to ``nats.connect`` (TLS,
-        credentials, ...). Needs the ``cluster`` extra (nats-py)."""
+        stops counting (seconds); ``connect_timeout``: for the first link to NATS (the server
+        does not start without it); ``max_outbox``: bytes that may wait for NATS before what
+        is sent is counted as lost; ``nats_options``: passed to ``nats.connect`` (TLS:
+        ``tls=ssl_context``, credentials: ``user_credentials=...``; frames and call payloads
+        cross NATS as they are). Needs the ``cluster`` extra (nats-py)."""
         from .cluster.nats_cluster import NatsCluster  # nats-py is optional
 
         if self._attached is not None:
@@ -177,6 +182,8 @@ class WseServer(Peer[ServerEvents]):
             node=node,
             prefix=prefix,
             node_ttl=node_ttl,
+            connect_timeout=connect_timeout,
+            max_outbox=max_outbox,
             nats_options=nats_options,
         )
 
@@ -381,11 +388,11 @@ class WseServer(Peer[ServerEvents]):
                 log.exception("on_upgrade failed; the upgrade is refused")
                 return HTTPStatus.INTERNAL_SERVER_ERROR, ""
             if verdict is not None:
-                status, body = verdict if isinstance(verdict, tuple) else (verdict, "")
-                if not 400 <= status <= 599:
-                    log.error("on_upgrade answered %r, not an HTTP error status", status)
+                refusal = _http_refusal(verdict)
+                if refusal is None:
+                    log.error("on_upgrade answered %r, not an HTTP error status", verdict)
                     return HTTPStatus.INTERNAL_SERVER_ERROR, ""
-                return status, body
+                return refusal
         conn = ServerConnection(self, f"{next(self._ids):x}")
         conn.stranger = stranger
         conn.handshake = handshake
@@ -448,8 +455,10 @@ class WseServer(Peer[ServerEvents]):
 
     def refuse(self, conn: ServerConnection, code: int, reason: str) -> None:
         """Ends a connection that was never accepted: its Close frame goes out and the socket
-        closes at once, without waiting for the stranger's answer; what it sent is released."""
+        closes at once, without waiting for the stranger's answer; what it sent is released,
+        and what it sent after is not decoded."""
         conn.forget_stranger()
+        conn.session.closed()
         if conn.endpoint is not None:
             conn.endpoint.close(code, reason, wait=False)
 
@@ -516,6 +525,17 @@ class WseServer(Peer[ServerEvents]):
                 self.when.emit("offline", left.cid)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
+
+
+def _http_refusal(verdict: object) -> tuple[int, str] | None:
+    """``on_upgrade``'s answer as (status, body), or None when it is not an error status (or
+    a status and a text)."""
+    status, body = verdict if isinstance(verdict, tuple) and len(verdict) == 2 else (verdict, "")
+    if type(status) is not int and not isinstance(status, HTTPStatus):
+        return None
+    if not isinstance(body, str) or not 400 <= status <= 599:
+        return None
+    return int(status), body
 
 
 def _refusal(status: int, body: str) -> WSUpgradeResponseWithListener:

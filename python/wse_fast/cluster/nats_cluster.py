@@ -4,38 +4,45 @@ Each process is a node. What the nodes share lives in NATS, never in a broker of
 
 - ``<prefix>.msg``: one subject every node subscribes to, carrying broadcasts, sends to a
   user, and drops; a node delivers what concerns its own connections (its own messages it
-  delivered when it sent them, and skips). One subject (not one
-  per user, and not one per kind) keeps the subscriptions per node constant whatever the
-  number of users, and keeps the order of everything one node sends: NATS delivers one
-  publisher's messages on one subject in order. Every message reaches every node, which looks
-  the user up in a dict: the cost grows with the number of nodes, not of users.
+  delivered when it sent them, and skips). One subject (not one per user, and not one per
+  kind) keeps the subscriptions per node constant whatever the number of users, and keeps the
+  order of everything one node sends: NATS delivers one publisher's messages on one subject
+  in order. Every message reaches every node, which looks the user up in a dict: the cost
+  grows with the number of nodes, not of users.
 - ``<prefix>.call.<node>``: request/reply, for calls to a connection on that node (and the
   node's own health check).
 - JetStream key-value bucket ``<prefix>_users``: for each user with open connections, the list
-  of its connections ``[node, conn_id]``, oldest first. It is changed only by
-  compare-and-set on the key's revision, so every change is ordered by the bucket (never by
-  clocks), and the node that appends a connection sees every connection added before it:
-  it drops the oldest past ``conn_per_user``, wherever they live.
+  of its connections ``[node, ref]``, oldest first (``ref``: the process's random instance
+  mark and the connection's id, so that a restarted node reusing a name never takes another
+  process's entries for its own). The key is a hash of the user's id: user ids stay out of
+  subjects, and any length fits. The list changes only by compare-and-set on the key's
+  revision, so every change is ordered by the bucket (never by clocks), and the node that
+  appends a connection sees every connection added before it: it drops the oldest past
+  ``conn_per_user``, wherever they live.
 - JetStream key-value bucket ``<prefix>_nodes``, with a TTL of ``node_ttl``: each node renews
   its key every third of it. A node killed without a goodbye stops renewing; once its key has
   expired its connections no longer count (``online``, the per-user limit, ``call``), and they
   leave the users' lists the next time those lists change.
 
-Delivery is at most once: what a node publishes while it has no link to NATS is not queued
-for later but counted as lost (``NatsCluster.lost``) and reported through the server's
-``error`` event. Within one node, delivery to its own connections never depends on NATS.
+Delivery is at most once: what a node publishes while it has no link to NATS (or beyond
+``max_outbox`` bytes waiting for it) is not queued for later but counted as lost
+(``NatsCluster.lost``) and reported through the server's ``error`` event. Within one node,
+delivery to its own connections never depends on NATS. Registry changes that fail while NATS
+is away are made again once it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,13 +50,7 @@ import msgpack
 import nats
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
-from nats.js.errors import (
-    BadRequestError,
-    KeyDeletedError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NoKeysError,
-)
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from ..constants import WSE_ERROR, WSE_REASON
@@ -57,12 +58,13 @@ from ..errors import ConnectionNotReady, RpcError, WseError
 
 if TYPE_CHECKING:
     from ..server import WseServer
+    from ..server_connection import ServerConnection
 
 log = logging.getLogger("wse_fast.cluster")
 
 # what a message on <prefix>.msg carries: an operation, then its fields
 _BROADCAST, _SEND, _DROP_USER, _DROP_CONN = b"b", b"s", b"d", b"x"
-_LENGTH = struct.Struct("!H")
+_LENGTH = struct.Struct("!I")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ORIGIN = 8  # bytes of the sending node's mark, first in every message
 #: Compare-and-set attempts on one user's list before giving up (each failure means another
@@ -70,6 +72,10 @@ _ORIGIN = 8  # bytes of the sending node's mark, first in every message
 _CAS_ATTEMPTS = 50
 #: Seconds a call waits beyond its own timeout for the other node's answer to arrive.
 _CALL_MARGIN = 1.0
+#: Registry changes in flight at once (a reconnect re-registers every connection).
+_CHANGES_AT_ONCE = 64
+#: Calls from other nodes running at once on this one.
+_CALLS_AT_ONCE = 1024
 
 CLUSTER_UNAVAILABLE = "wse.cluster.unavailable"
 CLUSTER_LOST = "wse.cluster.lost"
@@ -78,15 +84,15 @@ CLUSTER_LOST = "wse.cluster.lost"
 def default_node_name() -> str:
     """The host's first label, the pid and a random part (a restarted process may get an old
     pid back while its former self still counts as alive)."""
-    host = "".join(
-        c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname().split(".")[0]
-    )
-    return f"{host or 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
+    label = socket.gethostname().split(".")[0]
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in label)
+    return f"{host[:32] or 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _key(cid: str) -> str:
-    """A user's key in the bucket: KV keys take ``[-/_=.a-zA-Z0-9]``, a cid anything."""
-    return "u." + cid.encode().hex()
+    """A user's key in the bucket: a fixed-length hash (KV keys are subject tokens, bounded
+    and restricted; a cid is anything, of any length)."""
+    return "u." + hashlib.sha256(cid.encode()).hexdigest()[:40]
 
 
 def _pack_name(op: bytes, name: str, rest: bytes = b"") -> bytes:
@@ -97,7 +103,8 @@ def _pack_name(op: bytes, name: str, rest: bytes = b"") -> bytes:
 
 def _unpack_name(data: bytes) -> tuple[str, bytes]:
     (length,) = _LENGTH.unpack_from(data, 1)
-    return data[3 : 3 + length].decode(), data[3 + length :]
+    start = 1 + _LENGTH.size
+    return data[start : start + length].decode(), data[start + length :]
 
 
 class NatsCluster:
@@ -111,21 +118,28 @@ class NatsCluster:
         node: str | None = None,
         prefix: str = "wse",
         node_ttl: float = 6.0,
+        connect_timeout: float = 10.0,
+        max_outbox: int = 8 << 20,
         nats_options: dict[str, Any] | None = None,
     ) -> None:
-        if node_ttl <= 0:
-            raise ValueError("node_ttl must be positive")
+        if node_ttl <= 0 or connect_timeout <= 0:
+            raise ValueError("node_ttl and connect_timeout must be positive")
         self.server = server
         self.urls = list(urls)
         self.node = node or default_node_name()
         # both go into subjects and bucket names: ASCII letters, digits, '-' and '_' only
         if not _NAME.fullmatch(self.node) or not _NAME.fullmatch(prefix):
-            raise ValueError("node and prefix take ASCII letters, digits, '-' and '_'")
+            raise ValueError("node and prefix take 1 to 64 ASCII letters, digits, '-' and '_'")
         self.prefix = prefix
         self.node_ttl = node_ttl
+        self.connect_timeout = connect_timeout
+        self.max_outbox = max_outbox
         self.nats_options = dict(nats_options or {})
         self.lost = 0  # messages not handed to NATS because the link was down
         self.alive: frozenset[str] = frozenset()  # nodes whose key has not expired
+        # this process's mark in the registry's entries, new at every start
+        self.instance = secrets.token_hex(4)
+        self._me = [self.node, self.instance + ":"]  # what _living keeps of this node's
         self._nc: Nats | None = None
         self._users: KeyValue | None = None
         self._nodes: KeyValue | None = None
@@ -133,14 +147,18 @@ class NatsCluster:
         # NATS echoes a node's messages back to it (the node's health check needs its own
         # requests answered): they carry this mark so that it skips them
         self._origin = secrets.token_bytes(_ORIGIN)
-        self._outbox: list[tuple[str, bytes]] = []
-        self._flushing = False
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._changes: dict[str, asyncio.Task[Any]] = {}  # conn_id: its registry change
+        self._changes: dict[str, asyncio.Task[Any]] = {}  # ref: its registry change
+        self._change_slots = asyncio.Semaphore(_CHANGES_AT_ONCE)
+        self._to_redo: dict[str, tuple[str, str, bool]] = {}  # ref: (cid, conn_id, added)
+        self._calls: set[asyncio.Task[None]] = set()  # calls from other nodes, running
+        self._not_alive: dict[str, float] = {}  # node: until when it is taken for dead
         self._healthy = False
         self._started = False
-        self._renewed = False
+        self._renewed = False  # this node's key has been written since it started
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -149,50 +167,94 @@ class NatsCluster:
         """Linked to NATS with its subscriptions answering (checked after every reconnect)."""
         return self._healthy and self._nc is not None and self._nc.is_connected
 
+    def ref(self, conn_id: str) -> str:
+        """A connection of this process, as the registry names it."""
+        return f"{self.instance}:{conn_id}"
+
     async def start(self) -> None:
+        """Links to NATS: within ``connect_timeout``, or raises ``wse.cluster.unavailable``.
+        Refuses a node name another live process holds."""
         if self._started:
             return
+        await self._link()
+        nodes = self._require(self._nodes)
+        # A node name is one process's: a process that takes over a name waits for the key
+        # of the one before it (gone without a goodbye) to expire, for up to node_ttl.
+        deadline = time.monotonic() + self.node_ttl + 1
+        while True:
+            try:
+                await nodes.create(f"n.{self.node}", self.instance.encode())
+                break
+            except KeyWrongLastSequenceError:
+                if time.monotonic() > deadline:
+                    await self._unlink()
+                    error = {"error": "a live node has this name", "node": self.node}
+                    raise WseError(CLUSTER_UNAVAILABLE, error) from None
+                await asyncio.sleep(self.node_ttl / 6)
         self._started = True
-        options: dict[str, Any] = {
-            "name": f"wse-fast {self.node}",
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
-            "pending_size": 8 << 20,
-            **self.nats_options,
-            "disconnected_cb": self._disconnected,
-            "reconnected_cb": self._reconnected,
-            "error_cb": self._nats_error,
-        }
-        self._nc = nc = await nats.connect(servers=self.urls, **options)
-        js = nc.jetstream()
-        self._users = await _bucket(js, f"{self.prefix}_users", ttl=None)
-        self._nodes = await _bucket(js, f"{self.prefix}_nodes", ttl=self.node_ttl)
-        await nc.subscribe(self._subject, cb=self._on_message)
-        await nc.subscribe(f"{self.prefix}.call.{self.node}", cb=self._on_call)
         await self._renew()
         self._healthy = await self._check()
         self._heartbeat = asyncio.ensure_future(self._beat())
 
     async def stop(self) -> None:
-        """Leaves the cluster: the node's key goes, and what is queued is sent."""
+        """Leaves the cluster: what is queued is sent, and the node's key goes."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+        for call in list(self._calls):
+            call.cancel()
         if self._changes:
             await asyncio.gather(*self._changes.values(), return_exceptions=True)
+        if self._flush_task is not None:  # what it is sending leaves before the rest
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        nc = self._nc
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_outbox(nc)
+                if self._started and self._nodes is not None:
+                    await self._nodes.delete(f"n.{self.node}")
+        self._started = self._renewed = False
+        await self._unlink()
+
+    async def _link(self) -> None:
+        options: dict[str, Any] = {
+            "name": f"wse-fast {self.node}",
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "pending_size": self.max_outbox,
+            "flush_timeout": self.node_ttl,
+            **self.nats_options,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+            "error_cb": self._nats_error,
+        }
+        try:
+            # nats-py retries a first connect for ever when reconnects are unlimited
+            nc = await asyncio.wait_for(
+                nats.connect(servers=self.urls, **options), self.connect_timeout
+            )
+        except Exception as exc:
+            raise WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc)}) from exc
+        self._nc = nc
+        try:
+            js = nc.jetstream()
+            self._users = await _bucket(js, f"{self.prefix}_users", ttl=None)
+            self._nodes = await _bucket(js, f"{self.prefix}_nodes", ttl=self.node_ttl)
+            await nc.subscribe(self._subject, cb=self._on_message)
+            await nc.subscribe(f"{self.prefix}.call.{self.node}", cb=self._on_call)
+        except Exception as exc:
+            await self._unlink()
+            raise WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc)}) from exc
+
+    async def _unlink(self) -> None:
         nc, self._nc = self._nc, None
-        if nc is None:
-            return
         self._healthy = False
-        self._started = False
-        self._renewed = False
-        with contextlib.suppress(Exception):
-            await self._flush_outbox(nc)
-            if self._nodes is not None:
-                await self._nodes.delete(f"n.{self.node}")
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            with contextlib.suppress(Exception):
+                await nc.close()
 
     # ---- what the server asks --------------------------------------------------------------
 
@@ -207,23 +269,15 @@ class NatsCluster:
 
     def added(self, cid: str, conn_id: str) -> None:
         """A connection of this node was accepted: it joins its user's list."""
-        self._track(conn_id, asyncio.ensure_future(self._added(cid, conn_id)))
+        ref = self.ref(conn_id)
+        self._track(ref, asyncio.ensure_future(self._added(cid, conn_id)))
 
     def removed(self, cid: str, conn_id: str) -> None:
         """A connection of this node closed: it leaves its user's list (after its own
         addition, should that still be under way)."""
-        before = self._changes.pop(conn_id, None)
-        self._track(conn_id, asyncio.ensure_future(self._removed(cid, conn_id, before)))
-
-    def _track(self, conn_id: str, task: asyncio.Task[Any]) -> None:
-        """Keeps a registry change until it is done (a removal waits for the addition)."""
-        self._changes[conn_id] = task
-
-        def done(finished: asyncio.Task[Any]) -> None:
-            if self._changes.get(conn_id) is finished:
-                del self._changes[conn_id]
-
-        task.add_done_callback(done)
+        ref = self.ref(conn_id)
+        adding = self._changes.get(ref)
+        self._track(ref, asyncio.ensure_future(self._removed(cid, conn_id, adding)))
 
     async def online(self, cid: str) -> int:
         """The user's open connections on every live node."""
@@ -234,22 +288,36 @@ class NatsCluster:
         return here + sum(1 for node, _ in entries if node != self.node and node in self.alive)
 
     async def call(self, cid: str, rp: str, payload: Any, timeout: float | None) -> Any:
-        """Calls the user's newest connection on any live node."""
+        """Calls the user's newest connection on any live node (an older one when the newest
+        is gone by the time the call reaches it)."""
         entries = await self._entries(cid)
         await self._learn_nodes(entries)
-        local = self.server.clients.get(cid)
-        for node, conn_id in reversed(entries):
+        for node, ref in reversed(entries):
             if node == self.node:
-                conn = self.server.connections.get(conn_id)
-                if conn is not None and conn.open:
+                conn = self._local(cid, ref)
+                if conn is not None:
                     return await conn.call(rp, payload, timeout)
             elif node in self.alive:
-                return await self._remote_call(node, conn_id, rp, payload, timeout)
+                try:
+                    return await self._remote_call(node, cid, ref, rp, payload, timeout)
+                except ConnectionNotReady:
+                    continue
+        local = self.server.clients.get(cid)
         if local is not None and local.conns:  # accepted here, not yet in the list
             return await list(local.conns.values())[-1].call(rp, payload, timeout)
         raise ConnectionNotReady({"rpc": rp, "cid": cid})
 
     # ---- the registry ----------------------------------------------------------------------
+
+    def _local(self, cid: str, ref: str) -> ServerConnection | None:
+        """This process's open, accepted connection ``ref`` of user ``cid``, if it is one."""
+        instance, _, conn_id = ref.partition(":")
+        if instance != self.instance:
+            return None
+        conn = self.server.connections.get(conn_id)
+        if conn is None or conn.cid != cid or not conn.session.valid or not conn.open:
+            return None
+        return conn
 
     async def _entries(self, cid: str) -> list[list[str]]:
         users = self._require(self._users)
@@ -259,7 +327,7 @@ class NatsCluster:
             return []
         except Exception as exc:
             raise WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc)}) from exc
-        return list(msgpack.unpackb(entry.value)) if entry.value else []
+        return _decode_entries(entry.value)
 
     async def _change(
         self, cid: str, change: Callable[[list[list[str]]], list[list[str]]]
@@ -268,67 +336,92 @@ class NatsCluster:
         list it wrote, in the change that took."""
         users = self._require(self._users)
         key = _key(cid)
-        for _ in range(_CAS_ATTEMPTS):
-            revision: int | None
-            try:
-                entry = await users.get(key)
-                revision = entry.revision
-                entries = list(msgpack.unpackb(entry.value)) if entry.value else []
-            except (KeyNotFoundError, KeyDeletedError):
-                revision, entries = None, []
-            await self._learn_nodes(entries)  # never forget a node only this one thinks dead
-            after = change(entries)
-            try:
-                if not after:
-                    if revision is not None:
-                        await users.delete(key, last=revision)
-                elif revision is None:
-                    await users.create(key, msgpack.packb(after))
-                else:
-                    await users.update(key, msgpack.packb(after), last=revision)
-                return entries, after
-            except (KeyWrongLastSequenceError, BadRequestError):
-                continue  # another node changed it first: read it again
-        raise WseError(CLUSTER_UNAVAILABLE, {"error": "the user's list kept changing", "cid": cid})
+        async with self._change_slots:
+            for _ in range(_CAS_ATTEMPTS):
+                revision: int | None
+                try:
+                    entry = await users.get(key)
+                    revision, entries = entry.revision, _decode_entries(entry.value)
+                except (KeyNotFoundError, KeyDeletedError):
+                    revision, entries = None, []
+                await self._learn_nodes(entries)  # never forget a node only this one thinks dead
+                after = change(entries)
+                try:
+                    if not after:
+                        if revision is not None:
+                            await users.delete(key, last=revision)
+                    elif revision is None:
+                        await users.create(key, msgpack.packb(after))
+                    else:
+                        await users.update(key, msgpack.packb(after), last=revision)
+                    return entries, after
+                except KeyWrongLastSequenceError:
+                    continue  # another node changed it first: read it again
+        raise WseError(CLUSTER_UNAVAILABLE, {"error": "the user's list kept changing"})
 
     async def _added(self, cid: str, conn_id: str, announce: bool = True) -> None:
-        me, entry = self.node, [self.node, conn_id]
+        entry = [self.node, self.ref(conn_id)]
 
         def add(entries: list[list[str]]) -> list[list[str]]:
-            living = _living(entries, me, self.alive)
+            living = _living(entries, self._me, self.alive)
             return living if entry in living else [*living, entry]
 
         try:
             before, after = await self._change(cid, add)
         except Exception as exc:
-            self._report(exc, {"cid": cid, "conn_id": conn_id})
+            self._to_redo[entry[1]] = (cid, conn_id, True)
+            self._report(exc, {})
             return
-        if announce and not _living(before, me, self.alive):  # decided by the bucket: once
+        if announce and not _living(before, self._me, self.alive):  # the bucket decides: once
             self.server.when.emit("online", cid)
         excess = len(after) - self.server.conn_per_user
-        for node, other in after[: max(excess, 0)]:
+        for node, ref in after[: max(excess, 0)]:
             if node == self.node:
-                conn = self.server.connections.get(other)
+                conn = self._local(cid, ref)
                 if conn is not None:
                     conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
             else:
-                self._publish(_pack_name(_DROP_CONN, node, other.encode()))
+                self._publish(_pack_name(_DROP_CONN, node, msgpack.packb([cid, ref])))
 
     async def _removed(self, cid: str, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
         if adding is not None:
             await asyncio.gather(adding, return_exceptions=True)
-        me = self.node
+        entry = [self.node, self.ref(conn_id)]
+        self._to_redo.pop(entry[1], None)  # an addition still to redo is moot
 
         def remove(entries: list[list[str]]) -> list[list[str]]:
-            return [e for e in _living(entries, me, self.alive) if e != [me, conn_id]]
+            return [e for e in _living(entries, self._me, self.alive) if e != entry]
 
         try:
             before, after = await self._change(cid, remove)
         except Exception as exc:
-            self._report(exc, {"cid": cid, "conn_id": conn_id})
+            self._to_redo[entry[1]] = (cid, conn_id, False)
+            self._report(exc, {})
             return
-        if not after and [me, conn_id] in before:
+        if not after and entry in before:
             self.server.when.emit("offline", cid)
+
+    def _track(self, ref: str, task: asyncio.Task[Any]) -> None:
+        """Keeps a registry change until it is done (a removal waits for the addition)."""
+        self._changes[ref] = task
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if self._changes.get(ref) is finished:
+                del self._changes[ref]
+
+        task.add_done_callback(done)
+
+    def _redo(self) -> None:
+        """Makes again the registry changes that failed while NATS was away."""
+        for ref, (cid, conn_id, added) in list(self._to_redo.items()):
+            if ref in self._changes:
+                continue
+            del self._to_redo[ref]
+            if added:
+                if self._local(cid, ref) is not None:
+                    self._track(ref, asyncio.ensure_future(self._added(cid, conn_id, False)))
+            else:
+                self._track(ref, asyncio.ensure_future(self._removed(cid, conn_id, None)))
 
     # ---- messages from other nodes ---------------------------------------------------------
 
@@ -339,96 +432,128 @@ class NatsCluster:
         data = data[_ORIGIN:]
         op = data[:1]
         server = self.server
-        if op == _BROADCAST:
-            server.deliver_to_all(data[1:])
-        elif op == _SEND:
-            cid, frame = _unpack_name(data)
-            server.deliver_to_user(cid, frame)
-        elif op == _DROP_USER:
-            cid, reason = _unpack_name(data)
-            server.drop_local_user(cid, reason.decode())
-        elif op == _DROP_CONN:
-            node, conn_id = _unpack_name(data)
-            if node == self.node:
-                conn = server.connections.get(conn_id.decode())
-                if conn is not None:
-                    conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
+        try:
+            if op == _BROADCAST:
+                server.deliver_to_all(data[1:])
+            elif op == _SEND:
+                cid, frame = _unpack_name(data)
+                server.deliver_to_user(cid, frame)
+            elif op == _DROP_USER:
+                cid, reason = _unpack_name(data)
+                server.drop_local_user(cid, reason.decode())
+            elif op == _DROP_CONN:
+                node, rest = _unpack_name(data)
+                if node == self.node:
+                    cid, ref = msgpack.unpackb(rest)
+                    conn = self._local(cid, ref)
+                    if conn is not None:
+                        conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
+        except Exception as exc:  # a message of another version, or of something else
+            log.warning("cluster message not understood: %r", exc)
 
     async def _remote_call(
-        self, node: str, conn_id: str, rp: str, payload: Any, timeout: float | None
+        self, node: str, cid: str, ref: str, rp: str, payload: Any, timeout: float | None
     ) -> Any:
         nc = self._require(self._nc)
         limit = self.server.timeout if timeout is None else timeout
-        request = msgpack.packb({"c": conn_id, "r": rp, "p": payload, "t": limit})
+        request = msgpack.packb({"cid": cid, "ref": ref, "rp": rp, "p": payload, "t": limit})
         try:
             reply = await nc.request(
                 f"{self.prefix}.call.{node}", request, timeout=limit + _CALL_MARGIN
             )
-        except Exception as exc:  # no responders, a timeout, a lost link
+            answer = msgpack.unpackb(reply.data)
+        except Exception as exc:  # no responders, a timeout, a lost link, a garbled reply
             raise WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc), "node": node}) from exc
-        answer = msgpack.unpackb(reply.data)
-        if "ok" in answer:
+        if isinstance(answer, dict) and "ok" in answer:
             return answer["ok"]
-        error = answer["err"]
-        code, details, message = error["code"], error.get("details"), error.get("message")
+        error = answer.get("err") if isinstance(answer, dict) else None
+        if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+            raise WseError(CLUSTER_UNAVAILABLE, {"error": "a reply not understood", "node": node})
+        details = error.get("details") if isinstance(error.get("details"), dict) else None
+        message = error.get("message") if isinstance(error.get("message"), str) else None
         if error.get("rpc"):  # the device answered with an error, as a local call would get
-            raise RpcError(code, details, message)
-        raise WseError.from_code(code, details, message)
+            raise RpcError(error["code"], details, message)
+        raise WseError.from_code(error["code"], details, message)
 
     async def _on_call(self, msg: Msg) -> None:
-        request = msgpack.unpackb(msg.data)
-        if request.get("ping"):
-            await msg.respond(b"\x01")
-            return
-        conn = self.server.connections.get(request["c"])
+        """Answers a ping at once; runs a call in a task of its own, so that a slow procedure
+        holds up neither the other calls to this node nor its health check."""
         try:
+            request = msgpack.unpackb(msg.data)
+        except Exception:
+            return
+        if not isinstance(request, dict):
+            return
+        if request.get("ping"):
+            with contextlib.suppress(Exception):
+                await msg.respond(b"\x01")
+            return
+        if len(self._calls) >= _CALLS_AT_ONCE:
+            busy = {"code": CLUSTER_UNAVAILABLE, "details": {"error": "node busy"}}
+            with contextlib.suppress(Exception):
+                await msg.respond(msgpack.packb({"err": busy}))
+            return
+        task = asyncio.ensure_future(self._answer(msg, request))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _answer(self, msg: Msg, request: dict[str, Any]) -> None:
+        try:
+            cid, ref, rp = str(request["cid"]), str(request["ref"]), str(request["rp"])
+            conn = self._local(cid, ref)
             if conn is None:
-                raise ConnectionNotReady({"rpc": request["r"]})
-            result = await conn.call(request["r"], request["p"], request["t"])
+                raise ConnectionNotReady({"rpc": rp})
+            timeout = request.get("t")
+            result = await conn.call(rp, request.get("p"), float(timeout) if timeout else None)
             answer = msgpack.packb({"ok": result})
         except WseError as exc:
             error = {"code": exc.code, "details": exc.details, "message": exc.message}
-            answer = msgpack.packb({"err": {**error, "rpc": isinstance(exc, RpcError)}})
-        except Exception as exc:  # a result msgpack cannot carry
-            details = {"error": repr(exc)}
-            answer = msgpack.packb(
-                {"err": {"code": WSE_ERROR.RP_EXECUTION_FAILED, "details": details}}
-            )
+            try:
+                answer = msgpack.packb({"err": {**error, "rpc": isinstance(exc, RpcError)}})
+            except Exception:  # details msgpack cannot carry: the code alone
+                answer = msgpack.packb({"err": {"code": exc.code, "rpc": True}})
+        except Exception as exc:  # a bad request, or a result msgpack cannot carry
+            error = {"code": WSE_ERROR.RP_EXECUTION_FAILED, "details": {"error": repr(exc)}}
+            answer = msgpack.packb({"err": error})
         with contextlib.suppress(Exception):
             await msg.respond(answer)
 
     # ---- publishing ------------------------------------------------------------------------
 
     def _publish(self, data: bytes) -> None:
-        """Queues a message for ``<prefix>.msg``; one task per loop turn hands them to NATS
-        in order."""
-        self._outbox.append((self._subject, self._origin + data))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-
-    def _start_flush(self) -> None:
-        nc = self._nc
-        if nc is None:
-            self._count_lost(len(self._outbox))
-            self._outbox.clear()
-            self._flushing = False
+        """Queues a message for ``<prefix>.msg``; one task at a time hands them to NATS, in
+        order. Past ``max_outbox`` bytes waiting (NATS slow or unreachable), it is lost."""
+        if self._outbox_bytes + len(data) > self.max_outbox:
+            self._count_lost(1)
             return
-        self._flush_task = asyncio.ensure_future(self._flush_outbox(nc))
+        self._outbox.append(self._origin + data)
+        self._outbox_bytes += len(data)
+        if self._flush_task is None:
+            nc = self._nc
+            if nc is None:
+                self._count_lost(len(self._outbox))
+                self._outbox, self._outbox_bytes = [], 0
+                return
+            self._flush_task = asyncio.ensure_future(self._flush_outbox(nc))
+            self._flush_task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        if self._flush_task is task:
+            self._flush_task = None
 
     async def _flush_outbox(self, nc: Nats) -> None:
         try:
             while self._outbox:
-                batch, self._outbox = self._outbox, []
+                batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
                 if not nc.is_connected:
                     self._count_lost(len(batch))
                     continue
-                for subject, data in batch:
-                    await nc.publish(subject, data)
+                for data in batch:
+                    await nc.publish(self._subject, data)
         except Exception as exc:
+            self._count_lost(len(self._outbox))
+            self._outbox, self._outbox_bytes = [], 0
             self._report(exc, {})
-        finally:
-            self._flushing = False
 
     def _count_lost(self, count: int) -> None:
         if count:
@@ -443,7 +568,14 @@ class NatsCluster:
         while True:
             await asyncio.sleep(interval)
             try:
+                nc = self._nc
+                if nc is None or nc.is_closed:
+                    # closed for good by the client (a protocol error): link again
+                    await self._unlink()
+                    await self._link()
+                    self._state("reconnected")
                 await self._renew()
+                self._redo()
                 if not self._healthy:
                     self._healthy = await self._check()
                     if self._healthy:
@@ -457,7 +589,7 @@ class NatsCluster:
         nodes = self._require(self._nodes)
         key = f"n.{self.node}"
         expired = self._renewed and not await self._exists(key)
-        await nodes.put(key, b"")
+        await nodes.put(key, self.instance.encode())
         self._renewed = True
         try:
             keys = await nodes.keys()
@@ -467,14 +599,13 @@ class NatsCluster:
         if expired:
             # The others took this node for dead (paused, or cut off from NATS, for longer
             # than node_ttl) and may have forgotten its connections: they are added again.
-            log.warning(
-                "cluster node %s was taken for dead: registering its users again", self.node
-            )
+            log.warning("cluster node %s was taken for dead: its users are added again", self.node)
             for client in list(self.server.clients.values()):
                 for conn_id in list(client.conns):
-                    self._track(
-                        conn_id, asyncio.ensure_future(self._added(client.cid, conn_id, False))
-                    )
+                    ref = self.ref(conn_id)
+                    if ref not in self._changes:
+                        task = asyncio.ensure_future(self._added(client.cid, conn_id, False))
+                        self._track(ref, task)
 
     async def _exists(self, key: str) -> bool:
         try:
@@ -485,12 +616,21 @@ class NatsCluster:
 
     async def _learn_nodes(self, entries: list[list[str]]) -> None:
         """Nodes in ``entries`` that this node does not know alive are looked up: one that
-        joined since the last renewal is alive although this node has not seen it yet."""
+        joined since the last renewal is alive although this node has not seen it yet. A node
+        found dead is not looked up again for a third of ``node_ttl``."""
+        now = time.monotonic()
         unknown = {node for node, _ in entries} - self.alive - {self.node}
-        if unknown:
-            found = [node for node in unknown if await self._exists(f"n.{node}")]
-            if found:
-                self.alive = self.alive | frozenset(found)
+        unknown = {node for node in unknown if self._not_alive.get(node, 0.0) <= now}
+        found = []
+        for node in unknown:
+            if await self._exists(f"n.{node}"):
+                found.append(node)
+            else:
+                self._not_alive[node] = now + self.node_ttl / 3
+        if found:
+            self.alive = self.alive | frozenset(found)
+        if len(self._not_alive) > 1024:
+            self._not_alive = {n: t for n, t in self._not_alive.items() if t > now}
 
     async def _check(self) -> bool:
         """Whether this node's own call subscription answers through NATS."""
@@ -513,6 +653,7 @@ class NatsCluster:
         self._state("reconnected")
         try:
             await self._renew()
+            self._redo()
         except Exception as exc:
             log.warning("cluster registry unreachable after the reconnect: %r", exc)
         self._healthy = await self._check()
@@ -522,20 +663,15 @@ class NatsCluster:
         log.warning("NATS: %r", exc)
 
     def _state(self, state: str) -> None:
-        log.log(
-            logging.INFO if state in ("healthy", "reconnected") else logging.WARNING,
-            "cluster node %s: %s",
-            self.node,
-            state,
-        )
+        level = logging.INFO if state in ("healthy", "reconnected") else logging.WARNING
+        log.log(level, "cluster node %s: %s", self.node, state)
         self.server.when.emit("cluster", state)
 
     def _report(self, exc: BaseException, details: dict[str, Any]) -> None:
-        err = (
-            exc
-            if isinstance(exc, WseError)
-            else WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc), **details})
-        )
+        if isinstance(exc, WseError):
+            err = exc
+        else:
+            err = WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc), **details})
         self.server.when.emit("error", err, None)
 
     @staticmethod
@@ -545,10 +681,17 @@ class NatsCluster:
         return value
 
 
-def _living(entries: list[list[str]], me: str, alive: frozenset[str]) -> list[list[str]]:
-    """The entries of live nodes (this one is, whatever its key says); a dead node's are
-    forgotten by the next change of the list."""
-    return [e for e in entries if e[0] == me or e[0] in alive]
+def _decode_entries(value: bytes | None) -> list[list[str]]:
+    entries = msgpack.unpackb(value) if value else []
+    return [list(e) for e in entries if isinstance(e, list) and len(e) == 2]
+
+
+def _living(entries: list[list[str]], me: list[str], alive: frozenset[str]) -> list[list[str]]:
+    """The entries of live nodes (this one is, whatever its key says, but only this
+    process's: ``me`` is ``[node, instance mark]``); a dead node's, or a former process's of
+    this node's name, are forgotten by the next change of the list."""
+    node, mark = me
+    return [e for e in entries if (e[1].startswith(mark) if e[0] == node else e[0] in alive)]
 
 
 async def _bucket(js: Any, name: str, ttl: float | None) -> KeyValue:

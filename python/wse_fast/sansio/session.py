@@ -212,8 +212,9 @@ class ServerSession:
             # identify (or the challenge generator) is running: ignored, as in the reference,
             # and never decoded
             return Ignored("")
-        if len(data) > self.wire.auth_max_message_size:
-            return TooBig(len(data))
+        size = len(data.encode()) if isinstance(data, str) else len(data)  # bytes, not chars
+        if size > self.wire.auth_max_message_size:
+            return TooBig(size)
         try:
             type, payload, stamp = self.wire.decode(binary, data)
         except Exception as exc:

@@ -72,7 +72,9 @@ class Admission:
         counted under (None for a trusted proxy's)."""
         if self.total >= self.max_total:
             return False, None
-        counted = None if self._is_proxy(peer_host) else peer_host
+        # a trusted proxy speaks for many clients, and a socket with no address (a Unix
+        # socket behind a proxy) for anyone: both count in all only
+        counted = None if not peer_host or self._is_proxy(peer_host) else peer_host
         if counted is not None and not self.admit_address(counted):
             return False, counted
         self.total += 1

@@ -91,20 +91,28 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text=_NOT_WEBSOCKET, headers={"Upgrade": "websocket"})
-    await server.attach()  # the first connection starts the cluster link, if any
     socket = request.transport
     peer = socket.get_extra_info("peername") if socket is not None else None
     peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
     ticket = StrangerTicket.admit(server.admission, peer[0], server.stranger_budget)
     if isinstance(ticket, int):
         return _refusal(ticket, "", {"Retry-After": "1"})
+    try:
+        await server.attach()  # the first connection starts the cluster link, if any
+    except Exception:
+        ticket.release()
+        return _refusal(503, "", {"Retry-After": "1"})
     offered = [
         p.strip()
         for line in request.headers.getall("Sec-WebSocket-Protocol", ())
         for p in line.split(",")
     ]
     # the target as the client sent it (percent-encoded, with the query), as picows gives it
-    verdict = server.admit(request.raw_path, request.headers, peer, ticket, offered, request)
+    try:
+        verdict = server.admit(request.raw_path, request.headers, peer, ticket, offered, request)
+    except BaseException:
+        ticket.release()
+        raise
     if isinstance(verdict, tuple):
         ticket.release()
         return _refusal(*verdict)

@@ -105,7 +105,6 @@ class AsgiApp:
         server = self.server
         if (await receive())["type"] != "websocket.connect":
             return
-        await server.attach()  # the first connection starts the cluster link, if any
         headers = CIMultiDictProxy(
             CIMultiDict(
                 (name.decode("latin-1"), value.decode("latin-1"))
@@ -118,9 +117,20 @@ class AsgiApp:
         if isinstance(ticket, int):
             await _refuse(scope, send, ticket, "", [(b"retry-after", b"1")])
             return
+        try:
+            # the first connection starts the cluster link, if any (counted meanwhile)
+            await server.attach()
+        except Exception:
+            ticket.release()
+            await _refuse(scope, send, 503, "", [(b"retry-after", b"1")])
+            return
         # ASGI servers list the offered subprotocols from every header line
         offered = scope.get("subprotocols") or [""]
-        verdict = server.admit(_target(scope), headers, peer, ticket, offered, scope)
+        try:
+            verdict = server.admit(_target(scope), headers, peer, ticket, offered, scope)
+        except BaseException:
+            ticket.release()
+            raise
         if isinstance(verdict, tuple):
             ticket.release()
             await _refuse(scope, send, *verdict)

@@ -163,11 +163,15 @@ class MessageEndpoint:
                 if self._close_received is not None or self._failed:
                     continue
                 size = len(data)
+                if isinstance(data, str) and size * 4 > self.max_message_size:
+                    size = len(data.encode())  # text from the host is str: limits count bytes
                 if size > self.max_message_size:
                     self._fail(CLOSE_TOO_BIG, "message too big")
                     continue
                 ticket = self.ticket
                 if ticket is not None and ticket.held:
+                    if isinstance(data, str):
+                        size = len(data.encode())  # the budget counts bytes, not characters
                     ticket.spend(size)
                     if self._failed or self._close_sent is not None:
                         continue
@@ -372,7 +376,11 @@ class _TurnEnd:
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
         for endpoint in dirty:
-            endpoint.turn_ended()
+            try:
+                endpoint.turn_ended()
+            except Exception:  # the host failed in a way of its own: that connection ends
+                _log.exception("sending to a connection failed")
+                endpoint.abort()
 
 
 _turn_ends: dict[asyncio.AbstractEventLoop, _TurnEnd] = {}
