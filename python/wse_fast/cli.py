@@ -741,7 +741,7 @@ class Listening:
 
     def closed_by_server(self, code: int, reason: str) -> None:
         if not self.outcome.done():
-            click.echo(f"closed by the server: {code} {reason}".rstrip(), err=True)
+            click.echo(f"connection closed: {code} {reason}".rstrip(), err=True)
             self.outcome.set_result(1)
 
     def stop(self, status: int) -> None:
@@ -855,8 +855,9 @@ def listen(
 
     It stops after --count messages, on Ctrl-C (SIGINT) or SIGTERM, closing the connection
     (exit status 0 either way), or when the server closes the connection: then exit status 1,
-    with the close code and reason on stderr. It connects once: no reconnecting. Calls the
-    server makes to this client are answered wse.server.rp.not-registered.
+    with "connection closed:", the close code and reason on stderr. It connects once: no
+    reconnecting. Calls the server makes to this client are answered
+    wse.server.rp.not-registered.
 
     \b
         wse-fast listen ws://127.0.0.1:4200 --identity alice --count 10
