@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import runpy
 import shutil
 import signal
@@ -117,9 +118,10 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 def node_name(prefix: str | None) -> str | None:
-    """This process's node name in the cluster: ``<prefix>-<pid>``, distinct for every process
-    on one machine; None without a prefix (the server's own default name)."""
-    return f"{prefix}-{os.getpid()}" if prefix else None
+    """This process's node name in the cluster: ``<prefix>-<pid>-<random>``, distinct for
+    every process, also when a restarted process gets a pid back whose former owner still
+    counts as alive; None without a prefix (the server's own default name)."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(2)}" if prefix else None
 
 
 def split_urls(values: Sequence[str]) -> list[str]:
@@ -462,7 +464,7 @@ def main() -> None:
 @click.option(
     "--node-name",
     metavar="PREFIX",
-    help="Node names in the cluster are PREFIX-<pid> (letters, digits, '-' and '_')  "
+    help="Node names in the cluster are PREFIX-<pid>-<random> (letters, digits, '-', '_')  "
     "[default: the server's own: host name, pid and a random part].",
 )
 @click.option(
