@@ -27,8 +27,8 @@ import importlib.util
 import json
 import logging
 import os
-import secrets
 import runpy
+import secrets
 import shutil
 import signal
 import socket
