@@ -280,3 +280,16 @@ async def test_a_server_starts_only_with_its_cluster_and_can_try_again() -> None
             assert server.cluster is not None and server.cluster.healthy
         finally:
             await server.close()
+
+
+async def test_a_send_right_after_the_last_flush_ended_is_not_held_back(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    a, b = await make_nodes(2)
+    await connect(make_client, b, "bob", log)
+    await until_online(a, "bob", 1)
+    a.send("bob", "news", 1)
+    # one loop turn: the flush of the first has ended, its done callback has not run yet
+    await asyncio.sleep(0)
+    a.send("bob", "news", 2)  # nothing is published after it
+    assert await log.wait("bob@n1", 2) == [(1,), (2,)]

@@ -330,20 +330,27 @@ class NatsCluster:
         return _decode_entries(entry.value)
 
     async def _change(
-        self, cid: str, change: Callable[[list[list[str]]], list[list[str]]]
+        self,
+        cid: str,
+        change: Callable[[list[list[str]]], list[list[str]]],
+        guess_new: bool = False,
     ) -> tuple[list[list[str]], list[list[str]]]:
         """Applies ``change`` to the user's list by compare-and-set: the list it read and the
-        list it wrote, in the change that took."""
+        list it wrote, in the change that took. ``guess_new``: try first as if the user had
+        no list (most users have one connection), which saves a round trip when so."""
         users = self._require(self._users)
         key = _key(cid)
         async with self._change_slots:
-            for _ in range(_CAS_ATTEMPTS):
+            for attempt in range(_CAS_ATTEMPTS):
                 revision: int | None
-                try:
-                    entry = await users.get(key)
-                    revision, entries = entry.revision, _decode_entries(entry.value)
-                except (KeyNotFoundError, KeyDeletedError):
+                if guess_new and attempt == 0:
                     revision, entries = None, []
+                else:
+                    try:
+                        entry = await users.get(key)
+                        revision, entries = entry.revision, _decode_entries(entry.value)
+                    except (KeyNotFoundError, KeyDeletedError):
+                        revision, entries = None, []
                 await self._learn_nodes(entries)  # never forget a node only this one thinks dead
                 after = change(entries)
                 try:
@@ -367,7 +374,7 @@ class NatsCluster:
             return living if entry in living else [*living, entry]
 
         try:
-            before, after = await self._change(cid, add)
+            before, after = await self._change(cid, add, guess_new=True)
         except Exception as exc:
             self._to_redo[entry[1]] = (cid, conn_id, True)
             self._report(exc, {})
@@ -528,7 +535,8 @@ class NatsCluster:
             return
         self._outbox.append(self._origin + data)
         self._outbox_bytes += len(data)
-        if self._flush_task is None:
+        if self._flush_task is None or self._flush_task.done():
+            # (a task that has ended may not have run its done callback yet: a new one goes)
             nc = self._nc
             if nc is None:
                 self._count_lost(len(self._outbox))
