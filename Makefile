@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,10 @@ bench: bench-setup bench-codec
 
 bench-full: bench-setup
 	$(PY) benches/run.py --full
+
+# Nodes on one nats-server against one node, send-to-user across nodes, 2 workers against 1.
+bench-cluster: bench-setup
+	$(PY) benches/cluster.py
 
 bench-codec: setup
 	taskset -c 1 $(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \
