@@ -154,6 +154,39 @@ assert_type(opened, Callable[[], None])
 assert_type(client_ignored, Callable[[str, Any], Awaitable[None] | None])
 
 
+# ---- once, off, wait and state -------------------------------------------------------------
+
+
+@server.channel.once("chat")
+def on_first_chat(conn: Connection, payload: str, /) -> None: ...
+
+
+assert_type(on_first_chat, Callable[[Connection, str], None])
+assert_type(client.channel.once("news", on_news), Callable[[str], None])
+server.channel.off("chat", on_chat)
+client.channel.off("news")
+
+
+@server.when.once.joined
+def first_joined(user: Client, meta: dict[str, Any], /) -> None: ...
+
+
+@client.when.once.ready
+async def first_ready(welcome: Any, /) -> None: ...
+
+
+assert_type(first_joined, Callable[[Client, dict[str, Any]], None])
+assert_type(first_ready, Callable[[Any], Coroutine[Any, Any, None]])
+assert_type(server.channel.listeners("chat"), tuple[Callable[..., Any], ...])
+
+
+async def waits(conn: Connection, user: Client) -> None:
+    assert_type(await client.when.wait("ready"), tuple[Any, ...])
+    assert_type(await server.when.wait("joined", lambda user, meta: True), tuple[Any, ...])
+    assert_type(conn.state, dict[str, Any])
+    assert_type(user.state, dict[str, Any])
+
+
 # ---- handlers that do not fit --------------------------------------------------------------
 
 
@@ -179,6 +212,14 @@ def closed_without_reason(code: int) -> None: ...
 
 @server.when.left  # E: type-var
 def left_with_a_connection(conn: Connection, code: int, reason: str) -> None: ...
+
+
+@client.channel.once("news")  # E: type-var
+def once_server_shaped(conn: Connection, payload: str) -> None: ...
+
+
+@client.when.once.closed  # E: type-var
+def once_closed_without_reason(code: int) -> None: ...
 
 
 # ---- exceptions and async with -------------------------------------------------------------

@@ -9,7 +9,7 @@ authentication deadline, and hands accepted connections to the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +38,7 @@ class AuthenticationHost(Protocol):
     challenger: Callable[..., Any] | None
     limits: ServerLimits
 
-    def admitted(self, conn: ServerConnection, cid: str, welcome: Any) -> None: ...
+    def admitted(self, conn: ServerConnection, cid: Hashable, welcome: Any) -> None: ...
 
     def refuse(self, conn: ServerConnection, code: int, reason: str) -> None: ...
 
@@ -68,15 +68,18 @@ class IdentifyRequest:
         accepted or refused."""
         return self.conn.handshake
 
-    def accept(self, cid: Any, welcome: Any = None) -> None:
-        """Admits the connection as a device of user ``cid``; a falsy cid refuses."""
+    def accept(self, cid: Hashable, welcome: Any = None) -> None:
+        """Admits the connection as a device of user ``cid``, kept as given: any hashable
+        value, and ``1`` and ``"1"`` are two users (as keys of JavaScript's ``Map``); a falsy
+        cid refuses. An unhashable cid raises TypeError (identify then fails: refused)."""
         if self._answered:
             return
+        hash(cid)  # before answering: a cid that cannot be a key is the caller's mistake
         self._answered = True
         if not cid:
             self._flow.refuse(self.conn)
         else:
-            self._flow.host.admitted(self.conn, str(cid), welcome)
+            self._flow.host.admitted(self.conn, cid, welcome)
 
     def refuse(self) -> None:
         if not self._answered:

@@ -6,11 +6,12 @@ import asyncio
 import math
 import random
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final, Self
 
 from picows import WSError, WSTransport, ws_connect
 
+from .connection import deadline
 from .constants import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
@@ -42,6 +43,18 @@ from .transport.picows_endpoint import Endpoint
 
 #: The reason reported with code 1006 when the server left a keepalive ping unanswered.
 PING_TIMEOUT_REASON: Final = "wse.client.ping-timeout"
+#: Headers of the upgrade request that the WebSocket handshake itself writes (RFC 6455 §4.1).
+HANDSHAKE_HEADERS: Final = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    }
+)
 
 
 def backoff_delay(
@@ -167,18 +180,19 @@ def closed_before_welcome(code: int, reason: str) -> ConnectionFailed | NotAutho
     return ConnectionFailed(details)
 
 
-def worth_retrying(err: WseError) -> bool:
+def worth_retrying(err: WseError, codes: Collection[int] = RECONNECT_CODES) -> bool:
     """Whether a reconnect attempt that failed with ``err`` should be followed by another.
 
     Yes when the server could not be reached or answered nothing (no close code), or closed
-    with a code the reference reconnects after, or without a reason (no WSE server's answer).
-    No when it refused (:class:`NotAuthorized`) or closed with a reason and a final code
-    (``wse.protocol-error`` with 1000, say): trying again cannot help.
+    with one of ``codes`` (by default those the reference reconnects after), or without a
+    reason (no WSE server's answer). No when it refused (:class:`NotAuthorized`) or closed
+    with a reason and a final code (``wse.protocol-error`` with 1000, say): trying again
+    cannot help.
     """
     if not isinstance(err, ConnectionFailed):
         return False
     code = err.details.get("code")
-    return code is None or code in RECONNECT_CODES or not err.details.get("reason")
+    return code is None or code in codes or not err.details.get("reason")
 
 
 class WseClient(Peer[ClientEvents]):
@@ -188,7 +202,14 @@ class WseClient(Peer[ClientEvents]):
     stays an explicit ``await client.connect(identity, meta)`` inside it, since it takes the
     identity and returns the welcome (and ``jump`` connects again with another).
 
-    ``timeout`` bounds each RPC call and each connection attempt (seconds).
+    ``timeout`` bounds each RPC call and each connection attempt (seconds); 0 or None: no
+    limit (JavaScript's ``tO: 0``).
+
+    Handshake options, as a Node.js client sets them: ``headers`` (extra request headers:
+    ``Authorization``, ``Cookie``, ``User-Agent``...; the WebSocket's own are refused),
+    ``origin`` (the ``Origin`` header a browser would send), ``proxy`` (an ``http://`` or
+    ``socks5://`` proxy URL), ``local_addr`` (the local ``(host, port)`` to connect from),
+    ``ssl`` (TLS context for ``wss://``).
 
     ``limits``: a :class:`~wse_fast.Limits` (message size, pending bytes, keepalive, close
     timeout), the same object a server takes.
@@ -208,7 +229,14 @@ class WseClient(Peer[ClientEvents]):
     30 s). A successful connection starts the next loss from the first window again. See
     :func:`backoff_delay`. ``reconnect_random`` is the jitter's source (floats in [0, 1);
     default :func:`random.random`): pass ``random.Random(seed).random`` for a reproducible
-    schedule.
+    schedule. ``reconnect_codes``: the close codes that lead to a reconnect.
+
+    ``keep_trying=True`` (with ``reconnect``) is JavaScript's behaviour: ``connect`` keeps
+    trying until the server is up (it still raises when refused, or when ``close`` stops
+    it), and every failed attempt, the first or a reconnect, is reported: ``closed`` (1006
+    and no reason when no socket opened) and ``updated`` ``OFFLINE`` then ``RE_CONNECTING``.
+    By default ``connect`` raises the first attempt's error instead, and reconnect attempts
+    are reported only by the ``error`` of a socket that would not open.
     """
 
     when: ClientEvents
@@ -218,15 +246,21 @@ class WseClient(Peer[ClientEvents]):
         url: str,
         *,
         protocol: WireProtocol | None = None,
-        timeout: float = 20.0,
+        timeout: float | None = 20.0,
         reconnect: bool = True,
         reconnect_delay: float = 1.0,
         reconnect_jitter: float = 1.0,
         reconnect_factor: float = 2.0,
         reconnect_max_delay: float = 30.0,
         reconnect_random: Callable[[], float] = random.random,
+        reconnect_codes: Collection[int] = RECONNECT_CODES,
+        keep_trying: bool = False,
         ssl: ssl_module.SSLContext | None = None,
         limits: Limits | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        origin: str | None = None,
+        proxy: str | None = None,
+        local_addr: tuple[str, int] | None = None,
     ) -> None:
         if reconnect_delay < 0 or reconnect_jitter < 0:
             raise ValueError("reconnect_delay and reconnect_jitter must not be negative")
@@ -243,8 +277,21 @@ class WseClient(Peer[ClientEvents]):
         self.reconnect_factor = reconnect_factor
         self.reconnect_max_delay = reconnect_max_delay
         self.reconnect_random = reconnect_random
+        self.reconnect_codes = frozenset(reconnect_codes)
+        self.keep_trying = keep_trying
         self.ssl = ssl
         self.limits = limits or Limits()
+        pairs = list(headers.items() if isinstance(headers, Mapping) else headers or ())
+        for name, _ in pairs:
+            if name.lower() in HANDSHAKE_HEADERS:
+                raise ValueError(f"{name} is written by the WebSocket handshake itself")
+        if origin is not None:
+            pairs.append(("Origin", origin))
+        pairs.append(("Sec-WebSocket-Protocol", self.protocol.name))
+        #: The upgrade request's extra headers (with ``Origin`` and the subprotocol).
+        self.headers: tuple[tuple[str, str], ...] = tuple(pairs)
+        self.proxy = proxy
+        self.local_addr = local_addr
 
         self.when = ClientEvents()
         self.status = WSE_STATUS.IDLE
@@ -273,16 +320,36 @@ class WseClient(Peer[ClientEvents]):
         Raises :class:`NotAuthorized` when refused, :class:`ConnectionFailed` when there is
         no connection (socket, upgrade, subprotocol, no welcome in time, closed before the
         welcome: then with the close ``code`` and ``reason`` in its details), and
-        :class:`AlreadyConnected` while connected or connecting.
+        :class:`AlreadyConnected` while connected, connecting or re-connecting (the reconnect
+        owns the socket: ``close`` first to connect anew). With ``reconnect`` and
+        ``keep_trying``, a failed attempt is followed by others until one succeeds.
         """
-        if self.status in (WSE_STATUS.READY, WSE_STATUS.CONNECTING):
+        if self.status in (WSE_STATUS.READY, WSE_STATUS.CONNECTING, WSE_STATUS.RE_CONNECTING):
             raise AlreadyConnected()
         self.identity = identity
         self.meta = dict(meta or {})
         self._closing = False
         self._set_status(WSE_STATUS.CONNECTING)
         try:
-            return await self._attempt()
+            try:
+                return await self._attempt()
+            except WseError as err:
+                if not (self.reconnect and self.keep_trying):
+                    raise
+                if not worth_retrying(err, self.reconnect_codes):
+                    raise
+                self._attempt_failed(err)
+            retrying = self._reconnector = asyncio.ensure_future(self._retry(0))
+            try:
+                return await retrying
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # connect itself was cancelled
+                raise ConnectionFailed({"error": "closed while connecting"}) from None
+            finally:
+                if self._reconnector is retrying:
+                    self._reconnector = None
         except BaseException:
             self._set_status(WSE_STATUS.OFFLINE)
             raise
@@ -321,18 +388,20 @@ class WseClient(Peer[ClientEvents]):
     # ---- messages and calls ----------------------------------------------------------------
 
     def send(self, type: str, payload: Any = None) -> None:
-        """Sends a message; raises :class:`ConnectionNotReady` before the welcome."""
+        """Sends a message; raises :class:`ConnectionNotReady` before the welcome (and reports
+        it through ``error``, as JavaScript does)."""
         self._ready_link().send(type, payload, None)
 
     async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
         """Calls server procedure ``rp`` and returns its result.
 
         Raises :class:`RpcError` when the server answers with an error, :class:`RpcTimeout`
-        after ``timeout`` (default: the client's), :class:`RpcDisconnected` when the
-        connection closes first, :class:`ConnectionNotReady` before the welcome.
+        after ``timeout`` (None: the client's; 0: no limit), :class:`RpcDisconnected` when
+        the connection closes first, :class:`ConnectionNotReady` before the welcome (also
+        reported through ``error``).
         """
         link = self._ready_link()
-        stamp, future = link.pending.open(self.timeout if timeout is None else timeout)
+        stamp, future = link.pending.open(deadline(self.timeout, timeout))
         link.send(rp, payload, stamp)
         return await future
 
@@ -346,7 +415,9 @@ class WseClient(Peer[ClientEvents]):
             or link.endpoint is None
             or not link.endpoint.open
         ):
-            raise ConnectionNotReady()
+            err = ConnectionNotReady()
+            self.when.emit("error", err)
+            raise err
         return link
 
     async def _attempt(self) -> Any:
@@ -361,13 +432,18 @@ class WseClient(Peer[ClientEvents]):
                 self.limits.max_pending_bytes,
             )
 
+        limit = deadline(self.timeout, None)
+        options: dict[str, Any] = {}
+        if self.local_addr is not None:
+            options["local_addr"] = self.local_addr  # to loop.create_connection
         try:
             transport, _ = await ws_connect(
                 listener,
                 self.url,
                 ssl_context=self.ssl,
-                extra_headers={"Sec-WebSocket-Protocol": self.protocol.name},
-                websocket_handshake_timeout=self.timeout,
+                extra_headers=self.headers,
+                proxy=self.proxy,
+                websocket_handshake_timeout=limit,
                 enable_auto_pong=False,  # pongs are masked with CSPRNG keys by the endpoint
                 # picows writes its keepalive pings itself, masked with its rand() key. They
                 # carry no payload, so there are no bytes for a predictable key to expose
@@ -379,23 +455,25 @@ class WseClient(Peer[ClientEvents]):
                 auto_ping_reply_timeout=self.limits.ping_timeout,
                 max_frame_size=self.limits.max_message_size,
                 use_aiofastnet=False,
+                **options,
             )
         except (TimeoutError, OSError, WSError) as exc:
-            raise ConnectionFailed({"error": repr(exc)}) from exc
+            raise self._socket_failed(ConnectionFailed({"error": repr(exc)})) from exc
         if transport.response is None:
             # picows's ws_connect returns, without raising, a transport whose server hung up
             # before answering the upgrade (a server going down, or a proxy without backend)
-            raise ConnectionFailed({"error": "closed during the upgrade"})
+            raise self._socket_failed(ConnectionFailed({"error": "closed during the upgrade"}))
         link.transport = transport
         self._link = link
         agreed = transport.response.headers.get("Sec-WebSocket-Protocol")
         if agreed != self.protocol.name:
             link.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
-            raise ConnectionFailed({"error": f"server chose subprotocol {agreed!r}"})
+            detail = f"server chose subprotocol {agreed!r}"
+            raise self._socket_failed(ConnectionFailed({"error": detail}))
         self.when.emit("connected")
         link.send_frame(link.session.hello(self.identity, self.meta))
         try:
-            welcome = await asyncio.wait_for(asyncio.shield(link.welcome), self.timeout)
+            welcome = await asyncio.wait_for(asyncio.shield(link.welcome), limit)
         except TimeoutError:
             link.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
             raise ConnectionFailed({"error": "no welcome in time"}) from None
@@ -417,6 +495,23 @@ class WseClient(Peer[ClientEvents]):
 
         run_handler(self._solver, (quest, solve), self._handler_failed)
 
+    def _socket_failed(self, err: ConnectionFailed) -> ConnectionFailed:
+        """Reports an attempt whose WebSocket did not open (``wse.client.ws-error``) through
+        ``error``, as JavaScript's socket ``error`` event does; returns it to be raised."""
+        self.when.emit("error", err)
+        return err
+
+    def _attempt_failed(self, err: WseError) -> None:
+        """With ``keep_trying``: reports a failed attempt as JavaScript's client does, as a
+        close (a socket that never opened closes with 1006 and no reason; one that opened
+        was reported when it closed) and a status going OFFLINE, then RE_CONNECTING."""
+        if not self.keep_trying:
+            return
+        if err.details.get("code") is None:
+            self.when.emit("closed", CLOSE_ABNORMAL, "")
+        self._set_status(WSE_STATUS.OFFLINE)
+        self._set_status(WSE_STATUS.RE_CONNECTING)
+
     def _handler_failed(self, exc: BaseException) -> None:
         err = WseError(WSE_ERROR.MESSAGE_PROCESSING_ERROR, {"error": repr(exc)})
         err.__cause__ = exc
@@ -426,10 +521,12 @@ class WseClient(Peer[ClientEvents]):
         if link is not self._link:
             return
         was_ready = self.status == WSE_STATUS.READY
+        if was_ready:
+            self.when.forget("ready")  # a handler added from now on waits for the next welcome
         self.when.emit("closed", code, reason)
         if self._closing or self._jumping:
             return
-        if was_ready and self.reconnect and code in RECONNECT_CODES:
+        if was_ready and self.reconnect and code in self.reconnect_codes:
             self._set_status(WSE_STATUS.RE_CONNECTING)
             self._reconnector = asyncio.ensure_future(self._reconnect_loop())
         elif was_ready:
@@ -448,31 +545,35 @@ class WseClient(Peer[ClientEvents]):
 
     async def _reconnect_loop(self) -> None:
         # One loop per loss: the attempt count starts at 0 again after a successful connection.
-        attempt = 0
         try:
-            while not self._closing:
-                await asyncio.sleep(self.reconnect_wait(attempt))
-                attempt += 1
-                try:
-                    await self._attempt()
-                    return
-                except WseError as err:
-                    if worth_retrying(err):
-                        continue  # server still away: try again
-                    self._set_status(WSE_STATUS.OFFLINE)  # refused: trying again cannot help
-                    self.when.emit("error", err)
-                    return
-                except Exception as exc:
-                    # Not a known way for a connection to fail: stop, and say so, rather than
-                    # leave the client RE_CONNECTING with no task behind it.
-                    failure = ConnectionFailed({"error": repr(exc)})
-                    failure.__cause__ = exc
-                    self._set_status(WSE_STATUS.OFFLINE)
-                    self.when.emit("error", failure)
-                    return
+            await self._retry(0)
+        except WseError as err:  # refused: trying again cannot help
+            self._set_status(WSE_STATUS.OFFLINE)
+            self.when.emit("error", err)
+        except Exception as exc:
+            # Not a known way for a connection to fail: stop, and say so, rather than leave
+            # the client RE_CONNECTING with no task behind it.
+            failure = ConnectionFailed({"error": repr(exc)})
+            failure.__cause__ = exc
+            self._set_status(WSE_STATUS.OFFLINE)
+            self.when.emit("error", failure)
         finally:
             if self._reconnector is asyncio.current_task():
                 self._reconnector = None
+
+    async def _retry(self, attempt: int) -> Any:
+        """Attempts, each after its backoff wait, until one is welcomed (its welcome) or fails
+        in a way that another cannot mend (raised); ``attempt`` counts those already made."""
+        while not self._closing:
+            await asyncio.sleep(self.reconnect_wait(attempt))
+            attempt += 1
+            try:
+                return await self._attempt()
+            except WseError as err:
+                if not worth_retrying(err, self.reconnect_codes):
+                    raise
+                self._attempt_failed(err)  # server still away: try again
+        raise ConnectionFailed({"error": "closed while connecting"})
 
     def _set_status(self, status: str) -> None:
         if status != self.status:

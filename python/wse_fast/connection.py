@@ -21,14 +21,22 @@ if TYPE_CHECKING:
     from .transport.base import Transport
 
 
+def deadline(default: float | None, timeout: float | None) -> float | None:
+    """A call's time limit in seconds, or None for none: ``timeout`` when given, else the
+    peer's ``default``; 0 (or less) means no limit, as JavaScript's ``tO: 0``."""
+    limit = default if timeout is None else timeout
+    return None if limit is None or limit <= 0 else limit
+
+
 class Connection:
     """One WebSocket of a user (``client``): ``cid`` (the user's id, once accepted),
     ``conn_id`` (unique in its server), ``identity`` and ``meta`` (from the client's hi),
-    ``remote_addr``; ``send``, ``call`` and ``drop``."""
+    ``remote_addr``, ``state`` (the application's own); ``send``, ``call`` and ``drop``."""
 
     __slots__ = (
         "_pending",
         "_server",
+        "_state",
         "cid",
         "client",
         "conn_id",
@@ -43,13 +51,24 @@ class Connection:
         self._server = server
         self.conn_id = conn_id
         self.session = session
-        self.cid: str | None = None
+        # the user's id as identify gave it to accept (any hashable value), once accepted
+        self.cid: Any = None
         self.identity: Any = None
         self.meta: dict[str, Any] = {}
         self.client: Client | None = None
         self.endpoint: Transport | None = None
         self.forwarded_addr: tuple[str, int] | None = None  # the client, as a trusted proxy says
         self._pending: PendingCalls | None = None  # made by the first server-to-client call
+        self._state: dict[str, Any] | None = None  # made when first read
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The application's own data for this connection (JavaScript handlers set properties
+        on the connection object): a dict, made when first used, gone with the connection."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} cid={self.cid!r} {self.session.state.name}>"
@@ -74,12 +93,16 @@ class Connection:
 
     async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
         """Calls procedure ``rp`` on this device and returns its result; raises ``RpcError``,
-        ``RpcTimeout``, ``RpcDisconnected`` or ``ConnectionNotReady``."""
+        ``RpcTimeout``, ``RpcDisconnected`` or ``ConnectionNotReady`` (also reported through
+        the server's ``error`` event). ``timeout``: seconds, None for the server's, 0 for no
+        deadline (see :func:`deadline`)."""
         if not self.session.valid or self.endpoint is None or not self.endpoint.open:
-            raise ConnectionNotReady({"rpc": rp})
+            err = ConnectionNotReady({"rpc": rp})
+            self._server.when.emit("error", err, self)  # as JavaScript reports it too
+            raise err
         if self._pending is None:
             self._pending = PendingCalls(asyncio.get_running_loop())
-        stamp, future = self._pending.open(self._server.timeout if timeout is None else timeout)
+        stamp, future = self._pending.open(deadline(self._server.timeout, timeout))
         self.endpoint.write(self._server.encode(rp, payload, stamp))
         return await future
 

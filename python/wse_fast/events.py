@@ -11,10 +11,11 @@ it against the signature the registry calls it with: the Protocols below, whose 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, overload
 
 from .constants import WSE_ERROR
 from .errors import WseError
@@ -162,27 +163,98 @@ _ClientIgnored = TypeVar("_ClientIgnored", bound=OnClientIgnored)
 
 
 class Events:
-    """Base of ``server.when`` and ``client.when``: one list of handlers per event name."""
+    """Base of ``server.when`` and ``client.when``: the handlers of each event, in the order
+    they were added; several may listen to one event, and each runs.
+
+    ``when.once`` is the same events, registering handlers that run once and are removed;
+    ``off`` removes one; ``await when.wait(name)`` waits for the next emission. Events named
+    in ``_memorable`` (a client's ``ready`` and ``updated``) remember their last arguments:
+    a handler added afterwards runs at once with them, and ``wait`` returns them at once.
+    """
+
+    __slots__ = ("_handlers", "_memory", "_once")
 
     _names: tuple[str, ...] = ()
+    _memorable: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Callable[..., Any]]] = {n: [] for n in self._names}
+        self._memory: dict[str, tuple[Any, ...]] = {}
+        self._once = False
+
+    @property
+    def once(self) -> Self:
+        """These events, registering handlers that run once (``@client.when.once.ready``)."""
+        view = copy.copy(self)
+        view._once = True
+        return view
 
     def _add(self, name: str, fn: F) -> F:
-        self._handlers[name].append(fn)
+        remembered = self._memory.get(name)
+        if remembered is not None:
+            run_handler(fn, remembered, _log_error)
+            if self._once:
+                return fn
+        self._handlers[name].append(_Once(self, name, fn) if self._once else fn)
         return fn
 
     def off(self, name: str, fn: Callable[..., Any] | None = None) -> None:
-        """Removes one handler of ``name``, or all of them."""
+        """Removes handler ``fn`` of ``name`` (also one added through ``once``), or all of
+        them; a handler that is not there is no error."""
+        handlers = self._handlers[name]
         if fn is None:
-            self._handlers[name].clear()
-        elif fn in self._handlers[name]:
-            self._handlers[name].remove(fn)
+            handlers.clear()
+            return
+        for i, h in enumerate(handlers):
+            if h is fn or (isinstance(h, _Once) and h.fn is fn):
+                del handlers[i]
+                return
 
     def emit(self, name: str, *args: Any) -> None:
-        for fn in self._handlers[name]:
+        if name in self._memorable:
+            self._memory[name] = args
+        for fn in tuple(self._handlers[name]):  # a handler may remove itself (once)
             run_handler(fn, args, _log_error)
+
+    def forget(self, name: str) -> None:
+        """Drops what a memorable event remembers: later handlers wait for its next time."""
+        self._memory.pop(name, None)
+
+    def last(self, name: str) -> tuple[Any, ...] | None:
+        """The arguments a memorable event last fired with, or None."""
+        return self._memory.get(name)
+
+    async def wait(self, name: str, until: Callable[..., bool] | None = None) -> tuple[Any, ...]:
+        """The arguments of the next emission of ``name`` (for which ``until(*args)`` is true,
+        when given); for a memorable event, its remembered arguments if they fit. Cancel it,
+        or bound it with ``asyncio.timeout``, to stop waiting."""
+        remembered = self._memory.get(name)
+        if remembered is not None and (until is None or until(*remembered)):
+            return remembered
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+        def settle(*args: Any) -> None:
+            if not future.done() and (until is None or until(*args)):
+                future.set_result(args)
+
+        self._handlers[name].append(settle)
+        try:
+            return await future
+        finally:
+            self.off(name, settle)
+
+
+class _Once:
+    """A handler added through ``when.once``: removed before it runs."""
+
+    __slots__ = ("events", "fn", "name")
+
+    def __init__(self, events: Events, name: str, fn: Callable[..., Any]) -> None:
+        self.events, self.name, self.fn = events, name, fn
+
+    def __call__(self, *args: Any) -> Any:
+        self.events.off(self.name, self.fn)
+        return self.fn(*args)
 
 
 class ServerEvents(Events):
@@ -243,6 +315,7 @@ class ServerEvents(Events):
 
 class ClientEvents(Events):
     _names = ("ready", "closed", "error", "updated", "connected", "ignored")
+    _memorable = frozenset({"ready", "updated"})
 
     def ready(self, fn: _Ready) -> _Ready:
         """``fn(welcome)``: authenticated; messages and calls may flow."""
@@ -280,14 +353,23 @@ else:
 
 
 class Channel(Generic[Side]):
-    """Message handlers by type: ``channel.on("type", fn)`` or ``@channel.on("type")``.
+    """Message listeners by type, an event emitter as in JavaScript: ``channel.on("type",
+    fn)`` or ``@channel.on("type")`` adds a listener, ``off`` removes one, ``once`` adds one
+    that runs once. Every listener of a type runs, in the order added.
 
     ``fn(conn, payload)`` on a server (:class:`ServerHandler`), ``fn(payload)`` on a client
-    (:class:`ClientHandler`); registering a type again replaces its handler.
+    (:class:`ClientHandler`). A message whose type has no listener goes to ``when.ignored``.
     """
 
+    __slots__ = ("handlers", "several")
+
     def __init__(self) -> None:
+        # The route reads ``handlers`` once per message: the types with exactly one listener,
+        # called directly, so that one listener costs what it did when there could be only
+        # one. Types with more are in ``several``, which is read only when ``handlers`` has
+        # nothing for the type.
         self.handlers: dict[str, Callable[..., Any]] = {}
+        self.several: dict[str, tuple[Callable[..., Any], ...]] = {}
 
     @overload
     def on(self: Channel[ServerEvents], type: str) -> Callable[[_SH], _SH]: ...
@@ -299,13 +381,70 @@ class Channel(Generic[Side]):
     def on(self: Channel[ClientEvents], type: str, fn: _CH) -> _CH: ...
     def on(self, type: str, fn: Callable[..., Any] | None = None) -> Any:
         def add(f: F) -> F:
-            self.handlers[type] = f
+            self._add(type, f)
             return f
 
         return add if fn is None else add(fn)
 
-    def off(self, type: str) -> None:
+    @overload
+    def once(self: Channel[ServerEvents], type: str) -> Callable[[_SH], _SH]: ...
+    @overload
+    def once(self: Channel[ServerEvents], type: str, fn: _SH) -> _SH: ...
+    @overload
+    def once(self: Channel[ClientEvents], type: str) -> Callable[[_CH], _CH]: ...
+    @overload
+    def once(self: Channel[ClientEvents], type: str, fn: _CH) -> _CH: ...
+    def once(self, type: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Adds a listener that is removed before its first run (one message, on whichever
+        connection it comes first)."""
+
+        def add(f: F) -> F:
+            self._add(type, _OnceListener(self, type, f))
+            return f
+
+        return add if fn is None else add(fn)
+
+    def off(self, type: str, fn: Callable[..., Any] | None = None) -> None:
+        """Removes listener ``fn`` of ``type`` (also one added with ``once``), or every
+        listener of ``type``; one that is not there is no error."""
+        if fn is None:
+            self._set(type, [])
+            return
+        fns = list(self.listeners(type))
+        for i, f in enumerate(fns):
+            if f is fn or (isinstance(f, _OnceListener) and f.fn is fn):
+                del fns[i]
+                self._set(type, fns)
+                return
+
+    def listeners(self, type: str) -> tuple[Callable[..., Any], ...]:
+        """The listeners of ``type``, in the order they run."""
+        one = self.handlers.get(type)
+        return (one,) if one is not None else self.several.get(type, ())
+
+    def _add(self, type: str, fn: Callable[..., Any]) -> None:
+        self._set(type, [*self.listeners(type), fn])
+
+    def _set(self, type: str, fns: list[Callable[..., Any]]) -> None:
         self.handlers.pop(type, None)
+        self.several.pop(type, None)
+        if len(fns) == 1:
+            self.handlers[type] = fns[0]
+        elif fns:
+            self.several[type] = tuple(fns)
+
+
+class _OnceListener:
+    """A listener added with ``channel.once``: removed before it runs."""
+
+    __slots__ = ("channel", "fn", "type")
+
+    def __init__(self, channel: Channel[Any], type: str, fn: Callable[..., Any]) -> None:
+        self.channel, self.type, self.fn = channel, type, fn
+
+    def __call__(self, *args: Any) -> Any:
+        self.channel.off(self.type, self.fn)
+        return self.fn(*args)
 
 
 class Procedures:
@@ -324,4 +463,7 @@ class Procedures:
         return add if fn is None else add(fn)
 
     def unregister(self, name: str) -> None:
-        self.handlers.pop(name, None)
+        """Removes procedure ``name``; one that is not registered raises
+        ``wse.server.rp.not-registered``, as in JavaScript."""
+        if self.handlers.pop(name, None) is None:
+            raise WseError(WSE_ERROR.RP_NOT_REGISTERED, {"rpc": name})

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from . import rpc
 from .constants import WSE_ERROR
+from .errors import WseError
 from .events import (
     Channel,
     ClientEvents,
@@ -81,7 +82,25 @@ class Peer(Generic[Side]):
         return self.procedures.register(name, fn)
 
     def unregister(self, name: str) -> None:
+        """Removes procedure ``name``; raises ``wse.server.rp.not-registered`` when there is
+        none, as JavaScript does."""
         self.procedures.unregister(name)
+
+    def procedure_failed(
+        self, args: tuple[Any, ...], name: str, payload: Any, stamp: str, error: dict[str, Any]
+    ) -> None:
+        """Reports a procedure of this side that failed (``args``: what it was called with,
+        the connection first on a server; ``error``: the ``~wse:response-err`` payload
+        answered, whose ``error_id`` the log has), as JavaScript does: an ``error`` event
+        ``wse.server.rp.failed`` (both sides use that code), after the caller was answered.
+        For :func:`rpc.answer_call` to call on a failure; not for a cancelled call."""
+        origin = args[:-1]
+        details: dict[str, Any] = {"rpc": name, "payload": payload, "stamp": stamp}
+        details["error"] = error
+        if origin:
+            conn = origin[0]
+            details["cid"], details["conn_id"] = conn.cid, conn.conn_id
+        self.when.emit("error", WseError(WSE_ERROR.RP_EXECUTION_FAILED, details), *origin)
 
     def route(
         self,
@@ -99,8 +118,14 @@ class Peer(Generic[Side]):
         False for an event this does not handle."""
         if isinstance(event, ev.Message):
             handler = self.channel.handlers.get(event.type)
-            if handler is None:
-                self.when.emit("ignored", *origin, event.type, event.payload)
+            if handler is None:  # several listeners, or none
+                several = self.channel.several.get(event.type)
+                if several is None:
+                    self.when.emit("ignored", *origin, event.type, event.payload)
+                else:
+                    args = (*origin, event.payload)
+                    for listener in several:
+                        run_handler(listener, args, on_error, track)
             else:
                 run_handler(handler, (*origin, event.payload), on_error, track)
         elif isinstance(event, ev.Call):

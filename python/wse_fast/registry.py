@@ -3,7 +3,8 @@ per-user connection limit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -13,21 +14,54 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 
+#: Marks a cid's text form (:func:`cid_text`) that is not the cid itself.
+_ENCODED = "\x00"
+
+
+def cid_text(cid: Hashable) -> str:
+    """A cid as text, one to one, for what carries only text (the cluster's subjects and
+    keys): a string is itself (unless it starts with NUL), anything else that JSON keeps
+    (an int, a float, a bool) is NUL and its JSON, so that ``1`` and ``"1"`` stay two users,
+    as in JavaScript's ``Map``. Other cids cannot cross the cluster: TypeError."""
+    if isinstance(cid, str) and not cid.startswith(_ENCODED):
+        return cid
+    if not isinstance(cid, (str, int, float)):
+        raise TypeError(f"a cid that crosses the cluster is a str or a number, not {cid!r}")
+    return _ENCODED + json.dumps(cid)
+
+
+def cid_from_text(text: str) -> Any:
+    """The cid that :func:`cid_text` made ``text`` from."""
+    return json.loads(text[1:]) if text.startswith(_ENCODED) else text
+
+
 class Client:
-    """A user (``cid``) and its open connections, oldest first."""
+    """A user (``cid``, as identify gave it to accept: any hashable value) and its open
+    connections, oldest first; ``state`` is the application's own data for the user."""
 
-    __slots__ = ("_conns", "_encode", "cid", "meta")
+    __slots__ = ("_conns", "_encode", "_state", "cid", "meta")
 
-    def __init__(self, encode: Callable[..., bytes], cid: str, first: Connection) -> None:
+    def __init__(self, encode: Callable[..., bytes], cid: Any, first: Connection) -> None:
         self._encode = encode
         self.cid = cid
         self.meta = first.meta
+        self._state: dict[str, Any] | None = None  # made when first read
         # A list, not a dict: most users have one or two devices, and an idle user's dict
         # would cost more than its connection's own state.
         self._conns: list[Connection] = [first]
 
     def __repr__(self) -> str:
         return f"<Client {self.cid!r} conns={len(self._conns)}>"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The application's own data for this user (JavaScript handlers set properties on
+        the user object): a dict, made when first used, kept while the user has a
+        connection on this server (a user who leaves and comes back starts with a new one)."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
 
     @property
     def conns(self) -> Mapping[str, Connection]:
@@ -61,9 +95,9 @@ class UserRegistry:
     def __init__(self, encode: Callable[..., bytes], conn_per_user: int) -> None:
         self._encode = encode
         self.conn_per_user = conn_per_user
-        self.clients: dict[str, Client] = {}
+        self.clients: dict[Any, Client] = {}
 
-    def add(self, conn: Connection, cid: str) -> tuple[Client, bool, list[Connection]]:
+    def add(self, conn: Connection, cid: Hashable) -> tuple[Client, bool, list[Connection]]:
         """Adds an accepted connection to user ``cid``: the user, whether this is its first
         connection (it joined), and its oldest connections over the limit (to drop)."""
         client = self.clients.get(cid)

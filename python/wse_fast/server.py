@@ -103,7 +103,7 @@ class WseServer(Peer[ServerEvents]):
 
         self.when = ServerEvents()
         self.registry = UserRegistry(self.encode, conn_per_user)
-        self.clients: dict[str, Client] = self.registry.clients  # users with open connections
+        self.clients: dict[Any, Client] = self.registry.clients  # users with open connections
         # every open socket, authenticated or not
         self.connections: dict[str, ServerConnection] = {}
         self.challenger: Callable[..., Any] | None = None
@@ -279,10 +279,11 @@ class WseServer(Peer[ServerEvents]):
         if self.cluster is not None:
             self.cluster.broadcast(frame)
 
-    def send(self, cid: str, type: str, payload: Any = None) -> bool:
-        """Sends to every device of user ``cid``; False if the user is not connected here and
-        there is no cluster to pass it to (in a cluster: True, and every node delivers it to
-        the user's connections it has)."""
+    def send(self, cid: Any, type: str, payload: Any = None) -> bool:
+        """Sends to every device of user ``cid`` (as identify accepted it: ``1`` and ``"1"``
+        are two users); False if the user is not connected here and there is no cluster to
+        pass it to (in a cluster: True, and every node delivers it to the user's connections
+        it has)."""
         client = self.clients.get(cid)
         if self.cluster is None:
             if client is None:
@@ -295,13 +296,13 @@ class WseServer(Peer[ServerEvents]):
         self.cluster.send(cid, frame)
         return True
 
-    def drop_client(self, cid: str, reason: str = WSE_REASON.BY_SERVER) -> None:
+    def drop_client(self, cid: Any, reason: str = WSE_REASON.BY_SERVER) -> None:
         """Closes every connection of user ``cid`` (on every node of a cluster)."""
         self.drop_local_user(cid, reason)
         if self.cluster is not None:
             self.cluster.drop_user(cid, reason)
 
-    async def online(self, cid: str) -> int:
+    async def online(self, cid: Any) -> int:
         """How many connections user ``cid`` has open (on every live node of a cluster)."""
         if self.cluster is not None:
             return await self.cluster.online(cid)
@@ -309,16 +310,18 @@ class WseServer(Peer[ServerEvents]):
         return 0 if client is None else len(client.conns)
 
     async def call(
-        self, cid: str, rp: str, payload: Any = None, timeout: float | None = None
+        self, cid: Any, rp: str, payload: Any = None, timeout: float | None = None
     ) -> Any:
         """Calls procedure ``rp`` on the newest connection of user ``cid``, wherever it lives;
         the same results and errors as :meth:`Connection.call` (``ConnectionNotReady`` when
-        the user has none)."""
+        the user has none, also reported through the ``error`` event)."""
         if self.cluster is not None:
             return await self.cluster.call(cid, rp, payload, timeout)
         client = self.clients.get(cid)
         if client is None or not client.conns:
-            raise ConnectionNotReady({"rpc": rp, "cid": cid})
+            err = ConnectionNotReady({"rpc": rp, "cid": cid})
+            self.when.emit("error", err, None)
+            raise err
         newest = list(client.conns.values())[-1]
         return await newest.call(rp, payload, timeout)
 
@@ -327,12 +330,12 @@ class WseServer(Peer[ServerEvents]):
     def deliver_to_all(self, frame: bytes) -> None:
         self._live.write_all(frame)
 
-    def deliver_to_user(self, cid: str, frame: bytes) -> None:
+    def deliver_to_user(self, cid: Any, frame: bytes) -> None:
         client = self.clients.get(cid)
         if client is not None:
             client.send_frame(frame)
 
-    def drop_local_user(self, cid: str, reason: str) -> None:
+    def drop_local_user(self, cid: Any, reason: str) -> None:
         client = self.clients.get(cid)
         if client is not None:
             client.drop(reason)
@@ -462,9 +465,10 @@ class WseServer(Peer[ServerEvents]):
         if conn.endpoint is not None:
             conn.endpoint.close(code, reason, wait=False)
 
-    def admitted(self, conn: ServerConnection, cid: str, welcome: Any) -> None:
-        """identify accepted ``conn`` as user ``cid``: welcome it, register it, tell the
-        application, and drop the user's oldest connections over ``conn_per_user``."""
+    def admitted(self, conn: ServerConnection, cid: Any, welcome: Any) -> None:
+        """identify accepted ``conn`` as user ``cid`` (kept as given: any hashable value):
+        welcome it, register it, tell the application, and drop the user's oldest
+        connections over ``conn_per_user``."""
         if not conn.open:
             return  # closed (or timed out) while identify was running
         try:  # before any state changes: a welcome that cannot be sent accepts nobody
