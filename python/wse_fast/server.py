@@ -20,6 +20,7 @@ from .errors import ConnectionNotReady, WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .listener import Listener
+from .metrics import ServerMetrics
 from .options import ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
@@ -130,6 +131,9 @@ class WseServer(Peer[ServerEvents]):
             self.join_cluster(cluster)
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
+        self.closing = False  # close() has begun: /health answers 503
+        #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
+        self.metrics = ServerMetrics(self)
         self.saturated = False  # tasks_running has reached max_tasks (read per message)
         self._waiting_for_tasks: dict[ServerConnection, None] = {}  # paused by max_tasks, in order
 
@@ -231,6 +235,7 @@ class WseServer(Peer[ServerEvents]):
         Mounted (ASGI, aiohttp) or on a shared :class:`~wse_fast.Listener`, it closes the
         connections of this server; call it from the application's shutdown.
         """
+        self.closing = True
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop_listening()
@@ -275,7 +280,9 @@ class WseServer(Peer[ServerEvents]):
         """Sends to every connection of every user (on every node of a cluster); the frame is
         encoded once."""
         frame = self.encode(type, payload, None)
-        self._live.write_all(frame)
+        live = self._live
+        live.write_all(frame)
+        self.metrics.count_sent(type, len(frame), len(live))  # once for every connection
         if self.cluster is not None:
             self.cluster.broadcast(frame)
 
@@ -451,6 +458,7 @@ class WseServer(Peer[ServerEvents]):
     def connection_opened(self, conn: ServerConnection) -> None:
         """A connection's WebSocket is open (before authentication)."""
         self.connections[conn.conn_id] = conn
+        self.metrics.opened += 1
 
     def report(self, error: WseError, conn: ServerConnection) -> None:
         """Reports a problem of one connection through the ``error`` event."""
@@ -460,6 +468,8 @@ class WseServer(Peer[ServerEvents]):
         """Ends a connection that was never accepted: its Close frame goes out and the socket
         closes at once, without waiting for the stranger's answer; what it sent is released,
         and what it sent after is not decoded."""
+        if conn.open:  # counted once, however many reasons to refuse it come up
+            self.metrics.count_refused(reason)
         conn.forget_stranger()
         conn.session.closed()
         if conn.endpoint is not None:
@@ -490,6 +500,11 @@ class WseServer(Peer[ServerEvents]):
         self.when.emit("connected", conn)
         for old in excess:  # over the limit: the oldest devices go, the newest stays
             old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
+
+    def accepted_connections(self) -> int:
+        """How many open connections are accepted (the rest of ``connections`` are
+        authenticating)."""
+        return len(self._live)
 
     # ---- handler tasks (counted by ServerConnection) ---------------------------------------------
 

@@ -4,19 +4,28 @@ server's authentication flow, handlers and pending calls; flow control of handle
 from __future__ import annotations
 
 import asyncio
+import logging
+from bisect import bisect_right
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
 from .errors import ProtocolViolation, WseError
+from .metrics import LATENCY_BUCKETS, PROTOCOL_CLOSE_CODES
 from .sansio import session as ev
 from .sansio.session import ServerSession, ServerState
 
 _CLOSED = ServerState.CLOSED
+_MESSAGE = ev.Message
+_CALL = ev.Call
+#: Per-connection records (opened, accepted, closed) at DEBUG: none by default.
+log = logging.getLogger("wse_fast.connection")
 
 if TYPE_CHECKING:
     from .handshake import HandshakeRequest
+    from .metrics import ProcedureStats
     from .server import WseServer
     from .transport.admission import StrangerHold
     from .transport.base import Transport
@@ -30,9 +39,13 @@ class ServerConnection(Connection):
     stops reading its socket. Messages already read wait, copied, in order, and run as tasks
     finish; the peer's TCP window then holds the rest. Every task still running when the
     connection closes is cancelled.
+
+    Metrics (:mod:`wse_fast.metrics`): what it receives is counted as it is decoded, and its
+    calls are timed from then until their answer is handed to :meth:`_reply`.
     """
 
     __slots__ = (
+        "_answering",
         "_auth_timer",
         "_backlog",
         "_tasks",
@@ -49,6 +62,13 @@ class ServerConnection(Connection):
         self.handshake: HandshakeRequest | None = None  # the upgrade request, until accepted
         self._tasks: set[asyncio.Future[Any]] | None = None  # running handler tasks
         self._backlog: deque[tuple[bool, Any]] | None = None  # read while paused
+        # calls not answered yet: stamp to (their procedure's statistics, when they came)
+        self._answering: dict[str, tuple[ProcedureStats, float]] | None = None
+
+    def log_fields(self) -> dict[str, Any]:
+        """What every log record about this connection carries (``extra=``): ``cid`` (None
+        until accepted) and ``conn_id``."""
+        return {"cid": self.cid, "conn_id": self.conn_id}
 
     @property
     def tasks_running(self) -> int:
@@ -63,10 +83,13 @@ class ServerConnection(Connection):
             self.stranger.on_exhausted = self._budget_spent
         server = self._server
         server.connection_opened(self)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("opened from %s", endpoint.remote_addr, extra=self.log_fields())
         if self.offered_protocols is not None:
             name, offered = server.protocol.name, self.offered_protocols
             detail = f"subprotocol {name!r} not offered (got {offered!r})"
             server.report(ProtocolViolation({"detail": detail}), self)
+            server.metrics.count_protocol_error(CLOSE_NORMAL)
             server.refuse(self, CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
             return
         self._auth_timer = server.authentication.opened(self)
@@ -80,12 +103,32 @@ class ServerConnection(Connection):
             self._backlog.append((binary, data if isinstance(data, str) else bytes(data)))  # type: ignore[union-attr]
             return
         event = self.session.receive_data(binary, data)
+        # counted here, once per message whatever its type: plain integers, no call out
+        metrics = server.metrics
+        cls = event.__class__
+        if cls is _MESSAGE:
+            key: object = event.type  # type: ignore[union-attr]
+        elif cls is _CALL:
+            # timed from now until its answer reaches _reply, whenever that is
+            key = name = event.name  # type: ignore[union-attr]
+            stats = metrics.procedures.get(name) or metrics.procedure(name)
+            answering = self._answering
+            if answering is None:
+                answering = self._answering = {}
+            answering[event.stamp] = (stats, perf_counter())  # type: ignore[union-attr]
+        else:
+            key = cls
+        cell = metrics.received.get(key) or metrics.received_cell(key, cls)
+        cell[0] += 1
+        # bytes: a mounted transport hands text as str, counted as its UTF-8 encoding
+        cell[1] += len(data) if data.__class__ is not str or data.isascii() else len(data.encode())
         if not server.route(
             event, (self,), self._reply, self._pending, self._handler_failed, self.track
         ):
             self._authentication_event(event)
 
     def on_overflow(self) -> None:
+        self._server.metrics.slow_consumers += 1
         limit = self._server.limits.max_pending_bytes
         err = WseError(
             WSE_ERROR.CONNECTION_ERROR, {"reason": SLOW_CONSUMER, "max_pending_bytes": limit}
@@ -94,6 +137,11 @@ class ServerConnection(Connection):
 
     def on_close(self, code: int, reason: str) -> None:
         was_valid = self.session.valid
+        if code in PROTOCOL_CLOSE_CODES:
+            self._server.metrics.count_protocol_error(code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("closed: %d %s", code, reason, extra=self.log_fields())
+        self._answering = None
         self.session.closed()
         self.cancel_auth_timer()
         self.handshake = None
@@ -120,7 +168,7 @@ class ServerConnection(Connection):
             self._server.authentication.identify(self, event.response)
         elif isinstance(event, ev.Violation):
             self._violation(event.detail)
-        elif isinstance(event, ev.TooBig):
+        elif isinstance(event, ev.TooBig):  # counted as a protocol error by on_close (1009)
             detail = {"detail": "message too big before authentication", "size": event.size}
             self._server.report(ProtocolViolation(detail), self)
             self._server.refuse(self, *self.session.close_for(event))
@@ -139,6 +187,9 @@ class ServerConnection(Connection):
             self.stranger.release()
             self.stranger = None
         self.cid = cid
+        self._server.metrics.accepted += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("accepted", extra=self.log_fields())
 
     def forget_stranger(self) -> None:
         """Refused: what it sent goes at once."""
@@ -211,11 +262,35 @@ class ServerConnection(Connection):
     # ---- helpers ---------------------------------------------------------------------------
 
     def _reply(self, type: str, payload: Any, stamp: str) -> None:
+        """Sends the answer to call ``stamp`` (``type``: a response, or an error), and counts
+        the call by its result code."""
+        server = self._server
+        answering = self._answering
+        if answering is not None:
+            timing = answering.pop(stamp, None)
+            if timing is not None:
+                stats, start = timing
+                elapsed = perf_counter() - start
+                if not answering:
+                    self._answering = None
+                if type == server.protocol_types.response:
+                    ok = stats.ok
+                    ok.counts[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
+                    ok.total += elapsed
+                else:
+                    code = payload.get("code") if isinstance(payload, dict) else None
+                    stats.observe(str(code), elapsed)
         if self.endpoint is not None:
-            self.endpoint.write(self._server.encode(type, payload, stamp))
+            frame = server.encode(type, payload, stamp)
+            self.endpoint.write(frame)
+            metrics = server.metrics
+            cell = metrics.sent.get(type) or metrics.sent_cell(type)
+            cell[0] += 1
+            cell[1] += len(frame)
 
     def _violation(self, detail: str) -> None:
         self._server.report(ProtocolViolation({"detail": detail, "conn_id": self.conn_id}), self)
+        self._server.metrics.count_protocol_error(CLOSE_NORMAL)
         if self.session.valid:
             self.drop(WSE_REASON.PROTOCOL_ERR)
         else:

@@ -21,10 +21,41 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in pic
 
 from .admission import Admission, ReadGuard
 
-#: picows gives every connection its own child ``logging.Logger`` (about 600 bytes each) when
-#: handed a Logger; an adapter over the same logger keeps its records and costs nothing per
-#: connection.
-_PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"))
+
+class PicowsLog(logging.LoggerAdapter[logging.Logger]):
+    """What picows may log for the server's sockets: only what comes with an exception (a
+    failure in code), unless the application sets a level on the ``picows`` (or
+    ``picows.server``) logger itself, which then gets every record at that level or above.
+
+    Everything else picows writes is one line or more per connection, of the peer's doing: a
+    socket accepted, disconnected, a frame it could not parse, a pong that did not come, a
+    write buffer past its limit. Those the server counts (:mod:`wse_fast.metrics`) and reports
+    through its ``error`` event instead.
+
+    An adapter rather than the Logger itself: picows gives every connection a child Logger
+    of its own (about 600 bytes each) when handed a Logger.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("picows.server"))
+        self._parent = logging.getLogger("picows")
+
+    def _chosen_level(self) -> int:
+        """The level the application set on picows's loggers (0: none)."""
+        return self.logger.level or self._parent.level
+
+    def isEnabledFor(self, level: int) -> bool:
+        chosen = self._chosen_level()
+        if chosen:
+            return level >= chosen and self.logger.isEnabledFor(level)
+        return level >= logging.ERROR and self.logger.isEnabledFor(level)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self._chosen_level() or kwargs.get("exc_info"):
+            super().log(level, msg, *args, **kwargs)
+
+
+_PICOWS_LOG = PicowsLog()
 
 Upgrade = Callable[[WSUpgradeRequest, ReadGuard], Any]
 

@@ -1,0 +1,527 @@
+"""What one server counts, and how Prometheus reads it.
+
+The counting costs the server next to nothing: where traffic flows, it is a dict lookup and
+an integer addition (a broadcast counts once, for every connection it reaches, not once per
+delivery), and nothing of ``prometheus_client`` runs there. Prometheus reads the counters when
+it scrapes, through a collector that also takes the gauges (connections, users) from the
+server's own tables at that moment. Without ``prometheus_client`` (the ``metrics`` extra), the
+server counts the same and only ``/metrics`` is unavailable.
+
+``server.metrics`` (:class:`ServerMetrics`) serves ``GET /metrics`` and ``GET /health``:
+``await server.metrics.listen(host, port)`` on a port of its own (what
+``wse-fast serve --metrics-port`` does), or mounted beside the WebSocket route as
+``server.metrics.asgi`` or ``server.metrics.aiohttp_handler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from .sansio import session as ev
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from prometheus_client.registry import Collector
+
+    from .server import WseServer
+
+log = logging.getLogger("wse_fast.metrics")
+
+#: Upper bounds (seconds) of the RPC latency histogram's buckets: from a plain function's
+#: tenth of a millisecond to a coroutine that waits on the network.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+#: The ``type`` of received messages that no handler takes: the types a client sends are its
+#: own choice, and a label per type would let it grow the series without end.
+UNHANDLED = "(unhandled)"
+#: The ``procedure`` of calls to names that are not registered, for the same reason.
+UNREGISTERED = "(unregistered)"
+#: The ``type`` of sent messages beyond the first ``MAX_SENT_TYPES`` types.
+OTHER = "(other)"
+#: Types sent that get a label of their own (an application that sends a type per user would
+#: otherwise make a series per user).
+MAX_SENT_TYPES = 256
+#: The result code of a call answered with a result.
+OK = "ok"
+#: Close codes that mean a broken protocol (RFC 6455 §7.4.1): framing, data that is not what
+#: its frame says, a message over the size limit.
+PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
+
+#: The label of messages the server receives that are not a message or a call, by the class
+#: of what the session made of them (wire types are filled in from the server's protocol).
+_EVENT_LABELS: dict[object, str] = {
+    ev.Violation: "(invalid)",
+    ev.TooBig: "(too-big)",
+    ev.Ignored: "(ignored)",
+}
+_CONTENT_TYPE_JSON = "application/json"
+_NEEDS_EXTRA = (
+    b"/metrics needs prometheus-client: pip install 'wse-fast[metrics]'\n",
+    "text/plain; charset=utf-8",
+)
+#: What an HTTP request to the metrics listener may send before its request is understood.
+_REQUEST_MAX = 8192
+_REQUEST_TIMEOUT = 10.0
+
+
+class Histogram:
+    """Counts per bucket of :data:`LATENCY_BUCKETS` (one more for the rest), and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_right(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+class ProcedureStats:
+    """One procedure's answered calls: how long each took, by result code (``ok`` for a
+    result, else the error code sent to the caller)."""
+
+    __slots__ = ("by_code", "ok")
+
+    def __init__(self) -> None:
+        self.ok = Histogram()
+        self.by_code: dict[str, Histogram] = {OK: self.ok}
+
+    def observe(self, code: str, seconds: float) -> None:
+        histogram = self.by_code.get(code)
+        if histogram is None:
+            histogram = self.by_code[code] = Histogram()
+        histogram.observe(seconds)
+
+
+class ServerMetrics:
+    """The counters of one :class:`~wse_fast.WseServer` (``server.metrics``), and its
+    ``/metrics`` and ``/health`` endpoints.
+
+    The server's parts add to the counters directly (they are the interface: plain dicts and
+    integers, read only when Prometheus scrapes):
+
+    - ``received``: message type (or the session's event class) to ``[messages, bytes]``;
+      calls are counted under their procedure's name;
+    - ``sent``: message type to ``[messages, bytes]``, a message counted once per connection
+      it was queued for;
+    - ``procedures``: procedure name (None: any unregistered name) to :class:`ProcedureStats`;
+    - ``refused``: close reason to connections refused before they were accepted;
+    - ``protocol_errors``: close code to connections closed for a broken protocol;
+    - ``slow_consumers``, ``opened``, ``accepted``: connections.
+    """
+
+    __slots__ = (
+        "_asgi",
+        "_registry",
+        "_server",
+        "accepted",
+        "opened",
+        "procedures",
+        "protocol_errors",
+        "received",
+        "refused",
+        "sent",
+        "slow_consumers",
+    )
+
+    def __init__(self, server: WseServer) -> None:
+        self._server = server
+        self.received: dict[object, list[int]] = {}
+        self.sent: dict[str, list[int]] = {}
+        self.procedures: dict[str | None, ProcedureStats] = {}
+        self.refused: dict[str, int] = {}
+        self.protocol_errors: dict[int, int] = {}
+        self.slow_consumers = 0
+        self.opened = 0
+        self.accepted = 0
+        self._registry: Any = None  # prometheus_client's CollectorRegistry, made on first use
+        self._asgi: MetricsAsgiApp | None = None
+
+    # ---- where a key is seen for the first time (off the hot paths) -------------------------
+
+    def received_cell(self, key: object, kind: type) -> list[int]:
+        """The counters of received messages under ``key``: a message's type, a call's
+        procedure, or else the ``kind`` of event the session made of it. A type that no
+        listener takes, or a procedure that is not registered, is counted as
+        :data:`UNHANDLED`, and is not remembered."""
+        server = self._server
+        if isinstance(key, str) and (
+            (kind is ev.Message and not server.channel.listeners(key))
+            or (kind is ev.Call and key not in server.procedures.handlers)
+        ):
+            key = UNHANDLED
+        cell = self.received.get(key)
+        if cell is None:
+            cell = self.received[key] = [0, 0]
+        return cell
+
+    def sent_cell(self, type: str) -> list[int]:
+        """The counters of sent messages of ``type``."""
+        cell = self.sent.get(type)
+        if cell is None:
+            if len(self.sent) >= MAX_SENT_TYPES:
+                type = OTHER
+                cell = self.sent.get(type)
+            if cell is None:
+                cell = self.sent[type] = [0, 0]
+        return cell
+
+    def procedure(self, name: str) -> ProcedureStats:
+        """The statistics of calls to ``name`` (shared by every unregistered name)."""
+        key: str | None = name if name in self._server.procedures.handlers else None
+        stats = self.procedures.get(key)
+        if stats is None:
+            stats = self.procedures[key] = ProcedureStats()
+        return stats
+
+    def count_sent(self, type: str, size: int, connections: int = 1) -> None:
+        """``connections`` messages of ``type``, ``size`` bytes each, queued."""
+        cell = self.sent.get(type) or self.sent_cell(type)
+        cell[0] += connections
+        cell[1] += size * connections
+
+    def count_refused(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def count_protocol_error(self, code: int) -> None:
+        self.protocol_errors[code] = self.protocol_errors.get(code, 0) + 1
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def received_totals(self) -> dict[str, tuple[int, int]]:
+        """Received messages and bytes by label (wire types named by the server's protocol)."""
+        types = self._server.protocol_types
+        labels: dict[object, str] = {
+            **_EVENT_LABELS,
+            ev.Hello: types.hi,
+            ev.ChallengeAnswer: types.challenge,
+            ev.Response: types.response,
+            ev.ResponseError: types.response_error,
+        }
+        totals: dict[str, tuple[int, int]] = {}
+        for key, (count, size) in list(self.received.items()):
+            label = key if isinstance(key, str) else labels.get(key, repr(key))
+            was = totals.get(label, (0, 0))
+            totals[label] = (was[0] + count, was[1] + size)
+        return totals
+
+    def calls(self) -> Iterator[tuple[str, str, Histogram]]:
+        """(procedure, code, histogram) of every answered call so far."""
+        for name, stats in list(self.procedures.items()):
+            for code, histogram in list(stats.by_code.items()):
+                if sum(histogram.counts):
+                    yield UNREGISTERED if name is None else name, str(code), histogram
+
+    def collector(self) -> Collector:
+        """A ``prometheus_client`` collector of this server's series (needs the ``metrics``
+        extra): to register in a registry of the application's own, e.g.
+        ``prometheus_client.REGISTRY.register(server.metrics.collector())``. The endpoints
+        here need none of that."""
+        return _make_collector(self)
+
+    @property
+    def registry(self) -> Any:
+        """A ``prometheus_client.CollectorRegistry`` holding this server's collector only."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=True)
+            registry.register(self.collector())
+            self._registry = registry
+        return self._registry
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text of ``/metrics`` and its content type: this server's series, then
+        those of ``prometheus_client``'s default registry (the process's CPU, memory, file
+        descriptors and garbage collector, and any metrics the application registered there).
+        Raises ImportError without ``prometheus_client``."""
+        from prometheus_client import REGISTRY, generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        return generate_latest(self.registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """``/health``: 200 while the server serves; 503 once it is closing, or while its
+        cluster link is down. A mounted server links to its cluster on its first connection or
+        its first health check, whichever comes first."""
+        server = self._server
+        if server.closing:
+            return 503, {"status": "closing"}
+        try:
+            await server.attach()
+        except Exception as exc:
+            return 503, {"status": "cluster unavailable", "error": repr(exc)}
+        if server.closing:  # closed while the cluster link was being made
+            return 503, {"status": "closing"}
+        report: dict[str, Any] = {
+            "status": "ok",
+            "connections": len(server.connections),
+            "users": len(server.clients),
+        }
+        cluster = server.cluster
+        if cluster is not None:
+            report["cluster"] = {"node": cluster.node, "healthy": cluster.healthy}
+            if not cluster.healthy:
+                report["status"] = "cluster down"
+                return 503, report
+        return 200, report
+
+    async def respond(self, path: str) -> tuple[int, bytes, str]:
+        """The answer to ``GET path``: status, body and content type. ``/metrics`` and
+        ``/health`` are told by the end of the path, whatever the application mounts them
+        under."""
+        if path.endswith("/metrics"):
+            try:
+                body, content_type = self.render()
+            except ImportError:
+                return 501, *_NEEDS_EXTRA
+            return 200, body, content_type
+        if path.endswith("/health"):
+            status, report = await self.health()
+            return status, json.dumps(report).encode() + b"\n", _CONTENT_TYPE_JSON
+        return 404, b"not found: /metrics or /health\n", "text/plain; charset=utf-8"
+
+    # ---- serving -------------------------------------------------------------------------------
+
+    @property
+    def asgi(self) -> MetricsAsgiApp:
+        """``/metrics`` and ``/health`` as an ASGI 3 application, to route beside the WebSocket
+        (Starlette: ``Route("/metrics", server.metrics.asgi)`` and the same for
+        ``/health``; or ``Mount("/ops", server.metrics.asgi)``)."""
+        if self._asgi is None:
+            self._asgi = MetricsAsgiApp(self)
+        return self._asgi
+
+    async def aiohttp_handler(self, request: web.Request) -> web.Response:
+        """``/metrics`` and ``/health`` as an aiohttp handler:
+        ``app.router.add_get("/metrics", server.metrics.aiohttp_handler)``, and the same for
+        ``/health``."""
+        from aiohttp import web
+
+        status, body, content_type = await self.respond(request.path)
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+        """Serves ``GET /metrics`` and ``GET /health`` on ``host:port`` (HTTP/1.1, one request
+        per connection); the bound port is ``server.sockets[0].getsockname()[1]``. Closing the
+        returned server stops it."""
+        return await asyncio.start_server(self._serve_http, host, port, limit=_REQUEST_MAX)
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                return
+            request_line = head.split(b"\r\n", 1)[0].split(b" ")
+            if len(request_line) != 3 or not request_line[2].startswith(b"HTTP/1."):
+                status, body, content_type = 400, b"bad request\n", "text/plain; charset=utf-8"
+            elif request_line[0] not in (b"GET", b"HEAD"):
+                status, body, content_type = 405, b"GET only\n", "text/plain; charset=utf-8"
+            else:
+                path = request_line[1].split(b"?", 1)[0].decode("latin-1")
+                status, body, content_type = await self.respond(path)
+            header = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+                f"Content-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            writer.write(header if request_line[0] == b"HEAD" else header + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class MetricsAsgiApp:
+    """``/metrics`` and ``/health`` of one server as an ASGI 3 application."""
+
+    __slots__ = ("_metrics",)
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served alone: nothing to start or stop
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            status, body, content_type = 405, b"GET only\n", "text/plain; charset=utf-8"
+        else:
+            status, body, content_type = await self._metrics.respond(scope["path"])
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+
+def _make_collector(metrics: ServerMetrics) -> Collector:
+    """The collector of one server's series, built on ``prometheus_client`` (imported here:
+    it is optional)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+    from prometheus_client.registry import Collector
+
+    bounds = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+
+    class ServerCollector(Collector):
+        def collect(self) -> Iterator[Any]:
+            server = metrics._server
+            total = len(server.connections)
+            accepted = server.accepted_connections()
+            yield GaugeMetricFamily(
+                "wse_connections", "Open WebSocket connections, accepted (authenticated)", accepted
+            )
+            yield GaugeMetricFamily(
+                "wse_connections_authenticating",
+                "Open WebSocket connections not accepted yet (authenticating)",
+                max(0, total - accepted),
+            )
+            yield GaugeMetricFamily(
+                "wse_users", "Users with at least one open connection here", len(server.clients)
+            )
+            yield GaugeMetricFamily(
+                "wse_handler_tasks",
+                "Handler tasks running (coroutine handlers and procedures)",
+                server.tasks_running,
+            )
+            yield CounterMetricFamily(
+                "wse_connections_opened", "WebSocket connections opened", metrics.opened
+            )
+            yield CounterMetricFamily(
+                "wse_connections_accepted", "Connections accepted as a user", metrics.accepted
+            )
+            received_messages = CounterMetricFamily(
+                "wse_messages_received",
+                "Messages received, by type (a call: its procedure)",
+                labels=["type"],
+            )
+            received_bytes = CounterMetricFamily(
+                "wse_received_bytes",
+                "Bytes of messages received (payload of the WebSocket message), by type",
+                labels=["type"],
+            )
+            for label, (count, size) in metrics.received_totals().items():
+                received_messages.add_metric([label], count)
+                received_bytes.add_metric([label], size)
+            yield received_messages
+            yield received_bytes
+            sent_messages = CounterMetricFamily(
+                "wse_messages_sent",
+                "Messages sent, by type, once per connection they were queued for",
+                labels=["type"],
+            )
+            sent_bytes = CounterMetricFamily(
+                "wse_sent_bytes",
+                "Bytes of frames sent (WebSocket header included), by type",
+                labels=["type"],
+            )
+            for type, (count, size) in list(metrics.sent.items()):
+                sent_messages.add_metric([type], count)
+                sent_bytes.add_metric([type], size)
+            yield sent_messages
+            yield sent_bytes
+            latency = HistogramMetricFamily(
+                "wse_rpc_duration_seconds",
+                "Calls answered by this server: from the call read to its answer queued, by "
+                "procedure and result code (ok, or the error code sent); _count counts calls",
+                labels=["procedure", "code"],
+            )
+            for name, code, histogram in metrics.calls():
+                cumulative, buckets = 0, []
+                for bound, count in zip(bounds, histogram.counts, strict=True):
+                    cumulative += count
+                    buckets.append((bound, float(cumulative)))
+                latency.add_metric([name, code], buckets, histogram.total)
+            yield latency
+            refused = CounterMetricFamily(
+                "wse_auth_refusals",
+                "Connections refused before they were accepted, by close reason",
+                labels=["reason"],
+            )
+            for reason, count in list(metrics.refused.items()):
+                refused.add_metric([reason], count)
+            yield refused
+            yield CounterMetricFamily(
+                "wse_slow_consumer_drops",
+                "Connections dropped for reading slower than they were sent to",
+                metrics.slow_consumers,
+            )
+            protocol = CounterMetricFamily(
+                "wse_protocol_errors",
+                "Connections closed for a broken protocol, by close code",
+                labels=["code"],
+            )
+            for close_code, count in sorted(metrics.protocol_errors.items()):
+                protocol.add_metric([str(close_code)], count)
+            yield protocol
+            cluster = server.cluster
+            if cluster is not None:
+                yield GaugeMetricFamily(
+                    "wse_cluster_up",
+                    "1 while the link to the cluster (NATS) is healthy, else 0",
+                    1 if cluster.healthy else 0,
+                )
+                yield CounterMetricFamily(
+                    "wse_cluster_lost_messages",
+                    "Messages for other nodes lost because the cluster link was down or behind",
+                    cluster.lost,
+                )
+
+    return ServerCollector()
