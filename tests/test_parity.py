@@ -236,6 +236,26 @@ async def test_connect_while_re_connecting_opens_no_second_socket(
     assert len(server.connections) == 1 and len(log.of("connected")) == 2
 
 
+async def test_keep_trying_reports_a_lost_connection_as_javascript_does(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    server.when.connected(log.hook("connected"))
+    client = make_client(server, reconnect=True, keep_trying=True, **FAST)
+    client.when.updated(log.hook("updated"))
+    await client.connect("alice")
+    server.drop_client("alice", "restart")  # 1000 with a reason: final
+    await log.wait("updated", 3)
+    assert [s for (s,) in log.of("updated")] == ["CONNECTING", "READY", "OFFLINE"]
+    await client.connect("alice")
+    await log.wait("connected", 2)
+    conn = next(iter(server.clients["alice"].conns.values()))
+    conn.drop("restart", 1012)
+    await log.wait("updated", 8)
+    statuses = [s for (s,) in log.of("updated")][3:]
+    assert statuses == ["CONNECTING", "READY", "OFFLINE", "RE_CONNECTING", "READY"]
+
+
 async def test_the_reconnect_close_codes_are_the_clients_own(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:

@@ -527,6 +527,8 @@ class WseClient(Peer[ClientEvents]):
         if self._closing or self._jumping:
             return
         if was_ready and self.reconnect and code in self.reconnect_codes:
+            if self.keep_trying:  # as JavaScript's client reports every close
+                self._set_status(WSE_STATUS.OFFLINE)
             self._set_status(WSE_STATUS.RE_CONNECTING)
             self._reconnector = asyncio.ensure_future(self._reconnect_loop())
         elif was_ready:
