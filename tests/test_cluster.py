@@ -293,3 +293,27 @@ async def test_a_send_right_after_the_last_flush_ended_is_not_held_back(
     await asyncio.sleep(0)
     a.send("bob", "news", 2)  # nothing is published after it
     assert await log.wait("bob@n1", 2) == [(1,), (2,)]
+
+
+async def test_a_numeric_cid_is_one_user_across_nodes_and_not_its_string(
+    make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    def by_number(req: Any) -> None:
+        req.accept(int(req.identity) if req.identity.isdigit() else req.identity)
+
+    a, b = await make_nodes(2, conn_per_user=2)
+    for node in (a, b):
+        node.identify = by_number
+    one = make_client(b)
+    one.channel.on("news", log.hook("one"))
+    await one.connect("1")
+    text = make_client(b)
+    text.channel.on("news", log.hook("text"))
+    await text.connect("x1")
+    await until_online(a, 1, 1)
+    assert await a.online("1") == 0  # 1 and "1" are two users, as in JavaScript's Map
+    a.send(1, "news", "number")
+    assert await log.wait("one") == [("number",)]
+    one.register("who", lambda payload: "one")
+    assert await a.call(1, "who") == "one"
+    assert log.of("text") == []

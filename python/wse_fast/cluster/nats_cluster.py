@@ -55,6 +55,7 @@ from nats.js.kv import KeyValue
 
 from ..constants import WSE_ERROR, WSE_REASON
 from ..errors import ConnectionNotReady, RpcError, WseError
+from ..registry import cid_from_text, cid_text
 
 if TYPE_CHECKING:
     from ..server import WseServer
@@ -72,6 +73,8 @@ _ORIGIN = 8  # bytes of the sending node's mark, first in every message
 _CAS_ATTEMPTS = 50
 #: Seconds a call waits beyond its own timeout for the other node's answer to arrive.
 _CALL_MARGIN = 1.0
+#: What a call without a deadline waits for the other node at most (NATS requests have one).
+_NO_DEADLINE = 24 * 3600.0
 #: Registry changes in flight at once (a reconnect re-registers every connection).
 _CHANGES_AT_ONCE = 64
 #: Calls from other nodes running at once on this one.
@@ -89,10 +92,10 @@ def default_node_name() -> str:
     return f"{host[:32] or 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _key(cid: str) -> str:
-    """A user's key in the bucket: a fixed-length hash (KV keys are subject tokens, bounded
-    and restricted; a cid is anything, of any length)."""
-    return "u." + hashlib.sha256(cid.encode()).hexdigest()[:40]
+def _key(cid: Any) -> str:
+    """A user's key in the bucket: a fixed-length hash of its text form (KV keys are subject
+    tokens, bounded and restricted; a cid is a str or a number, of any length)."""
+    return "u." + hashlib.sha256(cid_text(cid).encode()).hexdigest()[:40]
 
 
 def _pack_name(op: bytes, name: str, rest: bytes = b"") -> bytes:
@@ -261,25 +264,25 @@ class NatsCluster:
     def broadcast(self, frame: bytes) -> None:
         self._publish(_BROADCAST + frame)
 
-    def send(self, cid: str, frame: bytes) -> None:
-        self._publish(_pack_name(_SEND, cid, frame))
+    def send(self, cid: Any, frame: bytes) -> None:
+        self._publish(_pack_name(_SEND, cid_text(cid), frame))
 
-    def drop_user(self, cid: str, reason: str) -> None:
-        self._publish(_pack_name(_DROP_USER, cid, reason.encode()))
+    def drop_user(self, cid: Any, reason: str) -> None:
+        self._publish(_pack_name(_DROP_USER, cid_text(cid), reason.encode()))
 
-    def added(self, cid: str, conn_id: str) -> None:
+    def added(self, cid: Any, conn_id: str) -> None:
         """A connection of this node was accepted: it joins its user's list."""
         ref = self.ref(conn_id)
         self._track(ref, asyncio.ensure_future(self._added(cid, conn_id)))
 
-    def removed(self, cid: str, conn_id: str) -> None:
+    def removed(self, cid: Any, conn_id: str) -> None:
         """A connection of this node closed: it leaves its user's list (after its own
         addition, should that still be under way)."""
         ref = self.ref(conn_id)
         adding = self._changes.get(ref)
         self._track(ref, asyncio.ensure_future(self._removed(cid, conn_id, adding)))
 
-    async def online(self, cid: str) -> int:
+    async def online(self, cid: Any) -> int:
         """The user's open connections on every live node."""
         entries = await self._entries(cid)
         await self._learn_nodes(entries)
@@ -287,7 +290,7 @@ class NatsCluster:
         here = len(local.conns) if local is not None else 0
         return here + sum(1 for node, _ in entries if node != self.node and node in self.alive)
 
-    async def call(self, cid: str, rp: str, payload: Any, timeout: float | None) -> Any:
+    async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
         """Calls the user's newest connection on any live node (an older one when the newest
         is gone by the time the call reaches it)."""
         entries = await self._entries(cid)
@@ -309,7 +312,7 @@ class NatsCluster:
 
     # ---- the registry ----------------------------------------------------------------------
 
-    def _local(self, cid: str, ref: str) -> ServerConnection | None:
+    def _local(self, cid: Any, ref: str) -> ServerConnection | None:
         """This process's open, accepted connection ``ref`` of user ``cid``, if it is one."""
         instance, _, conn_id = ref.partition(":")
         if instance != self.instance:
@@ -319,7 +322,7 @@ class NatsCluster:
             return None
         return conn
 
-    async def _entries(self, cid: str) -> list[list[str]]:
+    async def _entries(self, cid: Any) -> list[list[str]]:
         users = self._require(self._users)
         try:
             entry = await users.get(_key(cid))
@@ -331,7 +334,7 @@ class NatsCluster:
 
     async def _change(
         self,
-        cid: str,
+        cid: Any,
         change: Callable[[list[list[str]]], list[list[str]]],
         guess_new: bool = False,
     ) -> tuple[list[list[str]], list[list[str]]]:
@@ -366,7 +369,7 @@ class NatsCluster:
                     continue  # another node changed it first: read it again
         raise WseError(CLUSTER_UNAVAILABLE, {"error": "the user's list kept changing"})
 
-    async def _added(self, cid: str, conn_id: str, announce: bool = True) -> None:
+    async def _added(self, cid: Any, conn_id: str, announce: bool = True) -> None:
         entry = [self.node, self.ref(conn_id)]
 
         def add(entries: list[list[str]]) -> list[list[str]]:
@@ -390,7 +393,7 @@ class NatsCluster:
             else:
                 self._publish(_pack_name(_DROP_CONN, node, msgpack.packb([cid, ref])))
 
-    async def _removed(self, cid: str, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
+    async def _removed(self, cid: Any, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
         if adding is not None:
             await asyncio.gather(adding, return_exceptions=True)
         entry = [self.node, self.ref(conn_id)]
@@ -443,11 +446,11 @@ class NatsCluster:
             if op == _BROADCAST:
                 server.deliver_to_all(data[1:])
             elif op == _SEND:
-                cid, frame = _unpack_name(data)
-                server.deliver_to_user(cid, frame)
+                name, frame = _unpack_name(data)
+                server.deliver_to_user(cid_from_text(name), frame)
             elif op == _DROP_USER:
-                cid, reason = _unpack_name(data)
-                server.drop_local_user(cid, reason.decode())
+                name, reason = _unpack_name(data)
+                server.drop_local_user(cid_from_text(name), reason.decode())
             elif op == _DROP_CONN:
                 node, rest = _unpack_name(data)
                 if node == self.node:
@@ -459,14 +462,16 @@ class NatsCluster:
             log.warning("cluster message not understood: %r", exc)
 
     async def _remote_call(
-        self, node: str, cid: str, ref: str, rp: str, payload: Any, timeout: float | None
+        self, node: str, cid: Any, ref: str, rp: str, payload: Any, timeout: float | None
     ) -> Any:
         nc = self._require(self._nc)
-        limit = self.server.timeout if timeout is None else timeout
+        limit = self.server.timeout if timeout is None else timeout  # 0 or None: no deadline
         request = msgpack.packb({"cid": cid, "ref": ref, "rp": rp, "p": payload, "t": limit})
         try:
             reply = await nc.request(
-                f"{self.prefix}.call.{node}", request, timeout=limit + _CALL_MARGIN
+                f"{self.prefix}.call.{node}",
+                request,
+                timeout=limit + _CALL_MARGIN if limit else _NO_DEADLINE,
             )
             answer = msgpack.unpackb(reply.data)
         except Exception as exc:  # no responders, a timeout, a lost link, a garbled reply
@@ -506,12 +511,13 @@ class NatsCluster:
 
     async def _answer(self, msg: Msg, request: dict[str, Any]) -> None:
         try:
-            cid, ref, rp = str(request["cid"]), str(request["ref"]), str(request["rp"])
+            cid, ref, rp = request["cid"], str(request["ref"]), str(request["rp"])
             conn = self._local(cid, ref)
             if conn is None:
                 raise ConnectionNotReady({"rpc": rp})
             timeout = request.get("t")
-            result = await conn.call(rp, request.get("p"), float(timeout) if timeout else None)
+            # 0: no deadline, as the caller asked (None would be this server's default)
+            result = await conn.call(rp, request.get("p"), 0 if not timeout else float(timeout))
             answer = msgpack.packb({"ok": result})
         except WseError as exc:
             error = {"code": exc.code, "details": exc.details, "message": exc.message}
