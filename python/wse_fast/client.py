@@ -477,6 +477,11 @@ class WseClient(Peer[ClientEvents]):
         except TimeoutError:
             link.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
             raise ConnectionFailed({"error": "no welcome in time"}) from None
+        if link.closed.done():
+            # closed between the welcome and this: ``closed`` has been reported while the
+            # client was not ready yet, so it must not become ready now
+            code, reason = link.closed.result()
+            raise ConnectionFailed({"code": code, "reason": reason, "error": "closed at once"})
         self._set_status(WSE_STATUS.READY)
         self.when.emit("ready", welcome)
         return welcome
