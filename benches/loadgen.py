@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from wire import (
@@ -19,6 +21,7 @@ from wire import (
     WELCOME,
     bench_command,
     cpu_seconds,
+    frame_header,
     mask_frame,
     server_frame,
     tick_body,
@@ -204,18 +207,31 @@ class LoadGen:
         self.rpc_samples: list[int] = []
         self.callers_idle = 0
         self.drained: asyncio.Future[None] | None = None
+        self.next_stamp = 0
+        self.failure: str | None = None
 
-    async def connect(self, n: int, parallel: int = 200) -> float:
-        """Opens and authenticates ``n`` connections; returns the wall time it took."""
+    def fail(self, why: str) -> None:
+        """Ends the run in progress: a wrong answer."""
+        self.failure = why
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_exception(RuntimeError(why))
+
+    async def connect(
+        self,
+        n: int,
+        parallel: int = 200,
+        factory: Callable[[], Receiver] | None = None,
+    ) -> float:
+        """Opens and authenticates ``n`` connections (``factory`` makes each one's protocol,
+        a plain :class:`Receiver` by default); returns the wall time it took."""
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         sem = asyncio.Semaphore(parallel)
+        make = factory or (lambda: Receiver(self, self.port))
 
         async def one() -> None:
             async with sem:
-                _, receiver = await loop.create_connection(
-                    lambda: Receiver(self, self.port), "127.0.0.1", self.port
-                )
+                _, receiver = await loop.create_connection(make, "127.0.0.1", self.port)
                 await asyncio.wait_for(receiver.ready, 30)
                 self.receivers.append(receiver)
 
@@ -322,3 +338,194 @@ async def rpc(gen: LoadGen, conns: int, depth: int, seconds: float) -> tuple[Res
     await asyncio.wait_for(gen.drained, 30)  # every call answered: none lost
     wall, cpu = time.perf_counter() - start, cpu_seconds(gen.pid) - cpu0
     return Result(gen.answered, wall, cpu), gen.rpc_samples
+
+
+# One call per write, as independent clients send them: each call carries its own stamp (ten
+# digits, unique across the run, as long as the reference's random ones) and leaves in its own
+# write; a new call is written for each answer as it arrives, so ``depth`` stay in flight.
+ADD_PREFIX = b'["add",{"a":1,"b":2},"'
+ADD_SUFFIX = b'"]'
+STAMP_SIZE = 10
+ANSWER_HEAD = server_frame(b'["~wse:response",3,"' + b"0" * STAMP_SIZE + b'"]')[:-12]
+ANSWER_SIZE = len(ANSWER_HEAD) + STAMP_SIZE + len(b'"]')
+
+
+def xor(data: bytes, pad: bytes) -> bytes:
+    n = len(data)
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad, "big")).to_bytes(n, "big")
+
+
+class OneWriteCaller(Receiver):
+    """A connection whose calls each leave in a TCP write of their own with a unique stamp.
+
+    Answers are matched to calls by stamp (in any order); an answer that is not the expected
+    ``add`` response, or whose stamp is not in flight, fails the run.
+    """
+
+    def __init__(self, gen: LoadGen, port: int, depth: int) -> None:
+        super().__init__(gen, port)
+        self.depth = depth
+        self.sent: dict[bytes, int] = {}
+        self.pending = b""
+        self.running = False
+        # One masking key per connection, applied once to the parts every call shares; the
+        # stamp is masked per call with an integer XOR (the server unmasks every byte anyway).
+        key = os.urandom(4)
+        body = len(ADD_PREFIX) + STAMP_SIZE + len(ADD_SUFFIX)
+        pad = (key * (body // 4 + 1))[:body]
+        head = frame_header(body)
+        at = len(ADD_PREFIX)
+        self.head = bytes([head[0], head[1] | 0x80]) + head[2:] + key + xor(ADD_PREFIX, pad[:at])
+        self.stamp_pad = int.from_bytes(pad[at : at + STAMP_SIZE], "big")
+        self.tail = xor(ADD_SUFFIX, pad[at + STAMP_SIZE :])
+
+    def call(self, now: int) -> None:
+        stamp = b"%010d" % self.gen.next_stamp
+        self.gen.next_stamp += 1
+        self.sent[stamp] = now
+        masked = (int.from_bytes(stamp, "big") ^ self.stamp_pad).to_bytes(STAMP_SIZE, "big")
+        assert self.transport is not None
+        self.transport.write(self.head + masked + self.tail)
+
+    def start(self) -> None:
+        self.running = True
+        now = time.monotonic_ns()
+        for _ in range(self.depth):
+            self.call(now)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != COUNTING:
+            super().data_received(data)
+            return
+        data = self.pending + data if self.pending else data
+        whole = len(data) - len(data) % ANSWER_SIZE
+        self.pending = data[whole:]
+        if not whole:
+            return
+        now = time.monotonic_ns()
+        gen = self.gen
+        samples, sent, head_size = gen.rpc_samples, self.sent, len(ANSWER_HEAD)
+        for start in range(0, whole, ANSWER_SIZE):
+            stamp = data[start + head_size : start + head_size + STAMP_SIZE]
+            sent_at = sent.pop(stamp, None)
+            if sent_at is None or data[start : start + head_size] != ANSWER_HEAD:
+                gen.fail(f"unexpected answer {data[start : start + ANSWER_SIZE]!r}")
+                return
+            samples.append(now - sent_at)
+            gen.answered += 1
+            if self.running:
+                self.call(now)
+        if not self.running and not sent and gen.drained is not None:
+            gen.callers_idle += 1
+            if gen.callers_idle == len(gen.receivers) and not gen.drained.done():
+                gen.drained.set_result(None)
+
+
+@dataclass
+class RpcResult(Result):
+    """A window of calls, with the load generator's own CPU time over it (near one CPU-second
+    per second: the generator bounds the rate) and, when counted, the server's system calls."""
+
+    loadgen_cpu: float = 0.0
+    syscalls: dict[str, int] | None = None
+
+
+async def rpc_one_write(
+    gen: LoadGen, conns: int, depth: int, seconds: float, syscalls: SyscallCount | None = None
+) -> tuple[RpcResult, list[int]]:
+    """Calls ``add`` through ``conns`` connections, ``depth`` in flight each, each call its
+    own write with its own stamp, for ``seconds``; then waits until every call is answered.
+    With ``syscalls``, the server's system calls over the window are counted (the tracepoints
+    cost the server some CPU: such a run is not a measured one)."""
+    loop = asyncio.get_running_loop()
+    await gen.connect(conns, factory=lambda: OneWriteCaller(gen, gen.port, depth))
+    callers = [r for r in gen.receivers if isinstance(r, OneWriteCaller)]
+    gen.answered, gen.rpc_samples, gen.callers_idle = 0, [], 0
+    gen.drained = loop.create_future()
+    if syscalls is not None:
+        await syscalls.enable()
+    me = os.getpid()
+    cpu0, own0 = cpu_seconds(gen.pid), cpu_seconds(me)
+    start = time.perf_counter()
+    for caller in callers:
+        caller.start()
+    await asyncio.sleep(seconds)  # the measurement window itself, not a synchronisation
+    for caller in callers:
+        caller.running = False
+    await asyncio.wait_for(gen.drained, 30)  # every call answered: none lost
+    wall, cpu = time.perf_counter() - start, cpu_seconds(gen.pid) - cpu0
+    own = cpu_seconds(me) - own0
+    if gen.failure is not None:
+        raise RuntimeError(gen.failure)
+    result = RpcResult(gen.answered, wall, cpu, own)
+    if syscalls is not None:
+        result.syscalls = await syscalls.disable()
+    return result, gen.rpc_samples
+
+
+#: The system calls told apart in a count: tracepoints, summed per family.
+SYSCALL_FAMILIES = {
+    "read": ("read", "recvfrom", "recvmsg"),
+    "write": ("write", "writev", "sendto", "sendmsg"),
+    "epoll_wait": ("epoll_wait", "epoll_pwait"),
+    "io_uring_enter": ("io_uring_enter",),
+}
+
+
+class SyscallCount:
+    """Counts a process's system calls between :meth:`enable` and :meth:`disable` with
+    ``perf stat`` on the kernel's tracepoints (counting only: no samples are recorded). perf
+    starts disabled and acknowledges each switch on a FIFO, so the count covers exactly the
+    window in between."""
+
+    def __init__(self, pid: int, workdir: Path) -> None:
+        self.pid = pid
+        self.ctl, self.ack = workdir / "perf-ctl", workdir / "perf-ack"
+        for fifo in (self.ctl, self.ack):
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ctl_fd = self.ack_fd = -1
+
+    async def enable(self) -> None:
+        events = ["raw_syscalls:sys_enter"] + [
+            f"syscalls:sys_enter_{name}" for names in SYSCALL_FAMILIES.values() for name in names
+        ]
+        self.proc = await asyncio.create_subprocess_exec(
+            "perf", "stat", "-x,", "-D", "-1", "--control", f"fifo:{self.ctl},{self.ack}",
+            *(arg for event in events for arg in ("-e", event)), "-p", str(self.pid),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        # perf opens both FIFOs once it is attached; these opens wait for it
+        self.ctl_fd = await loop.run_in_executor(None, os.open, self.ctl, os.O_WRONLY)
+        self.ack_fd = await loop.run_in_executor(None, os.open, self.ack, os.O_RDONLY)
+        await self._switch(b"enable\n")
+
+    async def _switch(self, command: bytes) -> None:
+        os.write(self.ctl_fd, command)
+        loop = asyncio.get_running_loop()
+        ack = await loop.run_in_executor(None, os.read, self.ack_fd, 16)
+        if not ack.startswith(b"ack"):
+            raise RuntimeError(f"perf answered {ack!r}")
+
+    async def disable(self) -> dict[str, int]:
+        """Stops counting; returns the calls per family, and ``all`` of them."""
+        await self._switch(b"disable\n")
+        assert self.proc is not None and self.proc.stderr is not None
+        self.proc.send_signal(2)  # SIGINT: perf prints its counts and exits
+        text = (await self.proc.stderr.read()).decode()
+        await self.proc.wait()
+        for fd in (self.ctl_fd, self.ack_fd):
+            os.close(fd)
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[0].isdigit():
+                counts[parts[2].rsplit("sys_enter_", 1)[-1].replace("raw_syscalls:", "")] = int(
+                    parts[0]
+                )
+        out = {"all": counts["sys_enter"]}
+        for family, names in SYSCALL_FAMILIES.items():
+            out[family] = sum(counts.get(name, 0) for name in names)
+        return out

@@ -6,6 +6,7 @@ scheduler's per-thread counters, and each figure is the median of several runs.
 
     python benches/run.py            # 1 000 connections, 64 B: what the README reports
     python benches/run.py --full     # 10 .. 10 000 connections, 64 B .. 16 KiB
+    python benches/run.py --parts rpc-realistic rpc --runs 3 --name rpc_realistic
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +28,18 @@ import uvloop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from loadgen import SOCKETIO, WSE, Dialect, Latency, LoadGen, Result, rpc  # noqa: E402
+from loadgen import (  # noqa: E402
+    SOCKETIO,
+    WSE,
+    Dialect,
+    Latency,
+    LoadGen,
+    Result,
+    RpcResult,
+    SyscallCount,
+    rpc,
+    rpc_one_write,
+)
 from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -53,11 +66,25 @@ PEERS: dict[str, list[str]] = {
     "wse-fast on aiohttp": [sys.executable, str(HERE / "peers/wse_fast_aiohttp.py")],
     "python-socketio (uvicorn)": [sys.executable, str(HERE / "peers/socketio_asgi_server.py")],
 }
+#: Servers that answer ``add`` and greet, and do no fan-out: the RPC parts only.
+RPC_ONLY_PEERS: dict[str, list[str]] = {
+    "Node.js ws + JSON": ["node", str(HERE / "peers/node_ws_rpc_server.mjs")],
+}
 BASELINE = "wse-fast baseline"
 # the others speak the WSE slice
 DIALECTS = {"python-socketio": SOCKETIO, "python-socketio (uvicorn)": SOCKETIO}
-#: The peers that answer the ``add`` procedure: wse-fast, wherever it runs.
-RPC_PEERS = ("wse-fast", "wse-fast on uvicorn", "wse-fast on aiohttp", BASELINE)
+#: The peers that answer the ``add`` procedure: wse-fast, wherever it runs, and the bare
+#: servers (no framework) that show what parsing, adding and answering costs alone.
+RPC_PEERS = (
+    "wse-fast",
+    "wse-fast on uvicorn",
+    "wse-fast on aiohttp",
+    BASELINE,
+    "minimal picows",
+    "Node.js ws + JSON",
+)
+#: What the RPC tables call the bare peers.
+RPC_LABELS = {"minimal picows": "bare picows + orjson"}
 MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
 
 
@@ -74,8 +101,9 @@ class Server:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        command = PEERS[name] if name in PEERS else RPC_ONLY_PEERS[name]
         self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *PEERS[name], "0"], stdout=subprocess.PIPE, text=True
+            ["taskset", "-c", SERVER_CORE, *command, "0"], stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
@@ -240,14 +268,88 @@ async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, li
         for name in servers:
             mid = sorted(results[name], key=lambda r: r.per_cpu_second)[len(results[name]) // 2]
             p = [statistics.median(x[i] for x in lat[name]) for i in (0, 1)]
-            label = f"{conns} conn x {depth} in flight"
+            label = f"pipelined: {conns} conn x {depth} in flight"
             if name != "wse-fast":
-                label += f" ({name})"
+                label += f" ({RPC_LABELS.get(name, name)})"
             say(
                 f"  rpc {label:22}: {mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms"
             )
             out.append((label, mid, p))
     return out
+
+
+@dataclass
+class RpcRow:
+    """One server under the one-write-per-call workload: the median run by calls per server
+    CPU-second, and the median latencies over the runs."""
+
+    peer: str
+    conns: int
+    depth: int
+    runs: list[RpcResult]
+    p50_p99_ms: list[float]
+    syscalls: dict[str, float]  # per call, from one more run with perf counting
+
+    @property
+    def mid(self) -> RpcResult:
+        return sorted(self.runs, key=lambda r: r.per_cpu_second)[len(self.runs) // 2]
+
+    @property
+    def label(self) -> str:
+        return RPC_LABELS.get(self.peer, self.peer)
+
+
+#: The one-write-per-call shapes: the issue's 100 connections x 8 in flight, and the same
+#: 800 calls in flight as 800 connections with one each, where no read can find two calls.
+REALISTIC_SHAPES = ((100, 8), (800, 1))
+
+
+async def rpc_realistic(runs: int, servers: list[str], seconds: float = 2.0) -> list[RpcRow]:
+    """RPC as independent clients make it: connections with calls in flight, every call its
+    own write with its own stamp, a new one written as each answer arrives. A fresh server per
+    run; servers alternate run by run; then one more run per server with its system calls
+    counted (perf), which is not among the measured ones."""
+    rows = []
+    for conns, depth in REALISTIC_SHAPES:
+        results: dict[str, list[RpcResult]] = {name: [] for name in servers}
+        lat: dict[str, list[list[float]]] = {name: [] for name in servers}
+        for _ in range(runs):
+            for name in servers:
+                with Server(name) as server:
+                    gen = server.loadgen()
+                    result, samples = await rpc_one_write(gen, conns, depth, seconds)
+                    gen.close()
+                samples.sort()
+                results[name].append(result)
+                lat[name].append(
+                    [
+                        samples[len(samples) // 2] / 1e6,
+                        samples[int(0.99 * (len(samples) - 1))] / 1e6,
+                    ]
+                )
+        for name in servers:
+            per_call: dict[str, float] = {}
+            if shutil.which("perf") is not None:
+                with Server(name) as server, tempfile.TemporaryDirectory() as tmp:
+                    gen = server.loadgen()
+                    counted, _ = await rpc_one_write(
+                        gen, conns, depth, seconds, SyscallCount(server.proc.pid, Path(tmp))
+                    )
+                    gen.close()
+                assert counted.syscalls is not None
+                per_call = {k: v / counted.deliveries for k, v in counted.syscalls.items()}
+            p = [statistics.median(x[i] for x in lat[name]) for i in (0, 1)]
+            row = RpcRow(name, conns, depth, results[name], p, per_call)
+            mid = row.mid
+            say(
+                f"  rpc one write per call {row.label:22} {conns} x {depth}: "
+                f"{mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s "
+                f"p50 {p[0]:.2f} ms p99 {p[1]:.2f} ms, system calls per call "
+                f"{ {k: round(v, 2) for k, v in per_call.items()} }, load generator "
+                f"{mid.loadgen_cpu / mid.wall:.0%} busy"
+            )
+            rows.append(row)
+    return rows
 
 
 async def connections(
@@ -276,6 +378,7 @@ async def connections(
 
 
 def write_report(
+    realistic: list[RpcRow],
     fan: list[Row],
     lat: list[tuple[float, str, list[float], float]],
     rpcs: list[tuple[str, Result, list[float]]],
@@ -296,11 +399,14 @@ def write_report(
         f"Python {versions['python']}, Node.js {versions['node']}. Server pinned to core 0, load "
         f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers.",
         "",
-        "### Fan-out",
-        "",
-        "| server | conns | payload | mode | deliveries per server CPU-second | deliveries per second (wall) |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
+    if fan:
+        lines += [
+            "### Fan-out",
+            "",
+            "| server | conns | payload | mode | deliveries per server CPU-second | deliveries per second (wall) |",
+            "| --- | ---: | ---: | --- | ---: | ---: |",
+        ]
     for r in fan:
         lines.append(
             f"| {r.peer} | {r.conns:,} | {r.size} B | {r.mode} | {r.median('per_cpu_second'):,.0f} | {r.median('per_second'):,.0f} |"
@@ -317,10 +423,39 @@ def write_report(
             lines.append(
                 f"| {fraction:.0%} | {peer} | {p50:.2f} ms | {p99:.2f} ms | {p999:.2f} ms | {pmax:.2f} ms | {share:.0%} |"
             )
+    if realistic:
+
+        def per_call(row: RpcRow, family: str) -> str:
+            return f"{row.syscalls[family]:.2f}" if row.syscalls else "-"
+
+        lines[2:2] = [
+            "### RPC, each call its own write (as independent clients send them)",
+            "",
+            "Every call its own TCP write with its own stamp; a new call is written as each "
+            "answer arrives. Each figure: the run with the median calls per server CPU-second; "
+            "latencies are medians over the runs. The server's system calls per call come from "
+            "one more run with perf counting its tracepoints (read: read/recvfrom/recvmsg; "
+            "write: write/writev/sendto/sendmsg).",
+            "",
+            "| server | load | calls per server CPU-second | calls per second | p50 | p99 "
+            "| syscalls per call: read | write | epoll_wait | all "
+            "| server core busy | load generator core busy |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *(
+                f"| {row.label} | {row.conns} conns x {row.depth} in flight "
+                f"| {row.mid.per_cpu_second:,.0f} | {row.mid.per_second:,.0f} "
+                f"| {row.p50_p99_ms[0]:.2f} ms | {row.p50_p99_ms[1]:.2f} ms "
+                f"| {per_call(row, 'read')} | {per_call(row, 'write')} | {per_call(row, 'epoll_wait')} "
+                f"| {per_call(row, 'all')} "
+                f"| {row.mid.cpu / row.mid.wall:.0%} | {row.mid.loadgen_cpu / row.mid.wall:.0%} |"
+                for row in realistic
+            ),
+            "",
+        ]
     if rpcs:
         lines += [
             "",
-            "### RPC (wse-fast)",
+            "### RPC, pipelined: a connection's calls in one write (wse-fast)",
             "",
             "| load | calls per server CPU-second | calls per second | p50 | p99 |",
             "| --- | ---: | ---: | ---: | ---: |",
@@ -347,6 +482,21 @@ def write_report(
         json.dumps(
             {
                 "versions": versions,
+                "rpc_one_write_per_call": [
+                    {
+                        "peer": row.label,
+                        "conns": row.conns,
+                        "in_flight": row.depth,
+                        "per_cpu_second": row.mid.per_cpu_second,
+                        "per_second": row.mid.per_second,
+                        "p50_p99_ms": row.p50_p99_ms,
+                        "server_syscalls_per_call": row.syscalls,
+                        "server_busy": row.mid.cpu / row.mid.wall,
+                        "loadgen_busy": row.mid.loadgen_cpu / row.mid.wall,
+                        "runs_per_cpu_second": [r.per_cpu_second for r in row.runs],
+                    }
+                    for row in realistic
+                ],
                 "fanout": [
                     {
                         "peer": r.peer,
@@ -387,6 +537,8 @@ def write_report(
     )
     if fan:
         plot(fan, RESULTS / f"{name}.png")
+    elif realistic:
+        plot_rpc(realistic, rpcs, RESULTS / f"{name}.png")
     if lat:
         plot_latency(lat, RESULTS / f"{name}-latency.png")
     say(f"wrote {RESULTS / name}.md, .json and .png")
@@ -413,6 +565,32 @@ def plot(fan: list[Row], path: Path) -> None:
             ax.set_title(f"{mode}: {conns:,} connections, {size} B", fontsize=9)
             ax.tick_params(labelsize=8)
             ax.set_xlabel("deliveries per server CPU-second (log)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_rpc(
+    realistic: list[RpcRow], rpcs: list[tuple[str, Result, list[float]]], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        (f"{row.label}\n{row.conns} x {row.depth}, one write per call", row.mid.per_cpu_second)
+        for row in realistic
+    ]
+    bars += [
+        (label.replace("pipelined: ", "pipelined\n"), res.per_cpu_second)
+        for label, res, _ in rpcs
+        if label.startswith(f"pipelined: {realistic[0].conns} conn x {realistic[0].depth} ")
+    ]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(bars) + 1.2))
+    ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color="tab:blue")
+    ax.set_xlabel("calls per server CPU-second", fontsize=8)
+    ax.set_title("RPC: calls per server CPU-second", fontsize=9)
+    ax.tick_params(labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -454,9 +632,10 @@ async def main(args: argparse.Namespace) -> None:
         ]
         if args.peers:
             args.peers.append(BASELINE)
-    peers = [p for p in PEERS if p in args.peers] if args.peers else list(PEERS)
+    known = [*PEERS, *RPC_ONLY_PEERS]
+    peers = [p for p in known if p in args.peers] if args.peers else list(PEERS)
     if shutil.which("node") is None:
-        peers = [p for p in peers if p != "Node.js ws"]
+        peers = [p for p in peers if not p.startswith("Node.js")]
     conn_counts = [10, 100, 1000, 10000] if args.full else [args.conns]
     sizes = [64, 1024, 16384] if args.full else [args.size]
     fan: list[Row] = []
@@ -466,8 +645,8 @@ async def main(args: argparse.Namespace) -> None:
         say("fan-out:")
     for conns in conn_counts:
         for size in sizes:
-            fan += await fanout(peers, conns, size, args.runs)
-    lat, rpcs, conns_rows = [], [], []
+            fan += await fanout([p for p in peers if p in PEERS], conns, size, args.runs)
+    lat, rpcs, conns_rows, realistic = [], [], [], []
     paced = [
         r
         for r in fan
@@ -479,6 +658,12 @@ async def main(args: argparse.Namespace) -> None:
     if paced and "latency" in args.parts:
         say("latency:")
         lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs)
+    if "rpc-realistic" in args.parts:
+        say("rpc, each call its own write:")
+        names = ["wse-fast", *(p for p in peers if p in RPC_PEERS and p != "wse-fast")]
+        if not args.peers and shutil.which("node") is not None:
+            names += RPC_ONLY_PEERS
+        realistic = await rpc_realistic(args.runs, names)
     if "rpc" in args.parts:
         say("rpc:")
         rpc_peers = [p for p in peers if p in RPC_PEERS and p != "wse-fast"]
@@ -497,7 +682,7 @@ async def main(args: argparse.Namespace) -> None:
             if p in peers
         ]
         conns_rows = await connections([1000, 10000], names)
-    write_report(fan, lat, rpcs, conns_rows, args)
+    write_report(realistic, fan, lat, rpcs, conns_rows, args)
 
 
 if __name__ == "__main__":
@@ -510,7 +695,9 @@ if __name__ == "__main__":
     parser.add_argument("--conns", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--peers", nargs="*", help="a subset of: " + ", ".join(PEERS))
+    parser.add_argument(
+        "--peers", nargs="*", help="a subset of: " + ", ".join([*PEERS, *RPC_ONLY_PEERS])
+    )
     parser.add_argument(
         "--baseline",
         help="another wse-fast checkout (set up with make bench-setup) to measure beside",
@@ -523,6 +710,7 @@ if __name__ == "__main__":
         "--parts",
         nargs="*",
         default=["fanout", "latency", "rpc", "connections"],
-        help="fanout latency rpc connections (latency needs fanout)",
+        help="fanout latency rpc-realistic rpc connections (latency needs fanout; "
+        "rpc-realistic: one write per call, beside the bare picows and Node.js servers)",
     )
     uvloop.run(main(parser.parse_args()))

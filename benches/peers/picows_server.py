@@ -1,11 +1,12 @@
-"""A minimal picows server: one prebuilt frame written per delivery, nothing else."""
+"""A minimal picows server: one prebuilt frame written per delivery, nothing else; and the
+``add`` procedure answered with orjson (parse, add, encode, send), as a bare server would."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 
+import orjson
 import uvloop
 from picows import (
     WSFrame,
@@ -40,8 +41,11 @@ class Listener(WSListener):  # type: ignore[misc]
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
             return
-        kind, payload, _ = json.loads(frame.get_payload_as_bytes())
-        if kind == "~wse:hi":
+        kind, payload, stamp = orjson.loads(frame.get_payload_as_memoryview())
+        if kind == "add":
+            answer = orjson.dumps(["~wse:response", payload["a"] + payload["b"], stamp])
+            transport.send(WSMsgType.TEXT, answer)
+        elif kind == "~wse:hi":
             clients.append(transport)
             transport.underlying_transport.write(WELCOME_FRAME)
         elif kind == "bench":
