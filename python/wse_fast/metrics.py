@@ -1,11 +1,12 @@
 """What one server counts, and how Prometheus reads it.
 
-The counting costs the server next to nothing: where traffic flows, it is a dict lookup and
-an integer addition (a broadcast counts once, for every connection it reaches, not once per
-delivery), and nothing of ``prometheus_client`` runs there. Prometheus reads the counters when
-it scrapes, through a collector that also takes the gauges (connections, users) from the
-server's own tables at that moment. Without ``prometheus_client`` (the ``metrics`` extra), the
-server counts the same and only ``/metrics`` is unavailable.
+Where traffic flows, counting is a dict lookup and integer additions (a broadcast counts
+once, for every connection it reaches, not once per delivery; a call is also timed), and
+nothing of ``prometheus_client`` runs there. Prometheus reads the counters when it scrapes,
+through a collector that also takes the gauges (connections, users) from the server's own
+tables at that moment. Messages, bytes and calls are counted while ``server.metrics.counting``
+is true: by default, when ``prometheus_client`` (the ``metrics`` extra) is installed. Without
+it, the server pays one test per message and call, and only ``/metrics`` is unavailable.
 
 ``server.metrics`` (:class:`ServerMetrics`) serves ``GET /metrics`` and ``GET /health``:
 ``await server.metrics.listen(host, port)`` on a port of its own (what
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 from bisect import bisect_right
@@ -87,6 +89,17 @@ _REQUEST_MAX = 8192
 _REQUEST_TIMEOUT = 10.0
 
 
+def prometheus_installed() -> bool:
+    """Whether ``prometheus_client`` can be imported (it is not imported here)."""
+    try:
+        return importlib.util.find_spec("prometheus_client") is not None
+    except (ImportError, ValueError):  # ValueError: blocked in sys.modules
+        return False
+
+
+_PROMETHEUS_INSTALLED = prometheus_installed()
+
+
 class Histogram:
     """Counts per bucket of :data:`LATENCY_BUCKETS` (one more for the rest), and their sum."""
 
@@ -133,6 +146,10 @@ class ServerMetrics:
     - ``refused``: close reason to connections refused before they were accepted;
     - ``protocol_errors``: close code to connections closed for a broken protocol;
     - ``slow_consumers``, ``opened``, ``accepted``: connections.
+
+    ``counting``: whether messages, bytes and calls (the first three) are counted; by default
+    when ``prometheus_client`` is installed. The application may set it either way (a
+    connection's calls already under way when it is set are not timed).
     """
 
     __slots__ = (
@@ -140,6 +157,7 @@ class ServerMetrics:
         "_registry",
         "_server",
         "accepted",
+        "counting",
         "opened",
         "procedures",
         "protocol_errors",
@@ -151,6 +169,7 @@ class ServerMetrics:
 
     def __init__(self, server: WseServer) -> None:
         self._server = server
+        self.counting = _PROMETHEUS_INSTALLED
         self.received: dict[object, list[int]] = {}
         self.sent: dict[str, list[int]] = {}
         self.procedures: dict[str | None, ProcedureStats] = {}

@@ -282,7 +282,8 @@ class WseServer(Peer[ServerEvents]):
         frame = self.encode(type, payload, None)
         live = self._live
         live.write_all(frame)
-        self.metrics.count_sent(type, len(frame), len(live))  # once for every connection
+        if self.metrics.counting:
+            self.metrics.count_sent(type, len(frame), len(live))  # once for all connections
         if self.cluster is not None:
             self.cluster.broadcast(frame)
 

@@ -26,6 +26,9 @@ log = logging.getLogger("wse_fast.connection")
 if TYPE_CHECKING:
     from .handshake import HandshakeRequest
     from .metrics import ProcedureStats
+
+    #: a call waiting for its answer: its stamp, its procedure's statistics, when it came
+    Answering = tuple[str, ProcedureStats, float]
     from .server import WseServer
     from .transport.admission import StrangerHold
     from .transport.base import Transport
@@ -62,8 +65,9 @@ class ServerConnection(Connection):
         self.handshake: HandshakeRequest | None = None  # the upgrade request, until accepted
         self._tasks: set[asyncio.Future[Any]] | None = None  # running handler tasks
         self._backlog: deque[tuple[bool, Any]] | None = None  # read while paused
-        # calls not answered yet: stamp to (their procedure's statistics, when they came)
-        self._answering: dict[str, tuple[ProcedureStats, float]] | None = None
+        # calls not answered yet, with their procedure's statistics and when they came: one
+        # (stamp, statistics, time), or several by stamp (see _answering_several)
+        self._answering: Answering | dict[str, Answering] | None = None
 
     def log_fields(self) -> dict[str, Any]:
         """What every log record about this connection carries (``extra=``): ``cid`` (None
@@ -103,25 +107,27 @@ class ServerConnection(Connection):
             self._backlog.append((binary, data if isinstance(data, str) else bytes(data)))  # type: ignore[union-attr]
             return
         event = self.session.receive_data(binary, data)
-        # counted here, once per message whatever its type: plain integers, no call out
         metrics = server.metrics
-        cls = event.__class__
-        if cls is _MESSAGE:
-            key: object = event.type  # type: ignore[union-attr]
-        elif cls is _CALL:
-            # timed from now until its answer reaches _reply, whenever that is
-            key = name = event.name  # type: ignore[union-attr]
-            stats = metrics.procedures.get(name) or metrics.procedure(name)
-            answering = self._answering
-            if answering is None:
-                answering = self._answering = {}
-            answering[event.stamp] = (stats, perf_counter())  # type: ignore[union-attr]
-        else:
-            key = cls
-        cell = metrics.received.get(key) or metrics.received_cell(key, cls)
-        cell[0] += 1
-        # bytes: a mounted transport hands text as str, counted as its UTF-8 encoding
-        cell[1] += len(data) if data.__class__ is not str or data.isascii() else len(data.encode())
+        if metrics.counting:  # once per message whatever its type: plain integers, no call out
+            cls = event.__class__
+            if cls is _MESSAGE:
+                key: object = event.type  # type: ignore[union-attr]
+            elif cls is _CALL:
+                # timed from now until its answer reaches _reply, whenever that is
+                key = name = event.name  # type: ignore[union-attr]
+                stats = metrics.procedures.get(name) or metrics.procedure(name)
+                answering = self._answering
+                if answering is None:  # the common case: no other call waits for its answer
+                    self._answering = (event.stamp, stats, perf_counter())  # type: ignore[union-attr]
+                else:
+                    self._answering_several(answering, event.stamp, stats)  # type: ignore[union-attr]
+            else:
+                key = cls
+            cell = metrics.received.get(key) or metrics.received_cell(key, cls)
+            cell[0] += 1
+            # a mounted transport hands text as str: counted as its UTF-8 encoding
+            size = len(data) if data.__class__ is not str or data.isascii() else len(data.encode())
+            cell[1] += size
         if not server.route(
             event, (self,), self._reply, self._pending, self._handler_failed, self.track
         ):
@@ -261,18 +267,29 @@ class ServerConnection(Connection):
 
     # ---- helpers ---------------------------------------------------------------------------
 
+    def _answering_several(self, answering: Any, stamp: str, stats: ProcedureStats) -> None:
+        """A call came while others wait for their answer (coroutine procedures)."""
+        if answering.__class__ is tuple:
+            answering = self._answering = {answering[0]: answering}
+        answering[stamp] = (stamp, stats, perf_counter())
+
     def _reply(self, type: str, payload: Any, stamp: str) -> None:
         """Sends the answer to call ``stamp`` (``type``: a response, or an error), and counts
         the call by its result code."""
         server = self._server
-        answering = self._answering
+        answering = self._answering  # None unless the server is counting
         if answering is not None:
-            timing = answering.pop(stamp, None)
-            if timing is not None:
-                stats, start = timing
-                elapsed = perf_counter() - start
+            if answering.__class__ is tuple:
+                timing = answering if answering[0] == stamp else None  # type: ignore[index]
+                if timing is not None:
+                    self._answering = None
+            else:
+                timing = answering.pop(stamp, None)  # type: ignore[union-attr]
                 if not answering:
                     self._answering = None
+            if timing is not None:
+                _, stats, start = timing  # type: ignore[misc]
+                elapsed = perf_counter() - start
                 if type == server.protocol_types.response:
                     ok = stats.ok
                     ok.counts[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
@@ -284,9 +301,10 @@ class ServerConnection(Connection):
             frame = server.encode(type, payload, stamp)
             self.endpoint.write(frame)
             metrics = server.metrics
-            cell = metrics.sent.get(type) or metrics.sent_cell(type)
-            cell[0] += 1
-            cell[1] += len(frame)
+            if metrics.counting:
+                cell = metrics.sent.get(type) or metrics.sent_cell(type)
+                cell[0] += 1
+                cell[1] += len(frame)
 
     def _violation(self, detail: str) -> None:
         self._server.report(ProtocolViolation({"detail": detail, "conn_id": self.conn_id}), self)
