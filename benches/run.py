@@ -455,7 +455,7 @@ def write_report(
     if rpcs:
         lines += [
             "",
-            "### RPC, pipelined: a connection's calls in one write (wse-fast)",
+            "### RPC, pipelined: a connection's calls in one write",
             "",
             "| load | calls per server CPU-second | calls per second | p50 | p99 |",
             "| --- | ---: | ---: | ---: | ---: |",
@@ -582,7 +582,10 @@ def plot_rpc(
         for row in realistic
     ]
     bars += [
-        (label.replace("pipelined: ", "pipelined\n"), res.per_cpu_second)
+        (
+            label.replace("pipelined: ", "pipelined\n") + ("" if "(" in label else " (wse-fast)"),
+            res.per_cpu_second,
+        )
         for label, res, _ in rpcs
         if label.startswith(f"pipelined: {realistic[0].conns} conn x {realistic[0].depth} ")
     ]
