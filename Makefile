@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,7 @@ fuzz: setup
 bench-setup: setup
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev,bench -q
 	command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
+	command -v perf >/dev/null || (apt-get update -qq && apt-get install -y -qq linux-perf) || true
 
 # Fan-out, latency, RPC and connections beside the peers (1 000 connections, 64 B), then
 # the codec micro-benchmarks. Results: benches/results/.
@@ -86,6 +87,14 @@ bench: bench-setup bench-codec
 
 bench-full: bench-setup
 	$(PY) benches/run.py --full
+
+# RPC as independent clients send it, beside the pipelined case (perf counts system calls)
+bench-rpc: bench-setup
+	$(PY) benches/run.py --parts rpc-realistic rpc --runs 3 --name rpc_realistic
+
+# RSS per idle authenticated connection at the default options, and what each option costs
+bench-memory: bench-setup
+	$(PY) benches/memory.py --runs 3 --out benches/results/memory.md
 
 # Nodes on one nats-server against one node, send-to-user across nodes, 2 workers against 1.
 bench-cluster: bench-setup
