@@ -18,6 +18,7 @@ from wse_fast import (
     ConnectionFailed,
     ConnectionNotReady,
     IdentifyRequest,
+    RpcError,
     RpcTimeout,
     WseClient,
     WseError,
@@ -512,3 +513,40 @@ async def test_jump_connects_with_the_identity_it_is_given(
     [(user, meta)] = await log.wait("joined_two")
     assert user.cid == "bob" and meta == {"device": "phone"}
     assert client.identity == "bob" and client.status == WSE_STATUS.READY
+
+
+async def test_a_failing_procedure_is_an_error_event_where_it_failed(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    server.when.error(log.hook("server_error"))
+
+    @server.register("boom")
+    def boom(conn: Any, payload: Any) -> None:
+        raise ValueError("broken")
+
+    client = make_client(server)
+    client.when.error(log.hook("client_error"))
+
+    @client.register("fragile")
+    async def fragile(payload: Any) -> None:
+        raise WseError("app.refused", {"why": payload})
+
+    await client.connect("alice")
+    with pytest.raises(RpcError):
+        await client.call("boom", {"x": 1})
+    [(err, conn)] = await log.wait("server_error")
+    assert err.code == WSE_ERROR.RP_EXECUTION_FAILED
+    assert err.details["rpc"] == "boom" and err.details["payload"] == {"x": 1}
+    assert err.details["cid"] == "alice" and conn.cid == "alice"
+    assert err.details["error"]["code"] == WSE_ERROR.RP_EXECUTION_FAILED
+    assert "error_id" in err.details["error"]["details"]  # the log's key to the exception
+    assert log.of("client_error") == []  # the caller learns of it from the call alone
+
+    with pytest.raises(RpcError) as raised:
+        await server.call("alice", "fragile", 7)
+    assert raised.value.code == "app.refused"
+    [(err,)] = await log.wait("client_error")
+    assert err.code == WSE_ERROR.RP_EXECUTION_FAILED
+    assert err.details["rpc"] == "fragile" and err.details["error"]["code"] == "app.refused"
+    assert len(log.of("server_error")) == 1

@@ -62,6 +62,7 @@ class Peer(Generic[Side]):
         self.encode = self.wire.encode
         #: A received message to ``(type, payload, stamp)`` (see :class:`MessageDecoder`).
         self.decode = self.wire.decode
+        self._procedure_failed = self.procedure_failed  # one bound method, not one per call
 
     @overload
     def register(self: Peer[ServerEvents], name: str) -> Callable[[_SH], _SH]: ...
@@ -137,7 +138,16 @@ class Peer(Generic[Side]):
                 args = (*origin, event.payload)
                 name, payload = event.name, event.payload
                 rpc.answer_call(
-                    fn, args, name, payload, event.stamp, reply, types, self.debug, track
+                    fn,
+                    args,
+                    name,
+                    payload,
+                    event.stamp,
+                    reply,
+                    types,
+                    self.debug,
+                    track,
+                    self._procedure_failed,
                 )
         elif isinstance(event, ev.Response):
             if pending is not None:

@@ -160,6 +160,10 @@ Reply = Callable[[str, Any, str], None]
 Track = Callable[["asyncio.Future[Any]"], None]
 
 
+#: Hears of a procedure that failed: (its arguments, name, payload, stamp, error answered).
+Failed = Callable[[tuple[Any, ...], str, Any, str, dict[str, Any]], None]
+
+
 def answer_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -170,25 +174,29 @@ def answer_call(
     types: InternalTypes,
     debug: bool,
     track: Track,
+    failed: Failed | None = None,
 ) -> None:
     """Runs an RPC handler and sends its result or error under ``stamp``.
 
     A plain function is answered at once, in the same loop turn; a coroutine runs as a task,
     handed to ``track``. A result or error that cannot be encoded still gets an answer.
+    ``failed`` hears of a procedure that failed, after the caller was answered.
     """
     try:
         result = fn(*args)
     except Exception as exc:
-        _send_error(exc, args, name, payload, stamp, reply, types, debug)
+        _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
         return
     if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
         try:  # _send_result, inlined: once per call
             reply(types.response, result, stamp)
         except Exception as exc:  # the result cannot be encoded: tell the caller why
-            _send_error(exc, args, name, payload, stamp, reply, types, debug)
+            _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
         return
     task = asyncio.ensure_future(result)
-    task.add_done_callback(partial(_task_done, args, name, payload, stamp, reply, types, debug))
+    task.add_done_callback(
+        partial(_task_done, args, name, payload, stamp, reply, types, debug, failed)
+    )
     track(task)
 
 
@@ -201,11 +209,12 @@ def _send_result(
     reply: Reply,
     types: InternalTypes,
     debug: bool,
+    failed: Failed | None,
 ) -> None:
     try:
         reply(types.response, result, stamp)
     except Exception as exc:  # the result cannot be encoded: tell the caller why
-        _send_error(exc, args, name, payload, stamp, reply, types, debug)
+        _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
 
 
 def _send_error(
@@ -217,12 +226,15 @@ def _send_error(
     reply: Reply,
     types: InternalTypes,
     debug: bool,
+    failed: Failed | None,
 ) -> None:
     error = error_payload(exc, name, payload, debug, _log_fields(args))
     try:
         reply(types.response_error, error, stamp)
     except Exception:  # details the protocol cannot encode: the code alone always can
         reply(types.response_error, minimal_error(error), stamp)
+    if failed is not None:
+        failed(args, name, payload, stamp, error)
 
 
 def _task_done(
@@ -233,14 +245,15 @@ def _task_done(
     reply: Reply,
     types: InternalTypes,
     debug: bool,
+    failed: Failed | None,
     task: asyncio.Future[Any],
 ) -> None:
     if task.cancelled():  # its connection closed, or the server is shutting down
         reply(types.response_error, CANCELLED, stamp)
     elif (exc := task.exception()) is not None:
-        _send_error(exc, args, name, payload, stamp, reply, types, debug)
+        _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
     else:
-        _send_result(task.result(), args, name, payload, stamp, reply, types, debug)
+        _send_result(task.result(), args, name, payload, stamp, reply, types, debug, failed)
 
 
 def _log_fields(args: tuple[Any, ...]) -> Mapping[str, Any] | None:
