@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -447,3 +448,49 @@ async def test_server_close_sends_1012_and_returns_though_a_peer_never_answers(
     if transport == "aiohttp":  # uvicorn keeps the socket for its own 10 s close timeout
         await closed_by_server(peer.reader)
     peer.writer.close()
+
+
+# ---- an ASGI host with middleware around send ---------------------------------------------
+
+_request_id: contextvars.ContextVar[int] = contextvars.ContextVar("request_id")
+
+
+class TimedSend:
+    """ASGI middleware that gives each connection a context variable of its own and sends
+    under ``asyncio.timeout``, which needs a task (as anyio-based middleware does)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.count, self.seen = app, 0, []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.count += 1
+        own = self.count
+        _request_id.set(own)
+
+        async def send_in_time(message: Any) -> None:
+            self.seen.append(_request_id.get() == own)
+            async with asyncio.timeout(5):
+                await send(message)
+
+        await self.app(scope, receive, send_in_time)
+
+
+async def test_sends_run_in_a_task_and_in_their_connections_context_when_the_host_asks(
+    make_client: ClientFactory, log: EventLog
+) -> None:
+    server = WseServer(accept_identity, conn_per_user=2)
+    middleware = TimedSend(server.asgi)
+    host = await serve_asgi(Starlette(routes=[WebSocketRoute("/ws", middleware)]))
+    try:
+        clients = [make_client(host.url("/ws")) for _ in range(3)]
+        for i, client in enumerate(clients):
+            client.channel.on("tick", log.hook(f"tick {i}"))
+            await client.connect(f"u{i}")
+        for n in range(3):
+            server.broadcast("tick", n)
+        for i in range(3):
+            assert await log.wait(f"tick {i}", 3) == [(0,), (1,), (2,)]
+        assert middleware.seen and all(middleware.seen)  # each send in its own context
+    finally:
+        await server.close()
+        await host.stop()

@@ -13,6 +13,7 @@ Subclasses say how a message, a close and the next event cross the host's interf
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Coroutine, Generator
@@ -47,8 +48,10 @@ class MessageEndpoint:
         "_close_received",
         "_close_sent",
         "_close_written",
+        "_context",
         "_done",
         "_drain",
+        "_eager",
         "_failed",
         "_leave_after_close",
         "_loop",
@@ -102,6 +105,10 @@ class MessageEndpoint:
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._marked = False  # waits for the end of the loop turn to send what was written
+        self._eager = True  # the host's send may be started outside a task (see _start_drain)
+        # the host's context for this connection (made in its coroutine for it: the request's
+        # context variables): every send runs in it, also those started at a loop turn's end
+        self._context = contextvars.copy_context()
 
     # ---- the host's side (subclasses) ------------------------------------------------------
 
@@ -163,15 +170,15 @@ class MessageEndpoint:
                 if self._close_received is not None or self._failed:
                     continue
                 size = len(data)
-                if isinstance(data, str) and size * 4 > self.max_message_size:
+                ticket = self.ticket
+                if isinstance(data, str) and (
+                    size * 4 > self.max_message_size or (ticket is not None and ticket.held)
+                ):
                     size = len(data.encode())  # text from the host is str: limits count bytes
                 if size > self.max_message_size:
                     self._fail(CLOSE_TOO_BIG, "message too big")
                     continue
-                ticket = self.ticket
                 if ticket is not None and ticket.held:
-                    if isinstance(data, str):
-                        size = len(data.encode())  # the budget counts bytes, not characters
                     ticket.spend(size)
                     if self._failed or self._close_sent is not None:
                         continue
@@ -280,12 +287,18 @@ class MessageEndpoint:
         A task for every write would cost more than the send itself in a paced fan-out, where
         each broadcast finds every connection's queue empty.
         """
+        context = self._context
+        if not self._eager:  # the host's send needs a task of its own
+            self._drain = self._loop.create_task(self._drain_out(), context=context)
+            return
         drain = self._drain_out()
         try:
-            waiting = drain.send(None)
+            waiting = context.run(drain.send, None)
         except StopIteration:
+            if self._out and not self._eager:  # it found out just now: the rest in a task
+                self._drain = self._loop.create_task(self._drain_out(), context=context)
             return
-        self._drain = asyncio.ensure_future(_Continued(drain, waiting))
+        self._drain = self._loop.create_task(_carry_on(drain, waiting), context=context)
 
     async def _drain_out(self) -> None:
         try:
@@ -293,7 +306,17 @@ class MessageEndpoint:
                 frame = out.popleft()
                 self._out_bytes -= len(frame)
                 binary, payload = unframe(frame)
-                await self.send_message(binary, payload)
+                try:
+                    await self.send_message(binary, payload)
+                except RuntimeError:
+                    if asyncio.current_task() is not None:
+                        raise
+                    # A send that needs a task (asyncio.timeout in the host or a middleware):
+                    # this one, and every later one, goes in a task.
+                    out.appendleft(frame)
+                    self._out_bytes += len(frame)
+                    self._eager = False
+                    return
             self._out = None
             if self._close_sent is not None and not self._close_written:
                 self._close_written = True
@@ -303,7 +326,8 @@ class MessageEndpoint:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer is gone: the reader learns it too
-            _log.debug("send failed: %r", exc)
+            level = logging.DEBUG if isinstance(exc, OSError) else logging.WARNING
+            _log.log(level, "send failed: %r", exc)
             self._out = None
             self._finish()
         finally:
@@ -326,6 +350,10 @@ class MessageEndpoint:
         self.close(code, reason)
 
 
+async def _carry_on(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Continued(coro, waiting)
+
+
 class _Continued:
     """A coroutine started by hand and suspended on ``waiting``, as an awaitable a task can
     carry on: it hands the task what the coroutine waits for, and the coroutine what the task
@@ -342,6 +370,9 @@ class _Continued:
         while True:
             try:
                 sent = yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
             except BaseException as exc:  # thrown in by the task: the coroutine handles it
                 try:
                     waiting = coro.throw(exc)
