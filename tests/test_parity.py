@@ -550,3 +550,25 @@ async def test_a_failing_procedure_is_an_error_event_where_it_failed(
     assert err.code == WSE_ERROR.RP_EXECUTION_FAILED
     assert err.details["rpc"] == "fragile" and err.details["error"]["code"] == "app.refused"
     assert len(log.of("server_error")) == 1
+
+
+def test_once_removes_itself_not_a_plain_handler_of_the_same_function() -> None:
+    from wse_fast.events import Channel, ClientEvents
+
+    calls: list[Any] = []
+
+    def f(*args: Any) -> None:
+        calls.append(args)
+
+    channel: Channel[Any] = Channel()
+    channel.on("t", f)
+    channel.once("t", f)
+    assert len(channel.listeners("t")) == 2
+    channel.listeners("t")[1]("x")  # the once listener runs: it goes, the plain one stays
+    assert list(channel.listeners("t")) == [f]
+    events = ClientEvents()
+    events.updated(f)
+    events.once.updated(f)
+    events.emit("updated", "a")
+    events.emit("updated", "b")
+    assert calls == [("x",), ("a",), ("a",), ("b",)]

@@ -210,6 +210,14 @@ class Events:
                 del handlers[i]
                 return
 
+    def remove(self, name: str, handler: Callable[..., Any]) -> None:
+        """Removes exactly ``handler`` (a ``once`` wrapper removing itself)."""
+        handlers = self._handlers[name]
+        for i, h in enumerate(handlers):
+            if h is handler:
+                del handlers[i]
+                return
+
     def emit(self, name: str, *args: Any) -> None:
         if name in self._memorable:
             self._memory[name] = args
@@ -253,7 +261,7 @@ class _Once:
         self.events, self.name, self.fn = events, name, fn
 
     def __call__(self, *args: Any) -> Any:
-        self.events.off(self.name, self.fn)
+        self.events.remove(self.name, self)  # this wrapper, not the first handler with its fn
         return self.fn(*args)
 
 
@@ -404,6 +412,15 @@ class Channel(Generic[Side]):
 
         return add if fn is None else add(fn)
 
+    def remove(self, type: str, listener: Callable[..., Any]) -> None:
+        """Removes exactly ``listener`` (a ``once`` wrapper removing itself)."""
+        fns = list(self.listeners(type))
+        for i, f in enumerate(fns):
+            if f is listener:
+                del fns[i]
+                self._set(type, fns)
+                return
+
     def off(self, type: str, fn: Callable[..., Any] | None = None) -> None:
         """Removes listener ``fn`` of ``type`` (also one added with ``once``), or every
         listener of ``type``; one that is not there is no error."""
@@ -443,7 +460,7 @@ class _OnceListener:
         self.channel, self.type, self.fn = channel, type, fn
 
     def __call__(self, *args: Any) -> Any:
-        self.channel.off(self.type, self.fn)
+        self.channel.remove(self.type, self)  # this wrapper, not the first listener with its fn
         return self.fn(*args)
 
 
