@@ -7,6 +7,7 @@ transport."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
@@ -572,3 +573,18 @@ def test_once_removes_itself_not_a_plain_handler_of_the_same_function() -> None:
     events.emit("updated", "a")
     events.emit("updated", "b")
     assert calls == [("x",), ("a",), ("a",), ("b",)]
+
+
+async def test_an_error_handler_that_sends_while_not_ready_does_not_report_to_itself() -> None:
+    client = WseClient("ws://127.0.0.1:9", reconnect=False)
+    seen: list[Any] = []
+
+    @client.when.error
+    def on_error(err: WseError) -> None:
+        seen.append(err.code)
+        with contextlib.suppress(ConnectionNotReady):
+            client.send("log", "from the handler")  # not ready either: raises, no new event
+
+    with pytest.raises(ConnectionNotReady):
+        client.send("chat", 1)
+    assert seen == [WSE_ERROR.CONNECTION_NOT_READY]

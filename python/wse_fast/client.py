@@ -416,7 +416,7 @@ class WseClient(Peer[ClientEvents]):
             or not link.endpoint.open
         ):
             err = ConnectionNotReady()
-            self.when.emit("error", err)
+            self.when.emit_unless_within("error", err)
             raise err
         return link
 

@@ -98,7 +98,7 @@ class Connection:
         deadline (see :func:`deadline`)."""
         if not self.session.valid or self.endpoint is None or not self.endpoint.open:
             err = ConnectionNotReady({"rpc": rp})
-            self._server.when.emit("error", err, self)  # as JavaScript reports it too
+            self._server.when.emit_unless_within("error", err, self)  # as JavaScript does
             raise err
         if self._pending is None:
             self._pending = PendingCalls(asyncio.get_running_loop())

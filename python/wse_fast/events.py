@@ -172,13 +172,14 @@ class Events:
     a handler added afterwards runs at once with them, and ``wait`` returns them at once.
     """
 
-    __slots__ = ("_handlers", "_memory", "_once")
+    __slots__ = ("_emitting", "_handlers", "_memory", "_once")
 
     _names: tuple[str, ...] = ()
     _memorable: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Callable[..., Any]]] = {n: [] for n in self._names}
+        self._emitting: list[str] = []  # names whose handlers are running, innermost last
         self._memory: dict[str, tuple[Any, ...]] = {}
         self._once = False
 
@@ -221,8 +222,22 @@ class Events:
     def emit(self, name: str, *args: Any) -> None:
         if name in self._memorable:
             self._memory[name] = args
-        for fn in tuple(self._handlers[name]):  # a handler may remove itself (once)
-            run_handler(fn, args, _log_error)
+        handlers = self._handlers[name]
+        if not handlers:
+            return
+        self._emitting.append(name)
+        try:
+            for fn in tuple(handlers):  # a handler may remove itself (once)
+                run_handler(fn, args, _log_error)
+        finally:
+            self._emitting.pop()
+
+    def emit_unless_within(self, name: str, *args: Any) -> None:
+        """Emits ``name`` unless one of its handlers is running now: for what a handler can
+        cause itself (an ``error`` handler sending while not ready would otherwise report
+        its own failure to itself without end)."""
+        if name not in self._emitting:
+            self.emit(name, *args)
 
     def forget(self, name: str) -> None:
         """Drops what a memorable event remembers: later handlers wait for its next time."""
