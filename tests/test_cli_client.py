@@ -508,7 +508,7 @@ def test_bench_runs_the_suite_with_a_progress_bar_and_writes_its_tables(tmp_path
     assert all(line.startswith("  rpc ") and "calls/s" in line for line in lines[1:4])
     assert lines[4].startswith(f"wrote {tmp_path / 'cli'}.md")
     assert b"0/3" in drawn and b"3/3" in drawn  # the bar counted the suite's three results
-    assert "### RPC (wse-fast)" in (tmp_path / "cli.md").read_text()
+    assert "### RPC, pipelined" in (tmp_path / "cli.md").read_text()
     assert len(json.loads((tmp_path / "cli.json").read_text())["rpc"]) == 3
 
 

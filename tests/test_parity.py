@@ -394,13 +394,15 @@ async def test_an_unhashable_cid_refuses_the_connection(
 
 
 def test_cids_cross_the_cluster_as_distinct_text() -> None:
-    cids: list[Any] = ["alice", "1", 1, 1.5, True, "\x00odd", "", -7]
+    cids: list[Any] = ["alice", "1", 1, 1.5, "\x00odd", "", -7, 2**80]
     texts = [cid_text(cid) for cid in cids]
     assert len(set(texts)) == len(cids)
     assert cid_text("alice") == "alice"  # the keys of string cids are what they were
     assert [cid_from_text(t) for t in texts] == cids
-    with pytest.raises(TypeError):
-        cid_text(("a", "tuple"))
+    assert cid_text(1.0) == cid_text(1)  # one user, as in a dict (and JavaScript's Map)
+    for odd in (("a", "tuple"), True):  # True would be the user 1 in a dict, not in JS
+        with pytest.raises(TypeError):
+            cid_text(odd)
 
 
 # ---- handshake options ---------------------------------------------------------------------

@@ -35,6 +35,7 @@ import socket
 import ssl as ssl_module
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -651,15 +652,23 @@ def client_ssl_context(url: str, cafile: str | None) -> ssl_module.SSLContext | 
         ) from None
 
 
+def printable(text: str) -> str:
+    """Text from the other side, safe for a terminal: control and format characters (escape
+    sequences, C1 controls, bidi overrides) as escapes, the rest as it is."""
+    return "".join(
+        c if c.isprintable() and unicodedata.category(c) != "Cf" else ascii(c)[1:-1] for c in text
+    )
+
+
 def report(err: WseError) -> None:
     """A :class:`WseError` on stderr: its code, then its details as JSON on the same line
-    (when it has any), and its message on the next."""
-    line = err.code
+    (when it has any), and its message on the next; what the server sent, made printable."""
+    line = printable(str(err.code))
     if err.details:
-        line += " " + json.dumps(err.details, ensure_ascii=False, default=repr)
+        line += " " + json.dumps(err.details, ensure_ascii=True, default=repr)
     click.echo(line, err=True)
     if err.message:
-        click.echo(err.message, err=True)
+        click.echo(printable(err.message), err=True)
 
 
 def as_json(value: Any) -> str:
@@ -743,7 +752,7 @@ class Listening:
 
     def closed_by_server(self, code: int, reason: str) -> None:
         if not self.outcome.done():
-            click.echo(f"connection closed: {code} {reason}".rstrip(), err=True)
+            click.echo(f"connection closed: {code} {printable(reason)}".rstrip(), err=True)
             self.outcome.set_result(1)
 
     def stop(self, status: int) -> None:

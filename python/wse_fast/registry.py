@@ -25,8 +25,10 @@ def cid_text(cid: Hashable) -> str:
     as in JavaScript's ``Map``. Other cids cannot cross the cluster: TypeError."""
     if isinstance(cid, str) and not cid.startswith(_ENCODED):
         return cid
-    if not isinstance(cid, (str, int, float)):
+    if isinstance(cid, bool) or not isinstance(cid, (str, int, float)):
         raise TypeError(f"a cid that crosses the cluster is a str or a number, not {cid!r}")
+    if isinstance(cid, float) and cid.is_integer():
+        cid = int(cid)  # 1.0 is the user 1, as in Python's dicts and JavaScript's Map
     return _ENCODED + json.dumps(cid)
 
 

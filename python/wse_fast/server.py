@@ -24,7 +24,7 @@ from .metrics import ServerMetrics
 from .options import ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
-from .registry import Client, UserRegistry
+from .registry import Client, UserRegistry, cid_text
 from .server_connection import ServerConnection
 from .transport.admission import (
     CONTROL_ALLOWANCE,
@@ -483,6 +483,8 @@ class WseServer(Peer[ServerEvents]):
         if not conn.open:
             return  # closed (or timed out) while identify was running
         try:  # before any state changes: a welcome that cannot be sent accepts nobody
+            if self.cluster is not None:
+                cid_text(cid)  # a cid the cluster cannot carry (a tuple, a bool) accepts nobody
             welcome_frame = conn.session.accept(welcome)
         except Exception as exc:
             self.authentication.failed(conn, exc)

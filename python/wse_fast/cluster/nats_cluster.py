@@ -53,6 +53,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
+from ..connection import deadline
 from ..constants import WSE_ERROR, WSE_REASON
 from ..errors import ConnectionNotReady, RpcError, WseError
 from ..registry import cid_from_text, cid_text
@@ -139,6 +140,8 @@ class NatsCluster:
         self.max_outbox = max_outbox
         self.nats_options = dict(nats_options or {})
         self.lost = 0  # messages not handed to NATS because the link was down
+        self._lost_unreported = 0
+        self._next_loss_report = 0.0
         self.alive: frozenset[str] = frozenset()  # nodes whose key has not expired
         # this process's mark in the registry's entries, new at every start
         self.instance = secrets.token_hex(4)
@@ -391,7 +394,8 @@ class NatsCluster:
                 if conn is not None:
                     conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
             else:
-                self._publish(_pack_name(_DROP_CONN, node, msgpack.packb([cid, ref])))
+                drop = msgpack.packb([cid_text(cid), ref])
+                self._publish(_pack_name(_DROP_CONN, node, drop))
 
     async def _removed(self, cid: Any, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
         if adding is not None:
@@ -454,7 +458,8 @@ class NatsCluster:
             elif op == _DROP_CONN:
                 node, rest = _unpack_name(data)
                 if node == self.node:
-                    cid, ref = msgpack.unpackb(rest)
+                    text, ref = msgpack.unpackb(rest)
+                    cid = cid_from_text(text)
                     conn = self._local(cid, ref)
                     if conn is not None:
                         conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
@@ -465,8 +470,9 @@ class NatsCluster:
         self, node: str, cid: Any, ref: str, rp: str, payload: Any, timeout: float | None
     ) -> Any:
         nc = self._require(self._nc)
-        limit = self.server.timeout if timeout is None else timeout  # 0 or None: no deadline
-        request = msgpack.packb({"cid": cid, "ref": ref, "rp": rp, "p": payload, "t": limit})
+        limit = deadline(self.server.timeout, timeout)  # None: no deadline
+        request = {"cid": cid_text(cid), "ref": ref, "rp": rp, "p": payload, "t": limit or 0}
+        request = msgpack.packb(request)
         try:
             reply = await nc.request(
                 f"{self.prefix}.call.{node}",
@@ -511,7 +517,8 @@ class NatsCluster:
 
     async def _answer(self, msg: Msg, request: dict[str, Any]) -> None:
         try:
-            cid, ref, rp = request["cid"], str(request["ref"]), str(request["rp"])
+            cid = cid_from_text(str(request["cid"]))
+            ref, rp = str(request["ref"]), str(request["rp"])
             conn = self._local(cid, ref)
             if conn is None:
                 raise ConnectionNotReady({"rpc": rp})
@@ -562,18 +569,29 @@ class NatsCluster:
                 if not nc.is_connected:
                     self._count_lost(len(batch))
                     continue
-                for data in batch:
-                    await nc.publish(self._subject, data)
+                for sent, data in enumerate(batch):
+                    try:
+                        await nc.publish(self._subject, data)
+                    except Exception:
+                        self._count_lost(len(batch) - sent)
+                        raise
         except Exception as exc:
             self._count_lost(len(self._outbox))
             self._outbox, self._outbox_bytes = [], 0
             self._report(exc, {})
 
     def _count_lost(self, count: int) -> None:
+        """Counts messages lost; reported through ``error`` at most once a second (a storm of
+        sends while NATS is away is one report, not one per message)."""
         if count:
             self.lost += count
-            err = WseError(CLUSTER_LOST, {"lost": count, "total": self.lost, "node": self.node})
-            self.server.when.emit("error", err, None)
+            self._lost_unreported += count
+            now = time.monotonic()
+            if now >= self._next_loss_report:
+                self._next_loss_report = now + 1.0
+                lost, self._lost_unreported = self._lost_unreported, 0
+                details = {"lost": lost, "total": self.lost, "node": self.node}
+                self.server.when.emit("error", WseError(CLUSTER_LOST, details), None)
 
     # ---- liveness --------------------------------------------------------------------------
 
