@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +27,7 @@ from wse_fast.cluster.local_nats import LocalNats
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity
 from tests.hosts import serve_aiohttp, serve_asgi
+from tests.test_cli import serve
 from tests.test_framing import RawPeer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -413,3 +417,57 @@ def test_the_metrics_example_runs() -> None:
         'health: 503 {"status": "closing"}',
     ):
         assert line in done.stdout, (line, done.stdout)
+
+
+METRICS_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics and /health")
+
+
+def two_free_ports() -> int:
+    """A port P with P + 1 free too (as far as one can tell before using them), below the
+    range the kernel hands out for port 0."""
+    for port in random.sample(range(20000, 32000, 2), 50):
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+async def test_wse_fast_serve_metrics_port(make_client: ClientFactory) -> None:
+    served = await serve(
+        "tests.cli_app:server", "--port", "0", "--metrics-port", "0", "--log-level", "debug"
+    )
+    port = await served.serving()
+    found = METRICS_LINE.search("".join(served.output))
+    assert found, served.output
+    metrics_port = int(found[1])
+    client = make_client(f"ws://127.0.0.1:{port}")
+    await client.connect("alice")
+    assert value(await scrape(metrics_port), "wse_users") == 1
+    assert (await health(metrics_port))[0] == 200
+    await client.close()
+    status, output = await served.terminate()
+    assert status == 0, output
+    # at debug level: the connection's lines, with its ids; none of picows's
+    assert re.search(r"wse_fast.connection: accepted \[cid='alice' conn=\w+\]", output), output
+    assert "picows" not in output
+
+
+async def test_wse_fast_serve_workers_each_serve_metrics_on_a_port_of_their_own() -> None:
+    first = two_free_ports()
+    served = await serve(
+        "tests.cli_app:server",
+        *("--port", "0", "--workers", "2", "--no-cluster"),
+        *("--metrics-port", str(first)),
+    )
+    await served.serving()
+    for metrics_port in (first, first + 1):
+        samples = await scrape(metrics_port)
+        assert value(samples, "wse_connections") == 0
+        assert (await health(metrics_port))[0] == 200
+    status, output = await served.terminate()
+    assert status == 0, output
+    assert len(METRICS_LINE.findall(output + "".join(served.output))) >= 2

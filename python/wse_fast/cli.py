@@ -45,6 +45,7 @@ import click
 
 from .client import WseClient
 from .errors import WseError
+from .metrics import prometheus_installed
 from .server import WseServer
 
 log = logging.getLogger("wse_fast.cli")
@@ -161,6 +162,15 @@ def server_ssl_context(certfile: str | None, keyfile: str | None) -> ssl_module.
     return context
 
 
+def name_connection(record: logging.LogRecord) -> bool:
+    """A log filter: the connection a record is about (its ``cid`` and ``conn_id``, see
+    :mod:`wse_fast.metrics`), as the end of the line ``record.connection``."""
+    conn_id = getattr(record, "conn_id", None)
+    cid = getattr(record, "cid", None)
+    record.connection = "" if conn_id is None else f" [cid={cid!r} conn={conn_id}]"
+    return True
+
+
 def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -182,11 +192,14 @@ async def serve_one(
     node_prefix: str | None,
     group_fds: tuple[int, int] | None,
     ssl_context: ssl_module.SSLContext | None = None,
+    metrics_at: tuple[str, int] | None = None,
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
     then closes it. In a group (``group_fds``: the ready pipe's and the lifeline's
     descriptors) it listens on a SO_REUSEPORT socket of its own. ``ssl_context`` replaces
-    the server's own ``ssl`` (None: the server's is kept)."""
+    the server's own ``ssl`` (None: the server's is kept). ``metrics_at``: host and port of
+    ``GET /metrics`` and ``GET /health``, served from when the server listens until it has
+    closed (``/health`` says 503 while it closes)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -208,8 +221,13 @@ async def serve_one(
     if ssl_context is not None:
         server.ssl = ssl_context
     sock = reuseport_socket(host, port) if group_fds is not None else None
+    metrics_listener: asyncio.Server | None = None
     try:
         await server.start(sock=sock)
+        if metrics_at is not None:
+            metrics_listener = await server.metrics.listen(*metrics_at)
+            bound = metrics_listener.sockets[0].getsockname()[1]
+            log.info("metrics on http://%s/metrics and /health", address(metrics_at[0], bound))
         if group_fds is None:
             scheme = "wss" if server.ssl is not None else "ws"
             joined = f", cluster {', '.join(cluster)}" if cluster else ""
@@ -221,6 +239,8 @@ async def serve_one(
         await stop.wait()
     finally:
         await server.close()
+        if metrics_listener is not None:
+            metrics_listener.close()
 
 
 # ---- a group of workers --------------------------------------------------------------------
@@ -279,10 +299,16 @@ class WorkerGroup:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signum)
 
-    async def run(self, command: list[str], announce: str) -> int:
-        """Runs the workers (``command`` each) until a stop signal or until one of them
-        ends; the exit status for this command: 0 when every worker stopped cleanly on a
-        signal (or none started because the signal came first), else 1."""
+    async def run(
+        self,
+        command: list[str],
+        announce: str,
+        per_worker: Callable[[int], list[str]] = lambda index: [],
+    ) -> int:
+        """Runs the workers (``command`` each, and ``per_worker(k)``'s arguments for the
+        k-th) until a stop signal or until one of them ends; the exit status for this
+        command: 0 when every worker stopped cleanly on a signal (or none started because
+        the signal came first), else 1."""
         if self.stop_signal is not None:
             return 0
         ready_read, ready_write = os.pipe()
@@ -291,9 +317,10 @@ class WorkerGroup:
         try:
             fds = f"{ready_write},{lifeline_read}"
             try:
-                for _ in range(self.workers):
+                for index in range(self.workers):
                     process = await asyncio.create_subprocess_exec(
                         *command,
+                        *per_worker(index),
                         "--worker-of-group",
                         fds,
                         stdin=asyncio.subprocess.DEVNULL,
@@ -375,10 +402,12 @@ async def serve_group(
     log_level: str,
     shutdown_timeout: float,
     ssl_options: Sequence[str] = (),
+    metrics_at: tuple[str, int] | None = None,
 ) -> int:
     """Runs ``workers`` worker processes on ``host:port``; ``cluster`` None: a nats-server of
     its own for them, started first and stopped after them; empty: no cluster.
-    ``ssl_options``: the command's TLS options, passed on to every worker."""
+    ``ssl_options``: the command's TLS options, passed on to every worker. ``metrics_at``:
+    the k-th worker serves its metrics on that port + k (port 0: each a free one)."""
     from .cluster.local_nats import LocalNats
 
     loop = asyncio.get_running_loop()
@@ -409,7 +438,14 @@ async def serve_group(
             command.append("--no-cluster")
         joined = f", cluster {', '.join(cluster)}" if cluster else ""
         where = ("wss://" if ssl_options else "") + address(host, port)
-        return await group.run(command, f"serving {spec} on {where}{joined}")
+
+        def metrics_options(index: int) -> list[str]:
+            if metrics_at is None:
+                return []
+            metrics_port = metrics_at[1] + index if metrics_at[1] else 0
+            return ["--metrics-host", metrics_at[0], "--metrics-port", str(metrics_port)]
+
+        return await group.run(command, f"serving {spec} on {where}{joined}", metrics_options)
     finally:
         if local_nats is not None:
             await local_nats.close()
@@ -493,6 +529,18 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="The certificate's private key (PEM, unencrypted).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve GET /metrics (Prometheus) and GET /health on this port; with --workers N, "
+    "worker k on this port + k. /metrics needs prometheus-client: "
+    "pip install 'wse-fast[metrics]'.",
+)
+@click.option(
+    "--metrics-host",
+    metavar="ADDRESS",
+    help="Address of the metrics port  [default: --host].",
+)
 @click.option("--worker-of-group", hidden=True, metavar="READY_FD,LIFELINE_FD")
 def serve(
     app: str,
@@ -506,6 +554,8 @@ def serve(
     shutdown_timeout: float,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
     worker_of_group: str | None,
 ) -> None:
     """Serves the WseServer named by MODULE:ATTR: a WseServer instance, or a function
@@ -525,10 +575,16 @@ def serve(
     With --no-cluster the workers share only the port.
 
     With --ssl-certfile it serves wss:// (TLS 1.2 or later), every worker alike.
+
+    With --metrics-port it serves GET /metrics (Prometheus text) and GET /health (200 while
+    serving; 503 while closing, or while the cluster link is down) on a port of their own.
     """
     logging.basicConfig(
-        level=log_level.upper(), format="%(levelname)s [%(process)d] %(name)s: %(message)s"
+        level=log_level.upper(),
+        format="%(levelname)s [%(process)d] %(name)s: %(message)s%(connection)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(name_connection)
     cluster = split_urls(cluster_urls)
     if no_cluster and cluster:
         raise click.UsageError("--cluster and --no-cluster exclude each other")
@@ -544,10 +600,19 @@ def serve(
     if ssl_keyfile is not None:
         ssl_options += ["--ssl-keyfile", os.path.abspath(ssl_keyfile)]
 
+    metrics_at = None if metrics_port is None else (metrics_host or host, metrics_port)
+    if metrics_at is not None and not prometheus_installed() and group_fds is None:
+        log.warning(
+            "/metrics answers 501 without prometheus-client: pip install "
+            "'wse-fast[metrics]' (/health works)"
+        )
+
     import uvloop
 
     if workers == 1 or group_fds is not None:
-        uvloop.run(serve_one(app, host, port, cluster, node_name, group_fds, ssl_context))
+        uvloop.run(
+            serve_one(app, host, port, cluster, node_name, group_fds, ssl_context, metrics_at)
+        )
         return
     status = uvloop.run(
         serve_group(
@@ -560,6 +625,7 @@ def serve(
             log_level,
             shutdown_timeout,
             ssl_options,
+            metrics_at,
         )
     )
     sys.exit(status)
