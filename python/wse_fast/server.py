@@ -219,6 +219,7 @@ class WseServer(Peer[ServerEvents]):
         ``sock``: an already bound socket to serve on instead (host and port are then unused),
         for example one inherited from a process manager.
         """
+        self.closing = False  # started again after a close: /health answers 200 again
         await self.attach()
         listener = Listener({None: self}, host=self.host, port=self.port, ssl=self.ssl)
         await listener.start(sock)
