@@ -133,6 +133,13 @@ async def test_messages_and_bytes_by_type_in_and_out(
     assert value(samples, "wse_messages_received_total", type="~wse:hi") == 2
     assert value(samples, "wse_messages_sent_total", type="news") == 2
     assert value(samples, "wse_sent_bytes_total", type="news") == 2 * len(frame)
+    # to one user, and to one connection: counted as they are queued
+    server.send("bob", "direct", 1)
+    server.clients["bob"].send("direct", 2)
+    [conn] = server.clients["bob"].conns.values()
+    conn.send("direct", 3)
+    samples = await scrape(port)
+    assert value(samples, "wse_messages_sent_total", type="direct") == 3
     peer.writer.close()
 
 

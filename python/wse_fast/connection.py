@@ -89,7 +89,11 @@ class Connection:
     def send(self, type: str, payload: Any = None) -> None:
         """Sends a message to this device."""
         if self.endpoint is not None:
-            self.endpoint.write(self._server.encode(type, payload, None))
+            frame = self._server.encode(type, payload, None)
+            self.endpoint.write(frame)
+            metrics = self._server.metrics
+            if metrics.counting:
+                metrics.count_sent(type, len(frame))
 
     async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
         """Calls procedure ``rp`` on this device and returns its result; raises ``RpcError``,
@@ -103,7 +107,11 @@ class Connection:
         if self._pending is None:
             self._pending = PendingCalls(asyncio.get_running_loop())
         stamp, future = self._pending.open(deadline(self._server.timeout, timeout))
-        self.endpoint.write(self._server.encode(rp, payload, stamp))
+        frame = self._server.encode(rp, payload, stamp)
+        self.endpoint.write(frame)
+        metrics = self._server.metrics
+        if metrics.counting:
+            metrics.count_sent(rp, len(frame))
         return await future
 
     def drop(self, reason: str = WSE_REASON.BY_SERVER, code: int = CLOSE_NORMAL) -> None:

@@ -12,6 +12,7 @@ from .constants import WSE_REASON
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .metrics import ServerMetrics
 
 
 #: Marks a cid's text form (:func:`cid_text`) that is not the cid itself.
@@ -41,10 +42,10 @@ class Client:
     """A user (``cid``, as identify gave it to accept: any hashable value) and its open
     connections, oldest first; ``state`` is the application's own data for the user."""
 
-    __slots__ = ("_conns", "_encode", "_state", "cid", "meta")
+    __slots__ = ("_conns", "_registry", "_state", "cid", "meta")
 
-    def __init__(self, encode: Callable[..., bytes], cid: Any, first: Connection) -> None:
-        self._encode = encode
+    def __init__(self, registry: UserRegistry, cid: Any, first: Connection) -> None:
+        self._registry = registry
         self.cid = cid
         self.meta = first.meta
         self._state: dict[str, Any] | None = None  # made when first read
@@ -75,7 +76,12 @@ class Client:
 
     def send(self, type: str, payload: Any = None) -> None:
         """Sends to every device of this user; the frame is encoded once."""
-        self.send_frame(self._encode(type, payload, None))
+        registry = self._registry
+        frame = registry.encode(type, payload, None)
+        self.send_frame(frame)
+        metrics = registry.metrics
+        if metrics is not None and metrics.counting:
+            metrics.count_sent(type, len(frame), len(self._conns))
 
     def send_frame(self, frame: bytes) -> None:
         """Sends a frame the server's encoder built to every device of this user."""
@@ -92,11 +98,12 @@ class Client:
 class UserRegistry:
     """``clients``: cid to :class:`Client`, for users with at least one open connection."""
 
-    __slots__ = ("_encode", "clients", "conn_per_user")
+    __slots__ = ("clients", "conn_per_user", "encode", "metrics")
 
     def __init__(self, encode: Callable[..., bytes], conn_per_user: int) -> None:
-        self._encode = encode
+        self.encode = encode
         self.conn_per_user = conn_per_user
+        self.metrics: ServerMetrics | None = None  # what the server counts, once it has it
         self.clients: dict[Any, Client] = {}
 
     def add(self, conn: Connection, cid: Hashable) -> tuple[Client, bool, list[Connection]]:
@@ -105,7 +112,7 @@ class UserRegistry:
         client = self.clients.get(cid)
         joined = client is None
         if client is None:
-            client = self.clients[cid] = Client(self._encode, cid, conn)
+            client = self.clients[cid] = Client(self, cid, conn)
         else:
             client._conns.append(conn)
         excess = len(client._conns) - self.conn_per_user

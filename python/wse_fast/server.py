@@ -134,6 +134,7 @@ class WseServer(Peer[ServerEvents]):
         self.closing = False  # close() has begun: /health answers 503
         #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
         self.metrics = ServerMetrics(self)
+        self.registry.metrics = self.metrics
         self.saturated = False  # tasks_running has reached max_tasks (read per message)
         self._waiting_for_tasks: dict[ServerConnection, None] = {}  # paused by max_tasks, in order
 
@@ -302,6 +303,8 @@ class WseServer(Peer[ServerEvents]):
         frame = self.encode(type, payload, None)
         if client is not None:
             client.send_frame(frame)
+            if self.metrics.counting:
+                self.metrics.count_sent(type, len(frame), len(client.conns))
         self.cluster.send(cid, frame)
         return True
 
