@@ -23,44 +23,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-import time
 from typing import Any
 
 import uvloop
-from wse_fast import ServerLimits, WseServer
+from wse_fast import WseServer
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from wse_fast_bench import bench_server
 
 
 def cluster_app(**transport: Any) -> WseServer:
     node = secrets.token_hex(4)  # this server's mark in its users' cids
-    server = WseServer(
-        lambda req: req.accept(f"{node}.{req.conn_id}"),
-        # as in wse_fast_bench: the load generator reads as fast as it can, and
-        # authenticates thousands at once
-        limits=ServerLimits(ping_interval=None, auth_timeout=120, max_pending_bytes=None),
-        **transport,
-    )
-
-    @server.channel.on("bench")
-    async def bench(conn: Any, cmd: dict[str, Any]) -> None:
-        # the fan-out of wse_fast_bench.bench_server, byte for byte
-        mode, count, size = cmd["mode"], cmd["count"], cmd["size"]
-        payload = "x" * (size - 2)
-        broadcast = server.broadcast
-        if mode == "burst":
-            for _ in range(count):
-                broadcast("tick", payload)
-        elif mode == "paced":
-            for _ in range(count):
-                broadcast("tick", payload)
-                await asyncio.sleep(0)
-        elif mode == "rate":
-            loop = asyncio.get_running_loop()
-            interval, due = 1.0 / cmd["rate"], loop.time()
-            filler = "x" * (size - 2 - 19)
-            for _ in range(count):
-                broadcast("tick", f"{time.monotonic_ns():019d}{filler}")
-                due += interval
-                await asyncio.sleep(max(0.0, due - loop.time()))
+    server = bench_server(lambda req: req.accept(f"{node}.{req.conn_id}"), **transport)
 
     @server.channel.on("whoami")
     async def whoami(conn: Any, _: Any) -> None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from wse_fast import ServerLimits, WseServer
 
 
-def bench_server(**transport: Any) -> WseServer:
-    """The benchmarked server; ``transport`` holds what only its own listener needs (port)."""
+def bench_server(identify: Callable[[Any], Any] | None = None, **transport: Any) -> WseServer:
+    """The benchmarked server; ``transport`` holds what only its own listener needs (port).
+    ``identify``: by default, each connection is a user of its own named by its conn_id."""
     server = WseServer(
-        lambda req: req.accept(req.conn_id),
+        identify or (lambda req: req.accept(req.conn_id)),
         # the load generator reads as fast as it can, and authenticates thousands at once
         limits=ServerLimits(ping_interval=None, auth_timeout=120, max_pending_bytes=None),
         **transport,
