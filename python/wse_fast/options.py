@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .sansio.deflate import DeflateSettings
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
@@ -21,7 +23,22 @@ class Limits:
     - ``ping_interval`` / ``ping_timeout``: keepalive, a ping after this long without hearing
       from the peer and a drop when no pong comes within the timeout; None turns it off;
     - ``close_timeout``: how long a close handshake may take before the socket is aborted;
-    - ``read_buffer_size``: picows's initial read buffer per connection.
+    - ``read_buffer_size``: picows's initial read buffer per connection;
+    - ``compression``: permessage-deflate (RFC 7692), off by default as in Node.js ``ws``.
+      A server agrees to a client's offer, a client offers it. Without takeover every
+      message is compressed on its own: a broadcast is compressed once and the same frame
+      goes to every connection that agreed, and a connection keeps no zlib state between
+      messages. A compressed message inflating past the message limit closes 1009 (before
+      authentication: past ``auth_max_message_size``);
+    - ``compression_threshold``: messages whose payload is shorter go plain (bytes);
+    - ``compression_level``: zlib's level, 1 (fastest) to 9 (smallest);
+    - ``compression_takeover``: a compression context per connection, each way, where the
+      peer allows it (smaller messages when they repeat one another; every message, a
+      broadcast too, is then compressed per connection);
+    - ``compression_window_bits`` / ``compression_mem_level``: with takeover, what bounds
+      each connection's contexts: about ``2 ** (bits + 2) + 2 ** (mem_level + 9)`` bytes to
+      compress and ``2 ** bits`` + 7 KiB to inflate (32 KiB and 11 KiB at 12 and 5); a peer
+      whose window cannot be limited is asked not to take over.
     """
 
     max_message_size: int = 1 << 20
@@ -30,13 +47,31 @@ class Limits:
     ping_timeout: float = 20.0
     close_timeout: float = 5.0
     read_buffer_size: int = 2048
+    compression: bool = False
+    compression_threshold: int = 128
+    compression_level: int = 6
+    compression_takeover: bool = False
+    compression_window_bits: int = 12
+    compression_mem_level: int = 5
 
     def __post_init__(self) -> None:
+        self.deflate_settings()  # checks the compression options when they are made
         if self.ping_interval is not None and not 0 < self.ping_timeout <= self.ping_interval:
             # picows checks this only when a connection starts, and then fails every one
             raise ValueError("ping_timeout must be positive and not exceed ping_interval")
         if min(self.max_message_size, self.read_buffer_size) < 1 or self.close_timeout < 0:
             raise ValueError("sizes must be at least 1 and close_timeout not negative")
+
+    def deflate_settings(self) -> DeflateSettings | None:
+        """The compression options as the extension takes them; None when it is off."""
+        settings = DeflateSettings(
+            level=self.compression_level,
+            mem_level=self.compression_mem_level,
+            threshold=self.compression_threshold,
+            takeover=self.compression_takeover,
+            window_bits=self.compression_window_bits,
+        )
+        return settings if self.compression else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

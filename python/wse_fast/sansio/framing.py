@@ -1,7 +1,8 @@
 """Frames to messages and close frames to (code, reason): the RFC 6455 rules picows leaves out.
 
 picows hands over frames one by one and leaves these duties to its user: fragmentation, UTF-8
-and size rules of data frames, and which status codes a Close frame may carry.
+and size rules of data frames, which status codes a Close frame may carry, and, where
+permessage-deflate was agreed, inflating compressed messages (:class:`InflatingAssembler`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..constants import (
     OP_CONTINUATION,
     OP_TEXT,
 )
+from .deflate import RSV_COMPRESSED, CorruptMessage, Inflater, MessageTooBig
 
 
 class FrameViolation(Exception):
@@ -99,6 +101,11 @@ class MessageAssembler:
         self._binary = False
         self._utf8: codec.Utf8Validator | None = None  # made for the first fragmented text
 
+    @property
+    def in_message(self) -> bool:
+        """Whether a fragmented message has begun and not ended."""
+        return self._buffer is not None
+
     def feed(
         self, opcode: int, fin: bool, rsv: int, payload: bytes | memoryview
     ) -> tuple[bool, bytes | memoryview] | None:
@@ -140,6 +147,78 @@ class MessageAssembler:
             raise FrameViolation(CLOSE_INVALID_TEXT, "text message ends inside a character")
         self._buffer = None
         return self._binary, bytes(buffer)
+
+
+class InflatingAssembler(MessageAssembler):
+    """A :class:`MessageAssembler` for a connection with permessage-deflate (RFC 7692 §6):
+    RSV1 on a message's first frame says it is compressed; never on a continuation or a
+    control frame. Plain messages are taken as by the parent class.
+
+    ``inflate_limit`` bounds a compressed message's inflated size (close 1009 one byte past
+    it, before more is inflated); a server keeps it at the stranger's limit until the
+    connection is accepted. Memory held: the message inflated so far, at most that limit.
+    """
+
+    __slots__ = ("_inflated", "_inflater", "inflate_limit")
+
+    def __init__(self, max_size: int, inflater: Inflater, inflate_limit: int) -> None:
+        super().__init__(max_size)
+        self._inflater = inflater
+        self.inflate_limit = inflate_limit
+        self._inflated: bytearray | None = None  # a compressed fragmented message so far
+
+    @property
+    def in_message(self) -> bool:
+        return self._inflated is not None or self._buffer is not None
+
+    def feed(
+        self, opcode: int, fin: bool, rsv: int, payload: bytes | memoryview
+    ) -> tuple[bool, bytes | memoryview] | None:
+        if opcode == OP_CONTINUATION and self._inflated is not None:
+            if rsv:
+                raise FrameViolation(CLOSE_PROTOCOL_ERROR, "reserved bits on a continuation")
+            return self._inflate(self._inflated, payload, fin)
+        if self._inflated is not None:
+            raise FrameViolation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+        if rsv != RSV_COMPRESSED or (opcode != OP_TEXT and opcode != OP_BINARY):
+            return super().feed(opcode, fin, rsv, payload)
+        if self._buffer is not None:
+            raise FrameViolation(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+        self._binary = opcode == OP_BINARY
+        return self._inflate(None, payload, fin)
+
+    def _inflate(
+        self, so_far: bytearray | None, payload: bytes | memoryview, fin: bool
+    ) -> tuple[bool, bytes] | None:
+        """Inflates one frame's payload; ``so_far``: the message's earlier frames inflated
+        (None for its first frame)."""
+        inflater = self._inflater
+        room = self.inflate_limit - (0 if so_far is None else len(so_far))
+        try:
+            out = inflater.feed(payload, room)
+            if fin:
+                out += inflater.end(room - len(out))
+        except MessageTooBig:
+            self._inflated = None
+            raise FrameViolation(CLOSE_TOO_BIG, "message too big") from None
+        except CorruptMessage:
+            self._inflated = None
+            raise FrameViolation(CLOSE_INVALID_TEXT, "invalid compressed data") from None
+        if not fin:
+            if so_far is None:
+                self._inflated = bytearray(out)
+            else:
+                so_far += out
+            return None
+        self._inflated = None
+        if so_far is None:
+            message = out
+        else:
+            so_far += out
+            message = bytes(so_far)
+        if not self._binary and not codec.validate_utf8(message):
+            raise FrameViolation(CLOSE_INVALID_TEXT, "invalid UTF-8 in a text message")
+        return self._binary, message
 
 
 def unframe(frame: bytes) -> tuple[bool, memoryview]:
