@@ -80,6 +80,38 @@ async def test_client_answering_pings_stays(
     assert await client.call("still-there") is True
 
 
+async def test_keepalive_keeps_no_task_per_connection(make_server: ServerFactory) -> None:
+    # Keepalive is one sweep per loop; picows's own is a task (about 1.8 KiB) per connection.
+    server = await make_server()  # keepalive on, at the defaults
+    assert server.limits.ping_interval is not None
+    before = len(asyncio.all_tasks())
+    peers = [await RawPeer.connect(server.port) for _ in range(20)]
+    for peer in peers:
+        await peer.hello()
+    assert len(server.clients["alice"].conns) == 20
+    assert len(asyncio.all_tasks()) == before
+    for peer in peers:
+        peer.writer.close()
+
+
+async def test_busy_peer_is_not_pinged(make_server: ServerFactory) -> None:
+    # A ping goes only to a connection quiet for ping_interval: any frame counts as life.
+    server = await make_server(ping_interval=0.1, ping_timeout=0.1)
+    server.channel.on("echo", lambda conn, p: conn.send("echo", p))
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 0.5  # five ping intervals, each with several messages in it
+    opcodes = set()
+    while loop.time() < end:
+        peer.send(0x1, b'["echo", {}]')
+        opcode, _ = await peer.recv()
+        opcodes.add(opcode)
+        await asyncio.sleep(0.02)  # the pace of the client's messages, not synchronisation
+    assert opcodes == {0x1}  # echoes only, never a ping
+    peer.writer.close()
+
+
 def test_ping_timeout_longer_than_the_interval_is_refused_up_front() -> None:
     from wse_fast import ServerLimits
 

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from picows import WSAutoPingStrategy, WSUpgradeRequest
+from picows import WSAutoPingStrategy, WSUpgradeRequest, WSUpgradeResponseWithListener
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows's stub
 
 from .admission import Admission, ReadGuard
+from .picows_endpoint import Endpoint, Keepalive
 
 
 class PicowsLog(logging.LoggerAdapter[logging.Logger]):
@@ -82,12 +83,27 @@ async def listen(
     ssl: ssl_module.SSLContext | None = None,
 ) -> asyncio.Server:
     """Serves WebSocket upgrades on ``host:port`` (or ``sock``); ``upgrade(request, guard)``
-    answers each as picows's listener factory would."""
+    answers each as picows's listener factory would.
+
+    Keepalive is the endpoints' sweep (:class:`Keepalive`), not picows's: picows's costs a
+    task per connection.
+    """
     loop = asyncio.get_running_loop()
+    keepalive = (
+        None
+        if options.ping_interval is None
+        else Keepalive(options.ping_interval, options.ping_timeout)
+    )
 
     def protocol() -> ReadGuard:
         def route(request: WSUpgradeRequest) -> Any:
-            return upgrade(request, guard)
+            answer = upgrade(request, guard)
+            endpoint = (
+                answer.listener if isinstance(answer, WSUpgradeResponseWithListener) else answer
+            )
+            if isinstance(endpoint, Endpoint):
+                endpoint.keepalive = keepalive
+            return answer
 
         inner = WSProtocol(
             None,  # host and port: client side only
@@ -97,9 +113,9 @@ async def listen(
             _PICOWS_LOG,
             True,  # disconnect when a listener callback raises
             options.handshake_timeout,
-            options.ping_interval is not None,
-            options.ping_interval or 20.0,
-            options.ping_timeout,
+            False,  # picows's keepalive: off (see Keepalive)
+            20.0,
+            20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
             options.auto_pong,
             options.max_frame_size,
