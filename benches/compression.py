@@ -209,6 +209,38 @@ def table(results: list[Result], runs: int) -> str:
     return "\n".join(lines) + f"\n\nMedian of {runs} runs.\n"
 
 
+def plot(results: list[Result], path: Path) -> None:
+    """Two panels per message size: bytes on the wire per delivery, and deliveries per server
+    CPU-second (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r.size for r in results})
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 2.2 * len(sizes)), squeeze=False)
+    for row, size in enumerate(sizes):
+        names = list(PEERS)
+        group = [[r for r in results if (r.peer, r.size) == (name, size)] for name in names]
+        wire = [statistics.median(r.wire_bytes for r in runs) for runs in group]
+        per_cpu = [statistics.median(r.per_cpu for r in runs) for runs in group]
+        body = group[0][0].body_bytes
+        for column, values, label in (
+            (0, wire, "bytes on the wire per delivery"),
+            (1, per_cpu, "deliveries per server CPU-second (log)"),
+        ):
+            ax = axes[row][column]
+            ax.barh(names, values, color="tab:blue")
+            ax.set_title(f"{body:,} B of JSON per message", fontsize=9)
+            ax.set_xlabel(label, fontsize=8)
+            ax.tick_params(labelsize=8)
+            if column == 1:
+                ax.set_xscale("log")
+                ax.set_xlim(left=min(values) / 3)  # the smallest bar stays visible
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 async def main(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {LOADGEN_CORE})
     results: list[Result] = []
@@ -239,6 +271,7 @@ async def main(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    plot(results, out.with_suffix(".png"))
     print(text)
 
 

@@ -314,6 +314,24 @@ async def test_wse_client_both_ways(
     assert link.compressor.messages >= 1  # the client's message went compressed
 
 
+async def test_wse_client_and_server_with_takeover_both_ways(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    options = {"compression": True, "compression_takeover": True, "compression_window_bits": 10}
+    server = await echo_server(make_server, **options)
+    client = make_client(server, **options)
+    client.channel.on("echo", log.hook("echo"))
+    await client.connect("alice")
+    link = client._link
+    assert link is not None and link.compressor is not None
+    assert not link.compressor.shared and link.compressor.window_bits == 10
+    for index in range(5):  # each message refers to the ones before, on both sides
+        client.send("echo", ROWS[index : index + 30])
+    assert [args for (args,) in await log.wait("echo", 5)] == [
+        ROWS[index : index + 30] for index in range(5)
+    ]
+
+
 async def test_wse_client_fails_on_an_answer_it_did_not_offer(
     make_client: ClientFactory,
 ) -> None:
