@@ -251,12 +251,23 @@ async def test_a_zip_bomb_closes_1009_with_bounded_memory(
 async def test_a_stranger_may_not_inflate_past_its_limit(
     make_server: ServerFactory, peers: list[DeflatePeer]
 ) -> None:
-    server = await echo_server(make_server, compression=True, auth_max_message_size=16 * 1024)
+    server = await echo_server(
+        make_server, compression=True, auth_max_message_size=16 * 1024, max_message_size=8 << 20
+    )
     stranger = await connect(peers, server)
-    big_hi = json.dumps(["~wse:hi", {"identity": "x", "meta": {"pad": "a" * 20000}}]).encode()
-    assert len(deflate(big_hi)) < 1024  # tiny on the wire, 20 KB inflated
-    stranger.send(0x1, deflate(big_hi), rsv=RSV_COMPRESSED)
-    await stranger.expect_close(1009)
+    # within max_message_size, far past the stranger's limit: inflating stops at the latter
+    big_hi = json.dumps(["~wse:hi", {"identity": "x", "meta": {"pad": " " * (7 << 20)}}])
+    compressed = deflate(big_hi.encode())
+    del big_hi
+    assert len(compressed) < 16 * 1024  # small on the wire
+    tracemalloc.start()
+    try:
+        stranger.send(0x1, compressed, rsv=RSV_COMPRESSED)
+        await stranger.expect_close(1009)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20  # not the 7 MiB it would have inflated to
     # once accepted, the connection's own limit applies to compressed messages too
     member = await connect(peers, server)
     member.send(0x1, HI)
