@@ -48,6 +48,12 @@ from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 RESULTS = HERE / "results"
 SERVER_CORE, LOADGEN_CORE = "0", 1
 WSE_SERVER_PYTHON = HERE / ".venv-wse-server/bin/python"
+#: What the wse-server peer runs on, said in its environment.
+WSE_SERVER_VERSION = (
+    "import importlib.metadata, platform; "
+    "print('wse-server', importlib.metadata.version('wse-server'), "
+    "'on CPython', platform.python_version())"
+)
 PEERS: dict[str, list[str]] = {
     "wse-fast": [sys.executable, str(HERE / "peers/wse_fast_server.py")],
     # the same server with io_uring turned off: paced fan-out through a loop of send() calls
@@ -488,10 +494,15 @@ def write_report(
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
     }
+    if any(r.peer == "wse-server" for r in fan):
+        versions["wse_server"] = subprocess.run(
+            [str(WSE_SERVER_PYTHON), "-c", WSE_SERVER_VERSION], capture_output=True, text=True
+        ).stdout.strip()
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {versions['cpus']} cores (Linux {versions['kernel']}), "
         f"Python {versions['python']}, Node.js {versions['node']}. Server pinned to core 0, load "
-        f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers.",
+        f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers."
+        + (f" {versions['wse_server']}." if "wse_server" in versions else ""),
         "",
     ]
     if fan:
