@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,11 @@ bench-rpc: bench-setup
 # RSS per idle authenticated connection at the default options, and what each option costs
 bench-memory: bench-setup
 	$(PY) benches/memory.py --runs 3 --out benches/results/memory.md
+
+# permessage-deflate: bytes on the wire and deliveries per server CPU-second, JSON of 1-16 KiB,
+# beside websockets with compression on
+bench-compression: bench-setup
+	$(PY) benches/compression.py --conns 200 --count 200 --runs 3
 
 # Nodes on one nats-server against one node, send-to-user across nodes, 2 workers against 1.
 bench-cluster: bench-setup
