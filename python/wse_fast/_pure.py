@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -262,3 +263,47 @@ def unpack_msgpack(data: _Buffer) -> tuple[str, Any, str | None]:
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EnvelopeError(f"invalid MessagePack: {exc}") from exc
     return _triple(decoded)
+
+
+#: The classes of results a CallAnswerer encodes itself (exactly these, no subclasses).
+_PLAIN = frozenset({type(None), bool, int, float, str, list, tuple, dict})
+
+
+class CallAnswerer:
+    """Answers calls in one step: decode, call the procedure, build the response frame.
+    What :meth:`answer` returns, by its length, is described in the extension's
+    ``CallAnswerer``."""
+
+    __slots__ = ("_frame", "_procedures", "_response", "_response_error", "_unpack")
+
+    def __init__(
+        self,
+        procedures: dict[str, Callable[..., Any]],
+        response: str,
+        response_error: str,
+        binary: bool = False,
+    ) -> None:
+        self._procedures = procedures
+        self._response = response
+        self._response_error = response_error
+        self._unpack = unpack_msgpack if binary else unpack_json
+        self._frame = pack_msgpack_frame if binary else pack_json_frame
+
+    def answer(self, data: _Buffer | str, origin: Any) -> tuple[Any, ...]:
+        decoded = self._unpack(data)  # type: ignore[arg-type]
+        name, payload, stamp = decoded
+        if stamp is None or name == self._response or name == self._response_error:
+            return decoded
+        procedure = self._procedures.get(name)
+        if procedure is None:
+            return decoded
+        try:
+            result = procedure(origin, payload)
+        except Exception as exc:
+            return name, payload, stamp, None, exc
+        if result.__class__ in _PLAIN:
+            try:
+                return name, self._frame(self._response, result, stamp)
+            except TypeError:
+                pass
+        return name, payload, stamp, result

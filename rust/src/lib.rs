@@ -192,6 +192,7 @@ fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mask, m)?)?;
     m.add_function(wrap_pyfunction!(validate_utf8, m)?)?;
     m.add_class::<Utf8Validator>()?;
+    m.add_class::<envelope::CallAnswerer>()?;
     m.add_function(wrap_pyfunction!(build_frame, m)?)?;
     #[cfg(unix)]
     m.add_function(wrap_pyfunction!(send_to_all, m)?)?;
