@@ -65,6 +65,23 @@ def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]:
     return short
 
 
+def send_each(fds: list[int], frames: list[bytes]) -> list[tuple[int, int]]:
+    """Sends ``frames[i]`` to ``fds[i]`` without blocking; returns what :func:`send_to_all`
+    does."""
+    if len(frames) != len(fds):
+        raise ValueError("one frame per socket")
+    short = []
+    for i, (fd, frame) in enumerate(zip(fds, frames, strict=True)):
+        try:
+            sent = os.write(fd, frame)  # the fds are non-blocking sockets
+        except OSError as exc:
+            short.append((i, -(exc.errno or 5)))
+            continue
+        if sent < len(frame):
+            short.append((i, sent))
+    return short
+
+
 def validate_utf8(data: _Buffer) -> bool:
     try:
         codecs.decode(data, "utf-8")

@@ -24,6 +24,7 @@ EXPORTS = (
     "pack_msgpack",
     "pack_msgpack_frame",
     "parse_frame_header",
+    "send_each",
     "send_to_all",
     "unpack_json",
     "unpack_msgpack",
