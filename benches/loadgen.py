@@ -65,6 +65,26 @@ SOCKETIO = Dialect(
     ),
 )
 
+# wse-server (PyPI; benches/peers/wse_server_peer.py): its own protocol, JSON objects with a
+# type "t" and payload "p". The greeting is its protocol negotiation, client_hello answered
+# by server_hello (connection id and time inside: any one frame is accepted); no subprotocol
+# is negotiated. It adds a category "c" to every event it broadcasts, so a tick arrives as
+# {"c":"U","t":"tick","p":"xx..."}, the payload a JSON string of ``size`` bytes as elsewhere.
+WSE_SERVER = Dialect(
+    "/",
+    None,
+    mask_frame(
+        b'{"t":"client_hello","p":{"client_version":"wse-fast-bench","protocol_version":1}}'
+    ),
+    ((None, None),),
+    lambda size: b'{"c":"U","t":"tick","p":"' + b"x" * (size - 2) + b'"}',
+    lambda mode, count, size, rate: mask_frame(
+        json.dumps(
+            {"t": "bench", "p": {"mode": mode, "count": count, "size": size, "rate": rate}}
+        ).encode()
+    ),
+)
+
 
 def frame_end(buffer: bytes) -> int | None:
     """Where the first (unmasked, server-sent) frame in ``buffer`` ends, if it is complete."""
@@ -193,10 +213,16 @@ class Result:
 
 
 class LoadGen:
-    def __init__(self, port: int, server_pid: int, dialect: Dialect = WSE) -> None:
+    """Connections to one server; ``server_pids``: the processes whose CPU is the server's
+    (several for a server of several processes, such as workers and their broker)."""
+
+    def __init__(
+        self, port: int, server_pid: int, dialect: Dialect = WSE, *server_pids: int
+    ) -> None:
         self.port = port
         self.dialect = dialect
         self.pid = server_pid
+        self.pids = (server_pid, *server_pids)
         self.receivers: list[Receiver] = []
         self.received = 0
         self.expected = 0
@@ -209,6 +235,10 @@ class LoadGen:
         self.drained: asyncio.Future[None] | None = None
         self.next_stamp = 0
         self.failure: str | None = None
+
+    def server_cpu(self) -> float:
+        """CPU seconds of every thread of the server's processes so far."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def fail(self, why: str) -> None:
         """Ends the run in progress: a wrong answer."""
@@ -246,7 +276,7 @@ class LoadGen:
         self.received = 0
         self.expected = n * count * frame_size
         self.done = asyncio.get_running_loop().create_future()
-        cpu0 = cpu_seconds(self.pid)
+        cpu0 = self.server_cpu()
         start = time.perf_counter()
         controller = self.receivers[0].transport
         assert controller is not None
@@ -258,7 +288,7 @@ class LoadGen:
                 f"lost deliveries: got {self.received // frame_size} of {n * count} ({mode}, {n} conns)"
             ) from None
         wall = time.perf_counter() - start
-        cpu = cpu_seconds(self.pid) - cpu0
+        cpu = self.server_cpu() - cpu0
         if self.received != self.expected:
             raise RuntimeError(f"received {self.received} bytes, expected {self.expected}")
         return Result(n * count, wall, cpu)
@@ -328,7 +358,7 @@ async def rpc(gen: LoadGen, conns: int, depth: int, seconds: float) -> tuple[Res
         gen.receivers.append(caller)
     gen.answered, gen.rpc_samples, gen.callers_idle = 0, [], 0
     gen.drained = loop.create_future()
-    cpu0, start = cpu_seconds(gen.pid), time.perf_counter()
+    cpu0, start = gen.server_cpu(), time.perf_counter()
     callers = [r for r in gen.receivers if isinstance(r, Caller)]
     for caller in callers:
         caller.start()
@@ -336,7 +366,7 @@ async def rpc(gen: LoadGen, conns: int, depth: int, seconds: float) -> tuple[Res
     for caller in callers:
         caller.running = False
     await asyncio.wait_for(gen.drained, 30)  # every call answered: none lost
-    wall, cpu = time.perf_counter() - start, cpu_seconds(gen.pid) - cpu0
+    wall, cpu = time.perf_counter() - start, gen.server_cpu() - cpu0
     return Result(gen.answered, wall, cpu), gen.rpc_samples
 
 
@@ -445,7 +475,7 @@ async def rpc_one_write(
     if syscalls is not None:
         await syscalls.enable()
     me = os.getpid()
-    cpu0, own0 = cpu_seconds(gen.pid), cpu_seconds(me)
+    cpu0, own0 = gen.server_cpu(), cpu_seconds(me)
     start = time.perf_counter()
     for caller in callers:
         caller.start()
@@ -453,7 +483,7 @@ async def rpc_one_write(
     for caller in callers:
         caller.running = False
     await asyncio.wait_for(gen.drained, 30)  # every call answered: none lost
-    wall, cpu = time.perf_counter() - start, cpu_seconds(gen.pid) - cpu0
+    wall, cpu = time.perf_counter() - start, gen.server_cpu() - cpu0
     own = cpu_seconds(me) - own0
     if gen.failure is not None:
         raise RuntimeError(gen.failure)

@@ -15,11 +15,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +33,7 @@ sys.path.insert(0, str(HERE))
 from loadgen import (  # noqa: E402
     SOCKETIO,
     WSE,
+    WSE_SERVER,
     Dialect,
     Latency,
     LoadGen,
@@ -44,6 +47,13 @@ from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 
 RESULTS = HERE / "results"
 SERVER_CORE, LOADGEN_CORE = "0", 1
+WSE_SERVER_PYTHON = HERE / ".venv-wse-server/bin/python"
+#: What the wse-server peer runs on, said in its environment.
+WSE_SERVER_VERSION = (
+    "import importlib.metadata, platform; "
+    "print('wse-server', importlib.metadata.version('wse-server'), "
+    "'on CPython', platform.python_version())"
+)
 PEERS: dict[str, list[str]] = {
     "wse-fast": [sys.executable, str(HERE / "peers/wse_fast_server.py")],
     # the same server with io_uring turned off: paced fan-out through a loop of send() calls
@@ -65,6 +75,9 @@ PEERS: dict[str, list[str]] = {
     "Starlette (uvicorn)": [sys.executable, str(HERE / "peers/starlette_server.py")],
     "wse-fast on aiohttp": [sys.executable, str(HERE / "peers/wse_fast_aiohttp.py")],
     "python-socketio (uvicorn)": [sys.executable, str(HERE / "peers/socketio_asgi_server.py")],
+    # a Rust/tokio engine driven from Python, in its own CPython >= 3.12 environment
+    # (benches/peers/wse_server_setup.sh); left out of a run when that environment is missing
+    "wse-server": [str(WSE_SERVER_PYTHON), str(HERE / "peers/wse_server_peer.py")],
 }
 #: Servers that answer ``add`` and greet, and do no fan-out: the RPC parts only.
 RPC_ONLY_PEERS: dict[str, list[str]] = {
@@ -72,7 +85,11 @@ RPC_ONLY_PEERS: dict[str, list[str]] = {
 }
 BASELINE = "wse-fast baseline"
 # the others speak the WSE slice
-DIALECTS = {"python-socketio": SOCKETIO, "python-socketio (uvicorn)": SOCKETIO}
+DIALECTS = {
+    "python-socketio": SOCKETIO,
+    "python-socketio (uvicorn)": SOCKETIO,
+    "wse-server": WSE_SERVER,
+}
 #: The peers that answer the ``add`` procedure: wse-fast, wherever it runs, and the bare
 #: servers (no framework) that show what parsing, adding and answering costs alone.
 RPC_PEERS = (
@@ -127,6 +144,88 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: wse-fast as a cluster: ``wse-fast serve --workers 2`` (two worker processes sharing the port
+#: through SO_REUSEPORT, joined through the nats-server the command starts for them); latency
+#: only. The whole of it, both workers and nats-server, runs pinned to the server core like
+#: every other peer: the same one core for the same load, which is the honest comparison
+#: with the one-process peers (on a machine of two cores, a second core for the server would
+#: also be the load generator's). What it shows is what the cluster's extra hop costs.
+CLUSTER_WORKERS = {"wse-fast 2 workers + NATS": 2}
+
+
+class ClusterServer:
+    """``wse-fast serve wse_cluster_app:cluster_app --workers N`` (benches/peers/
+    wse_cluster_app.py: the suite's wse-fast server, its users' cids unique across nodes) with
+    the nats-server it starts, everything pinned to the server core. Its CPU is that of every
+    process of it: the supervising command, the workers and nats-server."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dialect = WSE
+        serve = str(Path(sys.executable).parent / "wse-fast")
+        command = ["taskset", "-c", SERVER_CORE, serve, "serve", "wse_cluster_app:cluster_app"]
+        command += ["--host", "127.0.0.1", "--port", "0", "--workers", str(CLUSTER_WORKERS[name])]
+        self.proc = subprocess.Popen(
+            command,
+            cwd=HERE / "peers",
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        self.log: list[str] = []
+        nats_pid = port = None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if found := re.search(r"started nats-server \(pid (\d+)\)", line):
+                nats_pid = int(found[1])
+            if found := re.search(
+                r" on 127\.0\.0\.1:(\d+).* with \d+ workers \(pids ([\d, ]+)\)", line
+            ):
+                port, workers = int(found[1]), [int(p) for p in found[2].split(",")]
+                break
+        if port is None or nats_pid is None:
+            self.stop()
+            raise RuntimeError(f"{name} did not start: {''.join(self.log)}")
+        self.port = port
+        self.pids = [*workers, nats_pid, self.proc.pid]
+        # the workers log to the same pipe: read on, so that no write of theirs ever blocks
+        self.reader = threading.Thread(
+            target=self.log.extend, args=(self.proc.stderr,), daemon=True
+        )
+        self.reader.start()
+        for pid in self.pids:  # inherited from taskset already; made sure of, thread by thread
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), {int(SERVER_CORE)})
+
+    def loadgen(self) -> LoadGen:
+        return LoadGen(self.port, self.pids[0], self.dialect, *self.pids[1:])
+
+    def stop(self) -> None:
+        """SIGTERM: the command stops its workers, then its nats-server."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_server(name: str) -> Server | ClusterServer:
+    return ClusterServer(name) if name in CLUSTER_WORKERS else Server(name)
+
+
+def cluster_available() -> bool:
+    """Whether ``wse-fast serve --workers`` can start its nats-server here."""
+    try:
+        from wse_fast.cluster.local_nats import nats_server_binary
+
+        nats_server_binary()
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
 
 
 @dataclass
@@ -190,12 +289,13 @@ async def fanout(names: list[str], conns: int, size: int, runs: int) -> list[Row
 
 
 #: Latency is measured for wse-fast and, at the same rates, for the bare send() loop: what
-#: one send per delivery costs on this machine bounds what any server can reach.
-LATENCY_PEERS = ("wse-fast", "bare send() loop")
+#: one send per delivery costs on this machine bounds what any server can reach; and for
+#: wse-fast's cluster of two workers on the same one core (left out where no nats-server is).
+LATENCY_PEERS = ("wse-fast", "bare send() loop", *CLUSTER_WORKERS)
 
 
 async def latency(
-    paced_max: float, conns: int, size: int, runs: int
+    paced_max: float, conns: int, size: int, runs: int, names: list[str]
 ) -> list[tuple[float, str, list[float], float]]:
     """p50/p99/p99.9/max (ms) from send to receipt at fixed fractions of wse-fast's paced
     maximum, for each latency peer: (fraction, peer, quantiles, server CPU busy share).
@@ -206,7 +306,7 @@ async def latency(
     out = []
     frame = len(server_frame(tick_body(size)))
     offset = len(server_frame(b"")) + len(b'["tick","')
-    servers = [Server(name) for name in LATENCY_PEERS]
+    servers = [start_server(name) for name in names]
     try:
         gens = []
         for server in servers:
@@ -216,8 +316,8 @@ async def latency(
         for fraction in (0.1, 0.5, 0.8):
             rate = fraction * paced_max / conns  # broadcasts per second
             count = max(20, int(rate * 2))  # about two seconds
-            picks: dict[str, list[list[float]]] = {name: [] for name in LATENCY_PEERS}
-            busy: dict[str, list[float]] = {name: [] for name in LATENCY_PEERS}
+            picks: dict[str, list[list[float]]] = {name: [] for name in names}
+            busy: dict[str, list[float]] = {name: [] for name in names}
             for _ in range(runs):
                 for server, gen in zip(servers, gens, strict=True):
                     gen.latency = Latency(frame, offset, gen.receivers)
@@ -227,12 +327,12 @@ async def latency(
                     pick = [samples[int(q * (len(samples) - 1))] / 1e6 for q in (0.5, 0.99, 0.999)]
                     picks[server.name].append([*pick, samples[-1] / 1e6])
                     busy[server.name].append(result.cpu / result.wall)
-            for name in LATENCY_PEERS:
+            for name in names:
                 med = [statistics.median(run[i] for run in picks[name]) for i in range(4)]
                 share = statistics.median(busy[name])
                 out.append((fraction, name, med, share))
                 say(
-                    f"  latency {name:18} at {fraction:.0%} of paced max ({rate * conns:,.0f}/s): "
+                    f"  latency {name:25} at {fraction:.0%} of paced max ({rate * conns:,.0f}/s): "
                     f"p50 {med[0]:.2f} ms p99 {med[1]:.2f} ms p99.9 {med[2]:.2f} ms "
                     f"(server core {share:.0%} busy)"
                 )
@@ -394,10 +494,15 @@ def write_report(
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
     }
+    if any(r.peer == "wse-server" for r in fan):
+        versions["wse_server"] = subprocess.run(
+            [str(WSE_SERVER_PYTHON), "-c", WSE_SERVER_VERSION], capture_output=True, text=True
+        ).stdout.strip()
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {versions['cpus']} cores (Linux {versions['kernel']}), "
         f"Python {versions['python']}, Node.js {versions['node']}. Server pinned to core 0, load "
-        f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers.",
+        f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers."
+        + (f" {versions['wse_server']}." if "wse_server" in versions else ""),
         "",
     ]
     if fan:
@@ -414,7 +519,7 @@ def write_report(
     if lat:
         lines += [
             "",
-            "### Fan-out latency (send to receipt, same rates for both servers)",
+            "### Fan-out latency (send to receipt, the same rates for every server)",
             "",
             "| load (of wse-fast's paced max) | server | p50 | p99 | p99.9 | max | server core busy |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -605,13 +710,19 @@ def plot_latency(lat: list[tuple[float, str, list[float], float]], path: Path) -
     import matplotlib.pyplot as plt
 
     fractions = sorted({f for f, *_ in lat})
+    peers = [p for p in LATENCY_PEERS if any(peer == p for _, peer, _, _ in lat)]
+    width = 0.8 / len(peers)
     fig, axes = plt.subplots(1, len(fractions), figsize=(11, 3), squeeze=False)
     for ax, fraction in zip(axes[0], fractions, strict=True):
-        for offset, peer in enumerate(LATENCY_PEERS):
+        for offset, peer in enumerate(peers):
             [quantiles] = [q for f, p, q, _ in lat if (f, p) == (fraction, peer)]
-            xs = [i + offset * 0.4 for i in range(4)]
-            ax.bar(xs, quantiles, width=0.4, label=peer)
-        ax.set_xticks([i + 0.2 for i in range(4)], ["p50", "p99", "p99.9", "max"], fontsize=8)
+            xs = [i + offset * width for i in range(4)]
+            ax.bar(xs, quantiles, width=width, label=peer)
+        ax.set_xticks(
+            [i + width * (len(peers) - 1) / 2 for i in range(4)],
+            ["p50", "p99", "p99.9", "max"],
+            fontsize=8,
+        )
         ax.set_title(f"{fraction:.0%} of wse-fast's paced maximum", fontsize=9)
         ax.set_ylabel("send to receipt (ms)", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -639,6 +750,9 @@ async def main(args: argparse.Namespace) -> None:
     peers = [p for p in known if p in args.peers] if args.peers else list(PEERS)
     if shutil.which("node") is None:
         peers = [p for p in peers if not p.startswith("Node.js")]
+    if "wse-server" in peers and not WSE_SERVER_PYTHON.exists():
+        say("wse-server left out: run benches/peers/wse_server_setup.sh to set it up")
+        peers.remove("wse-server")
     conn_counts = [10, 100, 1000, 10000] if args.full else [args.conns]
     sizes = [64, 1024, 16384] if args.full else [args.size]
     fan: list[Row] = []
@@ -659,8 +773,12 @@ async def main(args: argparse.Namespace) -> None:
         and r.size == args.size
     ]
     if paced and "latency" in args.parts:
+        names = list(LATENCY_PEERS)
+        if not cluster_available():
+            say("the cluster's latency left out: no nats-server (pip install 'wse-fast[cluster]')")
+            names = [n for n in names if n not in CLUSTER_WORKERS]
         say("latency:")
-        lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs)
+        lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs, names)
     if "rpc-realistic" in args.parts:
         say("rpc, each call its own write:")
         names = ["wse-fast", *(p for p in peers if p in RPC_PEERS and p != "wse-fast")]

@@ -17,7 +17,10 @@ from .constants import (
     CLOSE_GOING_AWAY,
     CLOSE_JUMP,
     CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
     JUMP_REASON,
+    OP_BINARY,
+    OP_TEXT,
     RECONNECT_CODES,
     SLOW_CONSUMER,
     WSE_ERROR,
@@ -35,11 +38,13 @@ from .errors import (
 from .events import ClientEvents, run_handler
 from .options import Limits
 from .peer import Peer
-from .protocols import WireProtocol
+from .protocols import FrameEncoder, WireProtocol
 from .rpc import PendingCalls
 from .sansio import session as ev
+from .sansio.deflate import Compressor, PerMessageDeflate
+from .sansio.framing import unframe
 from .sansio.session import ClientSession
-from .transport.picows_endpoint import Endpoint
+from .transport.picows_endpoint import DeflateEndpoint, Endpoint
 
 #: The reason reported with code 1006 when the server left a keepalive ping unanswered.
 PING_TIMEOUT_REASON: Final = "wse.client.ping-timeout"
@@ -95,6 +100,10 @@ class _Link:
         self.endpoint: Endpoint | None = None
         self.transport: WSTransport | None = None  # picows's, once ws_connect has returned
         self.leaving = False  # this side has started the close handshake
+        # permessage-deflate, when the server agreed: what compresses this side's messages
+        # (None: they go plain), and why the server's answer was refused, if it was
+        self.compressor: Compressor | None = None
+        self.bad_extensions: str | None = None
         self.welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
 
@@ -159,7 +168,7 @@ class _Link:
 
     def send(self, type: str, payload: Any, stamp: str | None) -> None:
         assert self.endpoint is not None
-        self.endpoint.write(self.client.encode(type, payload, stamp))
+        self.endpoint.write(self.encode(type, payload, stamp))
 
     def send_frame(self, frame: bytes) -> None:
         assert self.endpoint is not None
@@ -167,7 +176,15 @@ class _Link:
 
     def reply(self, type: str, payload: Any, stamp: str) -> None:
         if self.endpoint is not None:
-            self.endpoint.write(self.client.encode(type, payload, stamp))
+            self.endpoint.write(self.encode(type, payload, stamp))
+
+    def encode(self, type: str, payload: Any, stamp: str | None) -> bytes:
+        """One message as a frame to send: compressed where the server agreed to it."""
+        compressor = self.compressor
+        if compressor is None:
+            return self.client.encode(type, payload, stamp)
+        binary, data = unframe(self.client.plain_encode(type, payload, stamp))
+        return compressor.message_frame(OP_BINARY if binary else OP_TEXT, data, mask=True)
 
 
 def closed_before_welcome(code: int, reason: str) -> ConnectionFailed | NotAuthorized:
@@ -281,6 +298,11 @@ class WseClient(Peer[ClientEvents]):
         self.keep_trying = keep_trying
         self.ssl = ssl
         self.limits = limits or Limits()
+        settings = self.limits.deflate_settings()
+        #: permessage-deflate as this client offers it; None: not offered
+        self.deflate = PerMessageDeflate(settings) if settings is not None else None
+        # frames before masking and compression, for a connection that compresses
+        self.plain_encode = FrameEncoder(self.protocol, mask=False)
         pairs = list(headers.items() if isinstance(headers, Mapping) else headers or ())
         for name, _ in pairs:
             if name.lower() in HANDSHAKE_HEADERS:
@@ -288,6 +310,8 @@ class WseClient(Peer[ClientEvents]):
         if origin is not None:
             pairs.append(("Origin", origin))
         pairs.append(("Sec-WebSocket-Protocol", self.protocol.name))
+        if self.deflate is not None:
+            pairs.append(("Sec-WebSocket-Extensions", self.deflate.offer()))
         #: The upgrade request's extra headers (with ``Origin`` and the subprotocol).
         self.headers: tuple[tuple[str, str], ...] = tuple(pairs)
         self.proxy = proxy
@@ -422,14 +446,37 @@ class WseClient(Peer[ClientEvents]):
 
     async def _attempt(self) -> Any:
         link = _Link(self)
+        limits, deflate = self.limits, self.deflate
 
-        def listener() -> Endpoint:
-            return Endpoint(
+        def listener(request: Any, response: Any) -> Endpoint:
+            # picows's two-argument factory: made once the server's answer has arrived
+            agreement = None
+            if deflate is not None:
+                try:
+                    agreement = deflate.accept(
+                        response.headers.getall("Sec-WebSocket-Extensions", [])
+                    )
+                except ValueError as exc:
+                    link.bad_extensions = str(exc)  # the connection fails below
+            if agreement is None:
+                return Endpoint(
+                    link,
+                    limits.max_message_size,
+                    True,
+                    limits.close_timeout,
+                    limits.max_pending_bytes,
+                )
+            assert deflate is not None
+            link.compressor = deflate.compressor(agreement, client_side=True)
+            return DeflateEndpoint(
                 link,
-                self.limits.max_message_size,
+                limits.max_message_size,
                 True,
-                self.limits.close_timeout,
-                self.limits.max_pending_bytes,
+                limits.close_timeout,
+                limits.max_pending_bytes,
+                compressor=None,  # the link compresses before masking
+                inflater=deflate.inflater(agreement, client_side=True),
+                inflate_limit=limits.max_message_size,
             )
 
         limit = deadline(self.timeout, None)
@@ -465,6 +512,9 @@ class WseClient(Peer[ClientEvents]):
             raise self._socket_failed(ConnectionFailed({"error": "closed during the upgrade"}))
         link.transport = transport
         self._link = link
+        if link.bad_extensions is not None:  # RFC 6455 §4.1: fail the WebSocket connection
+            link.close(CLOSE_PROTOCOL_ERROR, "")
+            raise self._socket_failed(ConnectionFailed({"error": link.bad_extensions}))
         agreed = transport.response.headers.get("Sec-WebSocket-Protocol")
         if agreed != self.protocol.name:
             link.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)

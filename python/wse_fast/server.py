@@ -25,6 +25,7 @@ from .options import ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
 from .registry import Client, UserRegistry, cid_text
+from .sansio.deflate import Agreement, PerMessageDeflate
 from .server_connection import ServerConnection
 from .transport.admission import (
     CONTROL_ALLOWANCE,
@@ -35,7 +36,7 @@ from .transport.admission import (
 )
 from .transport.asgi import AsgiApp
 from .transport.group import EndpointGroup
-from .transport.picows_endpoint import Endpoint
+from .transport.picows_endpoint import DeflateEndpoint, Endpoint
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -120,6 +121,9 @@ class WseServer(Peer[ServerEvents]):
             HTTP_REQUEST_MAX + 2 * limits.auth_max_message_size + CONTROL_ALLOWANCE
         )
         self._ids = itertools.count(1)
+        settings = limits.deflate_settings()
+        #: permessage-deflate as this server agrees to it; None: offers are declined
+        self.deflate = PerMessageDeflate(settings) if settings is not None else None
         self._live = EndpointGroup()  # endpoints of accepted connections
         self._asgi: AsgiApp | None = None
         # One 101 response for every upgrade: picows sets its Sec-WebSocket-Accept header and
@@ -128,6 +132,8 @@ class WseServer(Peer[ServerEvents]):
         self._upgrade_response = WSUpgradeResponse.create_101_response(
             extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
         )
+        # With compression, one per distinct answer to an offer (a handful in practice).
+        self._deflate_responses: dict[Agreement, WSUpgradeResponse] = {}
         self._listener: Listener | None = None  # its own, from start()
         self.cluster: NatsCluster | None = None
         self._attached: asyncio.Future[None] | None = None  # the cluster link, once started
@@ -450,17 +456,49 @@ class WseServer(Peer[ServerEvents]):
         )
         if isinstance(verdict, tuple):
             return _refusal(*verdict)
-        endpoint = Endpoint(
+        limits = self.limits
+        agreement = None
+        if self.deflate is not None and verdict.offered_protocols is None:
+            agreement = self.deflate.negotiate(headers.getall("Sec-WebSocket-Extensions", []))
+        if agreement is None:
+            endpoint = Endpoint(
+                verdict,
+                limits.max_message_size,
+                False,
+                limits.close_timeout,
+                limits.max_pending_bytes,
+                receive_buffer=limits.receive_buffer,
+            )
+            if verdict.offered_protocols is None:
+                return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
+            return endpoint
+        assert self.deflate is not None
+        endpoint = DeflateEndpoint(
             verdict,
-            self.limits.max_message_size,
+            limits.max_message_size,
             False,
-            self.limits.close_timeout,
-            self.limits.max_pending_bytes,
-            receive_buffer=self.limits.receive_buffer,
+            limits.close_timeout,
+            limits.max_pending_bytes,
+            receive_buffer=limits.receive_buffer,
+            compressor=self.deflate.compressor(agreement, client_side=False),
+            inflater=self.deflate.inflater(agreement, client_side=False),
+            # a stranger's compressed message inflates no further than a plain one may be
+            inflate_limit=limits.auth_max_message_size,
         )
-        if verdict.offered_protocols is None:
-            return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
-        return endpoint
+        return WSUpgradeResponseWithListener(self._deflate_response(agreement), endpoint)
+
+    def _deflate_response(self, agreement: Agreement) -> WSUpgradeResponse:
+        """The shared 101 response that answers with ``agreement`` (as the plain one, shared:
+        picows sets Sec-WebSocket-Accept as it serialises it)."""
+        response = self._deflate_responses.get(agreement)
+        if response is None:
+            response = self._deflate_responses[agreement] = WSUpgradeResponse.create_101_response(
+                extra_headers={
+                    "Sec-WebSocket-Protocol": self.protocol.name,
+                    "Sec-WebSocket-Extensions": agreement.header(),
+                }
+            )
+        return response
 
     # ---- connection life cycle (called by ServerConnection) -----------------------------------
 
@@ -498,6 +536,9 @@ class WseServer(Peer[ServerEvents]):
             self.authentication.failed(conn, exc)
             return
         conn.accepted(cid)
+        endpoint = conn.endpoint
+        if isinstance(endpoint, DeflateEndpoint):  # a compressed message may now be as large
+            endpoint.inflate_limit = self.limits.max_message_size  # as a plain one
         client, joined, excess = self.registry.add(conn, cid)
         conn.client = client
         self._live.add(conn.conn_id, conn.endpoint)  # type: ignore[arg-type]  # open: it has one

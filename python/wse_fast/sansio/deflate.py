@@ -344,13 +344,15 @@ class Compressor:
     (a full flush resets the history), so one instance serves any number of connections;
     with it, the instance is one connection's and later messages refer to earlier ones.
 
-    ``messages`` counts the messages compressed (a broadcast counts once).
+    ``shared``: made without takeover, for any number of connections; ``messages`` counts
+    the messages compressed (a broadcast counts once).
     """
 
-    __slots__ = ("_deflate", "_flush", "messages", "threshold", "window_bits")
+    __slots__ = ("_deflate", "_flush", "messages", "shared", "threshold", "window_bits")
 
     def __init__(self, settings: DeflateSettings, window_bits: int, *, takeover: bool) -> None:
         self.window_bits = window_bits
+        self.shared = not takeover
         self.threshold = settings.threshold
         mem_level = settings.mem_level if takeover else _SHARED_MEM_LEVEL
         self._deflate = zlib.compressobj(settings.level, zlib.DEFLATED, -window_bits, mem_level)
@@ -379,6 +381,13 @@ class Compressor:
         return codec.build_frame(
             opcode, self.compress(memoryview(frame)[start:]), rsv=RSV_COMPRESSED
         )
+
+    def message_frame(self, opcode: int, payload: bytes | memoryview, mask: bool) -> bytes:
+        """One data frame of a whole message: compressed (RSV1) unless its payload is shorter
+        than the threshold; masked for a client (RFC 6455 §5.3)."""
+        if len(payload) < self.threshold:
+            return codec.build_frame(opcode, payload, mask=mask)
+        return codec.build_frame(opcode, self.compress(payload), mask=mask, rsv=RSV_COMPRESSED)
 
 
 class Inflater:

@@ -8,7 +8,14 @@ route gets 426 Upgrade Required.
 aiohttp does the framing and answers pings; its heartbeat is set from the server's
 ``ping_interval`` (a peer silent for that long is pinged, and dropped when no pong comes
 within half of it), and its message size limit and close timeout from the server's. Its
-permessage-deflate is left off. The peer's Close is answered here, with its own code, after
+permessage-deflate (``compress``) follows the server's ``compression`` option, and is then
+aiohttp's own: it answers an offer with the client's parameters (context takeover unless the
+client asks otherwise, a 15-bit window unless it names a smaller one), compresses every
+message with a zlib context per connection (about 256 KiB each, made at its first message),
+a broadcast once per connection, and inflates up to ``max_message_size`` before the WSE
+layer sees a message (a stranger's too, which is then refused past
+``auth_max_message_size``). The server's other compression options do not apply there.
+The peer's Close is answered here, with its own code, after
 what was queued before it. A Close is sent through aiohttp's ``close()``, which waits for
 the peer's answer (up to ``close_timeout``) also for refused strangers. A slow consumer's
 socket is aborted, as on picows, with what aiohttp still buffered for it; a refused upgrade
@@ -86,7 +93,7 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
         max_msg_size=server.limits.max_message_size,
         heartbeat=server.limits.ping_interval,
         timeout=server.limits.close_timeout,
-        compress=False,
+        compress=server.limits.compression,
         autoclose=False,
     )
     if not ws.can_prepare(request).ok:

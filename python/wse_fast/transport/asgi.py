@@ -13,6 +13,13 @@ The host server does the WebSocket framing, its own keepalive and its own size l
 (uvicorn: ``--ws-max-size``, ``--ws-ping-interval``); the server's ``max_message_size`` is
 applied here as well.
 
+Compression too is the host's: ASGI gives the application no say in the extensions, so the
+server's ``compression`` options do not apply. uvicorn agrees to permessage-deflate by
+default (``--ws-per-message-deflate``, on; both its websockets and wsproto implementations),
+with a context per connection each way at zlib's defaults (15-bit windows: a few hundred KiB
+per connection that compresses), every message, a broadcast too, compressed per connection,
+and inflation bounded by ``--ws-max-size``. ``--ws-per-message-deflate false`` turns it off.
+
 What ASGI gives no way to do: drop a socket. A slow consumer is dropped by the server (its
 queue freed, ``error`` and ``disconnected`` reported), but the host server closes the socket
 gracefully once the application returns, so its own buffer (uvicorn: about 64 KiB) stays until

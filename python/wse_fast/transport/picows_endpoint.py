@@ -37,7 +37,14 @@ from ..constants import (
     OP_PONG,
     SLOW_CONSUMER,
 )
-from ..sansio.framing import FrameViolation, MessageAssembler, parse_close, whole_message
+from ..sansio.deflate import Compressor, Inflater
+from ..sansio.framing import (
+    FrameViolation,
+    InflatingAssembler,
+    MessageAssembler,
+    parse_close,
+    whole_message,
+)
 from .base import EndpointHandler
 from .flush import flusher_for
 
@@ -433,6 +440,58 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._close_timeout, self.abort)
+
+
+class DeflateEndpoint(Endpoint):
+    """An endpoint whose connection agreed to permessage-deflate (RFC 7692).
+
+    Received messages with RSV1 are inflated, at most to ``inflate_limit`` bytes (close 1009
+    past it), by an assembler made with the endpoint; plain messages pass as on
+    :class:`Endpoint`, whose frame path is the same. Frames written one by one are
+    compressed by ``compressor`` (None: sent plain); a broadcast reaches endpoints that
+    share one compressor already compressed, through :func:`write_all`.
+    """
+
+    __slots__ = ("compressor",)
+
+    def __init__(
+        self,
+        handler: EndpointHandler,
+        max_message_size: int,
+        client_side: bool,
+        close_timeout: float,
+        max_pending_bytes: int | None = None,
+        receive_buffer: int | None = None,
+        *,
+        compressor: Compressor | None,
+        inflater: Inflater,
+        inflate_limit: int,
+    ) -> None:
+        super().__init__(
+            handler, max_message_size, client_side, close_timeout, max_pending_bytes, receive_buffer
+        )
+        self.compressor = compressor
+        # made now, not when the peer first fragments: it is what sees RSV1
+        self._assembler = InflatingAssembler(max_message_size, inflater, inflate_limit)
+
+    @property
+    def inflate_limit(self) -> int:
+        """The largest size a compressed message may inflate to."""
+        assert isinstance(self._assembler, InflatingAssembler)
+        return self._assembler.inflate_limit
+
+    @inflate_limit.setter
+    def inflate_limit(self, limit: int) -> None:
+        assert isinstance(self._assembler, InflatingAssembler)
+        self._assembler.inflate_limit = limit
+
+    def write(self, frame: bytes) -> None:
+        """Queues one complete unmasked frame, compressed when it is a data frame over the
+        compressor's threshold."""
+        compressor = self.compressor
+        if compressor is not None and self._close_sent is None:
+            frame = compressor.compress_frame(frame)
+        super().write(frame)
 
 
 def write_all(endpoints: Iterable[Endpoint], frame: bytes) -> None:
