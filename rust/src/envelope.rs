@@ -354,7 +354,11 @@ impl CallAnswerer {
             response_error_text: response_error.to_str()?.to_owned(),
             procedures: procedures.unbind(),
             response: response.unbind(),
-            format: if binary { Format::Msgpack } else { Format::Json },
+            format: if binary {
+                Format::Msgpack
+            } else {
+                Format::Json
+            },
         })
     }
 
