@@ -261,10 +261,9 @@ async def test_listen_exits_1_with_the_close_code_when_the_server_closes(
 async def test_listen_ends_with_status_1_when_the_server_closes_as_it_accepts(
     make_server: ServerFactory, log: EventLog
 ) -> None:
-    """Welcome, a message and the Close in one write. (The client may then report the close
-    before ``connect`` returns and ``ready`` fires, depending on when the socket's end is read;
-    listen ends either way. test_listen_exits_1_with_the_close_code_when_the_server_closes
-    meets that order in about one run in seven.)"""
+    """Welcome, a message and the Close in one write. The client may then report the close
+    before ``connect`` returns (which then raises "closed at once") or after ``ready``,
+    depending on when the socket's end is read; listen says the same either way."""
     server = await recording_server(make_server, log)
 
     @server.when.connected

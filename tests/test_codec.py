@@ -414,3 +414,94 @@ def test_non_finite_floats_become_null_like_javascript(impl: Any) -> None:
 def test_what_json_cannot_carry_raises_type_error(impl: Any, payload: Any) -> None:
     with pytest.raises(TypeError):
         impl.pack_json("t", payload)
+
+
+# ---- CallAnswerer: a call decoded, dispatched and answered in one call ------------------------
+
+
+class Awaitable:
+    def __await__(self) -> Any:
+        yield
+
+
+def answerer_procedures(origins: list[Any]) -> dict[str, Callable[..., Any]]:
+    def add(origin: Any, p: Any) -> Any:
+        origins.append(origin)
+        return p["a"] + p["b"]
+
+    def fail(origin: Any, p: Any) -> Any:
+        raise KeyError("missing")
+
+    def interrupt(origin: Any, p: Any) -> Any:
+        raise KeyboardInterrupt
+
+    return {
+        "add": add,
+        "fail": fail,
+        "interrupt": interrupt,
+        "later": lambda origin, p: Awaitable(),
+        "bytes": lambda origin, p: b"raw",  # not plain data: the general path refuses it
+        "odd-int": lambda origin, p: 2**70,  # plain class, but past what JSON here encodes
+    }
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("binary", [False, True])
+def test_call_answerer_answers_a_call_in_one_call(impl: Any, binary: bool) -> None:
+    origins: list[Any] = []
+    answerer = impl.CallAnswerer(
+        answerer_procedures(origins), "~wse:response", "~wse:response-err", binary
+    )
+    pack = impl.pack_msgpack if binary else impl.pack_json
+    frame = impl.pack_msgpack_frame if binary else impl.pack_json_frame
+    origin = object()
+    assert answerer.answer(pack("add", {"a": 1, "b": 2}, "s1"), origin) == (
+        "add",
+        frame("~wse:response", 3, "s1"),
+    )
+    assert origins == [origin]  # the procedure got the origin, then the payload
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("binary", [False, True])
+def test_call_answerer_leaves_what_it_does_not_answer_decoded(impl: Any, binary: bool) -> None:
+    origins: list[Any] = []
+    answerer = impl.CallAnswerer(
+        answerer_procedures(origins), "~wse:response", "~wse:response-err", binary
+    )
+    pack = impl.pack_msgpack if binary else impl.pack_json
+    # a message, answers to our own calls, a name not registered: decoded, nothing called
+    assert answerer.answer(pack("add", {"a": 1}), None) == ("add", {"a": 1}, None)
+    assert answerer.answer(pack("~wse:response", 5, "s"), None) == ("~wse:response", 5, "s")
+    assert answerer.answer(pack("~wse:response-err", {}, "s"), None) == (
+        "~wse:response-err",
+        {},
+        "s",
+    )
+    assert answerer.answer(pack("nope", [1], "s"), None) == ("nope", [1], "s")
+    assert origins == []
+    # called, its answer left to the caller: a failure, an awaitable, what it cannot encode
+    name, payload, stamp, result, exc = answerer.answer(pack("fail", 1, "s2"), None)
+    assert (name, payload, stamp, result, type(exc)) == ("fail", 1, "s2", None, KeyError)
+    name, payload, stamp, result = answerer.answer(pack("later", None, "s3"), None)
+    assert (name, payload, stamp, type(result)) == ("later", None, "s3", Awaitable)
+    assert answerer.answer(pack("bytes", None, "s4"), None) == ("bytes", None, "s4", b"raw")
+    if not binary:
+        assert answerer.answer(pack("odd-int", None, "s5"), None) == ("odd-int", None, "s5", 2**70)
+    # what is not an Exception goes on up
+    with pytest.raises(KeyboardInterrupt):
+        answerer.answer(pack("interrupt", None, "s6"), None)
+    with pytest.raises(impl.EnvelopeError):
+        answerer.answer(b"[1, 2]" if not binary else msgpack.packb([1, 2]), None)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_call_answerer_reads_the_live_registry_and_text(impl: Any) -> None:
+    procedures: dict[str, Callable[..., Any]] = {}
+    answerer = impl.CallAnswerer(procedures, "~wse:response", "~wse:response-err")
+    assert answerer.answer('["echo", "é", "s"]', None) == ("echo", "é", "s")
+    procedures["echo"] = lambda origin, p: p
+    assert answerer.answer('["echo", "é", "s"]', None) == (
+        "echo",
+        impl.pack_json_frame("~wse:response", "é", "s"),
+    )

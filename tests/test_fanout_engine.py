@@ -136,6 +136,49 @@ async def test_large_broadcasts_survive_short_sends(
     assert short_sends  # the scenario happened: the kernel did take only part
 
 
+async def test_a_turns_different_frames_go_out_in_one_batch_and_survive_short_sends(
+    make_server: ServerFactory,
+    make_client: ClientFactory,
+    log: EventLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each of 40 connections is sent its own large frame in the same turn (as the answers to
+    # a turn's calls are): one batch into the codec, frame i to socket i, and what the kernel
+    # did not take goes through the transport, in order, before what is queued later.
+    server = await make_server()
+    clients = [make_client(server, max_message_size=2 << 20) for _ in range(40)]
+    for i, c in enumerate(clients):
+        c.channel.on("own", log.hook(f"own{i}"))
+        await c.connect(f"user{i}")
+    for conn in server.connections.values():
+        assert conn.endpoint is not None
+        conn.endpoint.under.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+        )
+    batches: list[int] = []
+    short_sends = []
+    send_each = codec.send_each
+
+    def recording(fds: list[int], frames: list[bytes]) -> list[tuple[int, int]]:
+        batches.append(len(fds))
+        short = send_each(fds, frames)
+        short_sends.extend(short)
+        return short
+
+    monkeypatch.setattr(codec, "send_each", recording)
+    for turn in range(3):
+        for i in range(40):
+            server.send(f"user{i}", "own", f"{i}:{turn}:" + "x" * (300 * 1024))
+        await asyncio.sleep(0)  # the end of the turn: one flush
+    # the first turn's 40 frames in one batch; later turns find data waiting in the
+    # transports the kernel did not take, which keep their frames in order
+    assert batches[0] == 40
+    for i in range(40):
+        got = await log.wait(f"own{i}", 3)
+        assert [p.split(":")[:2] for (p,) in got] == [[str(i), str(t)] for t in range(3)]
+    assert short_sends  # the scenario happened: the kernel did take only part
+
+
 async def test_paced_broadcast_after_a_backlog_keeps_order(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:

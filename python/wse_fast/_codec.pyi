@@ -4,6 +4,7 @@ Its public names are ``wse_fast.codec.EXPORTS`` (tests/test_codec.py checks): ``
 its types from here with a star import.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 _Buffer = bytes | bytearray | memoryview
@@ -14,6 +15,17 @@ class EnvelopeError(ValueError):
 def mask(data: _Buffer, key: _Buffer, offset: int = 0) -> bytes: ...
 def validate_utf8(data: _Buffer) -> bool: ...
 def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]: ...
+def send_each(fds: list[int], frames: list[bytes]) -> list[tuple[int, int]]: ...
+
+class CallAnswerer:
+    def __init__(
+        self,
+        procedures: dict[str, Callable[..., Any]],
+        response: str,
+        response_error: str,
+        binary: bool = False,
+    ) -> None: ...
+    def answer(self, data: _Buffer | str, origin: Any) -> tuple[Any, ...]: ...
 
 class Utf8Validator:
     def __init__(self) -> None: ...

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -60,6 +61,23 @@ def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]:
             short.append((i, -(exc.errno or 5)))
             continue
         if sent < len(data):
+            short.append((i, sent))
+    return short
+
+
+def send_each(fds: list[int], frames: list[bytes]) -> list[tuple[int, int]]:
+    """Sends ``frames[i]`` to ``fds[i]`` without blocking; returns what :func:`send_to_all`
+    does."""
+    if len(frames) != len(fds):
+        raise ValueError("one frame per socket")
+    short = []
+    for i, (fd, frame) in enumerate(zip(fds, frames, strict=True)):
+        try:
+            sent = os.write(fd, frame)  # the fds are non-blocking sockets
+        except OSError as exc:
+            short.append((i, -(exc.errno or 5)))
+            continue
+        if sent < len(frame):
             short.append((i, sent))
     return short
 
@@ -262,3 +280,47 @@ def unpack_msgpack(data: _Buffer) -> tuple[str, Any, str | None]:
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EnvelopeError(f"invalid MessagePack: {exc}") from exc
     return _triple(decoded)
+
+
+#: The classes of results a CallAnswerer encodes itself (exactly these, no subclasses).
+_PLAIN = frozenset({type(None), bool, int, float, str, list, tuple, dict})
+
+
+class CallAnswerer:
+    """Answers calls in one step: decode, call the procedure, build the response frame.
+    What :meth:`answer` returns, by its length, is described in the extension's
+    ``CallAnswerer``."""
+
+    __slots__ = ("_frame", "_procedures", "_response", "_response_error", "_unpack")
+
+    def __init__(
+        self,
+        procedures: dict[str, Callable[..., Any]],
+        response: str,
+        response_error: str,
+        binary: bool = False,
+    ) -> None:
+        self._procedures = procedures
+        self._response = response
+        self._response_error = response_error
+        self._unpack = unpack_msgpack if binary else unpack_json
+        self._frame = pack_msgpack_frame if binary else pack_json_frame
+
+    def answer(self, data: _Buffer | str, origin: Any) -> tuple[Any, ...]:
+        decoded = self._unpack(data)  # type: ignore[arg-type]
+        name, payload, stamp = decoded
+        if stamp is None or name == self._response or name == self._response_error:
+            return decoded
+        procedure = self._procedures.get(name)
+        if procedure is None:
+            return decoded
+        try:
+            result = procedure(origin, payload)
+        except Exception as exc:
+            return name, payload, stamp, None, exc
+        if result.__class__ in _PLAIN:
+            try:
+                return name, self._frame(self._response, result, stamp)
+            except TypeError:
+                pass
+        return name, payload, stamp, result

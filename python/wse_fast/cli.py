@@ -842,7 +842,13 @@ async def listen_until_done(
         try:
             connecting.result()
         except WseError as err:
-            report(err)
+            if err.details.get("error") == "closed at once" and listening.close is not None:
+                # Welcomed, then closed in the same read: what it sent before was printed,
+                # and the close is told as any close by the server is, whichever of connect
+                # and the close the client reported first.
+                listening.closed_by_server(*listening.close)
+            else:
+                report(err)
             return 1
         return await listening.outcome
     finally:

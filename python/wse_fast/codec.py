@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 #: provide, and what this module re-exports. tests/test_codec.py checks that the extension,
 #: the twin and the type stub ``_codec.pyi`` each define exactly these names.
 EXPORTS = (
+    "CallAnswerer",
     "EnvelopeError",
     "Utf8Validator",
     "build_frame",
@@ -23,6 +24,7 @@ EXPORTS = (
     "pack_msgpack",
     "pack_msgpack_frame",
     "parse_frame_header",
+    "send_each",
     "send_to_all",
     "unpack_json",
     "unpack_msgpack",

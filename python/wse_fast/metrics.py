@@ -116,13 +116,16 @@ class Histogram:
 
 class ProcedureStats:
     """One procedure's answered calls: how long each took, by result code (``ok`` for a
-    result, else the error code sent to the caller)."""
+    result, else the error code sent to the caller); and ``received``, the procedure's
+    ``[messages, bytes]`` counters in :attr:`ServerMetrics.received` (the same list: one look
+    finds both)."""
 
-    __slots__ = ("by_code", "ok")
+    __slots__ = ("by_code", "ok", "received")
 
-    def __init__(self) -> None:
+    def __init__(self, received: list[int]) -> None:
         self.ok = Histogram()
         self.by_code: dict[str, Histogram] = {OK: self.ok}
+        self.received = received
 
     def observe(self, code: str, seconds: float) -> None:
         histogram = self.by_code.get(code)
@@ -215,7 +218,8 @@ class ServerMetrics:
         key: str | None = name if name in self._server.procedures.handlers else None
         stats = self.procedures.get(key)
         if stats is None:
-            stats = self.procedures[key] = ProcedureStats()
+            received = self.received_cell(name, ev.Call)
+            stats = self.procedures[key] = ProcedureStats(received)
         return stats
 
     def count_sent(self, type: str, size: int, connections: int = 1) -> None:

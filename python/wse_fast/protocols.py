@@ -83,6 +83,22 @@ class MsgpackProtocol:
         return codec.pack_msgpack_frame(type, payload, stamp, mask)
 
 
+def builtin_format(protocol: WireProtocol) -> bool | None:
+    """Whether ``protocol`` is exactly a built-in one (a subclass that changes none of
+    ``pack``, ``unpack`` and ``frame`` counts): True for MessagePack, False for JSON, None for
+    any other protocol, whose own methods must be called."""
+    cls = type(protocol)
+    for builtin in (JsonProtocol, MsgpackProtocol):
+        if (
+            isinstance(protocol, builtin)
+            and cls.pack is builtin.pack
+            and cls.unpack is builtin.unpack
+            and getattr(cls, "frame", None) is builtin.frame
+        ):
+            return builtin.binary
+    return None
+
+
 class FrameEncoder:
     """Builds complete frames with any protocol: the codec's one-call path when there is one."""
 

@@ -185,13 +185,30 @@ def answer_call(
     try:
         result = fn(*args)
     except Exception as exc:
-        _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
+        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
         return
+    answer_result(result, args, name, payload, stamp, reply, types, debug, track, failed)
+
+
+def answer_result(
+    result: Any,
+    args: tuple[Any, ...],
+    name: str,
+    payload: Any,
+    stamp: str,
+    reply: Reply,
+    types: InternalTypes,
+    debug: bool,
+    track: Track,
+    failed: Failed | None = None,
+) -> None:
+    """Answers call ``stamp`` with what its handler returned (the rest of
+    :func:`answer_call`): at once, or when the awaitable it returned is done."""
     if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
         try:  # _send_result, inlined: once per call
             reply(types.response, result, stamp)
         except Exception as exc:  # the result cannot be encoded: tell the caller why
-            _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
+            answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
         return
     task = asyncio.ensure_future(result)
     task.add_done_callback(
@@ -214,10 +231,10 @@ def _send_result(
     try:
         reply(types.response, result, stamp)
     except Exception as exc:  # the result cannot be encoded: tell the caller why
-        _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
+        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
 
 
-def _send_error(
+def answer_error(
     exc: BaseException,
     args: tuple[Any, ...],
     name: str,
@@ -228,6 +245,8 @@ def _send_error(
     debug: bool,
     failed: Failed | None,
 ) -> None:
+    """Answers call ``stamp`` with the error its handler raised (see :func:`error_payload`),
+    then tells ``failed``."""
     error = error_payload(exc, name, payload, debug, _log_fields(args))
     try:
         reply(types.response_error, error, stamp)
@@ -251,7 +270,7 @@ def _task_done(
     if task.cancelled():  # its connection closed, or the server is shutting down
         reply(types.response_error, CANCELLED, stamp)
     elif (exc := task.exception()) is not None:
-        _send_error(exc, args, name, payload, stamp, reply, types, debug, failed)
+        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
     else:
         _send_result(task.result(), args, name, payload, stamp, reply, types, debug, failed)
 

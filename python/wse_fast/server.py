@@ -99,6 +99,10 @@ class WseServer(Peer[ServerEvents]):
         self.admission = Admission(
             limits.max_unauthenticated, limits.max_unauthenticated_per_ip, is_proxy
         )
+        #: Answers an authenticated connection's calls in one codec call (None for a custom
+        #: protocol); read once per message by ServerConnection.on_message.
+        answerer = self.wire.call_answerer(self.procedures.handlers)
+        self.answer_calls = None if answerer is None else answerer.answer
         # flow control reads these per handler task: kept at hand
         self.max_in_flight = limits.max_in_flight
         self.max_tasks = limits.max_tasks

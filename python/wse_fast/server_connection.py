@@ -10,6 +10,8 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from . import rpc
+from .codec import EnvelopeError
 from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
 from .errors import ProtocolViolation, WseError
@@ -18,6 +20,7 @@ from .sansio import session as ev
 from .sansio.session import ServerSession, ServerState
 
 _CLOSED = ServerState.CLOSED
+_VALID = ServerState.VALID
 _MESSAGE = ev.Message
 _CALL = ev.Call
 #: Per-connection records (opened, accepted, closed) at DEBUG: none by default.
@@ -106,7 +109,45 @@ class ServerConnection(Connection):
             # reading is paused: what was read already waits, copied, in order
             self._backlog.append((binary, data if isinstance(data, str) else bytes(data)))  # type: ignore[union-attr]
             return
-        event = self.session.receive_data(binary, data)
+        answer = server.answer_calls
+        if answer is not None and self.session.state is _VALID:
+            # Authenticated, on a built-in protocol: decoded, and a call to a procedure
+            # answered, in one codec call (see codec.CallAnswerer). What it decoded without
+            # calling anything is given its meaning by the session, as any message is.
+            counting = server.metrics.counting
+            start = perf_counter() if counting else 0.0
+            try:
+                outcome = answer(data, self)
+            except EnvelopeError as exc:
+                event: Any = self.session.undecodable(exc)
+            else:
+                if len(outcome) == 2:  # (name, response frame): answered
+                    frame = outcome[1]
+                    endpoint = self.endpoint
+                    if endpoint is not None:
+                        endpoint.write(frame)
+                    if counting:  # inlined: once per call
+                        elapsed = perf_counter() - start  # the codec call, decode to encode
+                        metrics = server.metrics
+                        name = outcome[0]
+                        stats = metrics.procedures.get(name) or metrics.procedure(name)
+                        ok = stats.ok
+                        ok.counts[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
+                        ok.total += elapsed
+                        cell = stats.received
+                        cell[0] += 1
+                        cell[1] += len(data) if data.__class__ is not str else len(data.encode())
+                        response = server.protocol_types.response
+                        cell = metrics.sent.get(response) or metrics.sent_cell(response)
+                        cell[0] += 1
+                        cell[1] += len(frame)
+                    return
+                if len(outcome) > 3:  # called: its result or exception is answered below
+                    self._called(outcome, data, counting, start)
+                    return
+                event = self.session.receive(*outcome)
+        else:
+            event = self.session.receive_data(binary, data)
         metrics = server.metrics
         if metrics.counting:  # once per message whatever its type: plain integers, no call out
             cls = event.__class__
@@ -272,6 +313,33 @@ class ServerConnection(Connection):
         if answering.__class__ is tuple:
             answering = self._answering = {answering[0]: answering}
         answering[stamp] = (stamp, stats, perf_counter())
+
+    def _called(self, outcome: tuple[Any, ...], data: Any, counting: bool, start: float) -> None:
+        """A call the codec made whose answer it left to Python: a result that is not plain
+        data (an awaitable, say), or an exception; answered as :func:`rpc.answer_call` would."""
+        name, payload, stamp, result = outcome[:4]
+        server = self._server
+        if counting:
+            metrics = server.metrics
+            stats = metrics.procedures.get(name) or metrics.procedure(name)
+            answering = self._answering
+            if answering is None:
+                self._answering = (stamp, stats, start)
+            else:
+                self._answering_several(answering, stamp, stats)
+            cell = stats.received
+            cell[0] += 1
+            cell[1] += len(data) if data.__class__ is not str else len(data.encode())
+        args = (self, payload)
+        types, debug, failed = server.protocol_types, server.debug, server.procedure_failed
+        if len(outcome) == 5:
+            rpc.answer_error(
+                outcome[4], args, name, payload, stamp, self._reply, types, debug, failed
+            )
+        else:
+            rpc.answer_result(
+                result, args, name, payload, stamp, self._reply, types, debug, self.track, failed
+            )
 
     def _reply(self, type: str, payload: Any, stamp: str) -> None:
         """Sends the answer to call ``stamp`` (``type``: a response, or an error), and counts

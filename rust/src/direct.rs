@@ -1,4 +1,5 @@
-//! One frame to many sockets in one call: the paced fan-out path.
+//! Frames to many sockets in one call: one frame to all (the paced fan-out path), or one
+//! frame each (the answers of one loop turn, RPC).
 //!
 //! The caller hands over only sockets whose transport has nothing queued, so writing here
 //! first cannot reorder anything; whatever the kernel does not take is returned to the
@@ -21,7 +22,7 @@
 //! - The kernel reads a send's buffer and fd only once it has taken the entry from the
 //!   submission queue, which happens only inside `io_uring_enter` on this thread (no SQPOLL
 //!   thread). A call returns only after every entry the kernel took has its completion, even
-//!   when `io_uring_enter` fails: so nothing reads `data` after the call returns, and every
+//!   when `io_uring_enter` fails: so nothing reads a frame after the call returns, and every
 //!   socket sent to has its result.
 //! - Entries queued but not taken when `io_uring_enter` fails (or when a push fails) are never
 //!   taken: the ring holding them is dropped without being entered again. A later call thus
@@ -33,25 +34,57 @@
 //!   overflow, which would hold completions back, as it has room for twice the entries of
 //!   one submission and is empty when the submission starts.
 
-/// Sends `data` to each socket without blocking. Returns `(index, sent)` for each socket the
-/// kernel did not take all of `data` for: `sent` bytes went out, or minus the errno. In the
-/// common case every send completes and nothing is returned.
-pub fn send_to_all(fds: &[i32], data: &[u8]) -> Vec<(usize, isize)> {
+/// What each socket is sent: the same frame to all, or its own (by position in `fds`).
+#[derive(Clone, Copy)]
+pub enum Frames<'a> {
+    Same(&'a [u8]),
+    Each(&'a [&'a [u8]]),
+}
+
+impl<'a> Frames<'a> {
+    /// The frame of the socket at `index` (of the whole call's `fds`).
+    fn get(self, index: usize) -> &'a [u8] {
+        match self {
+            Frames::Same(data) => data,
+            Frames::Each(frames) => frames[index],
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for Frames<'a> {
+    fn from(data: &'a [u8]) -> Self {
+        Frames::Same(data)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Frames<'a> {
+    fn from(data: &'a [u8; N]) -> Self {
+        Frames::Same(data)
+    }
+}
+
+/// Sends each socket its frame without blocking. Returns `(index, sent)` for each socket the
+/// kernel did not take all of its frame for: `sent` bytes went out, or minus the errno. In
+/// the common case every send completes and nothing is returned. With `Frames::Each`, `fds`
+/// and the frames have the same length.
+pub fn send_to_all<'a>(fds: &[i32], frames: impl Into<Frames<'a>>) -> Vec<(usize, isize)> {
+    let frames = frames.into();
     // A ring submission costs more than it saves for a few sends (the fan-out matrix: at 10
     // connections the loop was ahead in every cell).
     #[cfg(target_os = "linux")]
     if fds.len() >= uring::MIN_BATCH && uring::wanted() {
-        return uring::send_then_loop(fds, data);
+        return uring::send_then_loop(fds, frames);
     }
     let mut short = Vec::new();
-    send_each(fds, data, 0, &mut short);
+    send_each(fds, frames, 0, &mut short);
     short
 }
 
 /// The `send()` loop: appends to `short` what `send_to_all` returns for `fds`, each index
 /// raised by `first` (the position of `fds[0]` in the caller's list).
-fn send_each(fds: &[i32], data: &[u8], first: usize, short: &mut Vec<(usize, isize)>) {
+fn send_each(fds: &[i32], frames: Frames<'_>, first: usize, short: &mut Vec<(usize, isize)>) {
     for (i, &fd) in fds.iter().enumerate() {
+        let data = frames.get(first + i);
         // Safety: `data` is a live, immutable buffer of `data.len()` bytes; a bad fd is
         // reported by the kernel as EBADF, not undefined behaviour.
         let sent = unsafe {
@@ -79,6 +112,8 @@ pub mod uring {
     use std::io;
 
     use io_uring::{opcode, types, IoUring};
+
+    use super::Frames;
 
     /// Submission queue size: the most sends one submission carries. Unit tests use a small
     /// ring so that a few dozen sockets take several submissions.
@@ -122,26 +157,33 @@ pub mod uring {
 
     /// `super::send_to_all` through io_uring, then the send() loop for the sockets io_uring
     /// did not reach.
-    pub fn send_then_loop(fds: &[i32], data: &[u8]) -> Vec<(usize, isize)> {
+    pub fn send_then_loop<'a>(fds: &[i32], frames: impl Into<Frames<'a>>) -> Vec<(usize, isize)> {
+        let frames = frames.into();
         let Sent {
             mut short,
             unsent_from,
-        } = send_to_all(fds, data);
+        } = send_to_all(fds, frames);
         if let Some(rest) = fds.get(unsent_from..) {
-            super::send_each(rest, data, unsent_from, &mut short);
+            super::send_each(rest, frames, unsent_from, &mut short);
         }
         short
     }
 
     /// Like `super::send_to_all`, through io_uring, for as many sockets as it reaches.
-    pub fn send_to_all(fds: &[i32], data: &[u8]) -> Sent {
+    pub fn send_to_all<'a>(fds: &[i32], frames: impl Into<Frames<'a>>) -> Sent {
+        let frames = frames.into();
         let mut sent = Sent {
             short: Vec::new(),
             unsent_from: 0,
         };
-        let Ok(len) = u32::try_from(data.len()) else {
-            return sent; // a send entry's length is 32 bits
+        let fits = |data: &[u8]| u32::try_from(data.len()).is_ok();
+        let all_fit = match frames {
+            Frames::Same(data) => fits(data),
+            Frames::Each(each) => each.iter().all(|data| fits(data)),
         };
+        if !all_fit {
+            return sent; // a send entry's length is 32 bits: the loop sends them all
+        }
         RING.with(|cell| {
             let mut slot = cell.borrow_mut();
             let pid = std::process::id();
@@ -167,7 +209,7 @@ pub mod uring {
             };
             for (n, chunk) in fds.chunks(ENTRIES).enumerate() {
                 let first = n * ENTRIES;
-                match send_chunk(ring, chunk, first, data, len, &mut sent.short) {
+                match send_chunk(ring, chunk, first, frames, &mut sent.short) {
                     Ok(()) => sent.unsent_from = first + chunk.len(),
                     Err(taken) => {
                         sent.unsent_from = first + taken;
@@ -183,7 +225,7 @@ pub mod uring {
         })
     }
 
-    /// Sends `data` to each socket of `chunk` (at most ENTRIES) through `ring`, which holds
+    /// Sends each socket of `chunk` (at most ENTRIES) its frame through `ring`, which holds
     /// nothing. Reports into `short` each short send, its index raised by `first`.
     ///
     /// Ok: every socket has its completion, and the ring holds nothing again. Err(taken): the
@@ -193,19 +235,21 @@ pub mod uring {
         ring: &mut IoUring,
         chunk: &[i32],
         first: usize,
-        data: &[u8],
-        len: u32,
+        frames: Frames<'_>,
         short: &mut Vec<(usize, isize)>,
     ) -> Result<(), usize> {
         let mut pushed = 0;
         {
             let mut sq = ring.submission();
             for (j, &fd) in chunk.iter().enumerate() {
+                let data = frames.get(first + j);
+                // the caller checked that every frame's length fits 32 bits
+                let len = data.len() as u32;
                 let send = opcode::Send::new(types::Fd(fd), data.as_ptr(), len)
                     .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                     .build()
                     .user_data((first + j) as u64);
-                // Safety: the kernel reads `data` only for entries it takes, and every taken
+                // Safety: the kernel reads a frame only for entries it takes, and every taken
                 // entry is completed before this call returns (see the module invariants).
                 if fault::push_fails(first + j) || unsafe { sq.push(&send) }.is_err() {
                     break;
@@ -221,7 +265,7 @@ pub mod uring {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(_) => failed = true,
             }
-            reaped += reap(ring, data.len(), short);
+            reaped += reap(ring, frames, short);
         }
         if !failed {
             return Ok(());
@@ -232,19 +276,20 @@ pub mod uring {
             // The kernel posts their completions without being entered; leaving a system
             // call runs any completion task work it queued for this thread.
             std::thread::yield_now();
-            reaped += reap(ring, data.len(), short);
+            reaped += reap(ring, frames, short);
         }
         Err(taken)
     }
 
     /// Reads the completions posted so far, reporting the short ones; returns how many.
-    fn reap(ring: &mut IoUring, len: usize, short: &mut Vec<(usize, isize)>) -> usize {
+    fn reap(ring: &mut IoUring, frames: Frames<'_>, short: &mut Vec<(usize, isize)>) -> usize {
         let mut reaped = 0;
         for cqe in ring.completion() {
             reaped += 1;
+            let index = cqe.user_data() as usize;
             let sent = cqe.result() as isize;
-            if sent < 0 || (sent as usize) < len {
-                short.push((cqe.user_data() as usize, sent));
+            if sent < 0 || (sent as usize) < frames.get(index).len() {
+                short.push((index, sent));
             }
         }
         reaped
@@ -360,6 +405,44 @@ mod tests {
         assert_eq!(&buf, b"frame");
         b_peer.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"frame");
+    }
+
+    /// Frames of different lengths, one per socket: "frame 0", "frame 1", ...
+    fn own_frames(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("frame {i}").into_bytes()).collect()
+    }
+
+    #[test]
+    fn each_socket_gets_its_own_frame() {
+        let (ours, mut peers) = socket_pairs(40);
+        let mut fds: Vec<i32> = ours.iter().map(AsRawFd::as_raw_fd).collect();
+        fds[5] = -1;
+        let owned = own_frames(40);
+        let frames: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        // 40 sockets: io_uring on Linux; 3: the send() loop
+        for count in [40, 3] {
+            let short = send_to_all(&fds[..count], Frames::Each(&frames[..count]));
+            let expected: Vec<(usize, isize)> = if count > 5 { vec![(5, EBADF)] } else { vec![] };
+            assert_eq!(short, expected);
+            for (i, peer) in peers.iter_mut().enumerate() {
+                let want: &[u8] = if i == 5 || i >= count { b"" } else { frames[i] };
+                assert_eq!(drain(peer), want, "socket {i}");
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn own_frames_survive_a_failed_enter_once_each() {
+        let (ours, mut peers) = socket_pairs(40);
+        let fds: Vec<i32> = ours.iter().map(AsRawFd::as_raw_fd).collect();
+        let owned = own_frames(40);
+        let frames: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        uring::fault::arm(uring::fault::Fault::Enter { at: 20 });
+        assert_eq!(uring::send_then_loop(&fds, Frames::Each(&frames)), vec![]);
+        for (i, peer) in peers.iter_mut().enumerate() {
+            assert_eq!(drain(peer), frames[i], "socket {i}");
+        }
     }
 
     /// `n` connected pairs: the sockets to send on, and their peers (non-blocking) to read.

@@ -5,10 +5,10 @@
 //! buffer as the body (so a broadcast frame is built once and shared), and strict validation
 //! of what arrives.
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use std::cell::RefCell;
 
@@ -302,4 +302,112 @@ pub fn unpack_msgpack<'py>(
     data: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     unpack(py, Format::Msgpack, data)
+}
+
+/// Answers calls in one step: decodes the envelope, calls the procedure registered under its
+/// type, and builds the response frame. Made once per server (`procedures` is its live
+/// registry, read on every call) and called once per message received once authenticated.
+///
+/// What `answer` returns tells what happened, by its length:
+/// - `(name, frame)`: a call to a procedure, answered; `frame` is the response to send;
+/// - `(type, payload, stamp)`: decoded, nothing called: a message, an answer (its type is
+///   `response` or `response_error`), or a call to a name that is not registered;
+/// - `(name, payload, stamp, result)`: called; its result is not plain data (an awaitable, or
+///   what only the general path encodes or refuses), for the caller to answer;
+/// - `(name, payload, stamp, None, exception)`: called; the procedure raised an Exception.
+///
+/// A message that is not a valid envelope raises `EnvelopeError`, before anything is called.
+/// A result is answered here only when its class is exactly one of None, bool, int, float,
+/// str, list, tuple or dict, so that anything else keeps the general path's checks.
+#[pyclass(module = "wse_fast._codec", frozen)]
+pub struct CallAnswerer {
+    procedures: Py<PyDict>,
+    response: Py<PyString>,
+    response_text: String,
+    response_error_text: String,
+    format: Format,
+}
+
+fn plain_result(value: &Bound<'_, PyAny>) -> bool {
+    value.is_none()
+        || value.is_exact_instance_of::<PyDict>()
+        || value.is_exact_instance_of::<PyString>()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_exact_instance_of::<PyList>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyBool>()
+        || value.is_exact_instance_of::<PyTuple>()
+}
+
+#[pymethods]
+impl CallAnswerer {
+    #[new]
+    #[pyo3(signature = (procedures, response, response_error, binary=false))]
+    fn new(
+        procedures: Bound<'_, PyDict>,
+        response: Bound<'_, PyString>,
+        response_error: Bound<'_, PyString>,
+        binary: bool,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            response_text: response.to_str()?.to_owned(),
+            response_error_text: response_error.to_str()?.to_owned(),
+            procedures: procedures.unbind(),
+            response: response.unbind(),
+            format: if binary {
+                Format::Msgpack
+            } else {
+                Format::Json
+            },
+        })
+    }
+
+    /// The message `data` (bytes, a buffer, or text for JSON) from `origin`, the connection
+    /// handed to the procedure first.
+    fn answer<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        origin: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let triple = unpack(py, self.format, data)?;
+        let stamp = triple.get_item(2)?;
+        if stamp.is_none() {
+            return Ok(triple); // a message
+        }
+        let kind = triple.get_item(0)?;
+        let name = kind.cast::<PyString>()?.to_str()?;
+        if name == self.response_text || name == self.response_error_text {
+            return Ok(triple); // an answer to one of our calls
+        }
+        let Some(procedure) = self.procedures.bind(py).get_item(&kind)? else {
+            return Ok(triple); // not registered: the general path answers that
+        };
+        let payload = triple.get_item(1)?;
+        let result = match procedure.call1((origin, &payload)) {
+            Ok(result) => result,
+            // Only an Exception is the procedure's failure, to be answered; anything else
+            // (KeyboardInterrupt, SystemExit, a cancellation) goes on up, as from a call in
+            // Python.
+            Err(err) if !err.is_instance_of::<PyException>(py) => return Err(err),
+            Err(err) => {
+                let exc = err.into_value(py).into_bound(py).into_any();
+                return PyTuple::new(py, [kind, payload, stamp, py.None().into_bound(py), exc]);
+            }
+        };
+        if plain_result(&result) {
+            let response = self.response.bind(py).as_any();
+            let frame = match self.format {
+                Format::Json => match native_json(py, response, &result, &stamp, Some(false))? {
+                    Some(frame) => Ok(frame),
+                    None => framed(py, Format::Json, response, &result, &stamp, false),
+                },
+                Format::Msgpack => framed(py, Format::Msgpack, response, &result, &stamp, false),
+            };
+            if let Ok(frame) = frame {
+                return PyTuple::new(py, [kind, frame.into_any()]);
+            }
+        }
+        PyTuple::new(py, [kind, payload, stamp, result])
+    }
 }

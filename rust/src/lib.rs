@@ -186,15 +186,35 @@ fn send_to_all(py: Python<'_>, fds: Vec<i32>, data: &Bound<'_, PyBytes>) -> Vec<
     py.detach(|| direct::send_to_all(&fds, bytes))
 }
 
+/// Sends `frames[i]` to `fds[i]` for each socket, without blocking, with the GIL released.
+/// Returns `(index, sent)` as `send_to_all` does.
+#[cfg(unix)]
+#[pyfunction]
+fn send_each(
+    py: Python<'_>,
+    fds: Vec<i32>,
+    frames: Vec<Bound<'_, PyBytes>>,
+) -> PyResult<Vec<(usize, isize)>> {
+    if frames.len() != fds.len() {
+        return Err(PyValueError::new_err("one frame per socket"));
+    }
+    // bytes are immutable, and `frames` keeps them alive: safe to read without the GIL
+    let each: Vec<&[u8]> = frames.iter().map(|frame| frame.as_bytes()).collect();
+    Ok(py.detach(|| direct::send_to_all(&fds, direct::Frames::Each(&each))))
+}
+
 #[pymodule]
 fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EnvelopeError", m.py().get_type::<EnvelopeError>())?;
     m.add_function(wrap_pyfunction!(mask, m)?)?;
     m.add_function(wrap_pyfunction!(validate_utf8, m)?)?;
     m.add_class::<Utf8Validator>()?;
+    m.add_class::<envelope::CallAnswerer>()?;
     m.add_function(wrap_pyfunction!(build_frame, m)?)?;
     #[cfg(unix)]
     m.add_function(wrap_pyfunction!(send_to_all, m)?)?;
+    #[cfg(unix)]
+    m.add_function(wrap_pyfunction!(send_each, m)?)?;
     m.add_function(wrap_pyfunction!(parse_frame_header, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::pack_json, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::pack_json_frame, m)?)?;

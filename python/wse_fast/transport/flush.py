@@ -56,36 +56,54 @@ class Flusher:
             for endpoint in dirty:
                 endpoint.flush()
             return
-        # Paced fan-out: most endpoints hold exactly the one shared broadcast frame. Those
-        # whose transport has nothing queued get it in one call into the codec, which sends
-        # to each socket with the GIL released; the rest take the transport's path.
-        shared: bytes | None = None
+        # Endpoints holding one frame, whose transport has nothing queued, get it in one call
+        # into the codec, which sends to each socket with the GIL released (through one
+        # io_uring submission for many): in paced fan-out that is the shared broadcast frame,
+        # in RPC each connection's answer. The rest take the transport's path.
+        shared: bytes | None = None  # the first frame
+        mixed = False  # whether any other differs from it
         fds: list[int] = []
+        frames: list[bytes] = []
         batch: list[Flushable] = []
         for endpoint in dirty:
             frame = endpoint._head
             if frame is not None and endpoint._tail is None and endpoint.direct_fd >= 0:
-                if shared is None:
-                    shared = frame
                 # Straight to the socket only if that keeps every byte in order: nothing may
                 # wait in the transport, and it must not be closing (after close() or abort()
                 # the fd is released at once, before picows learns of it, and its number may
                 # already belong to another connection). Inlined: this runs once per delivery.
                 under = endpoint.under
-                if frame is shared and not under.is_closing() and not under.get_write_buffer_size():
+                if not under.is_closing() and not under.get_write_buffer_size():
                     endpoint._head = None
                     fds.append(endpoint.direct_fd)
+                    frames.append(frame)
                     batch.append(endpoint)
+                    if frame is not shared:
+                        if shared is None:
+                            shared = frame
+                        else:
+                            mixed = True
                     continue
             endpoint.flush()
-        if shared is not None and fds:
-            _send_batch(batch, fds, shared)
+        if fds:
+            if mixed:
+                _send_each(batch, fds, frames)
+            else:
+                assert shared is not None
+                _send_batch(batch, fds, shared)
 
 
 def _send_batch(batch: list[Flushable], fds: list[int], frame: bytes) -> None:
     # Only sockets that took part of the frame or none (or failed) come back: the transport
     # takes over the rest for them, and reports their errors itself.
     for index, sent in codec.send_to_all(fds, frame):
+        batch[index].write_through(frame[sent:] if sent > 0 else frame)
+
+
+def _send_each(batch: list[Flushable], fds: list[int], frames: list[bytes]) -> None:
+    # As _send_batch, with a frame for each socket.
+    for index, sent in codec.send_each(fds, frames):
+        frame = frames[index]
         batch[index].write_through(frame[sent:] if sent > 0 else frame)
 
 

@@ -225,6 +225,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if self._close_received is not None or self._failed:
             return
         rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
+        # picows's WSMsgType is an IntEnum (its stub says Enum): the opcode itself, as an int
+        # (``op.value`` is a property, and slow)
+        opcode: int = op  # type: ignore[assignment]
         try:
             # A memoryview into picows's read buffer: valid during this call, which is where
             # a single-frame message is decoded; fragments are copied by the assembler.
@@ -233,12 +236,12 @@ class Endpoint(WSListener):  # type: ignore[misc]
             assembler = self._assembler
             if assembler is None:
                 if frame.fin:
-                    message = whole_message(op.value, rsv, payload, self.max_message_size)
+                    message = whole_message(opcode, rsv, payload, self.max_message_size)
                 else:
                     assembler = self._assembler = MessageAssembler(self.max_message_size)
-                    message = assembler.feed(op.value, False, rsv, payload)
+                    message = assembler.feed(opcode, False, rsv, payload)
             else:
-                message = assembler.feed(op.value, frame.fin, rsv, payload)
+                message = assembler.feed(opcode, frame.fin, rsv, payload)
         except FrameViolation as violation:
             self._fail(violation.code, violation.reason)
             return
