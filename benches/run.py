@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -103,6 +104,26 @@ RPC_PEERS = (
 #: What the RPC tables call the bare peers.
 RPC_LABELS = {"minimal picows": "bare picows + orjson"}
 MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
+
+
+#: Peers that hold more than one file descriptor per connection: wse-server dup()s every
+#: socket (its pre-framed broadcasts are written through the copy, beside tungstenite).
+FILES_PER_CONNECTION = {"wse-server": 2}
+
+
+def file_limit() -> int:
+    """The open-file limit every server inherits from this process."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def unfit(peers: list[str], conns: int) -> list[str]:
+    """The peers that cannot hold ``conns`` connections under the open-file limit (with a
+    hundred files to spare for the rest of the process)."""
+    return [
+        p
+        for p in peers
+        if p in FILES_PER_CONNECTION and FILES_PER_CONNECTION[p] * conns + 100 > file_limit()
+    ]
 
 
 def say(*parts: object) -> None:
@@ -759,10 +780,18 @@ async def main(args: argparse.Namespace) -> None:
     if "fanout" not in args.parts and "latency" not in args.parts:
         conn_counts = []
     else:
+        for conns in conn_counts:
+            for name in unfit(peers, conns):
+                say(
+                    f"{name} left out at {conns:,} connections: it holds "
+                    f"{FILES_PER_CONNECTION[name]} files per connection, over the limit of "
+                    f"{file_limit():,}"
+                )
         say("fan-out:")
     for conns in conn_counts:
         for size in sizes:
-            fan += await fanout([p for p in peers if p in PEERS], conns, size, args.runs)
+            fit = [p for p in peers if p in PEERS and p not in unfit(peers, conns)]
+            fan += await fanout(fit, conns, size, args.runs)
     lat, rpcs, conns_rows, realistic = [], [], [], []
     paced = [
         r
