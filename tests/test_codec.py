@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import gc
 import inspect
 import json
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -505,3 +507,23 @@ def test_call_answerer_reads_the_live_registry_and_text(impl: Any) -> None:
         "echo",
         impl.pack_json_frame("~wse:response", "é", "s"),
     )
+
+
+class _Server:
+    answerer: Any
+
+
+def _server_in_a_cycle(impl: Any) -> weakref.ref[_Server]:
+    """A procedure that refers to its server, which holds the answerer: a reference cycle
+    through the answerer. Returns a weak reference to the server, which nothing else holds."""
+    server = _Server()
+    procedures: dict[str, Callable[..., Any]] = {"me": lambda origin, p: server}
+    server.answerer = impl.CallAnswerer(procedures, "~wse:response", "~wse:response-err")
+    return weakref.ref(server)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_call_answerer_lets_the_cycle_collector_free_its_server(impl: Any) -> None:
+    gone = _server_in_a_cycle(impl)
+    gc.collect()
+    assert gone() is None

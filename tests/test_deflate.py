@@ -108,6 +108,11 @@ def test_the_first_acceptable_offer_is_taken() -> None:
         "permessage-deflate; server_max_window_bits",
         "x-webkit-deflate-frame",
         'permessage-deflate; a="',  # malformed: declined, not an error
+        # thousands of digits: declined, not an error from int() (which would fail the upgrade)
+        "permessage-deflate; client_max_window_bits=" + "1" * 5000,
+        "permessage-deflate; server_max_window_bits=012",
+        # longer than any real offer: declined unread
+        "permessage-deflate" + "; client_max_window_bits" * 50,
     ],
 )
 def test_offers_that_cannot_be_honoured_are_declined(offer: str) -> None:

@@ -277,6 +277,31 @@ async def test_a_stranger_may_not_inflate_past_its_limit(
     assert (await member.recv())[1] == ["echo", pad]
 
 
+async def test_a_strangers_compressed_messages_inflate_no_further_in_all_than_it_may_send(
+    make_server: ServerFactory, peers: list[DeflatePeer]
+) -> None:
+    # While identify runs, messages are dropped, but each compressed one is inflated first:
+    # a few bytes on the wire make 15 KiB, message after message. What all of them inflate
+    # to is bounded by what a stranger may send in all, as if it had sent it plain.
+    pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def slow_identify(request: Any) -> None:
+        await pending  # never accepted during the test
+
+    server = await make_server(slow_identify, compression=True, auth_max_message_size=16 * 1024)
+    stranger = await connect(peers, server)
+    stranger.send(0x1, HI)
+    filler = deflate(json.dumps(["x", " " * (15 * 1024)]).encode())
+    assert len(filler) < 100
+    sent = 0
+    for _ in range(server.stranger_budget // (15 * 1024) + 2):
+        stranger.send(0x1, filler, rsv=RSV_COMPRESSED)
+        sent += len(filler)
+    assert sent < server.stranger_budget // 10  # far within its budget on the wire
+    assert "too much data" in await stranger.expect_close(1008)
+    pending.cancel()
+
+
 # ---- independent peers -------------------------------------------------------------------------
 
 

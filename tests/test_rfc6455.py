@@ -24,7 +24,7 @@ from picows import ws_create_server
 from wse_fast import WseServer, codec
 from wse_fast.transport.picows_endpoint import CLOSE_WATCH_INTERVAL, Endpoint
 
-from tests.conftest import EventLog, ServerFactory
+from tests.conftest import ClientFactory, EventLog, ServerFactory
 from tests.test_framing import RawPeer
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -182,6 +182,25 @@ async def test_close_without_a_status_is_answered_with_1000(peer: RawPeer) -> No
 
 
 # ---- one Close frame, nothing after it ------------------------------------------------------
+
+
+async def test_nothing_after_picows_own_close_when_many_connections_flush_together(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    # With eight connections or more, a flush hands frames straight to the sockets. picows
+    # disconnects a moment after the Close it sends for a frame it cannot parse; a broadcast
+    # in that moment must not reach the socket after that Close.
+    server = await make_server()
+    for i in range(9):
+        await make_client(server).connect(f"user{i}")
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    peer.writer.write(codec.build_frame(0x3, b"", mask=True))  # an unknown opcode
+    opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    assert opcode == OP_CLOSE and close_code(body) == 1002  # picows's own Close
+    server.broadcast("late", 1)  # picows has not disconnected yet: 10 ms after its Close
+    assert await frames_until_eof(peer, answer_close=False) == []
+    peer.writer.close()
 
 
 async def test_one_close_frame_when_picows_finds_an_error_after_ours(

@@ -482,8 +482,10 @@ class WseServer(Peer[ServerEvents]):
             receive_buffer=limits.receive_buffer,
             compressor=self.deflate.compressor(agreement, client_side=False),
             inflater=self.deflate.inflater(agreement, client_side=False),
-            # a stranger's compressed message inflates no further than a plain one may be
+            # a stranger's compressed message inflates no further than a plain one may be,
+            # and all of them together no further than it may send in all
             inflate_limit=limits.auth_max_message_size,
+            inflate_budget=self.stranger_budget,
         )
         return WSUpgradeResponseWithListener(self._deflate_response(agreement), endpoint)
 
@@ -537,8 +539,8 @@ class WseServer(Peer[ServerEvents]):
             return
         conn.accepted(cid)
         endpoint = conn.endpoint
-        if isinstance(endpoint, DeflateEndpoint):  # a compressed message may now be as large
-            endpoint.inflate_limit = self.limits.max_message_size  # as a plain one
+        if isinstance(endpoint, DeflateEndpoint):
+            endpoint.accepted(self.limits.max_message_size)
         client, joined, excess = self.registry.add(conn, cid)
         conn.client = client
         self._live.add(conn.conn_id, conn.endpoint)  # type: ignore[arg-type]  # open: it has one

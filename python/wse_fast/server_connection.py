@@ -136,7 +136,11 @@ class ServerConnection(Connection):
                         ok.total += elapsed
                         cell = stats.received
                         cell[0] += 1
-                        cell[1] += len(data) if data.__class__ is not str else len(data.encode())
+                        cell[1] += (
+                            len(data)
+                            if data.__class__ is not str or data.isascii()
+                            else len(data.encode())
+                        )
                         response = server.protocol_types.response
                         cell = metrics.sent.get(response) or metrics.sent_cell(response)
                         cell[0] += 1
@@ -329,7 +333,9 @@ class ServerConnection(Connection):
                 self._answering_several(answering, stamp, stats)
             cell = stats.received
             cell[0] += 1
-            cell[1] += len(data) if data.__class__ is not str else len(data.encode())
+            cell[1] += (
+                len(data) if data.__class__ is not str or data.isascii() else len(data.encode())
+            )
         args = (self, payload)
         types, debug, failed = server.protocol_types, server.debug, server.procedure_failed
         if len(outcome) == 5:

@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use std::cell::RefCell;
 
@@ -360,6 +361,13 @@ impl CallAnswerer {
                 Format::Json
             },
         })
+    }
+
+    /// What it holds, for Python's cycle collector: procedures often refer to their server,
+    /// which holds this answerer.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.procedures)?;
+        visit.call(&self.response)
     }
 
     /// The message `data` (bytes, a buffer, or text for JSON) from `origin`, the connection

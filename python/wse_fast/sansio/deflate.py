@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from .. import codec
 from ..constants import OP_BINARY, OP_TEXT
@@ -39,6 +39,10 @@ _SHARED_MEM_LEVEL: Final = 8
 #: How many distinct offers a server remembers its answer to; strangers choose offers, so
 #: the cache is bounded (browsers and libraries send a handful of distinct ones).
 OFFER_CACHE_SIZE: Final = 64
+#: Longer Sec-WebSocket-Extensions values (all lines together) are declined without being
+#: parsed: real offers are under 200 bytes (a browser's is 58), and a stranger's header must
+#: not cost the server milliseconds.
+MAX_OFFER_LENGTH: Final = 1024
 
 _TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -167,7 +171,12 @@ def _offer_parameters(params: Parameters) -> dict[str, str | None] | None:
             if value is not None:
                 return None
         elif value is not None:
-            if not value.isdigit() or not MIN_WINDOW_BITS <= int(value) <= MAX_WINDOW_BITS:
+            # at most two digits: int() of thousands of them raises (and costs time)
+            if (
+                not value.isdigit()
+                or len(value) > 2
+                or not MIN_WINDOW_BITS <= int(value) <= MAX_WINDOW_BITS
+            ):
                 return None
         elif key == "server_max_window_bits":  # §7.1.2.1: it must have a value
             return None
@@ -226,6 +235,8 @@ class PerMessageDeflate:
         key = tuple(values)
         if key in self._answers:
             return self._answers[key]
+        if sum(len(value) for value in values) > MAX_OFFER_LENGTH:
+            return None  # declined unread: parsing is per character, offers are short
         try:
             extensions = parse_extensions(values)
         except ValueError:
@@ -345,23 +356,39 @@ class Compressor:
     with it, the instance is one connection's and later messages refer to earlier ones.
 
     ``shared``: made without takeover, for any number of connections; ``messages`` counts
-    the messages compressed (a broadcast counts once).
+    the messages compressed (a broadcast counts once). zlib's state (tens of KiB with
+    takeover) is made at the first message compressed, so that a stranger, which is sent
+    little before it is accepted, costs none.
     """
 
-    __slots__ = ("_deflate", "_flush", "messages", "shared", "threshold", "window_bits")
+    __slots__ = (
+        "_deflate",
+        "_flush",
+        "_level",
+        "_mem_level",
+        "messages",
+        "shared",
+        "threshold",
+        "window_bits",
+    )
 
     def __init__(self, settings: DeflateSettings, window_bits: int, *, takeover: bool) -> None:
         self.window_bits = window_bits
         self.shared = not takeover
         self.threshold = settings.threshold
-        mem_level = settings.mem_level if takeover else _SHARED_MEM_LEVEL
-        self._deflate = zlib.compressobj(settings.level, zlib.DEFLATED, -window_bits, mem_level)
+        self._level = settings.level
+        self._mem_level = settings.mem_level if takeover else _SHARED_MEM_LEVEL
+        self._deflate: Any = None  # zlib's compressor, made when first needed
         self._flush = zlib.Z_SYNC_FLUSH if takeover else zlib.Z_FULL_FLUSH
         self.messages = 0
 
     def compress(self, payload: bytes | memoryview) -> memoryview:
         """A message's payload compressed, without the 4-byte tail (§7.2.1)."""
         deflate = self._deflate
+        if deflate is None:
+            deflate = self._deflate = zlib.compressobj(
+                self._level, zlib.DEFLATED, -self.window_bits, self._mem_level
+            )
         data = deflate.compress(payload) + deflate.flush(self._flush)
         self.messages += 1
         # a sync or full flush always ends with an empty stored block: 00 00 ff ff

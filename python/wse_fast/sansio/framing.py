@@ -11,6 +11,7 @@ from .. import codec
 from ..constants import (
     CLOSE_INVALID_TEXT,
     CLOSE_NO_STATUS,
+    CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_BIG,
     OP_BINARY,
@@ -157,14 +158,26 @@ class InflatingAssembler(MessageAssembler):
     ``inflate_limit`` bounds a compressed message's inflated size (close 1009 one byte past
     it, before more is inflated); a server keeps it at the stranger's limit until the
     connection is accepted. Memory held: the message inflated so far, at most that limit.
+
+    ``inflate_budget`` (None: no bound) bounds what all compressed messages together may
+    inflate to (close 1008 past it): a server gives a stranger the bytes it may send in all,
+    so that its work is bounded by that, not by its bytes on the wire times the compression
+    ratio (a few bytes can inflate to 16 KiB, message after message).
     """
 
-    __slots__ = ("_inflated", "_inflater", "inflate_limit")
+    __slots__ = ("_inflated", "_inflater", "inflate_budget", "inflate_limit")
 
-    def __init__(self, max_size: int, inflater: Inflater, inflate_limit: int) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        inflater: Inflater,
+        inflate_limit: int,
+        inflate_budget: int | None = None,
+    ) -> None:
         super().__init__(max_size)
         self._inflater = inflater
         self.inflate_limit = inflate_limit
+        self.inflate_budget = inflate_budget
         self._inflated: bytearray | None = None  # a compressed fragmented message so far
 
     @property
@@ -204,6 +217,11 @@ class InflatingAssembler(MessageAssembler):
         except CorruptMessage:
             self._inflated = None
             raise FrameViolation(CLOSE_INVALID_TEXT, "invalid compressed data") from None
+        if self.inflate_budget is not None:
+            self.inflate_budget -= len(out)
+            if self.inflate_budget < 0:
+                self._inflated = None
+                raise FrameViolation(CLOSE_POLICY_VIOLATION, "too much data before authentication")
         if not fin:
             if so_far is None:
                 self._inflated = bytearray(out)

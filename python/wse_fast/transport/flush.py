@@ -23,6 +23,7 @@ class Flushable(Protocol):
     _tail: list[bytes] | None  # any after it
     direct_fd: int  # the socket, when frames may be sent to it directly; -1 otherwise
     under: Any  # the uvloop transport under picows
+    transport: Any  # picows's transport
 
     def flush(self) -> None: ...
     def write_through(self, data: bytes) -> None: ...
@@ -61,32 +62,39 @@ class Flusher:
         # io_uring submission for many): in paced fan-out that is the shared broadcast frame,
         # in RPC each connection's answer. The rest take the transport's path.
         shared: bytes | None = None  # the first frame
-        mixed = False  # whether any other differs from it
+        frames: list[bytes] | None = None  # each endpoint's, once one differs from the first
         fds: list[int] = []
-        frames: list[bytes] = []
         batch: list[Flushable] = []
         for endpoint in dirty:
             frame = endpoint._head
             if frame is not None and endpoint._tail is None and endpoint.direct_fd >= 0:
-                # Straight to the socket only if that keeps every byte in order: nothing may
-                # wait in the transport, and it must not be closing (after close() or abort()
-                # the fd is released at once, before picows learns of it, and its number may
-                # already belong to another connection). Inlined: this runs once per delivery.
+                # Straight to the socket only if that keeps every byte in order and sends
+                # nothing after a Close: nothing may wait in the transport, it must not be
+                # closing (after close() or abort() the fd is released at once, before picows
+                # learns of it, and its number may already belong to another connection), and
+                # picows must not have sent a Close of its own (it disconnects a moment after
+                # a parse error). Inlined: this runs once per delivery.
                 under = endpoint.under
-                if not under.is_closing() and not under.get_write_buffer_size():
+                if (
+                    not under.is_closing()
+                    and not under.get_write_buffer_size()
+                    and not endpoint.transport.is_close_frame_sent
+                ):
                     endpoint._head = None
                     fds.append(endpoint.direct_fd)
-                    frames.append(frame)
                     batch.append(endpoint)
-                    if frame is not shared:
+                    if frames is not None:
+                        frames.append(frame)
+                    elif frame is not shared:
                         if shared is None:
                             shared = frame
-                        else:
-                            mixed = True
+                        else:  # a second frame: from now on, one per endpoint
+                            frames = [shared] * (len(fds) - 1)
+                            frames.append(frame)
                     continue
             endpoint.flush()
         if fds:
-            if mixed:
+            if frames is not None:
                 _send_each(batch, fds, frames)
             else:
                 assert shared is not None

@@ -75,9 +75,13 @@ class Keepalive:
 
     A connection from which no frame at all has arrived for ``interval`` seconds is pinged;
     when still nothing arrives within ``timeout`` seconds of the ping, it is dropped without a
-    Close frame (it is presumed gone, as picows's own keepalive does). The sweep looks every
-    :attr:`tick` seconds, so the silence before a ping is between ``interval`` and ``interval
-    + 2 * tick``, and the wait for the answer between ``timeout`` and ``timeout + tick``.
+    Close frame (it is presumed gone; picows's own keepalive sent a Close 1001 first, which
+    such a peer would not read). A frame counts once it has fully arrived: a peer sending one
+    frame for longer than ``interval + timeout`` (1 MiB at under about 200 kbit/s at the
+    defaults) is dropped, where picows counted every read. The sweep looks every
+    ``min(tick, CLOSE_WATCH_INTERVAL)`` seconds (one look period, every second at the
+    defaults), so the silence before a ping is between ``interval`` and ``interval`` plus two
+    look periods, and the wait for the answer between ``timeout`` and ``timeout`` plus one.
     """
 
     __slots__ = ("interval", "tick", "timeout")
@@ -446,7 +450,8 @@ class DeflateEndpoint(Endpoint):
     """An endpoint whose connection agreed to permessage-deflate (RFC 7692).
 
     Received messages with RSV1 are inflated, at most to ``inflate_limit`` bytes (close 1009
-    past it), by an assembler made with the endpoint; plain messages pass as on
+    past it) each and ``inflate_budget`` bytes in all until :meth:`accepted` (close 1008 past
+    it), by an assembler made with the endpoint; plain messages pass as on
     :class:`Endpoint`, whose frame path is the same. Frames written one by one are
     compressed by ``compressor`` (None: sent plain); a broadcast reaches endpoints that
     share one compressor already compressed, through :func:`write_all`.
@@ -466,13 +471,16 @@ class DeflateEndpoint(Endpoint):
         compressor: Compressor | None,
         inflater: Inflater,
         inflate_limit: int,
+        inflate_budget: int | None = None,
     ) -> None:
         super().__init__(
             handler, max_message_size, client_side, close_timeout, max_pending_bytes, receive_buffer
         )
         self.compressor = compressor
         # made now, not when the peer first fragments: it is what sees RSV1
-        self._assembler = InflatingAssembler(max_message_size, inflater, inflate_limit)
+        self._assembler = InflatingAssembler(
+            max_message_size, inflater, inflate_limit, inflate_budget
+        )
 
     @property
     def inflate_limit(self) -> int:
@@ -484,6 +492,13 @@ class DeflateEndpoint(Endpoint):
     def inflate_limit(self, limit: int) -> None:
         assert isinstance(self._assembler, InflatingAssembler)
         self._assembler.inflate_limit = limit
+
+    def accepted(self, max_message_size: int) -> None:
+        """The connection is accepted: a compressed message may inflate as far as a plain
+        one may be large, and no budget bounds them together any more."""
+        assert isinstance(self._assembler, InflatingAssembler)
+        self._assembler.inflate_limit = max_message_size
+        self._assembler.inflate_budget = None
 
     def write(self, frame: bytes) -> None:
         """Queues one complete unmasked frame, compressed when it is a data frame over the
@@ -550,6 +565,13 @@ class _Sweep:
 
     def _look(self) -> None:
         self._handle = None
+        try:
+            self._look_at_each()
+        finally:  # one endpoint's failure must not end the looks for every other
+            if self._endpoints and self._handle is None:
+                self._handle = self._loop.call_later(self._period, self._look)
+
+    def _look_at_each(self) -> None:
         now = self._loop.time()  # one float shared by every endpoint marked in this look
         closed_by_picows: list[Endpoint] = []
         to_ping: list[Endpoint] = []
@@ -584,8 +606,6 @@ class _Sweep:
         for endpoint in gone:
             _log.debug("no answer to a keepalive ping: dropping the connection")
             endpoint.abort()
-        if self._endpoints:
-            self._handle = self._loop.call_later(self._period, self._look)
 
 
 _sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
