@@ -1,0 +1,64 @@
+"""The Python a server spends per call, without the kernel: picows's frame handed straight to
+the endpoint, answered, queued (no socket write).
+
+    python benches/rpc_in_process.py            # metrics counting as installed (on with prometheus-client)
+    python benches/rpc_in_process.py --no-counting
+
+Runs the suite's server with one client connected, then feeds its endpoint 200 000 `add`
+calls as picows would (one text frame each, unique stamps), dropping the queued answers
+between calls. Prints the best of 7 rounds, in ns per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import uvloop
+from picows import WSMsgType
+from picows.picows import _make_test_ws_frame  # type: ignore[attr-defined]  # picows's own test helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+from wse_fast import WseClient
+from wse_fast_bench import bench_server
+
+CALLS = 200_000
+
+
+async def main(counting: bool | None) -> None:
+    server = bench_server(port=0)
+    if counting is not None:
+        server.metrics.counting = counting
+    await server.start()
+    client = WseClient(f"ws://127.0.0.1:{server.port}")
+    await client.connect("x")
+    [conn] = [c for user in server.clients.values() for c in user.conns.values()]
+    endpoint = conn.endpoint
+    assert endpoint is not None
+    frames = [
+        _make_test_ws_frame(WSMsgType.TEXT, b'["add",{"a":%d,"b":2},"%010d"]' % (i, i), True, False)
+        for i in range(1000)
+    ]
+    on_frame, transport = endpoint.on_ws_frame, endpoint.transport
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(CALLS // len(frames)):
+            for frame in frames:
+                on_frame(transport, frame)
+                endpoint._head = endpoint._tail = None  # the answer, dropped unsent
+        best = min(best, (time.perf_counter() - start) / CALLS)
+        await asyncio.sleep(0)  # the flush runs, with nothing left to write
+    print(f"{best * 1e9:.0f} ns per call, metrics counting {server.metrics.counting}")
+    await client.close()
+    await server.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-counting", action="store_true", help="metrics counting off")
+    args = parser.parse_args()
+    uvloop.run(main(False if args.no_counting else None))
