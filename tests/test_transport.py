@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from wse_fast import codec
 
 from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
 from tests.test_framing import RawPeer
@@ -109,6 +111,27 @@ async def test_busy_peer_is_not_pinged(make_server: ServerFactory) -> None:
         opcodes.add(opcode)
         await asyncio.sleep(0.02)  # the pace of the client's messages, not synchronisation
     assert opcodes == {0x1}  # echoes only, never a ping
+    peer.writer.close()
+
+
+async def test_a_peer_still_sending_one_long_frame_is_kept(make_server: ServerFactory) -> None:
+    # Its pong must wait behind the frame: the keepalive sees no whole frame for many ping
+    # intervals and timeouts, but data keeps arriving, so the connection stays.
+    server = await make_server(ping_interval=0.1, ping_timeout=0.1)
+    server.channel.on("echo", lambda conn, p: conn.send("echo", p))
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    text = "x" * 20000
+    frame = codec.build_frame(0x1, json.dumps(["echo", text]).encode(), mask=True)
+    pieces = 20
+    for i in range(pieces):
+        peer.writer.write(frame[i * len(frame) // pieces : (i + 1) * len(frame) // pieces])
+        await peer.writer.drain()
+        await asyncio.sleep(0.05)  # the pace of a slow link (1 s in all), not synchronisation
+    opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    while opcode == 0x9:  # the pings sent meanwhile
+        opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    assert (opcode, json.loads(body)[:2]) == (0x1, ["echo", text])
     peer.writer.close()
 
 

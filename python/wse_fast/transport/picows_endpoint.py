@@ -76,9 +76,10 @@ class Keepalive:
     A connection from which no frame at all has arrived for ``interval`` seconds is pinged;
     when still nothing arrives within ``timeout`` seconds of the ping, it is dropped without a
     Close frame (it is presumed gone; picows's own keepalive sent a Close 1001 first, which
-    such a peer would not read). A frame counts once it has fully arrived: a peer sending one
-    frame for longer than ``interval + timeout`` (1 MiB at under about 200 kbit/s at the
-    defaults) is dropped, where picows counted every read. The sweep looks every
+    such a peer would not read). A frame counts once it has fully arrived; before dropping a
+    connection the sweep asks the kernel when data last arrived on it (Linux's TCP_INFO), so
+    that a peer still sending one long frame, behind which its pong waits, is kept. The
+    sweep looks every
     ``min(tick, CLOSE_WATCH_INTERVAL)`` seconds (one look period, every second at the
     defaults), so the silence before a ping is between ``interval`` and ``interval`` plus two
     look periods, and the wait for the answer between ``timeout`` and ``timeout`` plus one.
@@ -597,7 +598,14 @@ class _Sweep:
                 if now - quiet_since >= keepalive.interval:
                     to_ping.append(endpoint)
             elif now - pinged_at >= keepalive.timeout:
-                gone.append(endpoint)
+                since = _seconds_since_data_received(endpoint)
+                if since is not None and since < now - pinged_at:
+                    # bytes came after the ping: a frame still on its way, which its pong
+                    # must wait behind; alive, so quiet from now
+                    endpoint._quiet_since = now
+                    endpoint._pinged_at = None
+                else:
+                    gone.append(endpoint)
         for endpoint in closed_by_picows:
             endpoint._closed_by_picows()
         for endpoint in to_ping:
@@ -606,6 +614,30 @@ class _Sweep:
         for endpoint in gone:
             _log.debug("no answer to a keepalive ping: dropping the connection")
             endpoint.abort()
+
+
+#: Where Linux's ``struct tcp_info`` keeps ``tcpi_last_data_recv`` (milliseconds since data
+#: last arrived on the socket): after 8 one-byte fields and 10 four-byte ones.
+_TCP_INFO_LAST_DATA_RECV = 52
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def _seconds_since_data_received(endpoint: Endpoint) -> float | None:
+    """How long ago the kernel last received data on ``endpoint``'s socket, or None where
+    that cannot be told (not Linux, no socket). Asked only before a keepalive drop."""
+    if _TCP_INFO is None or endpoint.under is None:
+        return None
+    sock = endpoint.under.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_LAST_DATA_RECV + 4:
+        return None
+    milliseconds: int = struct.unpack_from("=I", info, _TCP_INFO_LAST_DATA_RECV)[0]
+    return milliseconds / 1000
 
 
 _sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
