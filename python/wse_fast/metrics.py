@@ -116,16 +116,18 @@ class Histogram:
 
 class ProcedureStats:
     """One procedure's answered calls: how long each took, by result code (``ok`` for a
-    result, else the error code sent to the caller); and ``received``, the procedure's
-    ``[messages, bytes]`` counters in :attr:`ServerMetrics.received` (the same list: one look
-    finds both)."""
+    result, else the error code sent to the caller); ``received``, the procedure's
+    ``[messages, bytes]`` counters in :attr:`ServerMetrics.received`, and ``answers``, those
+    of the response type in :attr:`ServerMetrics.sent` (the same lists: one look finds all
+    that a call counts)."""
 
-    __slots__ = ("by_code", "ok", "received")
+    __slots__ = ("answers", "by_code", "ok", "received")
 
-    def __init__(self, received: list[int]) -> None:
+    def __init__(self, received: list[int], answers: list[int]) -> None:
         self.ok = Histogram()
         self.by_code: dict[str, Histogram] = {OK: self.ok}
         self.received = received
+        self.answers = answers
 
     def observe(self, code: str, seconds: float) -> None:
         histogram = self.by_code.get(code)
@@ -219,7 +221,8 @@ class ServerMetrics:
         stats = self.procedures.get(key)
         if stats is None:
             received = self.received_cell(name, ev.Call)
-            stats = self.procedures[key] = ProcedureStats(received)
+            answers = self.sent_cell(self._server.protocol_types.response)
+            stats = self.procedures[key] = ProcedureStats(received, answers)
         return stats
 
     def count_sent(self, type: str, size: int, connections: int = 1) -> None:

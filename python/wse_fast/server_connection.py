@@ -141,8 +141,7 @@ class ServerConnection(Connection):
                             if data.__class__ is not str or data.isascii()
                             else len(data.encode())
                         )
-                        response = server.protocol_types.response
-                        cell = metrics.sent.get(response) or metrics.sent_cell(response)
+                        cell = stats.answers
                         cell[0] += 1
                         cell[1] += len(frame)
                     return

@@ -35,6 +35,7 @@ from ..constants import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,
+    OP_TEXT,
     SLOW_CONSUMER,
 )
 from ..sansio.deflate import Compressor, Inflater
@@ -59,6 +60,7 @@ _PING_FRAME = codec.build_frame(OP_PING, b"", mask=False)
 #: picows's members for these opcodes: ``frame.msg_type`` is one of them, so a frame's type is
 #: told by identity, the cheapest test on the per-frame path.
 _CLOSE = WSMsgType(OP_CLOSE)
+_TEXT = WSMsgType(OP_TEXT)
 _PING = WSMsgType(OP_PING)
 _PONG = WSMsgType(OP_PONG)
 #: What an accepted upgrade request keeps as headers once the handshake is over: one shared
@@ -229,6 +231,23 @@ class Endpoint(WSListener):  # type: ignore[misc]
         # and nothing after a protocol violation.
         if self._close_received is not None or self._failed:
             return
+        if (
+            op is _TEXT
+            and frame.fin
+            and self._assembler is None
+            and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+        ):
+            # The common case, a whole text message in one frame, checked here as
+            # whole_message would (its size, then its UTF-8, RFC 6455 §8.1); anything it
+            # refuses goes on below, to be refused with the right code.
+            payload = frame.get_payload_as_memoryview()
+            if len(payload) <= self.max_message_size and codec.validate_utf8(payload):
+                try:
+                    self.handler.on_message(False, payload)
+                except Exception:
+                    _log.exception("endpoint handler failed in on_message")
+                    self._fail(CLOSE_INTERNAL_ERROR, "")
+                return
         rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
         # picows's WSMsgType is an IntEnum (its stub says Enum): the opcode itself, as an int
         # (``op.value`` is a property, and slow)
