@@ -10,7 +10,9 @@ venv="$(cd "$(dirname "$0")/.." && pwd)/.venv-wse-server"
 newer() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; }
 python=${1:-}
 if [ -z "$python" ]; then
-    for candidate in python3.14 python3.13 python3.12 /root/.pyenv/versions/3.12.1/bin/python; do
+    # on PATH, then any interpreter pyenv installed (not on PATH unless selected)
+    for candidate in python3.14 python3.13 python3.12 \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python; do
         if newer "$candidate"; then python=$candidate; break; fi
     done
 fi
