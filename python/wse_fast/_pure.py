@@ -53,16 +53,7 @@ _xor = mask  # build_frame's `mask` flag shadows the function
 def send_to_all(fds: list[int], data: bytes) -> list[tuple[int, int]]:
     """Sends ``data`` to each socket without blocking. Returns ``(index, sent)`` for the
     sockets that did not take all of it: ``sent`` bytes went out, or minus the errno."""
-    short = []
-    for i, fd in enumerate(fds):
-        try:
-            sent = os.write(fd, data)  # the fds are non-blocking sockets
-        except OSError as exc:
-            short.append((i, -(exc.errno or 5)))
-            continue
-        if sent < len(data):
-            short.append((i, sent))
-    return short
+    return send_each(fds, [data] * len(fds))
 
 
 def send_each(fds: list[int], frames: list[bytes]) -> list[tuple[int, int]]:
