@@ -460,26 +460,24 @@ class WseServer(Peer[ServerEvents]):
         agreement = None
         if self.deflate is not None and verdict.offered_protocols is None:
             agreement = self.deflate.negotiate(headers.getall("Sec-WebSocket-Extensions", []))
-        if agreement is None:
-            endpoint = Endpoint(
-                verdict,
-                limits.max_message_size,
-                False,
-                limits.close_timeout,
-                limits.max_pending_bytes,
-                receive_buffer=limits.receive_buffer,
-            )
-            if verdict.offered_protocols is None:
-                return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
-            return endpoint
-        assert self.deflate is not None
-        endpoint = DeflateEndpoint(
+        # handler, max_message_size, client_side, close_timeout, max_pending_bytes,
+        # receive_buffer: the same for either kind of endpoint
+        options = (
             verdict,
             limits.max_message_size,
             False,
             limits.close_timeout,
             limits.max_pending_bytes,
-            receive_buffer=limits.receive_buffer,
+            limits.receive_buffer,
+        )
+        if agreement is None:
+            endpoint = Endpoint(*options)
+            if verdict.offered_protocols is None:
+                return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
+            return endpoint
+        assert self.deflate is not None
+        endpoint = DeflateEndpoint(
+            *options,
             compressor=self.deflate.compressor(agreement, client_side=False),
             inflater=self.deflate.inflater(agreement, client_side=False),
             # a stranger's compressed message inflates no further than a plain one may be,
