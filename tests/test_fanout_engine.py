@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 import pytest
-from wse_fast import WSE_ERROR, codec
+from wse_fast import WSE_ERROR, WseServer, codec
 
 from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
 from tests.test_framing import RawPeer
@@ -97,6 +97,24 @@ async def test_slow_consumer_is_dropped_and_memory_freed(
     peer.writer.close()
 
 
+async def small_send_buffers(
+    server: WseServer, make_client: ClientFactory, log: EventLog, type: str
+) -> None:
+    """40 clients, users user0 .. user39, each logging messages of ``type`` under
+    ``{type}{i}``, and the server's sockets to them with small kernel send buffers. 40: above
+    the batch size that goes through io_uring (the run with WSE_FAST_IO_URING=0 covers the
+    send() loop with the same tests)."""
+    clients = [make_client(server, max_message_size=2 << 20) for _ in range(40)]
+    for i, c in enumerate(clients):
+        c.channel.on(type, log.hook(f"{type}{i}"))
+        await c.connect(f"user{i}")
+    for conn in server.connections.values():
+        assert conn.endpoint is not None
+        conn.endpoint.under.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+        )
+
+
 async def test_large_broadcasts_survive_short_sends(
     make_server: ServerFactory,
     make_client: ClientFactory,
@@ -106,17 +124,7 @@ async def test_large_broadcasts_survive_short_sends(
     # Small kernel send buffers and large frames: the direct path sends part of each frame,
     # and the transport must carry the rest, in order, before anything queued later.
     server = await make_server()
-    # 40 connections: above the batch size that goes through io_uring (the run with
-    # WSE_FAST_IO_URING=0 covers the send() loop with the same test)
-    clients = [make_client(server, max_message_size=2 << 20) for _ in range(40)]
-    for i, c in enumerate(clients):
-        c.channel.on("big", log.hook(f"big{i}"))
-        await c.connect(f"user{i}")
-    for conn in server.connections.values():
-        assert conn.endpoint is not None
-        conn.endpoint.under.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
-        )
+    await small_send_buffers(server, make_client, log, "big")
     short_sends = []
     send_to_all = codec.send_to_all
 
@@ -146,15 +154,7 @@ async def test_a_turns_different_frames_go_out_in_one_batch_and_survive_short_se
     # a turn's calls are): one batch into the codec, frame i to socket i, and what the kernel
     # did not take goes through the transport, in order, before what is queued later.
     server = await make_server()
-    clients = [make_client(server, max_message_size=2 << 20) for _ in range(40)]
-    for i, c in enumerate(clients):
-        c.channel.on("own", log.hook(f"own{i}"))
-        await c.connect(f"user{i}")
-    for conn in server.connections.values():
-        assert conn.endpoint is not None
-        conn.endpoint.under.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
-        )
+    await small_send_buffers(server, make_client, log, "own")
     batches: list[int] = []
     short_sends = []
     send_each = codec.send_each
