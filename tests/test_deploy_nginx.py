@@ -53,18 +53,24 @@ class Nginx:
 
     def __init__(self, root: Path, upstream_port: int, read_timeout: float, tls: bool) -> None:
         self.root = root
-        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.read_timeout = read_timeout
         self.tls = tls
         self.ca = trustme.CA()
-        listen = f"127.0.0.1:{self.port}"
-        tls_lines = ""
         if tls:
             cert = self.ca.issue_cert("127.0.0.1", "localhost")
             cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
             for blob in cert.cert_chain_pems[1:]:
                 blob.write_to_path(str(root / "cert.pem"), append=True)
             cert.private_key_pem.write_to_path(str(root / "key.pem"))
-            listen += " ssl"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        root = self.root
+        listen = f"127.0.0.1:{self.port}" + (" ssl" if self.tls else "")
+        tls_lines = ""
+        if self.tls:
             tls_lines = (
                 f"ssl_certificate {root / 'cert.pem'};\n"
                 f"        ssl_certificate_key {root / 'key.pem'};\n"
@@ -74,6 +80,7 @@ class Nginx:
             f"{kind}_temp_path {root / kind};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
+        timeout_ms = round(self.read_timeout * 1000)
         (root / "nginx.conf").write_text(
             f"""daemon off;
 worker_processes 1;
@@ -84,21 +91,20 @@ http {{
     access_log off;
     {temp}
     {UPGRADE_MAP}
-    upstream wse_fast {{ server 127.0.0.1:{upstream_port}; }}
+    upstream wse_fast {{ server 127.0.0.1:{self.upstream_port}; }}
     server {{
         listen {listen};
         {tls_lines}
         location /ws {{
             proxy_pass http://wse_fast;
             include {PROXY_SNIPPET};
-            proxy_read_timeout {round(read_timeout * 1000)}ms;
-            proxy_send_timeout {round(read_timeout * 1000)}ms;
+            proxy_read_timeout {timeout_ms}ms;
+            proxy_send_timeout {timeout_ms}ms;
         }}
     }}
 }}
 """
         )
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -112,23 +118,32 @@ http {{
         return context
 
     async def start(self) -> None:
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.root), "-c", str(self.root / "nginx.conf"), "-e", "stderr"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        # Ready when its port accepts; nginx says so by nothing else in the foreground.
-        async with asyncio.timeout(10):
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(self.process.stderr.read().decode())  # type: ignore[union-attr]
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                except OSError:
-                    await asyncio.sleep(0.02)
-                    continue
-                writer.close()
+        # A port another process takes between free_port() and nginx's bind fails the start
+        # (nginx exits); a fresh port is tried then.
+        for _ in range(3):
+            self.port = free_port()
+            self.write_config()
+            if await self._started():
                 return
+        raise RuntimeError((self.root / "nginx.stderr").read_text())
+
+    async def _started(self) -> bool:
+        pid_file = self.root / "nginx.pid"
+        pid_file.unlink(missing_ok=True)
+        with (self.root / "nginx.stderr").open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [NGINX, "-p", str(self.root), "-c", str(self.root / "nginx.conf"), "-e", "stderr"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        # nginx writes its pid file once its listening sockets are bound, and says so by
+        # nothing else in the foreground: the file's appearance is the event waited for.
+        async with asyncio.timeout(10):
+            while not pid_file.exists():
+                if self.process.poll() is not None:
+                    return False  # it could not start (the error is in nginx.stderr)
+                await asyncio.sleep(0.01)
+        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
