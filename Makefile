@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean
+.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +115,11 @@ bench-compression: bench-setup
 # Nodes on one nats-server against one node, send-to-user across nodes, 2 workers against 1.
 bench-cluster: bench-setup
 	$(PY) benches/cluster.py
+
+# A server with 15 000 clients killed (SIGKILL) and restarted: time until every client is back,
+# at uvloop's old backlog (100) and at the default (somaxconn). Results: benches/results/.
+bench-storm: setup
+	$(PY) benches/reconnect_storm.py --out benches/results/reconnect_storm
 
 bench-codec: setup
 	taskset -c 1 $(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \
