@@ -235,8 +235,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         this loop turn's callbacks, outside the write.
         """
         limit = self.max_pending_bytes
-        if limit is None or self._close_sent is not None:
-            return  # nothing more is written after a Close; close_timeout bounds the wait
+        if limit is None or self._close_sent is not None or self.under is None:
+            # No limit; or nothing more is written after a Close (close_timeout bounds the
+            # wait); or the upgrade's own answer, before the connection is the endpoint's.
+            return
         if self._held is None:
             self._held = deque()
         if self.under.get_write_buffer_size() > limit:
