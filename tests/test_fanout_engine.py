@@ -140,11 +140,33 @@ async def test_slow_consumer_reads_a_close_1008_before_eof(
     assert await slow.reader.read() == b""
     [(dropped, code, reason)] = await log.wait("disconnected")
     assert (dropped.cid, code, reason) == ("alice", 1008, "wse.slow-consumer")
-    assert "alice" not in server.clients
+    assert "alice" not in server.clients and dropped not in server.connections.values()
     for i in range(3):
         got = await log.wait(f"flood{i}", sent)
         assert [n for ((n, _),) in got] == list(range(sent))
     slow.writer.close()
+
+
+async def test_a_dropped_slow_consumer_that_never_reads_is_gone_after_close_timeout(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    # A hostile peer: dropped, it never reads its Close; the server waits for it no longer
+    # than close_timeout, holding meanwhile only what its transport had taken.
+    server = await make_server(max_pending_bytes=SLOW_LIMIT, ping_interval=None, close_timeout=0.3)
+    server.when.disconnected(log.hook("disconnected"))
+    server.when.error(log.hook("error"))
+    peer = await open_peer(server.port, rcvbuf=16384)
+    await peer.hello()
+    peer.writer.transport.pause_reading()
+    [conn] = server.clients["alice"].conns.values()
+    assert conn.endpoint is not None
+    under = conn.endpoint.under
+    await flood_until_overflow(server, log)
+    assert under.get_write_buffer_size() <= 2 * TRANSPORT_HIGH_WATER
+    [(dropped, code, reason)] = await log.wait("disconnected", timeout=0.3 + 2)
+    assert (dropped.cid, code, reason) == ("alice", 1008, "wse.slow-consumer")
+    assert server.clients == {} and server.connections == {}
+    peer.writer.close()
 
 
 async def test_a_backlog_under_the_bound_waits_in_the_endpoint_and_arrives_in_order(
