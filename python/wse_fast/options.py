@@ -18,8 +18,12 @@ class Limits:
 
     - ``max_message_size``: the largest message taken, in one frame or across fragments
       (larger: close 1009 before it is buffered);
-    - ``max_pending_bytes``: what may wait for one slow reader; past it the connection is
-      dropped at once (close 1008, ``wse.slow-consumer``); None: no limit;
+    - ``max_pending_bytes``: what may wait for one slow reader in this process (the
+      kernel's socket buffers come on top); past it the connection is dropped at once
+      (close 1008, ``wse.slow-consumer``): on picows what still waits is thrown away and
+      the Close goes behind what the socket already holds (the kernel's buffers and about
+      64 KiB more, whole frames only), so a reader that catches up reads the 1008; the
+      close handshake then takes at most ``close_timeout``. None: no limit;
     - ``ping_interval`` / ``ping_timeout``: keepalive, a ping after this long without hearing
       from the peer and a drop when no pong comes within the timeout; None turns it off;
     - ``close_timeout``: how long a close handshake may take before the socket is aborted;
