@@ -2,7 +2,8 @@
 nats-server that ``serve --workers`` starts refuses clients without the credentials only its
 workers get (in the environment: no command line holds them), and dies with a SIGKILLed
 parent, leaving only a private directory; a cluster URL with a password can come from the
-environment and is logged without it."""
+environment and is logged without it; modules in the application's directory do not replace
+the ones the server imports."""
 
 from __future__ import annotations
 
@@ -204,3 +205,53 @@ async def test_no_cluster_on_the_command_line_beats_the_environment() -> None:
     finally:
         status, output = await served.terminate()
     assert status == 0, output
+
+
+# ---- the application's directory ---------------------------------------------------------
+
+HOSTILE = """\
+from pathlib import Path
+Path(__file__).with_name("imported-" + __name__).touch()
+raise ImportError("not the real {name}")
+"""
+
+APP = """\
+from wse_fast import WseServer
+
+
+def identify(req):
+    req.accept(str(req.identity))
+
+
+server = WseServer(identify)
+
+
+@server.register("echo")
+def echo(conn, payload):
+    return payload
+"""
+
+
+async def test_modules_in_the_applications_directory_do_not_replace_the_servers_own(
+    tmp_path: Path, log: EventLog
+) -> None:
+    # an orjson.py, msgpack.py and nats.py beside the application, as anyone who can write
+    # to that directory could leave them
+    for name in ("orjson", "msgpack", "nats"):
+        (tmp_path / f"{name}.py").write_text(HOSTILE.format(name=name))
+    (tmp_path / "app.py").write_text(APP)
+    async with LocalNats() as nats_server:
+        served = await serve(
+            "app:server", "--port", "0", cwd=tmp_path, env={CLUSTER_ENV: nats_server.url}
+        )
+        try:
+            port = await served.serving()
+            assert f", cluster {nats_server.address}" in "".join(served.output)
+            client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+            await client.connect("alice")  # JSON both ways: orjson's dumps and loads
+            assert await client.call("echo", {"text": "hi"}) == {"text": "hi"}
+            await client.close()
+        finally:
+            status, output = await served.terminate()
+        assert status == 0, output
+    assert sorted(path.name for path in tmp_path.glob("imported-*")) == []

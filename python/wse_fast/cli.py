@@ -217,6 +217,10 @@ async def serve_one(
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    if cluster:
+        # imported before load_server puts the application's directory first on sys.path,
+        # where a nats.py would otherwise be imported by join_cluster in its place
+        importlib.import_module("wse_fast.cluster.nats_cluster")
     if group_fds is not None:
         lifeline = group_fds[1]
 
