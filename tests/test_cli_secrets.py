@@ -1,32 +1,37 @@
-"""What ``wse-fast serve`` keeps from other local users, tried on real processes: the
-nats-server that ``serve --workers`` starts refuses clients without the credentials only its
-workers get (in the environment: no command line holds them), and dies with a SIGKILLed
-parent, leaving only a private directory; a cluster URL with a password can come from the
-environment and is logged without it; modules in the application's directory do not replace
-the ones the server imports."""
+"""What the ``wse-fast`` command keeps from other local users and from the servers it talks to,
+tried on real processes: the nats-server that ``serve --workers`` starts refuses clients
+without the credentials only its workers get (in the environment: no command line holds
+them), and dies with a SIGKILLed parent, leaving only a private directory; a cluster URL with
+a password can come from the environment and is logged without it; modules in the
+application's directory do not replace the ones the server imports; ``call`` and ``listen``
+escape the terminal controls a server sends; the identity can come from the environment or
+a file."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
 import pytest
-from wse_fast import WseClient
+from wse_fast import Connection, IdentifyRequest, WseClient, WseServer
 from wse_fast.cluster.local_nats import LocalNats
 
-from tests.conftest import EventLog
+from tests.conftest import EventLog, ServerFactory, url_of
 from tests.test_cli import COMMAND, ROOT, Served, exited, tell_across
 
 CLUSTER_ENV = "WSE_FAST_CLUSTER"
+IDENTITY_ENV = "WSE_FAST_IDENTITY"
 
 
 async def serve(*args: str, env: Mapping[str, str] = {}, cwd: Path = ROOT) -> Served:
@@ -255,3 +260,141 @@ async def test_modules_in_the_applications_directory_do_not_replace_the_servers_
             status, output = await served.terminate()
         assert status == 0, output
     assert sorted(path.name for path in tmp_path.glob("imported-*")) == []
+
+
+# ---- the client commands -----------------------------------------------------------------
+
+#: Text a server may send to make a terminal do things: a CSI (U+009B) and an OSC (U+009D,
+#: a window title) as C1 controls, an ESC sequence, DEL, bidi overrides and isolates, a line
+#: separator, a character past U+FFFF that is a format character (a tag), and a lone
+#: surrogate; beside them ordinary text that stays as it is.
+HOSTILE_TEXT = (
+    "héllo \x1b[2J \x9b31m \x9d0;pwned\x9c \x7f \u202egnp.exe\u202c \u2066x\u2069 \u2028 "
+    "\U000e0041 日本"
+)
+TERMINAL_CONTROLS = set("\x1b\x9b\x9d\x9c\x7f\u202e\u202c\u2066\u2069\u2028\U000e0041")
+
+
+async def wse_fast(*args: str, env: Mapping[str, str] = {}) -> tuple[int, str, str]:
+    """``wse-fast ARGS`` run to its end, its output read as UTF-8 with the surrogates it
+    might hold kept (so that a raw one would be seen): status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    decode = lambda data: data.decode("utf-8", "surrogateescape")  # noqa: E731
+    return proc.returncode, decode(out), decode(err)
+
+
+async def hostile_server(make_server: ServerFactory, log: EventLog) -> WseServer:
+    def identify(req: IdentifyRequest) -> None:
+        log.hook("identified")(req.identity)
+        req.accept(str(req.identity))
+
+    server = await make_server(identify)
+    server.when.joined(log.hook("joined"))
+
+    @server.register("text")
+    def text(conn: Connection, payload: Any) -> Any:
+        return {HOSTILE_TEXT: [HOSTILE_TEXT]}
+
+    return server
+
+
+def assert_escaped(line: str, expected: Any) -> None:
+    assert not TERMINAL_CONTROLS & set(line), ascii(line)
+    assert "héllo" in line and "日本" in line  # printable text as it is
+    assert json.loads(line) == expected  # the same JSON value
+
+
+async def test_call_escapes_the_terminal_controls_in_a_result(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await hostile_server(make_server, log)
+    status, out, err = await wse_fast("call", url_of(server), "text", "--identity", "alice")
+    assert (status, err) == (0, "")
+    assert_escaped(out.removesuffix("\n"), {HOSTILE_TEXT: [HOSTILE_TEXT]})
+
+
+async def test_listen_escapes_the_terminal_controls_in_types_and_payloads(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await hostile_server(make_server, log)
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "listen",
+        url_of(server),
+        "--identity",
+        "alice",
+        "--count",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await log.wait("joined", timeout=20)
+    assert server.send("alice", HOSTILE_TEXT, {"text": HOSTILE_TEXT})
+    async with asyncio.timeout(20):
+        out, err = await proc.communicate()
+    assert (proc.returncode, err) == (0, b"")
+    line = out.decode("utf-8", "surrogateescape").removesuffix("\n")
+    assert_escaped(line, [HOSTILE_TEXT, {"text": HOSTILE_TEXT}])
+
+
+async def test_the_identity_comes_from_the_environment_or_a_file(
+    make_server: ServerFactory, log: EventLog, tmp_path: Path
+) -> None:
+    server = await hostile_server(make_server, log)
+    url = url_of(server)
+    token = tmp_path / "token"
+    token.write_text("from-the-file\n")
+
+    assert (await wse_fast("call", url, "text", env={IDENTITY_ENV: "from-env"}))[0] == 0
+    assert (await wse_fast("call", url, "text", "--identity-file", str(token)))[0] == 0
+    # a file named on the command line wins over the environment
+    both = await wse_fast(
+        "call", url, "text", "--identity-file", str(token), env={IDENTITY_ENV: "from-env"}
+    )
+    assert both[0] == 0
+    # --identity itself still works
+    assert (await wse_fast("call", url, "text", "--identity", "from-argv"))[0] == 0
+    identified = [identity for (identity,) in log.of("identified")]
+    assert identified == ["from-env", "from-the-file", "from-the-file", "from-argv"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--identity", "a", "--identity-file", "{token}"], "exclude each other"),
+        (["--identity-file", "{empty}"], "holds no identity"),
+        ([], "--identity-file"),  # none at all: the message names every way
+    ],
+)
+async def test_the_identity_options_are_explained(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "token").write_text("t\n")
+    (tmp_path / "empty").write_text("")
+    paths = {"token": str(tmp_path / "token"), "empty": str(tmp_path / "empty")}
+    arguments = [arg.format(**paths) for arg in args]
+    env = {key: value for key, value in os.environ.items() if key != IDENTITY_ENV}
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "call",
+        "ws://127.0.0.1:1",
+        "add",
+        *arguments,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 2 and message in err.decode() and out == b""

@@ -19,18 +19,22 @@ keeps the port.
 
 Secrets stay out of argv, which every local user can read (ps, /proc/PID/cmdline): the
 workers get the cluster's URLs, credentials included, in the environment
-(:data:`CLUSTER_ENV`). URLs are logged without their credentials.
+(:data:`CLUSTER_ENV`), and the client commands take the identity from the environment
+(:data:`IDENTITY_ENV`) or a file as well as from --identity. URLs are logged without their
+credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import runpy
 import secrets
 import shutil
@@ -42,7 +46,7 @@ import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import click
@@ -60,6 +64,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: ``serve --cluster``'s environment variable: how the workers get their cluster's URLs
 #: (credentials included), and how a user gives a URL with a password without argv.
 CLUSTER_ENV = "WSE_FAST_CLUSTER"
+#: The client commands' ``--identity`` from the environment (a token kept out of argv).
+IDENTITY_ENV = "WSE_FAST_IDENTITY"
 NO_NATS = (
     "a cluster (--cluster, or --workers above 1 without --no-cluster) needs nats-py: "
     "pip install 'wse-fast[cluster]'; or --no-cluster for workers that only share the port"
@@ -699,14 +705,53 @@ def json_object(ctx: click.Context, param: click.Parameter, value: str | None) -
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 
+def identity_from(ctx: click.Context, identity: str | None, identity_file: IO[str] | None) -> str:
+    """The identity of ``--identity`` (or its environment variable) or ``--identity-file``
+    (its first line, without the line end): exactly one of the options is given, and a file
+    wins over the environment variable."""
+    source = ctx.get_parameter_source("identity")
+    from_env = source is click.core.ParameterSource.ENVIRONMENT
+    if identity_file is None:
+        if identity is None:
+            raise click.UsageError(
+                f"an identity is needed: --identity ID, --identity-file PATH or {IDENTITY_ENV}"
+            )
+        return identity
+    if identity is not None and not from_env:
+        raise click.UsageError("--identity and --identity-file exclude each other")
+    text = identity_file.readline().removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise click.BadParameter(
+            f"{identity_file.name} holds no identity", param_hint="'--identity-file'"
+        )
+    return text
+
+
 def client_options(command: FC) -> FC:
     """The options every client command takes: how to connect and who to be."""
+
+    @functools.wraps(command)
+    def with_identity(*args: Any, identity_file: IO[str] | None, **kwargs: Any) -> Any:
+        kwargs["identity"] = identity_from(
+            click.get_current_context(), kwargs.get("identity"), identity_file
+        )
+        return command(*args, **kwargs)
+
     options = (
         click.option(
             "--identity",
-            required=True,
             metavar="ID",
-            help="The identity to connect with (a string: what the server's identify gets).",
+            envvar=IDENTITY_ENV,
+            show_envvar=True,
+            help="The identity to connect with (a string: what the server's identify gets). "
+            "A secret (a token) is better given in the environment variable or a file than "
+            "in argv, which other local users can read.",
+        ),
+        click.option(
+            "--identity-file",
+            type=click.File("r", encoding="utf-8"),
+            metavar="PATH",
+            help="Read the identity from the first line of this file ('-': standard input).",
         ),
         click.option(
             "--meta",
@@ -728,9 +773,10 @@ def client_options(command: FC) -> FC:
             "server's, say) instead of the system's.",
         ),
     )
+    wrapped = cast(FC, with_identity)
     for option in reversed(options):
-        command = option(command)
-    return command
+        wrapped = option(wrapped)
+    return wrapped
 
 
 def client_ssl_context(url: str, cafile: str | None) -> ssl_module.SSLContext | None:
@@ -766,8 +812,32 @@ def report(err: WseError) -> None:
         click.echo(printable(err.message), err=True)
 
 
+#: Candidates for escaping in a JSON text: everything but printable ASCII, which json.dumps
+#: writes only for structure and for string contents that are safe as they are.
+NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
 def as_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """``value`` as one line of JSON for a terminal: the text as it is, but for the
+    characters :func:`printable` escapes, written as JSON escapes (``\\u009b``), so the line
+    is still the same JSON value. json.dumps escapes C0 controls itself, not DEL, C1
+    controls (U+009B is a CSI, which starts an escape sequence), format characters (bidi
+    overrides and isolates, U+202A..U+202E, U+2066..U+2069), line separators or lone
+    surrogates (which stdout could not even encode)."""
+    return NOT_PRINTABLE_ASCII.sub(json_escape, json.dumps(value, ensure_ascii=False))
+
+
+def json_escape(found: re.Match[str]) -> str:
+    """A character of a JSON text as it is when :func:`printable` keeps it, else as a JSON
+    escape (strings are the only place json.dumps writes such characters)."""
+    char = found[0]
+    if char.isprintable() and unicodedata.category(char) != "Cf":
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # a JSON escape is UTF-16: a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
 async def call_once(
@@ -938,7 +1008,7 @@ def call(
 
     \b
         wse-fast call ws://127.0.0.1:4200 add '[1, 2]' --identity alice
-        wse-fast call wss://example.com/ws whoami --identity "$TOKEN" --meta '{"v": 2}'
+        WSE_FAST_IDENTITY="$TOKEN" wse-fast call wss://example.com/ws whoami --meta '{"v": 2}'
     """
     run_client(url, cafile, timeout, lambda client: call_once(client, identity, meta, rp, payload))
 
