@@ -221,6 +221,8 @@ raise ImportError("not the real {name}")
 """
 
 APP = """\
+import os
+
 from wse_fast import WseServer
 
 
@@ -234,6 +236,11 @@ server = WseServer(identify)
 @server.register("echo")
 def echo(conn, payload):
     return payload
+
+
+@server.register("environment")
+def environment(conn, payload):
+    return os.environ.get(payload)
 """
 
 
@@ -255,6 +262,9 @@ async def test_modules_in_the_applications_directory_do_not_replace_the_servers_
             client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
             await client.connect("alice")  # JSON both ways: orjson's dumps and loads
             assert await client.call("echo", {"text": "hi"}) == {"text": "hi"}
+            # the credentials were read and taken out of the environment, which the
+            # application's own subprocesses would inherit
+            assert await client.call("environment", CLUSTER_ENV) is None
             await client.close()
         finally:
             status, output = await served.terminate()

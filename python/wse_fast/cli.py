@@ -618,6 +618,9 @@ def serve(
     for handler in logging.getLogger().handlers:
         handler.addFilter(name_connection)
     cluster = split_urls(cluster_urls)
+    # Read, then out of the environment that the application's own subprocesses would
+    # inherit with the cluster's credentials (serve_group sets it again for its workers).
+    os.environ.pop(CLUSTER_ENV, None)
     source = click.get_current_context().get_parameter_source("cluster_urls")
     if no_cluster and source is click.core.ParameterSource.ENVIRONMENT:
         cluster = []  # the command line beats the environment
