@@ -121,9 +121,12 @@ class LocalNats:
     same URL. ``store_dir``: JetStream's file store; None puts it in the server's private
     temporary directory (mode 0700), which :meth:`close` removes. The store outlives
     :meth:`stop` and :meth:`kill`, so what JetStream kept (streams, key-value buckets) is
-    there again after a restart. ``binary``: the
-    executable (default: :func:`nats_server_binary`). ``start_timeout`` bounds the wait for
-    the server to accept connections; ``stop_timeout`` the wait after SIGTERM before SIGKILL.
+    there again after a restart. ``binary``: the executable (default:
+    :func:`nats_server_binary`). ``start_timeout`` bounds the wait for the server to accept
+    connections; ``stop_timeout`` the wait after SIGTERM before SIGKILL.
+
+    Start it from a thread that lives as long as the server should (the event loop's): the
+    parent-death signal follows the thread that forked it.
 
     The server's log goes to the ``wse_fast.nats_server`` logger (its warnings and errors at
     their levels, the rest at DEBUG); the last lines are kept in :attr:`log_tail`.
@@ -157,8 +160,8 @@ class LocalNats:
     @property
     def url(self) -> str:
         """``nats://user:password@host:port``, the URL to connect with, credentials included
-        (a secret: log :attr:`address` instead); known once the first :meth:`start` has
-        returned."""
+        (a secret: log :attr:`address` instead); known once the port is (given, or chosen
+        at the first :meth:`start`)."""
         return self.address.replace("//", f"//{_USER}:{self._password}@", 1)
 
     @property
