@@ -431,7 +431,7 @@ async def test_workers_join_a_given_cluster_and_leave_it_running(log: EventLog) 
         clients: list[WseClient] = []
         try:
             port = await served.serving()
-            assert f", cluster {server.url}" in "".join(served.output)
+            assert f", cluster {server.address}" in "".join(served.output)
             clients = await tell_across(served, port, log)
         finally:
             status, output = await served.terminate()

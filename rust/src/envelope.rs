@@ -36,6 +36,18 @@ fn cached<'py>(
         .bind(py))
 }
 
+/// Looks up orjson's and msgpack's functions now, when the extension is imported, instead of
+/// at the first message: by then `sys.path` may hold other directories first (`wse-fast serve`
+/// puts the application's directory there, as uvicorn does), and an `orjson.py` or
+/// `msgpack.py` in one of them would be imported and run in their place.
+pub fn resolve_serialisers(py: Python<'_>) -> PyResult<()> {
+    cached(py, &ORJSON_DUMPS, "orjson", "dumps")?;
+    cached(py, &ORJSON_LOADS, "orjson", "loads")?;
+    cached(py, &MSGPACK_PACKB, "msgpack", "packb")?;
+    cached(py, &MSGPACK_UNPACKB, "msgpack", "unpackb")?;
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 enum Format {
     Json,

@@ -222,5 +222,6 @@ fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(envelope::pack_msgpack_frame, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::unpack_json, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::unpack_msgpack, m)?)?;
+    envelope::resolve_serialisers(m.py())?;
     Ok(())
 }

