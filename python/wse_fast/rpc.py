@@ -53,15 +53,15 @@ def error_payload(
         return {"code": exc.code, "details": details}
     if type(exc) is Exception and len(exc.args) == 1 and isinstance(exc.args[0], dict):
         thrown: dict[str, Any] = exc.args[0]
-        code, details = thrown.get("code"), thrown.get("details")
-        if _js_true(code) and _js_true(details):  # throw {code, details}: the answer as is
-            if isinstance(details, dict):
-                details = dict(details)
-                details.setdefault("rpc", name)
-                details.setdefault("payload", payload)
+        code, given = thrown.get("code"), thrown.get("details")
+        if _js_true(code) and _js_true(given):  # throw {code, details}: the answer as is
+            if isinstance(given, dict):
+                given = dict(given)
+                given.setdefault("rpc", name)
+                given.setdefault("payload", payload)
             # other details (a list, a text) go unchanged: the reference answers a list
             # without them, and never answers a text (setting a property on it throws)
-            return {**thrown, "details": details}
+            return {**thrown, "details": given}
         details = {**thrown, "rpc": name, "payload": payload}
         return {"code": WSE_ERROR.RP_EXECUTION_FAILED, "message": FAILED, "details": details}
     if debug:
