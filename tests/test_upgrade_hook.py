@@ -6,15 +6,20 @@ Every test runs on the own listener and on both mounts."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import struct
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from wse_fast import WseServer
+from wse_fast import Listener, WseServer, codec
 from wse_fast.handshake import HandshakeRequest
 
-from tests.conftest import ClientFactory, EventLog, ServerFactory, url_of
+from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
 from tests.hosts import TRANSPORTS
+from tests.test_framing import HI, RawPeer
 from tests.test_hardening import eventually, upgrade
 
 
@@ -192,3 +197,80 @@ async def test_a_header_that_would_break_the_response_refuses_with_500(
     assert b"X-Injected" not in head and b"forged" not in head
     writer.close()
     assert "ValueError" in caplog.text
+
+
+async def test_bytes_after_the_request_head_are_held_with_it_on_the_own_listener(
+    log: EventLog,
+) -> None:
+    # A client must wait for the 101 before it sends a frame (RFC 6455 §4.1), but one read
+    # may bring more than the head: the own listener holds it with the head and hands both
+    # to picows. (uvicorn and aiohttp read the head themselves.)
+    release = asyncio.Event()
+
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        log.hook("asked")()
+        await release.wait()
+
+    server = WseServer(accept_identity, port=0, on_upgrade=on_upgrade)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+    ).encode()
+    # the request and the first frame in one write: what follows the head is held with it
+    writer.write(request + codec.build_frame(0x1, HI, fin=True, mask=True))
+    await log.wait("asked")
+    release.set()
+    peer = RawPeer(reader, writer)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    assert (opcode, json.loads(body)[0]) == (0x1, "~wse:welcome")
+    peer.send(0x8, struct.pack("!H", 1000))
+    await peer.expect_close(1000)
+    writer.close()
+    await server.close()
+
+
+async def test_one_listener_awaits_only_the_routes_with_an_async_hook(log: EventLog) -> None:
+    async def on_upgrade(request: HandshakeRequest) -> tuple[int, str]:
+        log.hook("asked")(request.path)
+        await asyncio.sleep(0)
+        return 403, "not here"
+
+    guarded = WseServer(accept_identity, on_upgrade=on_upgrade)
+    plain = WseServer(accept_identity)
+    listener = Listener({"/guarded": guarded, "/plain": plain}, port=0)
+    await listener.start()
+    try:
+        _, writer, head = await upgrade(listener.port, target="/guarded")
+        assert head.startswith(b"HTTP/1.1 403")
+        writer.close()
+        _, writer, head = await upgrade(listener.port, target="/plain")
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.close()
+        assert log.of("asked") == [("/guarded",)]
+    finally:
+        await listener.close()
+
+
+async def test_an_awaitable_from_a_plain_function_is_refused_on_the_own_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def check(request: HandshakeRequest) -> None:
+        return None
+
+    # not a coroutine function, so the listener does not hold requests for it: it cannot
+    # wait, and says how to declare the hook (the mounts, which can, await it)
+    server = WseServer(accept_identity, port=0, on_upgrade=lambda request: check(request))
+    await server.start()
+    try:
+        _, writer, head = await upgrade(server.port)
+        assert head.startswith(b"HTTP/1.1 500")
+        writer.close()
+        assert "declare it with async def" in caplog.text
+    finally:
+        await server.close()

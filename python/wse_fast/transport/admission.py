@@ -275,7 +275,8 @@ class ReadGuard(asyncio.BufferedProtocol):
         self.vetted = vetting.result()
         transport = self._transport
         self._pass_head()
-        if self._inner is not None and not transport.is_closing():
+        # even when what was held got the connection accepted (the guard then stepped aside)
+        if not transport.is_closing():
             transport.resume_reading()
 
     def _head_timed_out(self) -> None:
