@@ -177,6 +177,31 @@ async def test_added_headers_come_with_the_compression_agreement(
     writer.close()
 
 
+async def test_added_headers_name_no_subprotocol_the_client_did_not_offer(
+    make_server: ServerFactory,
+) -> None:
+    def on_upgrade(request: HandshakeRequest) -> None:
+        request.add_response_header("X-Served-By", "node-1")
+
+    server = await make_server(on_upgrade=on_upgrade)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {urlsplit(url_of(server)).path or '/'} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"  # no Sec-WebSocket-Protocol
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    names = [name for name, _ in header_lines(head)]
+    assert "x-served-by" in names and "sec-websocket-protocol" not in names
+    # then closed with the reason a WSE client knows, as without added headers
+    assert await RawPeer(reader, writer).expect_close(1000) == "wse.protocol-error"
+    writer.close()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -575,7 +575,8 @@ class WseServer(Peer[ServerEvents]):
         if agreement is None:
             endpoint = Endpoint(*options)
             if added:  # a response of its own; the handshake's headers first
-                own = () if verdict.offered_protocols else self._upgrade_headers()
+                # (no subprotocol for a client that did not offer this server's)
+                own = self._upgrade_headers() if verdict.offered_protocols is None else []
                 response = WSUpgradeResponse.create_101_response(extra_headers=[*own, *added])
                 return WSUpgradeResponseWithListener(response, endpoint)
             if verdict.offered_protocols is None:
