@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm
+.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -68,7 +68,23 @@ wheel-check: setup
 	env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -m pip install -q dist/*.whl
 	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
 
-test: browser-setup nginx-setup lint test-rust test-py test-pure test-sendloop wheel-check
+# The source distribution holds what building needs and nothing big (benches/results,
+# node_modules), and installs in a fresh virtual environment, compiling the extension with
+# cargo (deps cached in target/sdist-check, the crate built anew from the unpacked sdist).
+SDIST_DIR := /tmp/wse-fast-sdist
+SDIST_VENV := /tmp/wse-fast-sdist-venv
+sdist-check: setup
+	rm -rf $(SDIST_DIR) $(SDIST_VENV)
+	$(PY) -m build --sdist -o $(SDIST_DIR) .
+	$(PY) -c "import sys, tarfile; names = [n.split('/', 1)[1] for n in tarfile.open(sys.argv[1]).getnames()]; \
+		need = {'Cargo.toml', 'Cargo.lock', 'pyproject.toml', 'LICENSE', 'README.md', 'CHANGELOG.md', 'rust/src/lib.rs', 'python/wse_fast/__init__.py', 'python/wse_fast/py.typed', 'python/wse_fast/_codec.pyi'}; \
+		missing = need - set(names); extra = [n for n in names if n.split('/')[0] not in {'rust', 'python'} and '/' in n]; \
+		assert not missing and not extra, (missing, extra); print('sdist holds', len(names), 'files')" $(SDIST_DIR)/*.tar.gz
+	$(PYTHON) -m venv $(SDIST_VENV)
+	CARGO_TARGET_DIR=$(abspath target/sdist-check) $(SDIST_VENV)/bin/python -m pip install -q $(SDIST_DIR)/*.tar.gz
+	cd /tmp && $(SDIST_VENV)/bin/python -c "import wse_fast, wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('sdist ok:', c._impl.__file__)"
+
+test: browser-setup nginx-setup lint test-rust test-py test-pure test-sendloop wheel-check sdist-check
 
 # RFC 6455 conformance: the Autobahn fuzzing client (groups 1-7, 9, 10; Python 2.7, installed
 # with pinned versions into tests/autobahn/.env on first use) against examples/echo_server.py.

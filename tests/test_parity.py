@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from typing import Any
 
 import pytest
+import websockets
 from wse_fast import (
     WSE_ERROR,
     WSE_STATUS,
@@ -544,6 +546,9 @@ async def test_a_failing_procedure_is_an_error_event_where_it_failed(
     assert err.details["cid"] == "alice" and conn.cid == "alice"
     assert err.details["error"]["code"] == WSE_ERROR.RP_EXECUTION_FAILED
     assert "error_id" in err.details["error"]["details"]  # the log's key to the exception
+    # the exception itself, with its traceback, for an error reporter (JavaScript: details.err)
+    assert isinstance(err.__cause__, ValueError) and str(err.__cause__) == "broken"
+    assert err.__cause__.__traceback__ is not None
     assert log.of("client_error") == []  # the caller learns of it from the call alone
 
     with pytest.raises(RpcError) as raised:
@@ -552,6 +557,7 @@ async def test_a_failing_procedure_is_an_error_event_where_it_failed(
     [(err,)] = await log.wait("client_error")
     assert err.code == WSE_ERROR.RP_EXECUTION_FAILED
     assert err.details["rpc"] == "fragile" and err.details["error"]["code"] == "app.refused"
+    assert isinstance(err.__cause__, WseError) and err.__cause__.code == "app.refused"
     assert len(log.of("server_error")) == 1
 
 
@@ -590,3 +596,76 @@ async def test_an_error_handler_that_sends_while_not_ready_does_not_report_to_it
     with pytest.raises(ConnectionNotReady):
         client.send("chat", 1)
     assert seen == [WSE_ERROR.CONNECTION_NOT_READY]
+
+
+# ---- throw {code, details} -----------------------------------------------------------------
+
+#: What JavaScript WSE 4.12.3 answers (``RpcManager.normalizeError`` in src/rpc-man.js, run
+#: under Node.js on each object) when procedure ``rp`` called with ``{"v": 1}`` throws it.
+JS_THROWN_OBJECTS: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    (
+        {"code": "app.x", "details": {"a": 1}},
+        {"code": "app.x", "details": {"a": 1, "rpc": "rp", "payload": {"v": 1}}},
+    ),
+    (  # empty details are still an object: true in JavaScript
+        {"code": "app.x", "details": {}},
+        {"code": "app.x", "details": {"rpc": "rp", "payload": {"v": 1}}},
+    ),
+    (  # the thrower's own rpc and payload stay
+        {"code": "app.x", "details": {"rpc": "mine", "payload": "p"}},
+        {"code": "app.x", "details": {"rpc": "mine", "payload": "p"}},
+    ),
+    (  # every other field goes too
+        {"code": "app.x", "details": {"a": 1}, "message": "hello"},
+        {
+            "code": "app.x",
+            "details": {"a": 1, "rpc": "rp", "payload": {"v": 1}},
+            "message": "hello",
+        },
+    ),
+    ({"code": "app.x", "details": [1, 2]}, {"code": "app.x", "details": [1, 2]}),
+    (  # no details: a custom error, its fields in rp.failed's details
+        {"code": "app.x"},
+        {
+            "code": WSE_ERROR.RP_EXECUTION_FAILED,
+            "message": "RPC execution failed",
+            "details": {"code": "app.x", "rpc": "rp", "payload": {"v": 1}},
+        },
+    ),
+    (  # an empty code is false
+        {"code": "", "details": {"a": 1}},
+        {
+            "code": WSE_ERROR.RP_EXECUTION_FAILED,
+            "message": "RPC execution failed",
+            "details": {"code": "", "details": {"a": 1}, "rpc": "rp", "payload": {"v": 1}},
+        },
+    ),
+]
+
+
+async def test_raising_a_dict_with_code_and_details_answers_as_javascripts_throw(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    server = await make_server()
+    thrown: list[dict[str, Any]] = []
+
+    @server.register("rp")
+    def rp(conn: Any, payload: Any) -> None:
+        raise Exception(thrown[-1])
+
+    async with websockets.connect(url_of(server), subprotocols=["wse-default-json"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps(["~wse:hi", {"identity": "alice", "meta": {}}, None]))
+        assert json.loads(await ws.recv())[0] == "~wse:welcome"
+        for n, (error, answered) in enumerate(JS_THROWN_OBJECTS):
+            thrown.append(error)
+            await ws.send(json.dumps(["rp", {"v": 1}, f"STAMP{n:05}"]))
+            assert json.loads(await ws.recv()) == ["~wse:response-err", answered, f"STAMP{n:05}"]
+
+    # and a wse-fast caller gets the thrower's code, as a JavaScript caller does
+    thrown.append({"code": "app.denied", "details": {"why": "quota"}})
+    client = make_client(server)
+    await client.connect("bob")
+    with pytest.raises(RpcError) as raised:
+        await client.call("rp", {"v": 1})
+    assert raised.value.code == "app.denied"
+    assert raised.value.details == {"why": "quota", "rpc": "rp", "payload": {"v": 1}}

@@ -14,6 +14,7 @@ from typing import Any, assert_type
 from wse_fast import (
     Client,
     Connection,
+    HandshakeRequest,
     NotAuthorized,
     RpcError,
     WseClient,
@@ -220,6 +221,32 @@ def once_server_shaped(conn: Connection, payload: str) -> None: ...
 
 @client.when.once.closed  # E: type-var
 def once_closed_without_reason(code: int) -> None: ...
+
+
+# ---- on_upgrade: a plain function or a coroutine function ----------------------------------
+
+
+def sync_upgrade(request: HandshakeRequest) -> tuple[int, str] | None:
+    request.add_response_header("Set-Cookie", "sid=1")
+    return None
+
+
+async def async_upgrade(request: HandshakeRequest) -> int | None:
+    return 401
+
+
+WseServer(lambda req: req.refuse(), on_upgrade=sync_upgrade)
+WseServer(lambda req: req.refuse(), on_upgrade=async_upgrade)
+assert_type(
+    HandshakeRequest("/", {}, ("", 0), ("", 0)).response_headers, tuple[tuple[str, str], ...]
+)
+
+
+async def upgrade_answering_text(request: HandshakeRequest) -> str:
+    return "403"
+
+
+WseServer(lambda req: req.refuse(), on_upgrade=upgrade_answering_text)  # E: arg-type
 
 
 # ---- exceptions and async with -------------------------------------------------------------

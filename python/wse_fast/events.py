@@ -316,7 +316,10 @@ class ServerEvents(Events):
     def error(self, fn: _ServerError) -> _ServerError:
         """``fn(err, conn)``: a bad message (:class:`wse_fast.ProtocolViolation`), a failing
         handler, a slow consumer; ``err`` is a :class:`wse_fast.WseError`. ``conn`` is None
-        for the server's own errors (its cluster link: ``wse.cluster.*``)."""
+        for the server's own errors (its cluster link: ``wse.cluster.*``). When an exception
+        of the application's code caused it (a handler, a procedure, ``identify``), that
+        exception is ``err.__cause__``, with its traceback: ``logging``'s ``exc_info=err``
+        and error reporters such as Sentry's ``capture_exception(err)`` show both."""
         return self._add("error", fn)
 
     def online(self, fn: _Presence) -> _Presence:
@@ -350,7 +353,8 @@ class ClientEvents(Events):
 
     def error(self, fn: _ClientError) -> _ClientError:
         """``fn(err)``: a failing handler, a bad message, a reconnect that gave up; ``err`` is
-        a :class:`wse_fast.WseError`."""
+        a :class:`wse_fast.WseError`, whose ``__cause__`` is the exception of the
+        application's code that caused it (a handler, a procedure), if any."""
         return self._add("error", fn)
 
     def updated(self, fn: _Updated) -> _Updated:

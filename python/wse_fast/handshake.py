@@ -8,12 +8,33 @@ proxy that writes ``X-Forwarded-For`` commonly passes a client's own ``Forwarded
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: A header name (RFC 9110 §5.1: a token).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: A header value the application may add: visible ASCII, spaces and tabs, so that no value
+#: can end the header line (CR, LF) or be read differently by the client.
+_VALUE = re.compile(r"[\t\x20-\x7e]*")
+#: Headers of the 101 response that the handshake writes itself (RFC 6455 §4.2.2), and the
+#: ones that frame an HTTP message: an application adding one would break the upgrade.
+HANDSHAKE_RESPONSE_HEADERS = frozenset(
+    {
+        "upgrade",
+        "connection",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+        "sec-websocket-version",
+        "content-length",
+        "transfer-encoding",
+    }
+)
 
 
 def parse_networks(trusted: Iterable[str]) -> tuple[Network, ...]:
@@ -66,9 +87,21 @@ class HandshakeRequest:
     see. ``remote_addr`` is the client's ``(host, port)``, through trusted proxies (port 0 when
     a proxy named the client); ``peer_addr`` is the socket's own peer. ``native`` is the
     transport's own request: the ASGI scope (a dict; ``starlette.requests.HTTPConnection(scope)``
-    reads it), aiohttp's ``web.Request``, or picows's ``WSUpgradeRequest``."""
+    reads it), aiohttp's ``web.Request``, or picows's ``WSUpgradeRequest`` (None while an
+    ``async`` hook runs on the own listener: the hook runs before picows reads the request).
 
-    __slots__ = ("headers", "native", "path", "peer_addr", "query", "remote_addr")
+    :meth:`add_response_header` adds a header to the 101 response (ws's ``headers`` event).
+    """
+
+    __slots__ = (
+        "_response_headers",
+        "headers",
+        "native",
+        "path",
+        "peer_addr",
+        "query",
+        "remote_addr",
+    )
 
     def __init__(
         self,
@@ -85,9 +118,33 @@ class HandshakeRequest:
         self.peer_addr = peer_addr
         self.remote_addr = remote_addr
         self.native = native
+        # made by the first add_response_header: most upgrades add none
+        self._response_headers: list[tuple[str, str]] | None = None
 
     def __repr__(self) -> str:
         return f"<HandshakeRequest {self.path!r} from {self.remote_addr!r}>"
+
+    def add_response_header(self, name: str, value: str) -> None:
+        """Adds ``name: value`` to the 101 response that accepts this upgrade (from
+        ``on_upgrade``; a name may come more than once, as ``Set-Cookie`` does). Raises
+        ``ValueError`` for a name that is not an HTTP token, a value with other characters
+        than visible ASCII, spaces and tabs, or a header the handshake writes itself
+        (``Upgrade``, ``Connection``, ``Sec-WebSocket-*``, ``Content-Length``,
+        ``Transfer-Encoding``)."""
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+        if name.lower() in HANDSHAKE_RESPONSE_HEADERS:
+            raise ValueError(f"{name} is written by the WebSocket handshake itself")
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            raise ValueError(f"the value of {name} may hold visible ASCII, spaces and tabs only")
+        if self._response_headers is None:
+            self._response_headers = []
+        self._response_headers.append((name, value))
+
+    @property
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        """The headers :meth:`add_response_header` added, in order."""
+        return tuple(self._response_headers or ())
 
     @property
     def params(self) -> dict[str, list[str]]:

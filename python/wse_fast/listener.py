@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl as ssl_module
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from .transport.admission import ReadGuard
+from .transport.admission import ReadGuard, Vet
 from .transport.picows_listener import ListenerOptions, kernel_backlog, listen
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Listener:
             backlog=first.limits.listen_backlog
             or max(kernel_backlog(), first.limits.max_unauthenticated),
         )
+        # a server with an async on_upgrade: upgrade requests wait for it before picows
+        vet: Vet | None = self._vet if any(s.upgrade_is_async for s in servers) else None
         self._server = await listen(
             self._upgrade,
             first.admission,
@@ -76,6 +78,7 @@ class Listener:
             port=self.port,
             sock=sock,
             ssl=self.ssl,
+            vet=vet,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -95,11 +98,21 @@ class Listener:
             await self._server.wait_closed()
             self._server = None
 
-    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+    def _route(self, target: str) -> WseServer | None:
+        """The server of the request target ``target`` (None: no route)."""
         server = self.routes.get(None)
         if len(self.routes) > 1 or server is None:
-            path = request.path.decode("latin-1").partition("?")[0]
-            server = self.routes.get(path, server)
+            server = self.routes.get(target.partition("?")[0], server)
+        return server
+
+    def _vet(self, target: str, headers: Any, guard: ReadGuard) -> Awaitable[Any] | None:
+        server = self._route(target)
+        if server is None or not server.upgrade_is_async:
+            return None  # nothing to wait for: picows reads the request at once
+        return server.vet_upgrade(target, headers, guard, guard.peer)
+
+    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+        server = self._route(request.path.decode("latin-1"))
         if server is None:
             response = WSUpgradeResponse.create_error_response(HTTPStatus.NOT_FOUND, b"")
             return WSUpgradeResponseWithListener(response, None)

@@ -88,12 +88,20 @@ class Peer(Generic[Side]):
         self.procedures.unregister(name)
 
     def procedure_failed(
-        self, args: tuple[Any, ...], name: str, payload: Any, stamp: str, error: dict[str, Any]
+        self,
+        args: tuple[Any, ...],
+        name: str,
+        payload: Any,
+        stamp: str,
+        error: dict[str, Any],
+        exc: BaseException,
     ) -> None:
         """Reports a procedure of this side that failed (``args``: what it was called with,
         the connection first on a server; ``error``: the ``~wse:response-err`` payload
-        answered, whose ``error_id`` the log has), as JavaScript does: an ``error`` event
-        ``wse.server.rp.failed`` (both sides use that code), after the caller was answered.
+        answered, whose ``error_id`` the log has; ``exc``: what it raised), as JavaScript
+        does: an ``error`` event ``wse.server.rp.failed`` (both sides use that code), after
+        the caller was answered, whose ``__cause__`` is ``exc`` (the reference puts it in
+        ``details.err``), so that an error reporter sees the procedure's own traceback.
         For :func:`rpc.answer_call` to call on a failure; not for a cancelled call."""
         origin = args[:-1]
         details: dict[str, Any] = {"rpc": name, "payload": payload, "stamp": stamp}
@@ -101,7 +109,9 @@ class Peer(Generic[Side]):
         if origin:
             conn = origin[0]
             details["cid"], details["conn_id"] = conn.cid, conn.conn_id
-        self.when.emit("error", WseError(WSE_ERROR.RP_EXECUTION_FAILED, details), *origin)
+        err = WseError(WSE_ERROR.RP_EXECUTION_FAILED, details)
+        err.__cause__ = exc
+        self.when.emit("error", err, *origin)
 
     def route(
         self,

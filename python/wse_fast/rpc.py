@@ -36,7 +36,10 @@ def error_payload(
 
     - :class:`WseError`: its code and details (``rpc`` and ``payload`` added when absent);
     - ``Exception({...})`` (exactly that class, with one dict) stands for JavaScript's
-      ``throw {...}``: the dict's fields become the details;
+      ``throw {...}``, answered as the reference's ``RpcManager.normalizeError`` answers it:
+      with a true ``code`` and true ``details`` (JavaScript's truth: ``{}`` is true) the dict
+      is the answer itself, ``rpc`` and ``payload`` added to dict details when absent;
+      otherwise the dict's fields become the details of ``wse.server.rp.failed``;
     - anything else says only that the call failed, with an ``error_id`` that the server logs
       beside the full exception: an exception's text describes the server (paths, SQL,
       constraint names), not the request (``log_fields``: the record's ``extra``, the
@@ -49,7 +52,17 @@ def error_payload(
         details.setdefault("payload", payload)
         return {"code": exc.code, "details": details}
     if type(exc) is Exception and len(exc.args) == 1 and isinstance(exc.args[0], dict):
-        details = {**exc.args[0], "rpc": name, "payload": payload}
+        thrown: dict[str, Any] = exc.args[0]
+        code, given = thrown.get("code"), thrown.get("details")
+        if _js_true(code) and _js_true(given):  # throw {code, details}: the answer as is
+            if isinstance(given, dict):
+                given = dict(given)
+                given.setdefault("rpc", name)
+                given.setdefault("payload", payload)
+            # other details (a list, a text) go unchanged: the reference answers a list
+            # without them, and never answers a text (setting a property on it throws)
+            return {**thrown, "details": given}
+        details = {**thrown, "rpc": name, "payload": payload}
         return {"code": WSE_ERROR.RP_EXECUTION_FAILED, "message": FAILED, "details": details}
     if debug:
         origin = {
@@ -69,6 +82,11 @@ def error_payload(
         "message": FAILED,
         "details": {"error_id": error_id, "rpc": name, "payload": payload},
     }
+
+
+def _js_true(value: Any) -> bool:
+    """JavaScript's truth of a decoded value: every object and array is true, even empty."""
+    return isinstance(value, dict | list | tuple) or bool(value)
 
 
 def minimal_error(payload: dict[str, Any]) -> dict[str, Any]:
@@ -160,8 +178,9 @@ Reply = Callable[[str, Any, str], None]
 Track = Callable[["asyncio.Future[Any]"], None]
 
 
-#: Hears of a procedure that failed: (its arguments, name, payload, stamp, error answered).
-Failed = Callable[[tuple[Any, ...], str, Any, str, dict[str, Any]], None]
+#: Hears of a procedure that failed: (its arguments, name, payload, stamp, error answered,
+#: the exception it raised).
+Failed = Callable[[tuple[Any, ...], str, Any, str, dict[str, Any], BaseException], None]
 
 
 def answer_call(
@@ -246,14 +265,14 @@ def answer_error(
     failed: Failed | None,
 ) -> None:
     """Answers call ``stamp`` with the error its handler raised (see :func:`error_payload`),
-    then tells ``failed``."""
+    then tells ``failed`` (with ``exc`` itself)."""
     error = error_payload(exc, name, payload, debug, _log_fields(args))
     try:
         reply(types.response_error, error, stamp)
     except Exception:  # details the protocol cannot encode: the code alone always can
         reply(types.response_error, minimal_error(error), stamp)
     if failed is not None:
-        failed(args, name, payload, stamp, error)
+        failed(args, name, payload, stamp, error, exc)
 
 
 def _task_done(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Self
@@ -44,8 +45,10 @@ if TYPE_CHECKING:
     from .cluster.nats_cluster import NatsCluster
 
 log = logging.getLogger("wse_fast")
-#: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse.
+#: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse;
+#: an ``async`` hook answers the same once awaited.
 UpgradeVerdict = int | tuple[int, str] | None
+UpgradeHook = Callable[[HandshakeRequest], UpgradeVerdict | Awaitable[UpgradeVerdict]]
 
 
 class WseServer(Peer[ServerEvents]):
@@ -58,7 +61,9 @@ class WseServer(Peer[ServerEvents]):
     callers), ``ssl`` (own listener), ``limits`` (a :class:`~wse_fast.ServerLimits`: the
     transport limits shared with the client, and what strangers and handler tasks may cost).
     ``origins`` lists the ``Origin`` values allowed (others: HTTP 403); ``on_upgrade`` sees
-    each upgrade request (:class:`HandshakeRequest`) and may refuse it with an HTTP status;
+    each upgrade request (:class:`HandshakeRequest`) and may refuse it with an HTTP status, or
+    add headers to the 101 response; it may be a coroutine function, which has
+    ``limits.handshake_timeout`` to answer (else HTTP 503) while the stranger counts;
     ``trusted_proxies`` (addresses or networks) are believed about the client's address
     (``X-Forwarded-For``). ``cluster``: NATS URL(s) to share users, sends, broadcasts, the
     per-user limit and calls with other servers (see :meth:`join_cluster`).
@@ -77,7 +82,7 @@ class WseServer(Peer[ServerEvents]):
         ssl: ssl_module.SSLContext | None = None,
         debug: bool = False,
         origins: Collection[str] | None = None,
-        on_upgrade: Callable[[HandshakeRequest], UpgradeVerdict] | None = None,
+        on_upgrade: UpgradeHook | None = None,
         trusted_proxies: Collection[str] = (),
         cluster: str | Sequence[str] | None = None,
     ) -> None:
@@ -386,6 +391,16 @@ class WseServer(Peer[ServerEvents]):
 
     # ---- upgrades (every transport) --------------------------------------------------------
 
+    @property
+    def upgrade_is_async(self) -> bool:
+        """Whether ``on_upgrade`` is a coroutine function: the own listener then holds each
+        upgrade request until the hook has answered (see :meth:`vet_upgrade`)."""
+        hook = self.on_upgrade
+        # an instance whose __call__ is a coroutine function counts too
+        return hook is not None and (
+            inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(type(hook).__call__)
+        )
+
     def admit(
         self,
         target: str,
@@ -395,36 +410,114 @@ class WseServer(Peer[ServerEvents]):
         offered: Collection[str],
         native: Any = None,
     ) -> ServerConnection | tuple[int, str]:
-        """Decides an upgrade request: a new connection, or the HTTP status (and body) that
-        refuses it. ``peer`` is the socket's peer address, ``stranger`` what counts and bounds
-        the socket until it is accepted, ``offered`` the subprotocols the client offered,
-        ``native`` the transport's own request (what ``HandshakeRequest.native`` shows)."""
-        if self.origins is not None and headers.get("Origin") not in self.origins:
-            return HTTPStatus.FORBIDDEN, "origin not allowed"
-        remote = client_address(peer, headers, self.trusted_proxies)
-        forwarded = remote != tuple(peer[:2])  # (an IPv6 peer has two more fields)
-        if forwarded:  # named by a trusted proxy: counted under the client now
-            if not self.admission.admit_address(remote[0]):
-                return HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating"
-            stranger.counted_address = remote[0]
-        handshake = HandshakeRequest(target, headers, peer, remote, native)
+        """Decides an upgrade request at once: a new connection, or the HTTP status (and
+        body) that refuses it. ``peer`` is the socket's peer address, ``stranger`` what counts
+        and bounds the socket until it is accepted, ``offered`` the subprotocols the client
+        offered, ``native`` the transport's own request (what ``HandshakeRequest.native``
+        shows). An ``on_upgrade`` that answers with an awaitable here is refused with 500:
+        the transports that can wait use :meth:`admit_async` or :meth:`vet_upgrade`."""
+        screened = self._screen(target, headers, peer, stranger, native)
+        if isinstance(screened, tuple):
+            return screened
         if self.on_upgrade is not None:
             try:
-                verdict = self.on_upgrade(handshake)
+                verdict = self.on_upgrade(screened)
             except Exception:
                 log.exception("on_upgrade failed; the upgrade is refused")
                 return HTTPStatus.INTERNAL_SERVER_ERROR, ""
-            if verdict is not None:
-                refusal = _http_refusal(verdict)
-                if refusal is None:
-                    log.error("on_upgrade answered %r, not an HTTP error status", verdict)
-                    return HTTPStatus.INTERNAL_SERVER_ERROR, ""
+            if inspect.isawaitable(verdict):
+                if inspect.iscoroutine(verdict):
+                    verdict.close()  # never awaited: no "was never awaited" warning
+                log.error("on_upgrade answered an awaitable: declare it with async def")
+                return HTTPStatus.INTERNAL_SERVER_ERROR, ""
+            refusal = _judged(verdict)
+            if refusal is not None:
                 return refusal
+        return self._open(screened, stranger, offered)
+
+    async def admit_async(
+        self,
+        target: str,
+        headers: Mapping[str, str],
+        peer: Any,
+        stranger: StrangerHold,
+        offered: Collection[str],
+        native: Any = None,
+    ) -> ServerConnection | tuple[int, str]:
+        """:meth:`admit` for a transport whose upgrade may wait (ASGI, aiohttp): an
+        ``on_upgrade`` that answers with an awaitable is awaited (see :meth:`_ask_hook`)."""
+        screened = self._screen(target, headers, peer, stranger, native)
+        if isinstance(screened, tuple):
+            return screened
+        refusal = await self._ask_hook(screened)
+        if refusal is not None:
+            return refusal
+        return self._open(screened, stranger, offered)
+
+    async def vet_upgrade(
+        self, target: str, headers: Mapping[str, str], stranger: StrangerHold, peer: Any
+    ) -> HandshakeRequest | tuple[int, str]:
+        """The own listener's first half of an upgrade with an ``async`` ``on_upgrade``, run
+        while the listener holds the request back from picows: the request screened and the
+        hook awaited. :meth:`picows_upgrade` finishes it with what this answered (the guard's
+        ``vetted``)."""
+        screened = self._screen(target, headers, peer, stranger, None)
+        if isinstance(screened, tuple):
+            return screened
+        refusal = await self._ask_hook(screened)
+        return screened if refusal is None else refusal
+
+    def _screen(
+        self,
+        target: str,
+        headers: Mapping[str, str],
+        peer: Any,
+        stranger: StrangerHold,
+        native: Any,
+    ) -> HandshakeRequest | tuple[int, str]:
+        """What every upgrade passes before ``on_upgrade``: the origin, and the count of a
+        client that a trusted proxy names."""
+        if self.origins is not None and headers.get("Origin") not in self.origins:
+            return HTTPStatus.FORBIDDEN, "origin not allowed"
+        remote = client_address(peer, headers, self.trusted_proxies)
+        if _forwarded(remote, peer):  # named by a trusted proxy: counted under the client now
+            if not self.admission.admit_address(remote[0]):
+                return HTTPStatus.TOO_MANY_REQUESTS, "too many connections authenticating"
+            stranger.counted_address = remote[0]
+        return HandshakeRequest(target, headers, peer, remote, native)
+
+    async def _ask_hook(self, handshake: HandshakeRequest) -> tuple[int, str] | None:
+        """``on_upgrade``'s refusal of ``handshake``, or None to go on. An awaitable answer
+        has ``limits.handshake_timeout`` to come (ws's asynchronous ``verifyClient`` has no
+        limit, but a stranger must not hold an upgrade open for ever): past it, 503."""
+        if self.on_upgrade is None:
+            return None
+        try:
+            verdict = self.on_upgrade(handshake)
+            if inspect.isawaitable(verdict):
+                deadline = asyncio.timeout(self.limits.handshake_timeout)
+                try:
+                    async with deadline:
+                        verdict = await verdict
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise  # the hook's own timeout: a failure like any other
+                    log.warning("on_upgrade did not answer in time; the upgrade is refused")
+                    return HTTPStatus.SERVICE_UNAVAILABLE, ""
+        except Exception:
+            log.exception("on_upgrade failed; the upgrade is refused")
+            return HTTPStatus.INTERNAL_SERVER_ERROR, ""
+        return _judged(verdict)
+
+    def _open(
+        self, handshake: HandshakeRequest, stranger: StrangerHold, offered: Collection[str]
+    ) -> ServerConnection:
+        """The connection of an upgrade that passed."""
         conn = ServerConnection(self, f"{next(self._ids):x}")
         conn.stranger = stranger
         conn.handshake = handshake
-        if forwarded:
-            conn.forwarded_addr = remote
+        if _forwarded(handshake.remote_addr, handshake.peer_addr):
+            conn.forwarded_addr = handshake.remote_addr
         if self.protocol.name not in offered:
             # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
             # client sees a reason it knows (an HTTP 400 would only say that the upgrade failed).
@@ -453,11 +546,20 @@ class WseServer(Peer[ServerEvents]):
             for line in headers.getall("Sec-WebSocket-Protocol", ())
             for p in line.split(",")
         ]
-        verdict = self.admit(
-            request.path.decode("latin-1"), headers, guard.peer, guard, offered, request
-        )
+        vetted = guard.vetted  # what vet_upgrade answered, with an async on_upgrade
+        if vetted is None:
+            verdict = self.admit(
+                request.path.decode("latin-1"), headers, guard.peer, guard, offered, request
+            )
+        elif isinstance(vetted, HandshakeRequest):
+            vetted.native = request
+            verdict = self._open(vetted, guard, offered)
+        else:
+            verdict = vetted
         if isinstance(verdict, tuple):
             return _refusal(*verdict)
+        assert verdict.handshake is not None
+        added = verdict.handshake.response_headers  # on_upgrade's, most often none
         limits = self.limits
         agreement = None
         if self.deflate is not None and verdict.offered_protocols is None:
@@ -474,6 +576,11 @@ class WseServer(Peer[ServerEvents]):
         )
         if agreement is None:
             endpoint = Endpoint(*options)
+            if added:  # a response of its own; the handshake's headers first
+                # (no subprotocol for a client that did not offer this server's)
+                own = self._upgrade_headers() if verdict.offered_protocols is None else []
+                response = WSUpgradeResponse.create_101_response(extra_headers=[*own, *added])
+                return WSUpgradeResponseWithListener(response, endpoint)
             if verdict.offered_protocols is None:
                 return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
             return endpoint
@@ -487,7 +594,20 @@ class WseServer(Peer[ServerEvents]):
             inflate_limit=limits.auth_max_message_size,
             inflate_budget=self.stranger_budget,
         )
-        return WSUpgradeResponseWithListener(self._deflate_response(agreement), endpoint)
+        if added:
+            response = WSUpgradeResponse.create_101_response(
+                extra_headers=[*self._upgrade_headers(agreement), *added]
+            )
+        else:
+            response = self._deflate_response(agreement)
+        return WSUpgradeResponseWithListener(response, endpoint)
+
+    def _upgrade_headers(self, agreement: Agreement | None = None) -> list[tuple[str, str]]:
+        """The headers of this server's 101 response besides picows's own."""
+        headers = [("Sec-WebSocket-Protocol", self.protocol.name)]
+        if agreement is not None:
+            headers.append(("Sec-WebSocket-Extensions", agreement.header()))
+        return headers
 
     def _deflate_response(self, agreement: Agreement) -> WSUpgradeResponse:
         """The shared 101 response that answers with ``agreement`` (as the plain one, shared:
@@ -495,10 +615,7 @@ class WseServer(Peer[ServerEvents]):
         response = self._deflate_responses.get(agreement)
         if response is None:
             response = self._deflate_responses[agreement] = WSUpgradeResponse.create_101_response(
-                extra_headers={
-                    "Sec-WebSocket-Protocol": self.protocol.name,
-                    "Sec-WebSocket-Extensions": agreement.header(),
-                }
+                extra_headers=self._upgrade_headers(agreement)
             )
         return response
 
@@ -598,6 +715,23 @@ class WseServer(Peer[ServerEvents]):
                 self.when.emit("offline", left.cid)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
+
+
+def _forwarded(remote: tuple[str, int], peer: Any) -> bool:
+    """Whether a trusted proxy named the client (an IPv6 peer has two more fields)."""
+    return remote != tuple(peer[:2])
+
+
+def _judged(verdict: object) -> tuple[int, str] | None:
+    """``on_upgrade``'s answer as a refusal, or None to go on; an answer that is neither
+    refuses with 500 (and says so in the log)."""
+    if verdict is None:
+        return None
+    refusal = _http_refusal(verdict)
+    if refusal is None:
+        log.error("on_upgrade answered %r, not an HTTP error status", verdict)
+        return HTTPStatus.INTERNAL_SERVER_ERROR, ""
+    return refusal
 
 
 def _http_refusal(verdict: object) -> tuple[int, str] | None:

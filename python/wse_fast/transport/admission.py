@@ -9,7 +9,13 @@ uvloop and picows's ``WSProtocol``. It
 - caps every read at the bytes the stranger still may send, so that picows's read buffer (which
   grows with what arrives and never shrinks) stays small whatever frame header a stranger sends;
 - steps aside once the connection is accepted (:meth:`ReadGuard.release`): uvloop then talks to
-  picows directly, so an authenticated connection pays nothing per read.
+  picows directly, so an authenticated connection pays nothing per read;
+- with a ``vet`` (a server's ``async`` ``on_upgrade``), holds the upgrade request back from
+  picows, whose upgrade is synchronous, until ``vet`` has answered (:meth:`ReadGuard.vetted`):
+  reading pauses meanwhile, and the socket counts as a stranger, so that pending upgrades are
+  bounded by the stranger limits and by the handshake timeout, which the guard then keeps
+  itself (from the TCP accept, as picows would): a request whose head has not come by then is
+  aborted, one still being vetted is answered 503 and its ``vet`` cancelled.
 
 A trusted proxy's sockets are counted per client address at the upgrade
 (:meth:`Admission.admit_address`), once the proxy has named the client.
@@ -18,8 +24,12 @@ A trusted proxy's sockets are counted per client address at the upgrade
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 #: picows refuses an upgrade request larger than this (its ``_http_max_size``).
 HTTP_REQUEST_MAX = 16 * 1024
@@ -33,6 +43,34 @@ _TOO_MANY = (
     b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n"
     b"Content-Length: 0\r\n\r\n"
 )
+
+
+log = logging.getLogger("wse_fast")
+
+#: Decides an upgrade before picows reads it: ``vet(target, headers, guard)`` answers an
+#: awaitable whose result the guard keeps as ``vetted``, or None when there is nothing to
+#: wait for (the request then goes to picows at once).
+Vet = Callable[[str, "CIMultiDictProxy[str]", "ReadGuard"], Awaitable[Any] | None]
+#: What the guard keeps as ``vetted`` for a request it could not read itself (picows then
+#: reads it, and refuses it as well, or the upgrade answers this).
+MALFORMED = (HTTPStatus.BAD_REQUEST, "malformed upgrade request")
+
+
+def parse_request_head(head: bytes) -> tuple[str, CIMultiDictProxy[str]] | None:
+    """The target and headers of an HTTP/1.1 request head (without its blank line), or None
+    when it is not one that an upgrade can be (RFC 9112 §3 and §5; no obsolete line
+    folding)."""
+    lines = head.decode("latin-1").split("\r\n")
+    request_line = lines[0].split(" ")
+    if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1":
+        return None
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip() or line[0] in " \t":
+            return None
+        headers.add(name, value.strip(" \t"))
+    return request_line[1], CIMultiDictProxy(headers)
 
 
 class StrangerHold(Protocol):
@@ -115,14 +153,28 @@ class ReadGuard(asyncio.BufferedProtocol):
         "_admission",
         "_budget",
         "_counted_peer",
+        "_head",
+        "_head_length",
+        "_head_timeout",
+        "_head_timer",
         "_inner",
         "_transport",
+        "_vet",
+        "_vetting",
         "counted_address",
         "on_exhausted",
         "peer",
+        "vetted",
     )
 
-    def __init__(self, inner: Any, admission: Admission, budget: int) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        admission: Admission,
+        budget: int,
+        vet: Vet | None = None,
+        head_timeout: float | None = None,
+    ) -> None:
         self._inner = inner
         self._admission = admission
         self._budget = budget
@@ -131,6 +183,15 @@ class ReadGuard(asyncio.BufferedProtocol):
         self._counted_peer: str | None = None  # counted under the peer's address at the accept
         self.counted_address: str | None = None  # a proxy's client, counted at the upgrade
         self.on_exhausted: Callable[[], None] | None = None
+        self._vet = vet
+        # With a vet: the request as it arrives, until its head is whole (then None)
+        self._head: bytearray | None = None
+        self._head_length = 0
+        self._head_timeout = head_timeout  # with a vet: picows's handshake timeout, kept here
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._vetting: asyncio.Future[Any] | None = None
+        #: What ``vet`` answered for this socket's upgrade (None: nothing was vetted).
+        self.vetted: Any = None
 
     @property
     def inner(self) -> Any:
@@ -148,11 +209,20 @@ class ReadGuard(asyncio.BufferedProtocol):
             transport.close()
             return
         self._counted_peer = counted
+        if self._vet is not None:
+            # one byte past picows's largest request, to tell a head that is too long
+            self._head = bytearray(HTTP_REQUEST_MAX + 1)
+            if self._head_timeout is not None:
+                loop = asyncio.get_running_loop()
+                self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
         self._inner.connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> Any:
         if self._inner is None:
             return bytearray(256)  # a refused socket: whatever arrives is dropped
+        if self._head is not None:
+            free = memoryview(self._head)[self._head_length :]
+            return free if len(free) <= self._budget else free[: max(self._budget, 1)]
         buffer = self._inner.get_buffer(sizehint)
         # Never read more than the stranger may still send: picows's buffer grows to fit what
         # is read, and keeps that size for the connection's life.
@@ -162,9 +232,86 @@ class ReadGuard(asyncio.BufferedProtocol):
         if self._inner is None:
             return
         self._budget -= nbytes
-        self._inner.buffer_updated(nbytes)
+        if self._head is not None:
+            self._head_read(nbytes)
+        else:
+            self._inner.buffer_updated(nbytes)
         if self._budget <= 0 and self._transport is not None:
             self._exhausted()
+
+    def _head_read(self, nbytes: int) -> None:
+        """More of a held request arrived: once its head is whole (or longer than any picows
+        takes), vet it, reading nothing more until ``vet`` answers."""
+        assert self._head is not None and self._vet is not None
+        start = max(self._head_length - 3, 0)
+        self._head_length += nbytes
+        end = self._head.find(b"\r\n\r\n", start, self._head_length)
+        if end < 0:
+            if self._head_length == len(self._head):
+                self._pass_head()  # picows refuses it (too long)
+            return
+        parsed = parse_request_head(bytes(self._head[:end]))
+        if parsed is None:
+            self.vetted = MALFORMED
+            self._pass_head()
+            return
+        pending = self._vet(parsed[0], parsed[1], self)
+        if pending is None:
+            self._pass_head()
+            return
+        self._transport.pause_reading()
+        self._vetting = asyncio.ensure_future(pending)
+        self._vetting.add_done_callback(self._vet_done)
+
+    def _vet_done(self, vetting: asyncio.Future[Any]) -> None:
+        self._vetting = None
+        if self._inner is None or vetting.cancelled():
+            return  # the socket is gone
+        exc = vetting.exception()
+        if exc is not None:
+            log.error("an upgrade could not be vetted", exc_info=exc)
+            self._transport.abort()
+            return
+        self.vetted = vetting.result()
+        transport = self._transport
+        self._pass_head()
+        # even when what was held got the connection accepted (the guard then stepped aside)
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    def _head_timed_out(self) -> None:
+        """The handshake timeout, while the request is held: a client that has not sent its
+        request head by now is cut off (as picows does); one whose ``vet`` is still running
+        gets 503, and its ``vet`` is cancelled."""
+        self._head_timer = None
+        transport = self._transport
+        if self._inner is None or self._head is None or transport is None:
+            return
+        vetting, self._vetting = self._vetting, None
+        if vetting is None:
+            transport.abort()
+            return
+        vetting.cancel()
+        transport.write(_BUSY)
+        transport.close()
+
+    def _pass_head(self) -> None:
+        """Hands what was held to picows, as if it had just been read; picows reads the
+        upgrade request (and anything the client sent after it) as it always does, and
+        answers it at once: the handshake timeout has nothing left to bound."""
+        head, length = self._head, self._head_length
+        assert head is not None
+        self._head, self._head_length = None, 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        held = memoryview(head)[:length]
+        while held and self._inner is not None and not self._transport.is_closing():
+            buffer = self._inner.get_buffer(-1)
+            n = min(len(buffer), len(held))
+            buffer[:n] = held[:n]
+            held = held[n:]
+            self._inner.buffer_updated(n)
 
     def _exhausted(self) -> None:
         transport = self._transport
@@ -181,6 +328,10 @@ class ReadGuard(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._inner is None:
             return
+        if self._vetting is not None:  # no one waits for the answer: stop the hook
+            self._vetting.cancel()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         inner, self._inner = self._inner, None
         self._transport = None
         self._admission.leave(self._counted_peer, self.counted_address)

@@ -117,13 +117,18 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
     ]
     # the target as the client sent it (percent-encoded, with the query), as picows gives it
     try:
-        verdict = server.admit(request.raw_path, request.headers, peer, ticket, offered, request)
-    except BaseException:
+        verdict = await server.admit_async(
+            request.raw_path, request.headers, peer, ticket, offered, request
+        )
+    except BaseException:  # cancelled too: the stranger's place must not stay taken
         ticket.release()
         raise
     if isinstance(verdict, tuple):
         ticket.release()
         return _refusal(*verdict)
+    assert verdict.handshake is not None
+    for name, value in verdict.handshake.response_headers:  # on_upgrade's, for the 101
+        ws.headers.add(name, value)
     try:
         await ws.prepare(request)
     except BaseException:

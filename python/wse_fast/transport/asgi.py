@@ -136,8 +136,10 @@ class AsgiApp:
         # ASGI servers list the offered subprotocols from every header line
         offered = scope.get("subprotocols") or [""]
         try:
-            verdict = server.admit(_target(scope), headers, peer, ticket, offered, scope)
-        except BaseException:
+            verdict = await server.admit_async(
+                _target(scope), headers, peer, ticket, offered, scope
+            )
+        except BaseException:  # cancelled too: the stranger's place must not stay taken
             ticket.release()
             raise
         if isinstance(verdict, tuple):
@@ -145,8 +147,13 @@ class AsgiApp:
             await _refuse(scope, send, *verdict)
             return
         subprotocol = server.protocol.name if server.protocol.name in offered else None
+        accept: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
+        assert verdict.handshake is not None
+        added = verdict.handshake.response_headers  # on_upgrade's, for the 101 (ASGI 2.1)
+        if added:
+            accept["headers"] = [(n.lower().encode(), v.encode()) for n, v in added]
         try:
-            await send({"type": "websocket.accept", "subprotocol": subprotocol})
+            await send(accept)
         except BaseException:  # cancelled too: the stranger's place must not stay taken
             ticket.release()
             raise

@@ -20,7 +20,7 @@ from typing import Any
 from picows import WSAutoPingStrategy, WSUpgradeRequest, WSUpgradeResponseWithListener
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows's stub
 
-from .admission import Admission, ReadGuard
+from .admission import Admission, ReadGuard, Vet
 from .picows_endpoint import Endpoint, Keepalive
 
 
@@ -99,9 +99,11 @@ async def listen(
     port: int | None = None,
     sock: socket.socket | None = None,
     ssl: ssl_module.SSLContext | None = None,
+    vet: Vet | None = None,
 ) -> asyncio.Server:
     """Serves WebSocket upgrades on ``host:port`` (or ``sock``); ``upgrade(request, guard)``
-    answers each as picows's listener factory would.
+    answers each as picows's listener factory would. ``vet``: what may decide an upgrade
+    before picows reads it, asynchronously (see :class:`ReadGuard`).
 
     Keepalive is the endpoints' sweep (:class:`Keepalive`), not picows's: picows's costs a
     task per connection.
@@ -130,7 +132,9 @@ async def listen(
             route,
             _PICOWS_LOG,
             True,  # disconnect when a listener callback raises
-            options.handshake_timeout,
+            # with a vet, the guard keeps the handshake timeout (picows's would close a socket
+            # whose vet is running without an answer)
+            options.handshake_timeout if vet is None else None,
             False,  # picows's keepalive: off (see Keepalive)
             20.0,
             20.0,
@@ -140,7 +144,7 @@ async def listen(
             None,  # extra headers: client side only
             options.read_buffer_size,
         )
-        guard = ReadGuard(inner, admission, options.stranger_budget)
+        guard = ReadGuard(inner, admission, options.stranger_budget, vet, options.handshake_timeout)
         return guard
 
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
