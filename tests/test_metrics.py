@@ -663,3 +663,29 @@ async def test_wse_fast_serve_workers_each_serve_metrics_on_a_port_of_their_own(
     assert status == 0, output
     assert len(METRICS_LINE.findall(output + "".join(served.output))) >= 2
 
+
+async def test_wse_fast_serve_metrics_listen_on_loopback_whatever_host() -> None:
+    # --host 0.0.0.0 without --metrics-host: the WebSocket port answers on every address,
+    # the metrics port on 127.0.0.1 alone (127.0.0.2, also loopback, tells the two apart)
+    served = await serve(
+        "tests.cli_app:server", "--host", "0.0.0.0", "--port", "0", "--metrics-port", "0"
+    )
+    assert served.proc.stdout is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await served.proc.stdout.readline()).decode()
+            assert line, served.output  # it exited before serving
+            served.output.append(line)
+            if serving := re.search(r"serving \S+ on ws://0\.0\.0\.0:(\d+)", line):
+                break
+    port = int(serving[1])
+    found = METRICS_LINE.search("".join(served.output))
+    assert found, served.output
+    metrics_port = int(found[1])
+    assert (await health(metrics_port))[0] == 200
+    _, writer = await asyncio.open_connection("127.0.0.2", port)
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.2", metrics_port)
+    status, output = await served.terminate()
+    assert status == 0, output
