@@ -368,10 +368,12 @@ class ServerMetrics:
         are collected on the loop (copies of bounded counters), and the text, with the default
         registry's series, is written in the loop's default executor. Scrapes that come while
         one is being written share it. Raises ImportError without ``prometheus_client``."""
+        loop = asyncio.get_running_loop()
+        if self._collector is None:  # the first scrape: prometheus_client is imported off it
+            await loop.run_in_executor(None, importlib.import_module, "prometheus_client.core")
         running = self._scrape
         if running is None:
             families = self._families()  # on the loop: the counters change only there
-            loop = asyncio.get_running_loop()
             running = self._scrape = loop.run_in_executor(None, _write_text, families)
             running.add_done_callback(self._scraped)
         # shielded: a scraper that goes away does not cancel the text the others wait for
