@@ -509,6 +509,16 @@ async def test_sends_run_in_a_task_and_in_their_connections_context_when_the_hos
 # ---- under uvicorn: X-Forwarded-For and compressed messages --------------------------------
 
 
+def test_uvicorn_options_are_the_servers_limits_and_what_the_examples_pass_as_flags() -> None:
+    server = WseServer(accept_identity, limits=ServerLimits(max_message_size=4096))
+    assert server.asgi.uvicorn_options() == {
+        "proxy_headers": False,  # --no-proxy-headers
+        "ws": "websockets-sansio",  # --ws websockets-sansio
+        "ws_max_size": 4096,  # --ws-max-size 4096
+        "ws_per_message_deflate": False,  # --ws-per-message-deflate false
+    }
+
+
 def forwarded_app(server: WseServer, taken: list[int] | None = None) -> Any:
     """``server`` at ``/ws`` in Starlette; ``taken`` gets the size of each message the host
     passed on (what uvicorn read, and inflated, before the server saw it)."""
