@@ -1,7 +1,11 @@
 # examples/fastapi_app.py: a WSE server mounted in a FastAPI app, beside its HTTP routes.
 #
-# Run:  uvicorn examples.fastapi_app:app --host 127.0.0.1 --port 8000
+# Run:  uvicorn examples.fastapi_app:app --host 127.0.0.1 --port 8000 --no-proxy-headers \
+#           --ws websockets-sansio --ws-max-size 1048576 --ws-per-message-deflate false
 #  or:  python examples/fastapi_app.py --port 8000
+# (the uvicorn options are server.asgi.uvicorn_options(): the client's address is the socket's
+# peer unless the server's trusted_proxies say otherwise, and no message larger than the
+# server's max_message_size, 1 MiB, is read or inflated)
 #
 # POST /login {"user": "alice", "password": "alice's password"} sets a session cookie; the
 # WebSocket at /ws (subprotocol wse-default-json) accepts only connections that bring it.
@@ -103,4 +107,4 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port)
+    uvicorn.run(app, host=args.host, port=args.port, **server.asgi.uvicorn_options())

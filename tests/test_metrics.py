@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from wse_fast import WSE_ERROR, RpcError, WseError, WseServer
 from wse_fast.cluster.local_nats import LocalNats
+from wse_fast.sansio import session as WseEvents
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity
 from tests.hosts import serve_aiohttp, serve_asgi
@@ -148,6 +150,7 @@ async def test_calls_are_timed_by_procedure_and_result_code(
 ) -> None:
     server, port = metrics_port
     server.register("add", lambda conn, p: p["a"] + p["b"])
+    server.metrics.declare_error_codes("app.out-of-stock")  # a label of its own
 
     def fail(conn: Any, payload: Any) -> None:
         raise WseError("app.out-of-stock")
@@ -190,6 +193,187 @@ async def test_calls_are_timed_by_procedure_and_result_code(
     assert value(samples, "wse_messages_received_total", type="(unhandled)") == 1
     assert value(samples, "wse_messages_sent_total", type="~wse:response") == 5
     assert value(samples, "wse_messages_sent_total", type="~wse:response-err") == 2
+
+
+async def test_error_codes_from_outside_share_one_label_and_the_page_stays_small(
+    metrics_port: tuple[WseServer, int], make_client: ClientFactory
+) -> None:
+    # A procedure that relays a device's answer passes the device's error code on: 2 000
+    # codes made 2 001 series (an 83 MB page) before codes were labelled only if declared.
+    server, port = metrics_port
+    server.metrics.declare_error_codes("app.device-busy")
+
+    async def relay(conn: Any, n: int) -> Any:
+        return await server.call("device", "work", n)
+
+    server.register("relay", relay)
+    device = make_client(server)
+
+    def work(n: int) -> None:
+        raise WseError("app.device-busy" if n < 0 else f"device.code-{n}")
+
+    device.register("work", work)
+    await device.connect("device")
+    caller = make_client(server)
+    await caller.connect("alice")
+    for first in range(0, 2000, 250):
+        answers = await asyncio.gather(
+            *(caller.call("relay", n) for n in range(first, first + 250)), return_exceptions=True
+        )
+        codes = [answer.code for answer in answers if isinstance(answer, RpcError)]
+        assert codes == [f"device.code-{n}" for n in range(first, first + 250)]
+    with pytest.raises(RpcError) as declared:
+        await caller.call("relay", -1)
+    assert declared.value.code == "app.device-busy"
+    with pytest.raises(RpcError) as builtin:
+        await caller.call("no-such-procedure")
+    assert builtin.value.code == WSE_ERROR.RP_NOT_REGISTERED
+    status, _, body = await get(port, "/metrics")
+    assert status == 200
+    samples = await scrape(port)
+    count = "wse_rpc_duration_seconds_count"
+    labels = {dict(key[1])["code"] for key in samples if key[0] == count}
+    # the declared code and the library's own keep their label; the device's share one
+    assert labels == {"(other)", "app.device-busy", WSE_ERROR.RP_NOT_REGISTERED}
+    assert value(samples, count, procedure="relay", code="(other)") == 2000
+    assert value(samples, count, procedure="relay", code="app.device-busy") == 1
+    assert len(body) < 32 * 1024, len(body)
+
+
+async def test_every_label_has_a_bound(make_server: ServerFactory) -> None:
+    from wse_fast.cluster.nats_cluster import CLUSTER_LOST, CLUSTER_UNAVAILABLE
+    from wse_fast.metrics import (
+        BUILTIN_ERROR_CODES,
+        MAX_CALL_SERIES,
+        MAX_ERROR_CODES,
+        MAX_TYPES,
+        OTHER,
+    )
+
+    assert {CLUSTER_LOST, CLUSTER_UNAVAILABLE, WSE_ERROR.RP_EXECUTION_FAILED} <= (
+        BUILTIN_ERROR_CODES
+    )
+    server = await make_server()
+    metrics = server.metrics
+    # declared codes: MAX_ERROR_CODES at most, strings, not the labels of their own
+    metrics.declare_error_codes(*(f"app.e{i}" for i in range(MAX_ERROR_CODES)))
+    metrics.declare_error_codes("app.e0", WSE_ERROR.RP_NOT_REGISTERED)  # known already: no-op
+    with pytest.raises(ValueError, match="at most"):
+        metrics.declare_error_codes("app.one-too-many")
+    for wrong in ("ok", OTHER, 42):
+        with pytest.raises(ValueError, match="not an error code"):
+            metrics.declare_error_codes(wrong)  # type: ignore[arg-type]
+    # (procedure, code) histograms: MAX_CALL_SERIES at most, then (other)
+    names = [f"p{i}" for i in range(MAX_TYPES + 10)]
+    for name in names:
+        server.register(name, lambda conn, payload: None)
+    for i in range(MAX_CALL_SERIES + 100):
+        stats = metrics.procedure(names[i % 7])  # 7 and 256: every pair differs
+        metrics.count_error(stats, f"app.e{i % MAX_ERROR_CODES}", 0.001)
+        metrics.count_error(stats, {"not": "a string"}, 0.001)
+    series = {(name, code) for name, code, _ in metrics.calls()}
+    assert len([s for s in series if s[1] != OTHER]) == MAX_CALL_SERIES
+    assert sum(sum(h.counts) for _, _, h in metrics.calls()) == 2 * (MAX_CALL_SERIES + 100)
+    # procedures, types received and types sent: MAX_TYPES each, then (other)
+    for name in names:
+        metrics.procedure(name)
+    assert len(metrics.procedures) == MAX_TYPES + 1 and OTHER in metrics.procedures
+    for i in range(MAX_TYPES + 10):
+        server.channel.on(f"t{i}", lambda conn, payload: None)
+        metrics.received_cell(f"t{i}", WseEvents.Message)[0] += 1
+        metrics.sent_cell(f"t{i}")[0] += 1
+    assert len(metrics.received) == MAX_TYPES + 1 and len(metrics.sent) == MAX_TYPES + 1
+    assert metrics.sent[OTHER][0] == 10 + 1  # the response type came first
+
+
+async def test_a_scrape_is_written_off_the_event_loop_once_for_all_who_ask(
+    metrics_port: tuple[WseServer, int],
+) -> None:
+    # A collector of the default registry (the application's metrics live there too) that
+    # holds its thread until the test, on the event loop, lets it go.
+    from prometheus_client import REGISTRY
+    from prometheus_client.registry import Collector
+
+    server, port = metrics_port
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    release = threading.Event()
+    runs: list[tuple[int, bool]] = []
+
+    class Held(Collector):
+        def describe(self) -> Iterator[Any]:  # registered without a call to collect
+            return iter(())
+
+        def collect(self) -> Iterator[Any]:
+            loop.call_soon_threadsafe(started.set)
+            runs.append((threading.get_ident(), release.wait(timeout=5)))
+            return iter(())
+
+    held = Held()
+    REGISTRY.register(held)
+    try:
+        scrape_over_http = asyncio.ensure_future(get(port, "/metrics"))
+        await started.wait()  # the loop runs while the text is being written
+        release.set()
+        status, _, body = await scrape_over_http
+        assert status == 200 and b"wse_connections " in body
+        [(thread, released)] = runs  # not released: it held the loop, and the test with it
+        assert released and thread != threading.get_ident()
+        release.clear()
+        started.clear()
+        several = [asyncio.ensure_future(server.metrics.scrape()) for _ in range(3)]
+        await started.wait()
+        release.set()
+        texts = await asyncio.gather(*several)
+        assert texts[0] == texts[1] == texts[2]
+    finally:
+        REGISTRY.unregister(held)
+    # written twice in all (three scrapes shared one), each time on another thread
+    assert len(runs) == 2
+    assert all(released and thread != threading.get_ident() for thread, released in runs)
+
+
+async def test_counting_messages_and_calls_calls_nothing_in_metrics(
+    metrics_port: tuple[WseServer, int], make_client: ClientFactory, log: EventLog
+) -> None:
+    # What a message or a call counts is inlined in server_connection.py: the bounds of the
+    # labels are paid where a key is first seen, never per message.
+    server, _ = metrics_port
+    server.register("add", lambda conn, p: p + 1)  # answered within the codec
+
+    async def later(conn: Any, p: Any) -> Any:
+        return p
+
+    server.register("later", later)  # answered from a task
+    server.channel.on("chat", log.hook("chat"))
+    client = make_client(server)
+    await client.connect("alice")
+
+    async def traffic(rounds: int) -> None:
+        for i in range(rounds):
+            client.send("chat", i)
+            assert await client.call("add", i) == i + 1
+            assert await client.call("later", i) == i
+
+    await traffic(2)  # every key seen once
+    import wse_fast.metrics
+
+    into_metrics: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_filename == wse_fast.metrics.__file__:
+            into_metrics.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        await traffic(50)
+        await log.wait("chat", 52)
+    finally:
+        sys.setprofile(None)
+    assert into_metrics == []
+    samples = server.metrics
+    assert samples.received["chat"][0] == 52
+    assert sum(samples.procedures["later"].ok.counts) == 52
 
 
 async def test_refusals_by_reason_and_protocol_errors_by_code(
@@ -478,3 +662,30 @@ async def test_wse_fast_serve_workers_each_serve_metrics_on_a_port_of_their_own(
     status, output = await served.terminate()
     assert status == 0, output
     assert len(METRICS_LINE.findall(output + "".join(served.output))) >= 2
+
+
+async def test_wse_fast_serve_metrics_listen_on_loopback_whatever_host() -> None:
+    # --host 0.0.0.0 without --metrics-host: the WebSocket port answers on every address,
+    # the metrics port on 127.0.0.1 alone (127.0.0.2, also loopback, tells the two apart)
+    served = await serve(
+        "tests.cli_app:server", "--host", "0.0.0.0", "--port", "0", "--metrics-port", "0"
+    )
+    assert served.proc.stdout is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await served.proc.stdout.readline()).decode()
+            assert line, served.output  # it exited before serving
+            served.output.append(line)
+            if serving := re.search(r"serving \S+ on ws://0\.0\.0\.0:(\d+)", line):
+                break
+    port = int(serving[1])
+    found = METRICS_LINE.search("".join(served.output))
+    assert found, served.output
+    metrics_port = int(found[1])
+    assert (await health(metrics_port))[0] == 200
+    _, writer = await asyncio.open_connection("127.0.0.2", port)
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.2", metrics_port)
+    status, output = await served.terminate()
+    assert status == 0, output

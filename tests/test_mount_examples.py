@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # (uvicorn's "Uvicorn running on ...", aiohttp's "Running on ..."), so reading that line is
 # both the readiness signal and the address.
 COMMANDS = {
-    "fastapi": ["-m", "uvicorn", "examples.fastapi_app:app", "--host", "127.0.0.1", "--port", "0"],
+    "fastapi": [
+        *("-m", "uvicorn", "examples.fastapi_app:app", "--host", "127.0.0.1", "--port", "0"),
+        # server.asgi.uvicorn_options() as the example documents them
+        *("--no-proxy-headers", "--ws", "websockets-sansio", "--ws-max-size", "1048576"),
+        *("--ws-per-message-deflate", "false"),
+    ],
     "aiohttp": ["examples/aiohttp_app.py", "--host", "127.0.0.1", "--port", "0"],
 }
 # uvicorn re-raises the SIGTERM it shut down for once it is done, as its exit status.

@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import logging
 import socket
 import struct
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,8 +23,10 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
-from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, WseServer
+from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, ServerLimits, WseServer, codec
 from wse_fast.handshake import HandshakeRequest
+from wse_fast.sansio.deflate import RSV_COMPRESSED
+from wse_fast.transport.asgi import FORWARDED_UNTRUSTED
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
 from tests.hosts import serve_aiohttp, serve_asgi
@@ -496,6 +501,186 @@ async def test_sends_run_in_a_task_and_in_their_connections_context_when_the_hos
         for i in range(3):
             assert await log.wait(f"tick {i}", 3) == [(0,), (1,), (2,)]
         assert middleware.seen and all(middleware.seen)  # each send in its own context
+    finally:
+        await server.close()
+        await host.stop()
+
+
+# ---- under uvicorn: X-Forwarded-For and compressed messages --------------------------------
+
+
+def test_uvicorn_options_are_the_servers_limits_and_what_the_examples_pass_as_flags() -> None:
+    server = WseServer(accept_identity, limits=ServerLimits(max_message_size=4096))
+    assert server.asgi.uvicorn_options() == {
+        "proxy_headers": False,  # --no-proxy-headers
+        "ws": "websockets-sansio",  # --ws websockets-sansio
+        "ws_max_size": 4096,  # --ws-max-size 4096
+        "ws_per_message_deflate": False,  # --ws-per-message-deflate false
+    }
+
+
+def forwarded_app(server: WseServer, taken: list[int] | None = None) -> Any:
+    """``server`` at ``/ws`` in Starlette; ``taken`` gets the size of each message the host
+    passed on (what uvicorn read, and inflated, before the server saw it)."""
+    routes = Starlette(routes=[WebSocketRoute("/ws", server.asgi)])
+    if taken is None:
+        return routes
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def counted() -> Any:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                taken.append(len(message.get("bytes") or message.get("text") or ""))
+            return message
+
+        await routes(scope, counted, send)
+
+    return app
+
+
+async def spoofing_strangers(
+    port: int, count: int, held: list[asyncio.StreamWriter]
+) -> list[bytes]:
+    """The status of ``count`` upgrades from 127.0.0.1, each naming a client of its own in
+    ``X-Forwarded-For``; their sockets are kept in ``held`` (the upgraded: strangers)."""
+    statuses = []
+    for i in range(count):
+        _, writer, head = await upgrade(port, {"X-Forwarded-For": f"198.51.100.{i + 1}"}, "/ws")
+        held.append(writer)
+        statuses.append(head.split(b" ")[1])
+    return statuses
+
+
+async def test_with_its_uvicorn_options_a_spoofed_forward_names_no_client(
+    log: EventLog,
+) -> None:
+    server = WseServer(
+        accept_identity,
+        limits=ServerLimits(max_unauthenticated_per_ip=2),
+        on_upgrade=lambda request: log.hook("upgrade")(request),
+    )
+    host = await serve_asgi(forwarded_app(server), **server.asgi.uvicorn_options())
+    held: list[asyncio.StreamWriter] = []
+    try:
+        # counted under the socket's peer, as the server sees it: the third is one too many
+        assert await spoofing_strangers(host.port, 3, held) == [b"101", b"101", b"429"]
+        assert server.admission.strangers_from("127.0.0.1") == 2
+        seen = [request.remote_addr for (request,) in log.of("upgrade")]
+        assert [host for host, _ in seen] == ["127.0.0.1", "127.0.0.1"]
+    finally:
+        for writer in held:
+            writer.close()
+        await server.close()
+        await host.stop()
+
+
+async def test_with_its_uvicorn_options_a_trusted_proxy_names_the_client(
+    log: EventLog,
+) -> None:
+    # the server reads X-Forwarded-For itself, from the proxies it trusts
+    server = WseServer(
+        accept_identity,
+        limits=ServerLimits(max_unauthenticated_per_ip=2),
+        on_upgrade=lambda request: log.hook("upgrade")(request),
+        trusted_proxies=["127.0.0.1"],
+    )
+    host = await serve_asgi(forwarded_app(server), **server.asgi.uvicorn_options())
+    held: list[asyncio.StreamWriter] = []
+    try:
+        assert await spoofing_strangers(host.port, 3, held) == [b"101"] * 3
+        seen = [(r.remote_addr[0], r.peer_addr[0]) for (r,) in log.of("upgrade")]
+        assert seen == [(f"198.51.100.{i}", "127.0.0.1") for i in (1, 2, 3)]
+        assert server.admission.strangers_from("198.51.100.1") == 1
+    finally:
+        for writer in held:
+            writer.close()
+        await server.close()
+        await host.stop()
+
+
+async def test_under_uvicorns_defaults_an_address_it_took_from_a_header_is_not_believed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # uvicorn's --proxy-headers (on, for peers at 127.0.0.1) makes each spoofed address the
+    # client's; a server that trusts no proxy counts all such strangers in one place
+    server = WseServer(accept_identity, limits=ServerLimits(max_unauthenticated_per_ip=2))
+    host = await serve_asgi(forwarded_app(server))
+    held: list[asyncio.StreamWriter] = []
+    try:
+        assert await spoofing_strangers(host.port, 3, held) == [b"101", b"101", b"429"]
+        assert server.admission.strangers_from(FORWARDED_UNTRUSTED) == 2
+        # a client that names no one is counted under its own address, as ever
+        _, writer, head = await upgrade(host.port, target="/ws")
+        held.append(writer)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert server.admission.strangers_from("127.0.0.1") == 1
+        [warning] = [r for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
+        assert warning.levelno == logging.WARNING and "uvicorn_options" in warning.getMessage()
+    finally:
+        for writer in held:
+            writer.close()
+        await server.close()
+        await host.stop()
+
+
+def deflated_frames(size: int, count: int) -> bytes:
+    """``count`` masked binary frames, each ``size`` zero bytes deflated (RFC 7692, no context
+    takeover): about size / 1000 bytes each on the wire."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = (compressor.compress(bytes(size)) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = codec.build_frame(0x2, payload, mask=True, rsv=RSV_COMPRESSED)
+    return frame * count
+
+
+async def test_with_its_uvicorn_options_a_compressed_bomb_is_never_inflated() -> None:
+    server = WseServer(accept_identity)  # max_message_size: 1 MiB
+    taken: list[int] = []
+    host = await serve_asgi(forwarded_app(server, taken), **server.asgi.uvicorn_options())
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_no_context_takeover"}
+    try:
+        reader, writer, head = await upgrade(host.port, offer, "/ws")
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" not in head.lower()
+        burst = deflated_frames(1 << 20, 256)  # 256 MiB inflated, 270 KB on the wire
+        tracemalloc.start()
+        try:
+            writer.write(burst)
+            # a compressed frame it did not agree to: closed (1002), the rest unread (a reset)
+            with contextlib.suppress(ConnectionResetError):
+                await closed_by_server(reader)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert taken == []
+        assert peak < len(burst) + (1 << 20), peak  # what was read, nothing inflated
+        # a plain message over max_message_size is not read whole either
+        reader, writer, _ = await upgrade(host.port, target="/ws")
+        writer.write(codec.build_frame(0x2, bytes((1 << 20) + 1), mask=True))
+        with contextlib.suppress(ConnectionResetError):
+            await closed_by_server(reader)
+        assert taken == []
+    finally:
+        await server.close()
+        await host.stop()
+
+
+async def test_under_uvicorns_defaults_a_bomb_is_inflated_and_the_server_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the options prevent: uvicorn agrees to permessage-deflate and inflates a message
+    # up to its own 16 MiB before the server's 1 MiB limit applies.
+    server = WseServer(accept_identity)
+    taken: list[int] = []
+    host = await serve_asgi(forwarded_app(server, taken))
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_no_context_takeover"}
+    try:
+        reader, writer, head = await upgrade(host.port, offer, "/ws")
+        assert b"permessage-deflate" in head.lower()
+        writer.write(deflated_frames(4 << 20, 1))  # 4 KB on the wire
+        peer = RawPeer(reader, writer)
+        await peer.expect_close(1009)
+        assert taken == [4 << 20]
+        [warning] = [r for r in caplog.records if "passed on a message" in r.getMessage()]
+        assert f"of {4 << 20} bytes" in warning.getMessage()
     finally:
         await server.close()
         await host.stop()

@@ -736,7 +736,10 @@ def main() -> None:
 @click.option(
     "--metrics-host",
     metavar="ADDRESS",
-    help="Address of the metrics port  [default: --host].",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics port: loopback unless given, whatever --host is (/metrics "
+    "and /health describe the server to whoever can reach them).",
 )
 @click.option("--worker-of-group", hidden=True, metavar="READY_FD,LIFELINE_FD")
 def serve(
@@ -755,7 +758,7 @@ def serve(
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
     metrics_port: int | None,
-    metrics_host: str | None,
+    metrics_host: str,
     worker_of_group: str | None,
 ) -> None:
     """Serves the WseServer named by MODULE:ATTR: a WseServer instance, or a function
@@ -782,8 +785,9 @@ def serve(
     With --ssl-certfile it serves wss:// (TLS 1.2 or later), every worker alike.
 
     With --metrics-port it serves GET /metrics (Prometheus text) and GET /health (200 while
-    serving; 503 while closing, or while the cluster link is down) on a port of their own;
-    a worker's /health also tells its slot, restarts and pid ("worker").
+    serving; 503 while closing, or while the cluster link is down) on a port of their own,
+    on 127.0.0.1 unless --metrics-host says otherwise; a worker's /health also tells its
+    slot, restarts and pid ("worker").
     """
     logging.basicConfig(
         level=log_level.upper(),
@@ -812,7 +816,7 @@ def serve(
     if ssl_keyfile is not None:
         ssl_options += ["--ssl-keyfile", os.path.abspath(ssl_keyfile)]
 
-    metrics_at = None if metrics_port is None else (metrics_host or host, metrics_port)
+    metrics_at = None if metrics_port is None else (metrics_host, metrics_port)
     if metrics_at is not None and not prometheus_installed() and group_fds is None:
         log.warning(
             "/metrics answers 501 without prometheus-client: pip install "

@@ -8,6 +8,14 @@ tables at that moment. Messages, bytes and calls are counted while ``server.metr
 is true: by default, when ``prometheus_client`` (the ``metrics`` extra) is installed. Without
 it, the server pays one test per message and call, and only ``/metrics`` is unavailable.
 
+No label value comes from a peer unchecked (each value is a series, and a series is memory
+here and in Prometheus): received types and procedures are those the application listens to
+or registered, sent types the first :data:`MAX_TYPES`, and error codes those of the library
+and those the application declared (:meth:`ServerMetrics.declare_error_codes`); the rest
+share one label each (:data:`UNHANDLED`, :data:`UNREGISTERED`, :data:`OTHER`). A scrape
+copies the counters on the event loop (a few hundred series at most) and writes the text in
+a thread, one scrape at a time however many ask at once.
+
 ``server.metrics`` (:class:`ServerMetrics`) serves ``GET /metrics`` and ``GET /health``:
 ``await server.metrics.listen(host, port)`` on a port of its own (what
 ``wse-fast serve --metrics-port`` does), or mounted beside the WebSocket route as
@@ -25,6 +33,7 @@ from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from .constants import WSE_ERROR
 from .sansio import session as ev
 
 if TYPE_CHECKING:
@@ -61,11 +70,29 @@ LATENCY_BUCKETS = (
 UNHANDLED = "(unhandled)"
 #: The ``procedure`` of calls to names that are not registered, for the same reason.
 UNREGISTERED = "(unregistered)"
-#: The ``type`` of sent messages beyond the first ``MAX_SENT_TYPES`` types.
+#: The ``type`` of messages beyond the first :data:`MAX_TYPES` types, the ``procedure`` of
+#: calls beyond the first :data:`MAX_TYPES` procedures, and the ``code`` of calls answered
+#: with an error code that was not declared (or past :data:`MAX_CALL_SERIES`).
 OTHER = "(other)"
-#: Types sent that get a label of their own (an application that sends a type per user would
-#: otherwise make a series per user).
-MAX_SENT_TYPES = 256
+#: Types received, types sent and procedures that get a label of their own, each: an
+#: application that sends a type per user (or relays the type a client chose) would otherwise
+#: make a series per user.
+MAX_TYPES = 256
+#: Error codes an application may declare (:meth:`ServerMetrics.declare_error_codes`).
+MAX_ERROR_CODES = 256
+#: (procedure, code) histograms in all, beyond those of the ``ok`` and :data:`OTHER` codes:
+#: the last bound, whatever the application declared.
+MAX_CALL_SERIES = 1024
+#: The codes this library answers calls with, labels of their own from the start: those of
+#: :class:`~wse_fast.WSE_ERROR`, and the cluster's (``wse_fast.cluster.nats_cluster``'s
+#: ``CLUSTER_UNAVAILABLE`` and ``CLUSTER_LOST``, spelt out here: that module needs nats-py).
+BUILTIN_ERROR_CODES = frozenset(
+    {
+        *(value for name, value in vars(WSE_ERROR).items() if name.isupper()),
+        "wse.cluster.unavailable",
+        "wse.cluster.lost",
+    }
+)
 #: The result code of a call answered with a result.
 OK = "ok"
 #: Close codes that mean a broken protocol (RFC 6455 §7.4.1): framing, data that is not what
@@ -116,10 +143,10 @@ class Histogram:
 
 class ProcedureStats:
     """One procedure's answered calls: how long each took, by result code (``ok`` for a
-    result, else the error code sent to the caller); ``received``, the procedure's
-    ``[messages, bytes]`` counters in :attr:`ServerMetrics.received`, and ``answers``, those
-    of the response type in :attr:`ServerMetrics.sent` (the same lists: one look finds all
-    that a call counts)."""
+    result, else the label of the error code sent to the caller: see
+    :meth:`ServerMetrics.count_error`); ``received``, the procedure's ``[messages, bytes]``
+    counters in :attr:`ServerMetrics.received`, and ``answers``, those of the response type in
+    :attr:`ServerMetrics.sent` (the same lists: one look finds all that a call counts)."""
 
     __slots__ = ("answers", "by_code", "ok", "received")
 
@@ -128,12 +155,6 @@ class ProcedureStats:
         self.by_code: dict[str, Histogram] = {OK: self.ok}
         self.received = received
         self.answers = answers
-
-    def observe(self, code: str, seconds: float) -> None:
-        histogram = self.by_code.get(code)
-        if histogram is None:
-            histogram = self.by_code[code] = Histogram()
-        histogram.observe(seconds)
 
 
 class ServerMetrics:
@@ -148,6 +169,7 @@ class ServerMetrics:
     - ``sent``: message type to ``[messages, bytes]``, a message counted once per connection
       it was queued for;
     - ``procedures``: procedure name (None: any unregistered name) to :class:`ProcedureStats`;
+      an answer with an error goes through :meth:`count_error`;
     - ``refused``: close reason to connections refused before they were accepted;
     - ``protocol_errors``: close code to connections closed for a broken protocol;
     - ``slow_consumers``, ``opened``, ``accepted``: connections.
@@ -163,7 +185,11 @@ class ServerMetrics:
 
     __slots__ = (
         "_asgi",
+        "_call_series",
+        "_collector",
+        "_error_codes",
         "_registry",
+        "_scrape",
         "_server",
         "accepted",
         "counting",
@@ -188,9 +214,37 @@ class ServerMetrics:
         self.slow_consumers = 0
         self.opened = 0
         self.accepted = 0
+        self._error_codes = BUILTIN_ERROR_CODES
+        self._call_series = 0  # histograms in procedures' by_code, but ok's and OTHER's
         self._registry: Any = None  # prometheus_client's CollectorRegistry, made on first use
+        self._collector: Collector | None = None
+        self._scrape: asyncio.Future[tuple[bytes, str]] | None = None  # the text being written
         self._asgi: MetricsAsgiApp | None = None
         self.worker: dict[str, int] | None = None
+
+    # ---- what the application says ---------------------------------------------------------
+
+    @property
+    def error_codes(self) -> frozenset[str]:
+        """The error codes counted under their own label (``code`` of
+        ``wse_rpc_duration_seconds``): :data:`BUILTIN_ERROR_CODES` and those declared."""
+        return self._error_codes
+
+    def declare_error_codes(self, *codes: str) -> None:
+        """Counts calls answered with one of ``codes`` under that code, not :data:`OTHER`:
+        the codes the application's procedures raise (``WseError("app.out-of-stock")``).
+        A code it did not declare may come from elsewhere (a device's answer relayed, a
+        client's payload) and is counted as :data:`OTHER`. At most :data:`MAX_ERROR_CODES`
+        codes in all (ValueError past that, or for a code that is not a string or is ``ok``
+        or :data:`OTHER`)."""
+        for code in codes:
+            if not isinstance(code, str) or code in (OK, OTHER):
+                raise ValueError(f"not an error code to count: {code!r}")
+        declared = self._error_codes - BUILTIN_ERROR_CODES
+        added = frozenset(codes) - self._error_codes
+        if len(declared) + len(added) > MAX_ERROR_CODES:
+            raise ValueError(f"at most {MAX_ERROR_CODES} error codes may be declared")
+        self._error_codes |= added
 
     # ---- where a key is seen for the first time (off the hot paths) -------------------------
 
@@ -205,31 +259,45 @@ class ServerMetrics:
             or (kind is ev.Call and key not in server.procedures.handlers)
         ):
             key = UNHANDLED
-        cell = self.received.get(key)
-        if cell is None:
-            cell = self.received[key] = [0, 0]
-        return cell
+        return _cell(self.received, key)
 
     def sent_cell(self, type: str) -> list[int]:
-        """The counters of sent messages of ``type``."""
-        cell = self.sent.get(type)
-        if cell is None:
-            if len(self.sent) >= MAX_SENT_TYPES:
-                type = OTHER
-                cell = self.sent.get(type)
-            if cell is None:
-                cell = self.sent[type] = [0, 0]
-        return cell
+        """The counters of sent messages of ``type`` (:data:`OTHER` past :data:`MAX_TYPES`)."""
+        return _cell(self.sent, type)
 
     def procedure(self, name: str) -> ProcedureStats:
-        """The statistics of calls to ``name`` (shared by every unregistered name)."""
+        """The statistics of calls to ``name`` (shared by every unregistered name, and by the
+        registered ones past the first :data:`MAX_TYPES`, as :data:`OTHER`)."""
         key: str | None = name if name in self._server.procedures.handlers else None
         stats = self.procedures.get(key)
         if stats is None:
-            received = self.received_cell(name, ev.Call)
-            answers = self.sent_cell(self._server.protocol_types.response)
-            stats = self.procedures[key] = ProcedureStats(received, answers)
+            if key is not None and len(self.procedures) >= MAX_TYPES:
+                key = OTHER
+                stats = self.procedures.get(key)
+                received = _cell(self.received, OTHER)
+            else:
+                received = self.received_cell(name, ev.Call)
+            if stats is None:
+                answers = self.sent_cell(self._server.protocol_types.response)
+                stats = self.procedures[key] = ProcedureStats(received, answers)
         return stats
+
+    def count_error(self, stats: ProcedureStats, code: object, seconds: float) -> None:
+        """A call to ``stats``'s procedure answered with error ``code`` after ``seconds``:
+        counted under ``code`` when it is one of :attr:`error_codes`, else under
+        :data:`OTHER` (and under :data:`OTHER` too past :data:`MAX_CALL_SERIES`)."""
+        label = code if isinstance(code, str) and code in self._error_codes else OTHER
+        histogram = stats.by_code.get(label)
+        if histogram is None:
+            if label != OTHER:
+                if self._call_series < MAX_CALL_SERIES:
+                    self._call_series += 1
+                else:
+                    label = OTHER
+                    histogram = stats.by_code.get(label)
+            if histogram is None:
+                histogram = stats.by_code[label] = Histogram()
+        histogram.observe(seconds)
 
     def count_sent(self, type: str, size: int, connections: int = 1) -> None:
         """``connections`` messages of ``type``, ``size`` bytes each, queued."""
@@ -267,7 +335,7 @@ class ServerMetrics:
         for name, stats in list(self.procedures.items()):
             for code, histogram in list(stats.by_code.items()):
                 if sum(histogram.counts):
-                    yield UNREGISTERED if name is None else name, str(code), histogram
+                    yield UNREGISTERED if name is None else name, code, histogram
 
     def collector(self) -> Collector:
         """A ``prometheus_client`` collector of this server's series (needs the ``metrics``
@@ -291,11 +359,34 @@ class ServerMetrics:
         """The Prometheus text of ``/metrics`` and its content type: this server's series, then
         those of ``prometheus_client``'s default registry (the process's CPU, memory, file
         descriptors and garbage collector, and any metrics the application registered there).
-        Raises ImportError without ``prometheus_client``."""
-        from prometheus_client import REGISTRY, generate_latest
-        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+        Made on the calling thread (:meth:`scrape` makes it off the event loop). Raises
+        ImportError without ``prometheus_client``."""
+        return _write_text(self._families())
 
-        return generate_latest(self.registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    async def scrape(self) -> tuple[bytes, str]:
+        """What :meth:`render` returns, without holding the event loop: this server's series
+        are collected on the loop (copies of bounded counters), and the text, with the default
+        registry's series, is written in the loop's default executor. Scrapes that come while
+        one is being written share it. Raises ImportError without ``prometheus_client``."""
+        loop = asyncio.get_running_loop()
+        if self._collector is None:  # the first scrape: prometheus_client is imported off it
+            await loop.run_in_executor(None, importlib.import_module, "prometheus_client.core")
+        running = self._scrape
+        if running is None:
+            families = self._families()  # on the loop: the counters change only there
+            running = self._scrape = loop.run_in_executor(None, _write_text, families)
+            running.add_done_callback(self._scraped)
+        # shielded: a scraper that goes away does not cancel the text the others wait for
+        return await asyncio.shield(running)
+
+    def _scraped(self, future: asyncio.Future[tuple[bytes, str]]) -> None:
+        self._scrape = None
+
+    def _families(self) -> list[Any]:
+        """This server's metric families at this moment (needs ``prometheus_client``)."""
+        if self._collector is None:
+            self._collector = self.collector()
+        return list(self._collector.collect())
 
     async def health(self) -> tuple[int, dict[str, Any]]:
         """``/health``: 200 while the server serves; 503 once it is closing, or while its
@@ -331,7 +422,7 @@ class ServerMetrics:
         under."""
         if path.endswith("/metrics"):
             try:
-                body, content_type = self.render()
+                body, content_type = await self.scrape()
             except ImportError:
                 return 501, *_NEEDS_EXTRA
             return 200, body, content_type
@@ -440,6 +531,33 @@ class MetricsAsgiApp:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+
+
+def _cell(table: dict[Any, list[int]], key: object) -> list[int]:
+    """The ``[messages, bytes]`` counters of ``key`` in ``table``: made on first use, but
+    shared as :data:`OTHER` once the table holds :data:`MAX_TYPES` keys."""
+    cell = table.get(key)
+    if cell is None:
+        if len(table) >= MAX_TYPES:
+            key = OTHER
+            cell = table.get(key)
+        if cell is None:
+            cell = table[key] = [0, 0]
+    return cell
+
+
+def _write_text(families: list[Any]) -> tuple[bytes, str]:
+    """The text of ``/metrics``: ``families`` (one server's, collected), then the default
+    registry's; safe on any thread (``prometheus_client`` locks its own metrics)."""
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    from prometheus_client.registry import Collector
+
+    class Collected(Collector):
+        def collect(self) -> Iterator[Any]:
+            return iter(families)
+
+    return generate_latest(Collected()) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def _make_collector(metrics: ServerMetrics) -> Collector:

@@ -367,9 +367,9 @@ class ServerConnection(Connection):
                     ok = stats.ok
                     ok.counts[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
                     ok.total += elapsed
-                else:
+                else:  # the code may be a device's, relayed: labelled only if declared
                     code = payload.get("code") if isinstance(payload, dict) else None
-                    stats.observe(str(code), elapsed)
+                    server.metrics.count_error(stats, code, elapsed)
         if self.endpoint is not None:
             frame = server.encode(type, payload, stamp)
             self.endpoint.write(frame)

@@ -11,14 +11,30 @@ FastAPI's ``add_websocket_route``) or served alone (``uvicorn module:app``), it 
 
 The host server does the WebSocket framing, its own keepalive and its own size limit
 (uvicorn: ``--ws-max-size``, ``--ws-ping-interval``); the server's ``max_message_size`` is
-applied here as well.
+applied here as well, but only to what the host has already read, inflated and buffered.
+
+Under uvicorn, :meth:`AsgiApp.uvicorn_options` are the options that make uvicorn apply the
+server's rules (``uvicorn.run(app, **server.asgi.uvicorn_options())``): without them uvicorn
+
+- takes the client's address from ``X-Forwarded-For`` (``--proxy-headers``, on by default,
+  for peers in ``--forwarded-allow-ips``: 127.0.0.1 unless set), so a client chooses the
+  address its strangers are counted under, whatever the server's ``trusted_proxies``;
+- inflates compressed messages up to ``--ws-max-size`` (16 MiB) each, and every message of
+  what it read at once before the application sees the first (1 MiB on the wire was 256 MiB
+  with ``--ws-max-size`` at 1 MiB).
+
+Where the address was visibly taken from ``X-Forwarded-For`` while the server trusts no
+proxy, strangers are counted under one place (:data:`FORWARDED_UNTRUSTED`), and a warning
+says so (once per application); a message over ``max_message_size`` from the host is warned
+of once too.
 
 Compression too is the host's: ASGI gives the application no say in the extensions, so the
 server's ``compression`` options do not apply. uvicorn agrees to permessage-deflate by
 default (``--ws-per-message-deflate``, on; both its websockets and wsproto implementations),
 with a context per connection each way at zlib's defaults (15-bit windows: a few hundred KiB
 per connection that compresses), every message, a broadcast too, compressed per connection,
-and inflation bounded by ``--ws-max-size``. ``--ws-per-message-deflate false`` turns it off.
+and inflation bounded by ``--ws-max-size`` per message, not per read (see above).
+``--ws-per-message-deflate false`` (in :meth:`AsgiApp.uvicorn_options`) turns it off.
 
 What ASGI gives no way to do: drop a socket. A slow consumer is dropped by the server (its
 queue freed, ``error`` reported, a Close 1008 sent after the message uvicorn is sending, and
@@ -31,6 +47,7 @@ until the peer answers or its own close timeout (10 s) passes, whatever the serv
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +65,19 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _NOT_WEBSOCKET = b"This URL serves WebSocket connections (WSE); HTTP requests are not taken.\n"
+#: Where strangers are counted whose address the host server took from ``X-Forwarded-For``
+#: although the server trusts no proxy: all in one place, as behind one proxy on picows
+#: (not an IP address: no client's own address can be counted there).
+FORWARDED_UNTRUSTED = "(x-forwarded-for)"
+_log = logging.getLogger(__name__)
 
 
 class AsgiEndpoint(MessageEndpoint):
-    __slots__ = ("_receive", "_send")
+    __slots__ = ("_app", "_receive", "_send")
 
-    def __init__(self, receive: Receive, send: Send, **options: Any) -> None:
+    def __init__(self, app: AsgiApp, receive: Receive, send: Send, **options: Any) -> None:
         super().__init__(**options)
+        self._app = app
         self._receive = receive
         self._send = send
 
@@ -73,9 +96,16 @@ class AsgiEndpoint(MessageEndpoint):
             kind = message["type"]
             if kind == "websocket.receive":
                 text = message.get("text")
-                if text is not None:
-                    return False, text
-                return True, message.get("bytes") or b""
+                data = text if text is not None else message.get("bytes") or b""
+                if len(data) > self.max_message_size:  # refused, but the host took it in
+                    self._app.warn_once(
+                        "size",
+                        "the host server passed on a message of %d bytes (max_message_size: "
+                        "%d): bound it there too (uvicorn: server.asgi.uvicorn_options())",
+                        len(data),
+                        self.max_message_size,
+                    )
+                return text is None, data
             if kind == "websocket.disconnect":
                 return None, (message.get("code", 1005), message.get("reason") or "")
 
@@ -83,13 +113,49 @@ class AsgiEndpoint(MessageEndpoint):
 class AsgiApp:
     """The ASGI 3 application of one :class:`~wse_fast.WseServer` (``server.asgi``)."""
 
-    __slots__ = ("server",)
+    __slots__ = ("_warned", "server")
 
     def __init__(self, server: WseServer) -> None:
         self.server = server
+        self._warned: set[str] = set()  # what was warned of (once each)
 
     def __repr__(self) -> str:
         return f"<AsgiApp of {self.server!r}>"
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Keywords for ``uvicorn.run`` / ``uvicorn.Config`` that make uvicorn apply this
+        server's rules (with the application's own next to them, such as ``host``, ``port``):
+
+        - ``proxy_headers=False``: the client's address stays the socket's peer, and the
+          server reads ``X-Forwarded-For`` itself, from its ``trusted_proxies`` alone;
+        - ``ws_max_size``: the server's ``max_message_size``, so that uvicorn reads no larger
+          message;
+        - ``ws_per_message_deflate=False``: uvicorn would inflate every compressed message of
+          a read before the application sees the first, each up to ``ws_max_size``;
+        - ``ws``: ``"websockets-sansio"``, which reads no further while a message waits for
+          the application (``"websockets"``, with ``ws_max_queue=1``, on a uvicorn without
+          it); never wsproto, whose inflation has no bound of its own.
+        """
+        options: dict[str, Any] = {
+            "proxy_headers": False,
+            "ws_max_size": self.server.limits.max_message_size,
+            "ws_per_message_deflate": False,
+        }
+        try:
+            from uvicorn.config import WS_PROTOCOLS
+        except ImportError:  # uvicorn checks the names itself, once it is there
+            WS_PROTOCOLS = {"websockets-sansio": None}
+        if "websockets-sansio" in WS_PROTOCOLS:
+            options["ws"] = "websockets-sansio"
+        else:
+            options.update(ws="websockets", ws_max_queue=1)
+        return options
+
+    def warn_once(self, what: str, message: str, *args: Any) -> None:
+        """Logs a warning about the host's configuration, the first time ``what`` is seen."""
+        if what not in self._warned:
+            self._warned.add(what)
+            _log.warning(message, *args)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -122,7 +188,18 @@ class AsgiApp:
         )
         client = scope.get("client")
         peer = (client[0], client[1]) if client else ("", 0)
-        ticket = StrangerTicket.admit(server.admission, peer[0], server.stranger_budget)
+        counted = peer[0]
+        if not server.trusted_proxies and _forwarded_by_host(scope, peer):
+            counted = FORWARDED_UNTRUSTED
+            self.warn_once(
+                "forwarded",
+                "the host server took the client's address %r from X-Forwarded-For, but "
+                "trusted_proxies is empty: such strangers are counted under %r. Under uvicorn: "
+                "server.asgi.uvicorn_options() (--no-proxy-headers), proxies in trusted_proxies",
+                peer[0],
+                FORWARDED_UNTRUSTED,
+            )
+        ticket = StrangerTicket.admit(server.admission, counted, server.stranger_budget)
         if isinstance(ticket, int):
             await _refuse(scope, send, ticket, "", [(b"retry-after", b"1")])
             return
@@ -157,8 +234,31 @@ class AsgiApp:
         except BaseException:  # cancelled too: the stranger's place must not stay taken
             ticket.release()
             raise
-        endpoint = AsgiEndpoint(receive, send, **server.endpoint_options(verdict, ticket, peer))
+        options = server.endpoint_options(verdict, ticket, peer)
+        endpoint = AsgiEndpoint(self, receive, send, **options)
         await endpoint.serve()
+
+
+def _forwarded_by_host(scope: Scope, peer: tuple[str, int]) -> bool:
+    """Whether the host server took the client's address ``peer`` from ``X-Forwarded-For``
+    (uvicorn's ``--proxy-headers``): it is one of the header's entries, with that entry's port,
+    or with port 0 for an entry without one (a socket's own peer never has port 0)."""
+    host, port = peer
+    for name, value in scope.get("headers", ()):
+        if name != b"x-forwarded-for":  # ASGI header names are lowercase
+            continue
+        for entry in value.decode("latin-1").split(","):
+            entry = entry.strip()
+            if entry.startswith("["):  # [IPv6]:port
+                entry_host, _, rest = entry[1:].partition("]")
+                entry_port = rest[1:]
+            elif entry.count(":") == 1:  # IPv4:port
+                entry_host, _, entry_port = entry.partition(":")
+            else:
+                entry_host, entry_port = entry, ""
+            if (entry_host == host or entry == host) and (port == 0 or entry_port == str(port)):
+                return True
+    return False
 
 
 def _target(scope: Scope) -> str:
