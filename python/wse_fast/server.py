@@ -44,6 +44,12 @@ if TYPE_CHECKING:
     from .cluster.nats_cluster import NatsCluster
 
 log = logging.getLogger("wse_fast")
+#: How long (seconds) :meth:`WseServer.close` lets running handlers finish by default: the
+#: default RPC timeout of both sides (a call still running this long after the close began
+#: has timed out at a caller with the default timeout, so waiting longer answers nobody), and
+#: with ``close_timeout`` (5 s) it fits in the 30 s that Kubernetes (terminationGracePeriod)
+#: and gunicorn (graceful_timeout) give a process to stop.
+DEFAULT_GRACE = 20.0
 #: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse.
 UpgradeVerdict = int | tuple[int, str] | None
 
@@ -60,7 +66,8 @@ class WseServer(Peer[ServerEvents]):
     (:class:`HandshakeRequest`) and may refuse it with an HTTP status; ``trusted_proxies``
     (addresses or networks) are believed about the client's address (``X-Forwarded-For``).
     ``cluster``: NATS URL(s) to share users, sends, broadcasts, the per-user limit and calls
-    with other servers (see :meth:`join_cluster`).
+    with other servers (see :meth:`join_cluster`). ``grace``: how long :meth:`close` lets
+    running handlers finish (seconds, default :data:`DEFAULT_GRACE`).
     """
 
     def __init__(
@@ -79,12 +86,16 @@ class WseServer(Peer[ServerEvents]):
         on_upgrade: Callable[[HandshakeRequest], UpgradeVerdict] | None = None,
         trusted_proxies: Collection[str] = (),
         cluster: str | Sequence[str] | None = None,
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         if identify is None:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
         if conn_per_user < 1:
             raise ValueError("conn_per_user must be at least 1")
+        if grace < 0:
+            raise ValueError("grace must not be negative")
         self.identify = identify
+        self.grace = grace
         self.host = host
         self.port = port
         super().__init__(protocol, mask=False, debug=debug)
@@ -141,7 +152,8 @@ class WseServer(Peer[ServerEvents]):
             self.join_cluster(cluster)
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
-        self.closing = False  # close() has begun: /health answers 503
+        self.closing = False  # close() has begun: /health answers 503, no new work starts
+        self._idle: asyncio.Event | None = None  # set when no handler task runs, while closing
         #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
         self.metrics = ServerMetrics(self)
         self.registry.metrics = self.metrics
@@ -231,6 +243,7 @@ class WseServer(Peer[ServerEvents]):
         for example one inherited from a process manager.
         """
         self.closing = False  # started again after a close: /health answers 200 again
+        self.saturated = self.tasks_running >= self.max_tasks
         await self.attach()
         listener = Listener({None: self}, host=self.host, port=self.port, ssl=self.ssl)
         await listener.start(sock)
@@ -238,22 +251,48 @@ class WseServer(Peer[ServerEvents]):
         self.port = listener.port
 
     async def close(
-        self, code: int = CLOSE_SERVICE_RESTART, reason: str = WSE_REASON.BY_SERVER
+        self,
+        code: int = CLOSE_SERVICE_RESTART,
+        reason: str = WSE_REASON.BY_SERVER,
+        *,
+        grace: float | None = None,
     ) -> None:
-        """Stops accepting (when started by :meth:`start`) and closes every connection with a
-        close handshake.
+        """Stops the server gracefully, then closes every connection with a close handshake.
+
+        In order: no more connections are accepted (when started by :meth:`start`; a mounted
+        server or one on a shared :class:`~wse_fast.Listener` refuses upgrades with 503);
+        nothing more read from the open ones starts a handler (what was read and not started
+        is dropped, and reading pauses); the handlers already running (procedures, message
+        handlers, ``identify``) and the calls other nodes of a cluster made to this node's
+        users get up to ``grace`` seconds (None: the server's ``grace``) to finish, and
+        their answers are sent; those still running then are cancelled (a cancelled call is
+        answered ``wse.server.rp.failed``, "the call was cancelled"); then every connection
+        is closed, and the cluster link last. So a call the server did not answer never
+        started. Reading goes on only where a handler waits for a client's answer.
 
         The default code, 1012 (service restart), tells WSE clients to reconnect later.
         Mounted (ASGI, aiohttp) or on a shared :class:`~wse_fast.Listener`, it closes the
-        connections of this server; call it from the application's shutdown.
+        connections of this server; call it from the application's shutdown, before the host
+        closes its connections (aiohttp's ``on_shutdown`` comes before; uvicorn closes every
+        WebSocket before the ASGI lifespan's shutdown, see :mod:`wse_fast.transport.asgi`).
         """
+        grace = self.grace if grace is None else grace
         self.closing = True
+        self.saturated = True  # every message now takes the paused path, which starts nothing
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop_listening()
+        self._waiting_for_tasks.clear()  # none of them is resumed now
+        for conn in list(self.connections.values()):
+            conn.stop_reading()
+        await self._finish_work(grace)
         if self.connections:
             self._all_closed = asyncio.Event()
             for conn in list(self.connections.values()):
+                if conn.endpoint is not None:
+                    # the peer's answering Close must be read (what comes before it is
+                    # read too, and not run: the server is closing)
+                    conn.endpoint.resume_reading()
                 conn.drop(reason, code)
             try:
                 await asyncio.wait_for(self._all_closed.wait(), self.limits.close_timeout + 1)
@@ -266,6 +305,32 @@ class WseServer(Peer[ServerEvents]):
         if self.cluster is not None and self._attached is not None:
             await self.cluster.stop()
             self._attached = None
+
+    async def _finish_work(self, grace: float) -> None:
+        """The drain: waits up to ``grace`` seconds for the running handler tasks and the
+        calls other nodes made to this node's users to end; then cancels the tasks still
+        running and waits (up to ``close_timeout``) until their cancellation is answered, so
+        that those answers leave before the Close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self.tasks_running and grace > 0:
+            self._idle = idle = asyncio.Event()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await idle.wait()
+            except TimeoutError:
+                log.warning(
+                    "%d handler task(s) still running after the grace of %s s: cancelled",
+                    self.tasks_running,
+                    grace,
+                )
+            finally:
+                self._idle = None
+        if self.cluster is not None and self._attached is not None:
+            await self.cluster.finish_calls(deadline - loop.time())
+        running = [task for conn in self.connections.values() for task in conn.cancel_tasks()]
+        if running:
+            await asyncio.wait(running, timeout=self.limits.close_timeout)
 
     async def __aenter__(self) -> Self:
         """``async with WseServer(identify, port=0) as server:`` starts it (see :meth:`start`);
@@ -397,6 +462,8 @@ class WseServer(Peer[ServerEvents]):
         refuses it. ``peer`` is the socket's peer address, ``stranger`` what counts and bounds
         the socket until it is accepted, ``offered`` the subprotocols the client offered,
         ``native`` the transport's own request (what ``HandshakeRequest.native`` shows)."""
+        if self.closing:  # draining (see close): a client comes back to another server
+            return HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down"
         if self.origins is not None and headers.get("Origin") not in self.origins:
             return HTTPStatus.FORBIDDEN, "origin not allowed"
         remote = client_address(peer, headers, self.trusted_proxies)
@@ -562,11 +629,13 @@ class WseServer(Peer[ServerEvents]):
 
     def task_started(self) -> None:
         self.tasks_running += 1
-        self.saturated = self.tasks_running >= self.max_tasks
+        self.saturated = self.tasks_running >= self.max_tasks or self.closing
 
     def task_finished(self) -> None:
         self.tasks_running -= 1
-        self.saturated = self.tasks_running >= self.max_tasks
+        self.saturated = self.tasks_running >= self.max_tasks or self.closing
+        if self._idle is not None and not self.tasks_running:
+            self._idle.set()  # the drain is over (see close)
         waiting = self._waiting_for_tasks
         while waiting and self.tasks_running < self.max_tasks:
             conn = next(iter(waiting))

@@ -20,6 +20,11 @@ what was queued before it. A Close is sent through aiohttp's ``close()``, which 
 the peer's answer (up to ``close_timeout``) also for refused strangers. A slow consumer's
 socket is aborted, as on picows, with what aiohttp still buffered for it; a refused upgrade
 closes its socket (no keep-alive).
+
+On shutdown, aiohttp stops listening and then runs the application's ``on_shutdown`` before it
+closes its connections: ``app.on_shutdown.append(lambda app: server.close())`` drains there
+(see ``WseServer.close``). aiohttp's own ``shutdown_timeout`` (60 s by default) bounds what
+follows ``on_shutdown``, not the drain.
 """
 
 from __future__ import annotations

@@ -1,0 +1,204 @@
+"""A graceful close (``WseServer.close(grace=...)``, ``wse-fast serve --graceful-timeout``):
+new connections are refused, nothing more is read or started, the handlers already running
+finish and their answers reach the callers, then every connection is closed with 1012; a
+handler outliving the grace is cancelled (its caller told so) and the close comes at the
+grace. On the own listener, and under aiohttp and uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from wse_fast import WSE_ERROR, Connection, RpcDisconnected, RpcError, WseServer
+
+from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
+from tests.hosts import Host, serve_aiohttp, serve_asgi
+from tests.test_hardening import upgrade
+
+CLOSE_SERVICE_RESTART = 1012
+
+
+class Gate:
+    """A procedure that counts its callers in and holds them until it is opened."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.entered = 0
+        self.all_in = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def __call__(self, conn: Connection, payload: Any) -> Any:
+        self.entered += 1
+        if self.entered == self.expected:
+            self.all_in.set()
+        await self.open.wait()
+        return payload
+
+
+async def calls_in_flight(
+    make_client: ClientFactory, url: str, gate: Gate, log: EventLog
+) -> list[asyncio.Task[Any]]:
+    """``gate.expected`` clients, each with a call to ``hold`` that has started."""
+    calls = []
+    for n in range(gate.expected):
+        client = make_client(url)
+        client.when.closed(log.hook("closed"))
+        await client.connect(f"user{n}")
+        calls.append(asyncio.ensure_future(client.call("hold", n, timeout=0)))
+    async with asyncio.timeout(5):
+        await gate.all_in.wait()
+    return calls
+
+
+async def closing(server: WseServer, grace: float) -> asyncio.Task[None]:
+    """``server.close(grace=grace)`` under way: its first step (no more accepting, nothing
+    more read) is done when this returns."""
+    task = asyncio.ensure_future(server.close(grace=grace))
+    await asyncio.sleep(0)  # the task's first step runs before this one's next: no race
+    assert server.closing
+    return task
+
+
+async def test_calls_in_flight_are_answered_then_each_client_gets_1012(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    gate = Gate(20)
+    server.register("hold", gate)
+    url = url_of(server)
+    calls = await calls_in_flight(make_client, url, gate, log)
+    late_caller = make_client(url)
+    await late_caller.connect("late")
+    done = await closing(server, grace=10)
+
+    with pytest.raises(ConnectionRefusedError):  # no longer listening
+        await asyncio.open_connection("127.0.0.1", server.port)
+    # a call sent during the drain is not run: it is never read, and fails at the close
+    late_call = asyncio.ensure_future(late_caller.call("hold", "late", timeout=0))
+    assert not done.done()  # waiting for the handlers
+    gate.open.set()
+    async with asyncio.timeout(10):
+        assert await asyncio.gather(*calls) == list(range(20))  # every one answered
+        await done
+    closed = await log.wait("closed", 20)
+    assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}
+    with pytest.raises(RpcDisconnected):
+        await late_call
+    assert gate.entered == 20
+    assert server.connections == {} and server.tasks_running == 0
+
+
+async def test_a_handler_outliving_the_grace_is_cancelled_and_its_caller_told_so(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    gate = Gate(3)  # never opened
+    server.register("hold", gate)
+    calls = await calls_in_flight(make_client, url_of(server), gate, log)
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await server.close(grace=0.5)
+    took = time.monotonic() - started
+    assert 0.5 <= took < 2.5, took  # the grace, the cancellations' answers and the closes
+    for call in calls:
+        with pytest.raises(RpcError) as raised:
+            await call
+        assert raised.value.code == WSE_ERROR.RP_EXECUTION_FAILED
+        assert raised.value.message == "the call was cancelled"
+    closed = await log.wait("closed", 3)
+    assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}
+
+
+async def test_a_handler_finishing_during_the_drain_gets_its_clients_answer(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    @server.register("ask back")
+    async def ask_back(conn: Connection, payload: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await conn.call("double", payload)  # read though the server is closing
+
+    client = make_client(url_of(server))
+    client.register("double", lambda payload: payload * 2)
+    client.when.closed(log.hook("closed"))
+    await client.connect("alice")
+    call = asyncio.ensure_future(client.call("ask back", 21, timeout=0))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    done = await closing(server, grace=10)
+    release.set()
+    async with asyncio.timeout(10):
+        assert await call == 42
+        await done
+    assert await log.wait("closed") == [(CLOSE_SERVICE_RESTART, "wse.by-server")]
+
+
+async def test_with_grace_0_running_handlers_are_cancelled_at_once(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server(grace=30)  # the server's own, overridden by close()
+    gate = Gate(2)
+    server.register("hold", gate)
+    calls = await calls_in_flight(make_client, url_of(server), gate, log)
+    async with asyncio.timeout(3):
+        await server.close(grace=0)
+    for call in calls:
+        with pytest.raises(RpcError) as raised:
+            await call
+        assert raised.value.message == "the call was cancelled"
+
+
+# ---- mounted --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host_kind", ["aiohttp", "uvicorn"])
+async def test_a_mounted_server_drains_before_its_host_closes(
+    host_kind: str, make_client: ClientFactory, log: EventLog
+) -> None:
+    """aiohttp calls ``on_shutdown`` before it closes its connections; uvicorn closes every
+    WebSocket itself before the ASGI lifespan's shutdown, so the server is closed first, as
+    a process under uvicorn does (see the module's documentation)."""
+    server = WseServer(accept_identity)
+    gate = Gate(5)
+    server.register("hold", gate)
+    host: Host
+    if host_kind == "aiohttp":
+        app = web.Application()
+        app.router.add_get("/ws", server.aiohttp_handler)
+
+        async def on_shutdown(app: web.Application) -> None:
+            await server.close(grace=10)
+
+        app.on_shutdown.append(on_shutdown)
+        host = await serve_aiohttp(app)
+    else:
+        host = await serve_asgi(Starlette(routes=[WebSocketRoute("/ws", server.asgi)]))
+    calls = await calls_in_flight(make_client, host.url("/ws"), gate, log)
+    if host_kind == "aiohttp":
+        stopping = asyncio.ensure_future(host.stop())  # stops listening, then on_shutdown
+        async with asyncio.timeout(5):
+            while not server.closing:  # aiohttp's own steps come first
+                await asyncio.sleep(0.005)
+    else:
+        stopping = await closing(server, grace=10)
+        # the host still listens: the upgrade is refused
+        _, writer, head = await upgrade(host.port, target="/ws")
+        assert head.startswith(b"HTTP/1.1 503"), head
+        writer.close()
+    gate.open.set()
+    async with asyncio.timeout(10):
+        assert await asyncio.gather(*calls) == list(range(5))
+        await stopping
+    closed = await log.wait("closed", 5)
+    assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}
+    if host_kind == "uvicorn":
+        await host.stop()
