@@ -2,7 +2,8 @@
 new connections are refused, nothing more is read or started, the handlers already running
 finish and their answers reach the callers, then every connection is closed with 1012; a
 handler outliving the grace is cancelled (its caller told so) and the close comes at the
-grace. On the own listener, and under aiohttp and uvicorn."""
+grace. On the own listener, under aiohttp and uvicorn, and as a process stopped by SIGTERM,
+alone or as workers."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from wse_fast import WSE_ERROR, Connection, RpcDisconnected, RpcError, WseServer
+from wse_fast import WSE_ERROR, Connection, RpcDisconnected, RpcError, WseClient, WseServer
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
 from tests.hosts import Host, serve_aiohttp, serve_asgi
+from tests.test_cli import serve
 from tests.test_hardening import upgrade
 
 CLOSE_SERVICE_RESTART = 1012
@@ -202,3 +204,53 @@ async def test_a_mounted_server_drains_before_its_host_closes(
     assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}
     if host_kind == "uvicorn":
         await host.stop()
+
+
+# ---- wse-fast serve ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2", "--no-cluster"]])
+async def test_sigterm_answers_the_calls_in_flight_before_closing(
+    workers: list[str], log: EventLog
+) -> None:
+    served = await serve(
+        "tests.drain_app:server", "--port", "0", "--graceful-timeout", "7", *workers
+    )
+    clients: list[WseClient] = []
+    try:
+        port = await served.serving()
+        calls = []
+        for n in range(8):
+            client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+            clients.append(client)
+            client.when.closed(log.hook("closed"))
+            client.channel.on("started", log.hook("started"))
+            await client.connect(f"user{n}")
+            calls.append(asyncio.ensure_future(client.call("hold", timeout=0)))
+        await log.wait("started", 8)  # every call is running in the server
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
+    answers = await asyncio.gather(*calls)
+    # answered after the signal, with the grace given on the command line (passed on to
+    # the workers)
+    assert answers == [{"grace": 7.0, "closing": True}] * 8
+    closed = await log.wait("closed", 8)
+    assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}
+    for client in clients:
+        await client.close()
+
+
+async def test_workers_shutdown_timeout_must_exceed_the_graceful_timeout() -> None:
+    served = await serve(
+        "tests.drain_app:server",
+        "--workers",
+        "2",
+        "--graceful-timeout",
+        "30",
+        "--shutdown-timeout",
+        "20",
+    )
+    status, output = await served.ended()
+    assert status == 2, output
+    assert "--shutdown-timeout must exceed --graceful-timeout" in output

@@ -46,12 +46,16 @@ import click
 from .client import WseClient
 from .errors import WseError
 from .metrics import prometheus_installed
-from .server import WseServer
+from .server import DEFAULT_GRACE, WseServer
 
 log = logging.getLogger("wse_fast.cli")
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: With --workers and no --shutdown-timeout: how much longer than --graceful-timeout a worker
+#: has to end after a signal before it is killed (its cancelled handlers' answers, the close
+#: handshakes, up to ``close_timeout`` each, and leaving the cluster).
+SHUTDOWN_MARGIN = 30.0
 NO_NATS = (
     "a cluster (--cluster, or --workers above 1 without --no-cluster) needs nats-py: "
     "pip install 'wse-fast[cluster]'; or --no-cluster for workers that only share the port"
@@ -193,9 +197,11 @@ async def serve_one(
     group_fds: tuple[int, int] | None,
     ssl_context: ssl_module.SSLContext | None = None,
     metrics_at: tuple[str, int] | None = None,
+    grace: float = DEFAULT_GRACE,
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
-    then closes it. In a group (``group_fds``: the ready pipe's and the lifeline's
+    then closes it, letting running handlers finish for up to ``grace`` seconds (see
+    ``WseServer.close``). In a group (``group_fds``: the ready pipe's and the lifeline's
     descriptors) it listens on a SO_REUSEPORT socket of its own. ``ssl_context`` replaces
     the server's own ``ssl`` (None: the server's is kept). ``metrics_at``: host and port of
     ``GET /metrics`` and ``GET /health``, served from when the server listens until it has
@@ -218,6 +224,7 @@ async def serve_one(
     if cluster:  # before start: the server starts its cluster link with its listener
         server.join_cluster(cluster, node=node_name(node_prefix))
     server.host, server.port = host, port
+    server.grace = grace
     if ssl_context is not None:
         server.ssl = ssl_context
     sock = reuseport_socket(host, port) if group_fds is not None else None
@@ -403,6 +410,7 @@ async def serve_group(
     shutdown_timeout: float,
     ssl_options: Sequence[str] = (),
     metrics_at: tuple[str, int] | None = None,
+    grace: float = DEFAULT_GRACE,
 ) -> int:
     """Runs ``workers`` worker processes on ``host:port``; ``cluster`` None: a nats-server of
     its own for them, started first and stopped after them; empty: no cluster.
@@ -430,6 +438,7 @@ async def serve_group(
             log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.url)
         command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
         command += ["--port", str(port), "--log-level", log_level, *ssl_options]
+        command += ["--graceful-timeout", str(grace)]
         if node_prefix is not None:
             command += ["--node-name", node_prefix]
         for url in cluster:
@@ -512,11 +521,19 @@ def main() -> None:
     help="Logging level.",
 )
 @click.option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE,
+    show_default=True,
+    help="Seconds that handlers running at SIGINT or SIGTERM get to finish and answer "
+    "before they are cancelled and the connections closed (the server's own grace= is not "
+    "used); 0: cancel them at once.",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="With --workers: seconds the workers have to close after a signal before SIGKILL.",
+    help="With --workers: seconds the workers have to close after a signal before SIGKILL; "
+    f"more than --graceful-timeout  [default: --graceful-timeout + {SHUTDOWN_MARGIN:g}].",
 )
 @click.option(
     "--ssl-certfile",
@@ -551,7 +568,8 @@ def serve(
     no_cluster: bool,
     node_name: str | None,
     log_level: str,
-    shutdown_timeout: float,
+    graceful_timeout: float,
+    shutdown_timeout: float | None,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
     metrics_port: int | None,
@@ -562,8 +580,10 @@ def serve(
     without arguments that returns one, imported from the current directory (as uvicorn
     does), e.g. `wse-fast serve myapp:server`.
 
-    One process (the default) runs it on uvloop until SIGINT or SIGTERM, then closes it:
-    clients get close code 1012 (service restart) and reconnect.
+    One process (the default) runs it on uvloop until SIGINT or SIGTERM, then drains it:
+    no new connections, nothing more read, the handlers already running get up to
+    --graceful-timeout seconds to finish and answer (then they are cancelled); then clients
+    get close code 1012 (service restart) and reconnect.
 
     With --workers N, N worker processes each listen on HOST:PORT with SO_REUSEPORT, so
     the kernel spreads new connections over them. This command supervises them: it passes
@@ -586,6 +606,13 @@ def serve(
     for handler in logging.getLogger().handlers:
         handler.addFilter(name_connection)
     cluster = split_urls(cluster_urls)
+    if shutdown_timeout is None:
+        shutdown_timeout = graceful_timeout + SHUTDOWN_MARGIN
+    elif workers > 1 and shutdown_timeout <= graceful_timeout:
+        raise click.UsageError(
+            "--shutdown-timeout must exceed --graceful-timeout: the workers would be killed "
+            "while they drain"
+        )
     if no_cluster and cluster:
         raise click.UsageError("--cluster and --no-cluster exclude each other")
     group_fds: tuple[int, int] | None = None
@@ -611,7 +638,17 @@ def serve(
 
     if workers == 1 or group_fds is not None:
         uvloop.run(
-            serve_one(app, host, port, cluster, node_name, group_fds, ssl_context, metrics_at)
+            serve_one(
+                app,
+                host,
+                port,
+                cluster,
+                node_name,
+                group_fds,
+                ssl_context,
+                metrics_at,
+                graceful_timeout,
+            )
         )
         return
     status = uvloop.run(
@@ -626,6 +663,7 @@ def serve(
             shutdown_timeout,
             ssl_options,
             metrics_at,
+            graceful_timeout,
         )
     )
     sys.exit(status)
