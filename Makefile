@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean
+.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression bench-drain clean
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,12 @@ bench-compression: bench-setup
 # Nodes on one nats-server against one node, send-to-user across nodes, 2 workers against 1.
 bench-cluster: bench-setup
 	$(PY) benches/cluster.py
+
+# SIGTERM on wse-fast serve with 1 000 calls in flight (0-2 s each): answered, cancelled and
+# lost calls and the time to exit, at the default grace, 1 s and 0 (BASELINE=checkout: and
+# that code's, built in place)
+bench-drain: bench-setup
+	$(PY) benches/drain.py --clients 1000 $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-codec: setup
 	taskset -c 1 $(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \
