@@ -2,8 +2,8 @@
 new connections are refused, nothing more is read or started, the handlers already running
 finish and their answers reach the callers, then every connection is closed with 1012; a
 handler outliving the grace is cancelled (its caller told so) and the close comes at the
-grace. On the own listener, under aiohttp and uvicorn, and as a process stopped by SIGTERM,
-alone or as workers."""
+grace. On the own listener, under aiohttp and uvicorn, as a process stopped by SIGTERM
+(alone or as workers), and as two nodes of a cluster with a call across them in flight."""
 
 from __future__ import annotations
 
@@ -15,11 +15,21 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from wse_fast import WSE_ERROR, Connection, RpcDisconnected, RpcError, WseClient, WseServer
+from wse_fast import (
+    WSE_ERROR,
+    Connection,
+    ConnectionNotReady,
+    RpcDisconnected,
+    RpcError,
+    WseClient,
+    WseServer,
+)
+from wse_fast.cluster.local_nats import LocalNats
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
 from tests.hosts import Host, serve_aiohttp, serve_asgi
 from tests.test_cli import serve
+from tests.test_cluster import until_online
 from tests.test_hardening import upgrade
 
 CLOSE_SERVICE_RESTART = 1012
@@ -254,3 +264,54 @@ async def test_workers_shutdown_timeout_must_exceed_the_graceful_timeout() -> No
     status, output = await served.ended()
     assert status == 2, output
     assert "--shutdown-timeout must exceed --graceful-timeout" in output
+
+
+# ---- in a cluster ---------------------------------------------------------------------------
+
+
+async def test_calls_across_nodes_in_flight_are_answered_while_both_nodes_drain(
+    make_client: ClientFactory, log: EventLog
+) -> None:
+    """bob on node a calls ``relay``, which calls alice's device on node b across NATS; both
+    nodes close meanwhile. b waits for the call it carries to alice, and takes no new one
+    from another node; a waits for its handler, whose answer comes over the cluster link,
+    which stays up until the drain is over."""
+    async with LocalNats() as nats:
+        a, b = WseServer(accept_identity, port=0), WseServer(accept_identity, port=0)
+        for server, name in ((a, "a"), (b, "b")):
+            server.join_cluster(nats.url, node=name, node_ttl=2.0)
+            await server.start()
+        try:
+            asked, release = asyncio.Event(), asyncio.Event()
+
+            async def slow(payload: Any) -> Any:
+                asked.set()
+                await release.wait()
+                return payload
+
+            @a.register("relay")
+            async def relay(conn: Connection, payload: Any) -> Any:
+                return await a.call("alice", "slow", payload, timeout=10)
+
+            alice = make_client(url_of(b))
+            alice.register("slow", slow)
+            await alice.connect("alice")
+            bob = make_client(url_of(a))
+            bob.when.closed(log.hook("closed"))
+            await bob.connect("bob")
+            await until_online(a, "alice", 1)
+            relayed = asyncio.ensure_future(bob.call("relay", 1, timeout=0))
+            async with asyncio.timeout(5):
+                await asked.wait()  # a -> NATS -> b -> alice's device, waiting
+            b_closed = await closing(b, grace=10)
+            with pytest.raises(ConnectionNotReady):  # b is closing: no new call through it
+                await a.call("alice", "slow", 2, timeout=5)
+            a_closed = await closing(a, grace=10)
+            release.set()
+            async with asyncio.timeout(10):
+                assert await relayed == 1
+                await asyncio.gather(a_closed, b_closed)
+            assert await log.wait("closed") == [(CLOSE_SERVICE_RESTART, "wse.by-server")]
+        finally:
+            await a.close(grace=0)
+            await b.close(grace=0)
