@@ -169,6 +169,22 @@ async def test_with_grace_0_running_handlers_are_cancelled_at_once(
         assert raised.value.message == "the call was cancelled"
 
 
+async def test_two_closes_at_once_both_end_when_the_handlers_do(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    gate = Gate(2)
+    server.register("hold", gate)
+    calls = await calls_in_flight(make_client, url_of(server), gate, log)
+    first = await closing(server, grace=10)
+    second = await closing(server, grace=10)  # the application's shutdown, and a signal
+    gate.open.set()
+    async with asyncio.timeout(5):  # not the grace: neither waits for the other's drain
+        assert await asyncio.gather(*calls) == [0, 1]
+        await asyncio.gather(first, second)
+    assert {code for code, _ in await log.wait("closed", 2)} == {CLOSE_SERVICE_RESTART}
+
+
 # ---- mounted --------------------------------------------------------------------------------
 
 

@@ -153,7 +153,8 @@ class WseServer(Peer[ServerEvents]):
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
         self.closing = False  # close() has begun: /health answers 503, no new work starts
-        self._idle: asyncio.Event | None = None  # set when no handler task runs, while closing
+        # while closing: set once no handler task runs (none starts again until start())
+        self._idle: asyncio.Event | None = None
         #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
         self.metrics = ServerMetrics(self)
         self.registry.metrics = self.metrics
@@ -244,6 +245,7 @@ class WseServer(Peer[ServerEvents]):
         """
         self.closing = False  # started again after a close: /health answers 200 again
         self.saturated = self.tasks_running >= self.max_tasks
+        self._idle = self._all_closed = None
         await self.attach()
         listener = Listener({None: self}, host=self.host, port=self.port, ssl=self.ssl)
         await listener.start(sock)
@@ -287,7 +289,8 @@ class WseServer(Peer[ServerEvents]):
             conn.stop_reading()
         await self._finish_work(grace)
         if self.connections:
-            self._all_closed = asyncio.Event()
+            if self._all_closed is None or self._all_closed.is_set():
+                self._all_closed = asyncio.Event()  # (else one a close() under way awaits)
             for conn in list(self.connections.values()):
                 if conn.endpoint is not None:
                     # the peer's answering Close must be read (what comes before it is
@@ -313,19 +316,23 @@ class WseServer(Peer[ServerEvents]):
         that those answers leave before the Close."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        if self._idle is None:  # (shared with a close() already under way)
+            self._idle = asyncio.Event()
         if self.tasks_running and grace > 0:
-            self._idle = idle = asyncio.Event()
+            log.info(
+                "closing: up to %s s for %d running handler task(s) to finish",
+                grace,
+                self.tasks_running,
+            )
             try:
                 async with asyncio.timeout_at(deadline):
-                    await idle.wait()
+                    await self._idle.wait()
             except TimeoutError:
                 log.warning(
                     "%d handler task(s) still running after the grace of %s s: cancelled",
                     self.tasks_running,
                     grace,
                 )
-            finally:
-                self._idle = None
         if self.cluster is not None and self._attached is not None:
             await self.cluster.finish_calls(deadline - loop.time())
         running = [task for conn in self.connections.values() for task in conn.cancel_tasks()]
