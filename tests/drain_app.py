@@ -1,6 +1,6 @@
 """The application the drain tests serve with ``wse-fast serve tests.drain_app:server``: a
 procedure that is still running when the stop signal comes, and ends only once the server
-has begun to close."""
+has begun to close; and one that never ends."""
 
 from __future__ import annotations
 
@@ -27,3 +27,12 @@ async def hold(conn: Connection, payload: Any) -> dict[str, Any]:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)  # still working after the signal: the drain must wait for it
     return {"grace": server.grace, "closing": server.closing}
+
+
+@server.register("stuck")
+async def stuck(conn: Connection, payload: Any) -> None:
+    """Tells its caller once the server is closing, then never ends (until cancelled)."""
+    while not server.closing:
+        await asyncio.sleep(0.01)
+    conn.send("closing")
+    await asyncio.Event().wait()

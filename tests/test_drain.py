@@ -267,6 +267,31 @@ async def test_sigterm_answers_the_calls_in_flight_before_closing(
         await client.close()
 
 
+async def test_a_second_sigterm_cancels_the_handlers_still_running(log: EventLog) -> None:
+    served = await serve("tests.drain_app:server", "--port", "0", "--graceful-timeout", "60")
+    try:
+        port = await served.serving()
+        client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+        client.when.closed(log.hook("closed"))
+        client.channel.on("closing", log.hook("closing"))
+        await client.connect("alice")
+        call = asyncio.ensure_future(client.call("stuck", timeout=0))
+        served.proc.terminate()
+        await log.wait("closing")  # the drain waits for the stuck call
+        assert not call.done()
+        served.proc.terminate()  # not 60 s more
+        status, output = await served.ended()
+    finally:
+        if served.proc.returncode is None:
+            await served.terminate()
+    assert status == 0, output
+    with pytest.raises(RpcError) as raised:
+        await call
+    assert raised.value.message == "the call was cancelled"
+    assert await log.wait("closed") == [(CLOSE_SERVICE_RESTART, "wse.by-server")]
+    await client.close()
+
+
 async def test_workers_shutdown_timeout_must_exceed_the_graceful_timeout() -> None:
     served = await serve(
         "tests.drain_app:server",

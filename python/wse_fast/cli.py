@@ -201,11 +201,11 @@ async def serve_one(
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
     then closes it, letting running handlers finish for up to ``grace`` seconds (see
-    ``WseServer.close``). In a group (``group_fds``: the ready pipe's and the lifeline's
-    descriptors) it listens on a SO_REUSEPORT socket of its own. ``ssl_context`` replaces
-    the server's own ``ssl`` (None: the server's is kept). ``metrics_at``: host and port of
-    ``GET /metrics`` and ``GET /health``, served from when the server listens until it has
-    closed (``/health`` says 503 while it closes)."""
+    ``WseServer.close``; a second signal cancels them at once). In a group (``group_fds``:
+    the ready pipe's and the lifeline's descriptors) it listens on a SO_REUSEPORT socket of
+    its own. ``ssl_context`` replaces the server's own ``ssl`` (None: the server's is kept).
+    ``metrics_at``: host and port of ``GET /metrics`` and ``GET /health``, served from when
+    the server listens until it has closed (``/health`` says 503 while it closes)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -245,7 +245,16 @@ async def serve_one(
             os.close(ready)
         await stop.wait()
     finally:
+        hurried: list[asyncio.Future[None]] = []
+
+        def hurry() -> None:
+            log.warning("stop signal again: the handlers still running are cancelled now")
+            hurried.append(asyncio.ensure_future(server.close(grace=0)))
+
+        for signum in STOP_SIGNALS:  # a second signal cuts the drain short
+            loop.add_signal_handler(signum, hurry)
         await server.close()
+        await asyncio.gather(*hurried)
         if metrics_listener is not None:
             metrics_listener.close()
 
@@ -582,8 +591,9 @@ def serve(
 
     One process (the default) runs it on uvloop until SIGINT or SIGTERM, then drains it:
     no new connections, nothing more read, the handlers already running get up to
-    --graceful-timeout seconds to finish and answer (then they are cancelled); then clients
-    get close code 1012 (service restart) and reconnect.
+    --graceful-timeout seconds to finish and answer (then they are cancelled; a second
+    signal cancels them at once); then clients get close code 1012 (service restart) and
+    reconnect.
 
     With --workers N, N worker processes each listen on HOST:PORT with SO_REUSEPORT, so
     the kernel spreads new connections over them. This command supervises them: it passes
