@@ -200,12 +200,14 @@ async def serve_one(
     grace: float = DEFAULT_GRACE,
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
-    then closes it, letting running handlers finish for up to ``grace`` seconds (see
-    ``WseServer.close``; a second signal cancels them at once). In a group (``group_fds``:
-    the ready pipe's and the lifeline's descriptors) it listens on a SO_REUSEPORT socket of
-    its own. ``ssl_context`` replaces the server's own ``ssl`` (None: the server's is kept).
-    ``metrics_at``: host and port of ``GET /metrics`` and ``GET /health``, served from when
-    the server listens until it has closed (``/health`` says 503 while it closes)."""
+    then closes it. In a group (``group_fds``: the ready pipe's and the lifeline's
+    descriptors) it listens on a SO_REUSEPORT socket of its own. ``ssl_context`` replaces
+    the server's own ``ssl`` (None: the server's is kept). ``metrics_at``: host and port of
+    ``GET /metrics`` and ``GET /health``, served from when the server listens until it has
+    closed (``/health`` says 503 while it closes).
+
+    ``grace``: how long the close lets running handlers finish (see ``WseServer.close``); a
+    second signal cancels them at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
