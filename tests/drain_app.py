@@ -31,7 +31,9 @@ async def hold(conn: Connection, payload: Any) -> dict[str, Any]:
 
 @server.register("stuck")
 async def stuck(conn: Connection, payload: Any) -> None:
-    """Tells its caller once the server is closing, then never ends (until cancelled)."""
+    """Tells its caller it has started, and again once the server is closing; then never
+    ends (until cancelled)."""
+    conn.send("started")
     while not server.closing:
         await asyncio.sleep(0.01)
     conn.send("closing")

@@ -199,11 +199,13 @@ async def test_a_mounted_server_drains_before_its_host_closes(
     gate = Gate(5)
     server.register("hold", gate)
     host: Host
+    shutting_down = asyncio.Event()
     if host_kind == "aiohttp":
         app = web.Application()
         app.router.add_get("/ws", server.aiohttp_handler)
 
         async def on_shutdown(app: web.Application) -> None:
+            shutting_down.set()  # close() below takes its first step before the test wakes
             await server.close(grace=10)
 
         app.on_shutdown.append(on_shutdown)
@@ -214,8 +216,8 @@ async def test_a_mounted_server_drains_before_its_host_closes(
     if host_kind == "aiohttp":
         stopping = asyncio.ensure_future(host.stop())  # stops listening, then on_shutdown
         async with asyncio.timeout(5):
-            while not server.closing:  # aiohttp's own steps come first
-                await asyncio.sleep(0.005)
+            await shutting_down.wait()
+        assert server.closing
     else:
         stopping = await closing(server, grace=10)
         # the host still listens: the upgrade is refused
@@ -273,9 +275,11 @@ async def test_a_second_sigterm_cancels_the_handlers_still_running(log: EventLog
         port = await served.serving()
         client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
         client.when.closed(log.hook("closed"))
+        client.channel.on("started", log.hook("started"))
         client.channel.on("closing", log.hook("closing"))
         await client.connect("alice")
         call = asyncio.ensure_future(client.call("stuck", timeout=0))
+        await log.wait("started")  # running in the server
         served.proc.terminate()
         await log.wait("closing")  # the drain waits for the stuck call
         assert not call.done()
