@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression bench-drain clean
+.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm bench-drain
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/bin/maturin:
 # Builds the extension in release mode into python/wse_fast/ and installs the runtime and dev
 # dependencies (cargo and pip skip what is already there).
 setup: $(VENV)/bin/maturin tests/node/node_modules
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev -q
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev,docs -q
 
 # The independent Node.js peer of the test suite (npm ws), pinned by its lock file.
 tests/node/node_modules: tests/node/package-lock.json
@@ -27,12 +27,22 @@ tests/node/node_modules: tests/node/package-lock.json
 browser-setup:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# Debian's nginx, for the deployment guide's proxy test (tests/test_deploy_nginx.py starts it
+# itself, in the foreground on 127.0.0.1; the package's own service is not needed).
+nginx-setup:
+	test -x /usr/sbin/nginx || command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx >/dev/null)
+
+# The documentation site (MkDocs + Material + mkdocstrings) into site/; the test suite builds
+# it with --strict and runs the programs on its pages (tests/test_docs.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 demo: setup
 	$(PY) examples/demo.py
 
 lint: setup
-	$(VENV)/bin/ruff check python tests benches examples fuzz
-	$(VENV)/bin/ruff format --check python tests benches examples fuzz
+	$(VENV)/bin/ruff check python tests benches examples fuzz docs/hooks.py
+	$(VENV)/bin/ruff format --check python tests benches examples fuzz docs/hooks.py
 	$(VENV)/bin/mypy
 	cargo fmt --check
 	cargo clippy --release --all-targets -q -- -D warnings
@@ -58,7 +68,7 @@ wheel-check: setup
 	env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -m pip install -q dist/*.whl
 	cd /tmp && env PATH=/usr/bin:/bin /tmp/wse-fast-wheel-venv/bin/python -c "import wse_fast.codec as c; assert c.IMPLEMENTATION == 'rust'; assert c.unpack_json(c.pack_json('t', {'a': 1}, None)) == ('t', {'a': 1}, None); print('wheel ok:', c._impl.__file__)"
 
-test: browser-setup lint test-rust test-py test-pure test-sendloop wheel-check
+test: browser-setup nginx-setup lint test-rust test-py test-pure test-sendloop wheel-check
 
 # RFC 6455 conformance: the Autobahn fuzzing client (groups 1-7, 9, 10; Python 2.7, installed
 # with pinned versions into tests/autobahn/.env on first use) against examples/echo_server.py.
@@ -105,6 +115,11 @@ bench-compression: bench-setup
 # Nodes on one nats-server against one node, send-to-user across nodes, 2 workers against 1.
 bench-cluster: bench-setup
 	$(PY) benches/cluster.py
+
+# A server with 15 000 clients killed (SIGKILL) and restarted: time until every client is back,
+# at uvloop's old backlog (100) and at the default (somaxconn). Results: benches/results/.
+bench-storm: setup
+	$(PY) benches/reconnect_storm.py --out benches/results/reconnect_storm
 
 # SIGTERM on wse-fast serve with 1 000 calls in flight (0-2 s each): answered, cancelled and
 # lost calls and the time to exit, at the default grace, 1 s and 0 (BASELINE=checkout: and

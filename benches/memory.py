@@ -62,11 +62,14 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(limits: dict[str, Any]) -> None:
-    """A wse-fast server at the default options but ``limits``: each connection its own user."""
+async def serve(limits: dict[str, Any], port: int = 0) -> None:
+    """A wse-fast server at the default options but ``limits``: each connection its own user;
+    on a free port, or ``port`` (benches/reconnect_storm.py restarts it on the same one)."""
     from wse_fast import ServerLimits, WseServer
 
-    server = WseServer(lambda req: req.accept(req.conn_id), port=0, limits=ServerLimits(**limits))
+    server = WseServer(
+        lambda req: req.accept(req.conn_id), port=port, limits=ServerLimits(**limits)
+    )
     await server.start()
     print("READY", server.port, flush=True)
     await asyncio.Event().wait()
@@ -252,11 +255,12 @@ if __name__ == "__main__":
     parser.add_argument("--out", help="a Markdown file for the table (and .json beside it)")
     parser.add_argument("--only", nargs="*", help="servers whose name contains any of these")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # JSON of ServerLimits overrides
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)  # of --serve
     parser.add_argument("--hold", nargs=3, help=argparse.SUPPRESS)  # port count first-identity
     args = parser.parse_args()
     if args.serve is not None:
         raise_file_limit()
-        uvloop.run(serve(json.loads(args.serve)))
+        uvloop.run(serve(json.loads(args.serve), args.port))
     elif args.hold is not None:
         raise_file_limit()
         port, count, first = (int(x) for x in args.hold)

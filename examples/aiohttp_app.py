@@ -79,8 +79,9 @@ async def announce(request: web.Request) -> web.Response:
     return web.json_response({"users": len(server.clients)})
 
 
+# --8<-- [start:app]
 async def close_wse(app: web.Application) -> None:
-    await server.close()  # closes every WSE connection (1012: WSE clients come back later)
+    await server.close()  # closes every WSE connection (1012: clients that reconnect come back)
     print("WSE server closed", flush=True)
 
 
@@ -90,6 +91,7 @@ app.router.add_get("/health", health)
 app.router.add_post("/announce", announce)
 app.router.add_get("/ws", server.aiohttp_handler)
 app.on_shutdown.append(close_wse)  # before aiohttp waits for its handlers to return
+# --8<-- [end:app]
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ PASSWORDS = {"alice": b"alice's password", "bob": b"bob's password"}  # a real a
 SESSIONS: dict[str, str] = {}  # session cookie -> user
 
 
+# --8<-- [start:identify]
 def identify(req: IdentifyRequest) -> None:
     """The user is whoever the session cookie names; the hi's identity is not believed."""
     handshake = req.request  # the HTTP upgrade request
@@ -39,6 +40,7 @@ def identify(req: IdentifyRequest) -> None:
 # Behind browsers, also pass origins=["https://your.site"]: a cookie rides along with
 # WebSocket upgrades that other sites' pages start (cross-site WebSocket hijacking).
 server = WseServer(identify=identify, conn_per_user=4)
+# --8<-- [end:identify]
 
 
 @server.register("whoami")
@@ -50,14 +52,16 @@ server.when.joined(lambda client, meta: print("joined:", client.cid, flush=True)
 server.when.left(lambda client, code, reason: print("left:", client.cid, code, reason, flush=True))
 
 
+# --8<-- [start:app]
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    await server.close()  # closes every WSE connection (1012: WSE clients come back later)
+    await server.close()  # closes every WSE connection (1012: clients that reconnect come back)
     print("WSE server closed", flush=True)
 
 
 app = FastAPI(lifespan=lifespan, routes=[WebSocketRoute("/ws", server.asgi)])
+# --8<-- [end:app]
 
 
 class Login(BaseModel):

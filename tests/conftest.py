@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -136,3 +137,19 @@ class RecordingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+def listen_backlogs(port: int) -> list[int]:
+    """The accept-queue length of every socket listening on ``port`` (SO_REUSEPORT: one per
+    worker), as the kernel holds it after capping at ``somaxconn``: ``ss`` reads it through
+    sock_diag and shows it as Send-Q of a listening socket (/proc/net/tcp does not show it)."""
+    table = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    # State Recv-Q Send-Q Local-Address:Port Peer-Address:Port
+    return [int(row.split()[2]) for row in table.splitlines() if row.strip()]
+
+
+def somaxconn() -> int:
+    with open("/proc/sys/net/core/somaxconn", encoding="ascii") as file:
+        return int(file.read())

@@ -26,7 +26,7 @@ BOB_KEY = b"bob's key"
 
 
 class FakeClock:
-    """Wall-clock seconds that move only when a test says so."""
+    """Seconds that move only when a test says so (a wall clock, or a monotonic one)."""
 
     def __init__(self, now: float = 1_700_000_000.25) -> None:
         self.now = now
@@ -157,13 +157,33 @@ async def test_a_wrong_answer_uses_the_quest_up() -> None:
 
 
 async def test_expiry_follows_the_servers_record() -> None:
-    clock = FakeClock()
-    auth = HmacChallenge({"alice": ALICE_KEY}.get, ttl=30.0, clock=clock)
+    elapsed = FakeClock(100.0)
+    auth = HmacChallenge({"alice": ALICE_KEY}.get, ttl=30.0, monotonic=elapsed)
     on_time, late = auth.issue("alice"), auth.issue("alice")
-    clock.now += 30.0
+    elapsed.now += 30.0
     assert await auth.verify_answer("alice", on_time, hmac_answer(ALICE_KEY, on_time))
-    clock.now += 0.5
+    elapsed.now += 0.5
     assert not await auth.verify_answer("alice", late, hmac_answer(ALICE_KEY, late))
+
+
+@pytest.mark.parametrize("jump", [-3600.0, 3600.0])
+async def test_expiry_ignores_a_wall_clock_jump(jump: float) -> None:
+    # NTP stepping the clock, or an operator setting it: a quest issued a moment ago stays
+    # answerable (a jump forward would have expired it), one past its ttl stays expired and
+    # is forgotten (a jump back would have kept it); the ts on the wire is the wall clock's.
+    wall, elapsed = FakeClock(), FakeClock(100.0)
+    auth = HmacChallenge({"alice": ALICE_KEY}.get, ttl=30.0, clock=wall, monotonic=elapsed)
+    fresh, stale, unanswered = auth.issue("alice"), auth.issue("alice"), auth.issue("alice")
+    assert fresh["ts"] == 1_700_000_000
+    wall.now += jump
+    elapsed.now += 1.0
+    assert await auth.verify_answer("alice", fresh, hmac_answer(ALICE_KEY, fresh))
+    elapsed.now += 30.0
+    assert not await auth.verify_answer("alice", stale, hmac_answer(ALICE_KEY, stale))
+    later = auth.issue("alice")
+    assert later["ts"] == int(1_700_000_000.25 + jump)
+    assert auth.outstanding == 1  # only ``later``: ``unanswered`` expired and is forgotten
+    assert not await auth.verify_answer("alice", unanswered, hmac_answer(ALICE_KEY, unanswered))
 
 
 async def test_a_quest_with_a_changed_ts_fails() -> None:
@@ -253,11 +273,11 @@ async def test_outstanding_quests_stay_bounded_oldest_first() -> None:
 
 
 def test_expired_quests_are_forgotten_when_the_next_is_issued() -> None:
-    clock = FakeClock()
-    auth = HmacChallenge(lambda identity: None, ttl=10.0, clock=clock)
+    elapsed = FakeClock(100.0)
+    auth = HmacChallenge(lambda identity: None, ttl=10.0, monotonic=elapsed)
     for _ in range(100):
         auth.issue("stranger")
-    clock.now += 10.5
+    elapsed.now += 10.5
     auth.issue("stranger")
     assert auth.outstanding == 1
 
@@ -388,11 +408,11 @@ async def test_replayed_answer_is_refused(make_server: ServerFactory) -> None:
 
 
 async def test_expired_quest_is_refused(make_server: ServerFactory) -> None:
-    clock = FakeClock()
-    server = await serve(make_server, HmacChallenge(KEYS.get, ttl=5.0, clock=clock))
+    elapsed = FakeClock(100.0)
+    server = await serve(make_server, HmacChallenge(KEYS.get, ttl=5.0, monotonic=elapsed))
     async with raw_peer(server, "alice") as peer:
         quest = await receive_quest(peer)
-        clock.now += 5.5
+        elapsed.now += 5.5
         await answer(peer, hmac_answer(ALICE_KEY, quest))
         assert await outcome(peer) == WSE_REASON.NOT_AUTHORIZED
 

@@ -875,7 +875,7 @@ async def test_no_reconnect_after_a_deliberate_close(
 
 
 # uvicorn (ASGI) answers a peer's Close itself, at once, before the application has read the
-# messages that came before it: answers to them are then lost (README: mounting).
+# messages that came before it: answers to them are then lost (docs/guides/mounting.md).
 @pytest.mark.parametrize("transport", ["picows", "aiohttp"])
 async def test_messages_in_flight_during_a_close_are_delivered(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog

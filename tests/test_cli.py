@@ -1,7 +1,10 @@
 """``wse-fast serve`` as a real process: one process, or workers sharing a port with
 SO_REUSEPORT (each connection answered by one of them), stopped by SIGTERM with their
-connections closed and the port released; a worker that dies stops the group with status 1
-and is named, and workers stop when their parent is killed. Workers in a cluster serve as one
+connections closed and the port released; a worker that dies is named and restarted in its
+slot (its /health tells so, in a cluster under a new node name) while the others serve, the
+group stops with status 1 past the crash-loop bound (or at once with --max-restarts 0), a stop
+signal during a restart stops everything, and workers stop when their parent is killed.
+--backlog sets every worker's accept queue. Workers in a cluster serve as one
 server (a user on one reaches a user on the other), on a nats-server of the command's own
 (stopped after them) or a given one (left running). Bad MODULE:ATTR arguments are explained;
 --help documents the options."""
@@ -9,6 +12,8 @@ server (a user on one reaches a user on the other), on a nats-server of the comm
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import re
 import shutil
@@ -16,14 +21,16 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from wse_fast import WseClient
 from wse_fast.cluster.local_nats import LocalNats
 
-from tests.conftest import EventLog
+from tests.conftest import EventLog, listen_backlogs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("wse-fast", path=str(Path(sys.executable).parent))
@@ -57,6 +64,16 @@ class Served:
                     return int(found[1])
         raise AssertionError(f"it exited before serving:\n{''.join(self.output)}")
 
+    async def line(self, pattern: str) -> str:
+        """The next line written that matches ``pattern``."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            while line := (await self.proc.stdout.readline()).decode():
+                self.output.append(line)
+                if re.search(pattern, line):
+                    return line
+        raise AssertionError(f"it exited before writing {pattern!r}:\n{''.join(self.output)}")
+
     async def ended(self) -> tuple[int, str]:
         """Waits for the process to exit: its status and all it wrote."""
         assert self.proc.stdout is not None
@@ -80,6 +97,16 @@ async def serve(*args: str) -> Served:
         stderr=asyncio.subprocess.STDOUT,
     )
     return Served(proc)
+
+
+async def health(port: int) -> tuple[int, dict[str, Any]]:
+    """``GET /health`` of a worker's metrics port: its status and JSON."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()  # the server closes after the answer
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
 
 
 async def answering_pid(url: str, identity: str, log: EventLog) -> tuple[WseClient, int]:
@@ -198,8 +225,11 @@ async def test_workers_share_the_port_and_all_stop_cleanly_on_sigterm(log: Event
         await client.close()
 
 
-async def test_a_worker_that_dies_stops_the_group_with_status_1_and_is_named() -> None:
-    served = await serve("tests.cli_app:server", "--port", "0", "--workers", "2", "--no-cluster")
+async def test_with_max_restarts_0_a_worker_that_dies_stops_the_group_with_status_1() -> None:
+    served = await serve(
+        "tests.cli_app:server", "--port", "0", "--workers", "2", "--no-cluster",
+        "--max-restarts", "0",
+    )  # fmt: skip
     try:
         port = await served.serving()
         victim, survivor = served.workers
@@ -209,9 +239,137 @@ async def test_a_worker_that_dies_stops_the_group_with_status_1_and_is_named() -
         if served.proc.returncode is None:
             await served.terminate()
     assert status == 1, output
-    assert f"worker {victim} ended unexpectedly (killed by SIGKILL)" in output
+    assert f"worker {victim} (slot 0) ended unexpectedly (killed by SIGKILL)" in output
     assert gone(survivor)
     assert port_is_free(port)
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free now (metrics of workers 0 and 1)."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no two consecutive free ports")
+
+
+async def pids_answering(port: int, stop: Callable[[set[int]], bool], log: EventLog) -> set[int]:
+    """Connects and calls ``pid`` until ``stop(pids so far)``: every connection must be
+    accepted and answered."""
+    pids: set[int] = set()
+    async with asyncio.timeout(20):
+        for n in itertools.count():
+            client, pid = await answering_pid(f"ws://127.0.0.1:{port}", f"probe{n}", log)
+            await client.close()
+            pids.add(pid)
+            if stop(pids):
+                return pids
+    raise AssertionError("unreachable")
+
+
+async def test_a_killed_worker_is_restarted_in_its_slot_while_the_others_serve(
+    log: EventLog,
+) -> None:
+    metrics_port = free_port_pair()
+    served = await serve(
+        "tests.cli_app:server", "--port", "0", "--workers", "2",
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    clients: list[WseClient] = []
+    try:
+        port = await served.serving()
+        victim, survivor = served.workers  # slots 0 and 1
+        status, before = await health(metrics_port)
+        assert status == 200 and before["worker"] == {"slot": 0, "restarts": 0, "pid": victim}
+        os.kill(victim, signal.SIGKILL)
+        await exited(victim)
+        # from its death on, every connection is taken (by the survivor, then also by the
+        # new worker: the kernel spreads them over the listening sockets again)
+        pids = await pids_answering(port, lambda pids: bool(pids - {survivor}), log)
+        [replacement] = pids - {survivor}
+        assert replacement != victim and not gone(survivor)
+        restarted = await served.line(rf"worker {replacement} \(slot 0\) is listening")
+        assert "(restart 1)" in restarted
+        output = "".join(served.output)
+        assert f"worker {victim} (slot 0) ended unexpectedly (killed by SIGKILL); restart" in output
+        # the same options (its metrics port), its restart told in /health, a new node name
+        status, after = await health(metrics_port)
+        assert status == 200, after
+        assert after["worker"] == {"slot": 0, "restarts": 1, "pid": replacement}
+        assert after["cluster"]["healthy"] and after["cluster"]["node"] != before["cluster"]["node"]
+        served.workers = [replacement, survivor]
+        clients = await tell_across(served, port, log)  # the cluster serves as one again
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
+    assert all(gone(pid) for pid in served.workers)
+    assert port_is_free(port)
+    for client in clients:
+        await client.close()
+
+
+async def test_past_the_crash_loop_bound_the_group_stops_with_status_1() -> None:
+    served = await serve(
+        "tests.cli_app:server", "--port", "0", "--workers", "2", "--no-cluster",
+        "--max-restarts", "1", "--restart-window", "600",
+    )  # fmt: skip
+    try:
+        port = await served.serving()
+        victim, survivor = served.workers
+        os.kill(victim, signal.SIGKILL)
+        started = await served.line(r"worker (\d+) \(slot 0\) is listening \(restart 1\)")
+        replacement = int(started.split("worker ")[1].split()[0])
+        os.kill(replacement, signal.SIGKILL)  # the second restart within the window: too many
+        status, output = await served.ended()
+    finally:
+        if served.proc.returncode is None:
+            await served.terminate()
+    assert status == 1, output
+    assert (
+        f"worker {replacement} (slot 0) ended unexpectedly (killed by SIGKILL); "
+        "1 restarts within 600.0 s already"
+    ) in output
+    assert gone(survivor)
+    assert port_is_free(port)
+
+
+async def test_a_stop_signal_during_a_restart_stops_everything_cleanly() -> None:
+    served = await serve("tests.cli_app:server", "--port", "0", "--workers", "2")  # a cluster
+    try:
+        port = await served.serving()
+        victim, survivor = served.workers
+        os.kill(victim, signal.SIGKILL)
+        started = await served.line(r"worker \d+ \(slot 0\) started in place of")
+        replacement = int(started.split("worker ")[1].split()[0])
+        status, output = await served.terminate()  # the new worker is still starting
+    finally:
+        if served.proc.returncode is None:
+            await served.terminate()
+    assert status == 0, output
+    found = CLUSTER.search(output)
+    assert found is not None
+    assert refuses_connections(found[1])  # its nats-server stopped too
+    assert gone(survivor) and gone(replacement)
+    assert port_is_free(port)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_backlog_sets_every_workers_accept_queue(workers: str) -> None:
+    served = await serve(
+        "tests.cli_app:server", "--port", "0", "--workers", workers, "--no-cluster",
+        "--backlog", "321",
+    )  # fmt: skip
+    try:
+        port = await served.serving()
+        assert listen_backlogs(port) == [321] * int(workers)
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
 
 
 async def exited(pid: int) -> None:
@@ -330,7 +488,8 @@ def test_cluster_and_no_cluster_exclude_each_other() -> None:
 def test_serve_help_lists_its_options(command: list[str]) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    for option in ("--host", "--port", "--workers", "--cluster", "--no-cluster", "--node-name"):
+    options = ("--host", "--port", "--workers", "--cluster", "--no-cluster", "--node-name")
+    for option in (*options, "--max-restarts", "--restart-window", "--backlog"):
         assert option in result.stdout
     assert "SO_REUSEPORT" in result.stdout and "nats-server" in result.stdout
     assert "--worker-of-group" not in result.stdout  # the parent's own, hidden

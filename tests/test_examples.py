@@ -1,8 +1,7 @@
-"""The README's examples run, and the README shows them as they are in examples/."""
+"""The examples run (the tutorial, docs/tutorial.md, includes each file as it is)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +49,3 @@ def test_example_runs(name: str) -> None:
     assert done.returncode == 0, done.stderr
     for line in EXPECTED[name]:
         assert line in done.stdout, (line, done.stdout)
-
-
-def test_readme_shows_the_examples_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(# examples/(\w+\.py).*?\n)```", readme, re.S)
-    shown = {name for _, name in blocks}
-    assert shown == set(EXPECTED) - {"demo.py"}
-    for code, name in blocks:
-        assert code == (ROOT / "examples" / name).read_text(), f"README copy of {name} is stale"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import struct
 from typing import Any
 
 import pytest
 from wse_fast import WSE_ERROR, WseServer, codec
+from wse_fast.transport.picows_endpoint import TRANSPORT_HIGH_WATER
 
 from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
-from tests.test_framing import RawPeer
+from tests.test_rfc6455 import open_peer
 
 
 async def test_one_turn_one_write_in_order(
@@ -71,30 +74,157 @@ async def test_broadcast_encodes_once(
     assert len(frames) == 1
 
 
-async def test_slow_consumer_is_dropped_and_memory_freed(
-    make_server: ServerFactory, log: EventLog
+SLOW_LIMIT = 256 * 1024  # max_pending_bytes of the slow-consumer tests
+
+
+async def flood_until_overflow(server: WseServer, log: EventLog) -> int:
+    """Broadcasts 1 KiB messages ``["flood", n]``, 64 a turn, until the server reports a
+    slow consumer (its ``error`` logged under "error"); returns how many it broadcast."""
+    chunk = "x" * 1024
+    sent = 0
+    for _ in range(1000):  # 64 MiB at most: far past any slow consumer's socket buffers
+        for _ in range(64):
+            server.broadcast("flood", [sent, chunk])
+            sent += 1
+        await asyncio.sleep(0)  # the end of the turn: one flush
+        if log.of("error"):
+            return sent
+    raise AssertionError("no slow consumer was dropped")
+
+
+def slow_consumer_reported(log: EventLog) -> None:
+    [(error, _)] = log.of("error")
+    assert error.code == WSE_ERROR.CONNECTION_ERROR
+    assert error.details == {"reason": "wse.slow-consumer", "max_pending_bytes": SLOW_LIMIT}
+
+
+async def test_slow_consumer_reads_a_close_1008_before_eof(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:
-    server = await make_server(max_pending_bytes=256 * 1024)
+    # A peer that stops reading while a broadcast goes on: past max_pending_bytes it is
+    # dropped, and when it reads again it finds whole frames, in order, then a Close 1008
+    # (not a bare end of the socket), well before all that was broadcast; the others miss
+    # nothing. Small send and receive buffers keep the kernel's share small.
+    server = await make_server(max_pending_bytes=SLOW_LIMIT, ping_interval=None)
     server.when.disconnected(log.hook("disconnected"))
     server.when.error(log.hook("error"))
-    peer = await RawPeer.connect(server.port)  # never reads after the welcome
-    await peer.hello()
+    others = [make_client(server) for _ in range(3)]
+    for i, other in enumerate(others):
+        other.channel.on("flood", log.hook(f"flood{i}"))
+        await other.connect(f"other{i}")
+    slow = await open_peer(server.port, rcvbuf=16384)
+    await slow.hello()
+    slow.writer.transport.pause_reading()  # from now on the peer takes nothing from its socket
     [conn] = server.clients["alice"].conns.values()
-    chunk = "x" * 1024
-    for _ in range(64):  # 64 turns of 1 MiB each: far more than the socket buffers take
-        for _ in range(1024):
-            conn.send("flood", chunk)
-        await asyncio.sleep(0)
-        if log.of("disconnected"):
-            break
+    assert conn.endpoint is not None
+    conn.endpoint.under.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+    )
+
+    sent = await flood_until_overflow(server, log)
+    slow_consumer_reported(log)
+    slow.writer.transport.resume_reading()
+    numbers = []
+    opcode, body = await slow.recv()  # recv asserts whole, unmasked frames
+    while opcode == 0x1:
+        numbers.append(json.loads(body)[1][0])
+        opcode, body = await slow.recv()
+    assert opcode == 0x8
+    assert (struct.unpack("!H", body[:2])[0], body[2:]) == (1008, b"wse.slow-consumer")
+    assert numbers == list(range(len(numbers)))
+    # what waited in wse-fast (up to the bound, 256 frames) was dropped, not sent ahead of
+    # the Close: the peer got only what the transport (its high-water mark and one turn's
+    # write past it) and the two small socket buffers held
+    assert len(numbers) * 1024 < TRANSPORT_HIGH_WATER + 256 * 1024 < sent * 1024
+    slow.send(0x8, body)  # the close handshake: the server then hangs up
+    assert await slow.reader.read() == b""
     [(dropped, code, reason)] = await log.wait("disconnected")
     assert (dropped.cid, code, reason) == ("alice", 1008, "wse.slow-consumer")
-    [(error, _)] = log.of("error")
-    assert (
-        error.code == WSE_ERROR.CONNECTION_ERROR and error.details["reason"] == "wse.slow-consumer"
-    )
+    assert "alice" not in server.clients and dropped not in server.connections.values()
+    for i in range(3):
+        got = await log.wait(f"flood{i}", sent)
+        assert [n for ((n, _),) in got] == list(range(sent))
+    slow.writer.close()
+
+
+async def test_a_dropped_slow_consumer_that_never_reads_is_gone_after_close_timeout(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    # A hostile peer: dropped, it never reads its Close; the server waits for it no longer
+    # than close_timeout, holding meanwhile only what its transport had taken.
+    server = await make_server(max_pending_bytes=SLOW_LIMIT, ping_interval=None, close_timeout=0.3)
+    server.when.disconnected(log.hook("disconnected"))
+    server.when.error(log.hook("error"))
+    peer = await open_peer(server.port, rcvbuf=16384)
+    await peer.hello()
+    peer.writer.transport.pause_reading()
+    [conn] = server.clients["alice"].conns.values()
+    assert conn.endpoint is not None
+    under = conn.endpoint.under
+    await flood_until_overflow(server, log)
+    assert under.get_write_buffer_size() <= 2 * TRANSPORT_HIGH_WATER
+    [(dropped, code, reason)] = await log.wait("disconnected", timeout=0.3 + 2)
+    assert (dropped.cid, code, reason) == ("alice", 1008, "wse.slow-consumer")
     assert server.clients == {} and server.connections == {}
     peer.writer.close()
+
+
+async def test_a_backlog_under_the_bound_waits_in_the_endpoint_and_arrives_in_order(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    # A peer that pauses, with less than max_pending_bytes waiting for it: the transport
+    # holds about its high-water mark and the rest waits in the endpoint (where a drop could
+    # still discard it); when the peer reads again, everything comes, in order, and then a
+    # close made meanwhile, after all of it.
+    server = await make_server(max_pending_bytes=1 << 20, ping_interval=None)
+    server.when.error(log.hook("error"))
+    peer = await open_peer(server.port, rcvbuf=16384)
+    await peer.hello()
+    peer.writer.transport.pause_reading()
+    [conn] = server.clients["alice"].conns.values()
+    assert conn.endpoint is not None
+    under = conn.endpoint.under
+    under.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    chunk = "x" * 1024
+    for turn in range(10):  # 640 KiB in all
+        for n in range(64):
+            conn.send("n", [turn * 64 + n, chunk])
+        await asyncio.sleep(0)
+        assert under.get_write_buffer_size() <= 2 * TRANSPORT_HIGH_WATER  # mark + a turn
+    conn.drop("enough")
+    peer.writer.transport.resume_reading()
+    numbers = []
+    opcode, body = await peer.recv()
+    while opcode == 0x1:
+        numbers.append(json.loads(body)[1][0])
+        opcode, body = await peer.recv()
+    assert numbers == list(range(640))
+    assert (opcode, struct.unpack("!H", body[:2])[0], body[2:]) == (0x8, 1000, b"enough")
+    assert not log.of("error")
+    peer.writer.close()
+
+
+async def test_slow_wse_client_is_told_1008(
+    make_server: ServerFactory, make_client: ClientFactory, log: EventLog
+) -> None:
+    # The same with a WseClient whose socket is not read for a while: once it reads again,
+    # it gets what reached its socket, then the server's Close, and reports 1008.
+    server = await make_server(max_pending_bytes=SLOW_LIMIT, ping_interval=None)
+    server.when.error(log.hook("error"))
+    client = make_client(server)
+    client.channel.on("flood", log.hook("flood"))
+    client.when.closed(log.hook("closed"))
+    await client.connect("alice")
+    endpoint = client._link.endpoint  # type: ignore[union-attr]
+    assert endpoint is not None
+    endpoint.pause_reading()
+
+    await flood_until_overflow(server, log)
+    slow_consumer_reported(log)
+    endpoint.resume_reading()
+    assert await log.wait("closed") == [(1008, "wse.slow-consumer")]
+    numbers = [n for ((n, _),) in log.of("flood")]
+    assert numbers == list(range(len(numbers)))
 
 
 async def small_send_buffers(

@@ -9,9 +9,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from wse_fast import codec
+from wse_fast import ServerLimits, codec
 
-from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
+from tests.conftest import (
+    ClientFactory,
+    EventLog,
+    RecordingTransport,
+    ServerFactory,
+    listen_backlogs,
+    somaxconn,
+)
 from tests.test_framing import RawPeer
 
 
@@ -140,3 +147,22 @@ def test_ping_timeout_longer_than_the_interval_is_refused_up_front() -> None:
 
     with pytest.raises(ValueError, match="ping_timeout"):
         ServerLimits(ping_interval=1, ping_timeout=2)
+
+
+async def test_the_accept_queue_defaults_to_the_kernels_bound(make_server: ServerFactory) -> None:
+    # uvloop's own default is 100: a restart's reconnect storm overflowed it (issue 17)
+    server = await make_server()
+    assert server.limits.listen_backlog is None
+    # at least max_unauthenticated (2048) is asked for; the kernel caps it at somaxconn
+    assert somaxconn() > 100  # (the kernels this runs on: 4096 since Linux 5.4)
+    assert listen_backlogs(server.port) == [somaxconn()]
+
+
+async def test_the_accept_queue_is_a_limit(make_server: ServerFactory) -> None:
+    server = await make_server(listen_backlog=321)
+    assert listen_backlogs(server.port) == [321]
+
+
+def test_the_accept_queue_is_at_least_one() -> None:
+    with pytest.raises(ValueError, match="listen_backlog"):
+        ServerLimits(listen_backlog=0)

@@ -40,8 +40,11 @@ What the server guarantees:
 - the nonce comes from :func:`secrets.token_bytes`; every quest is recorded by the server
   and each record is used once: a replayed answer fails, and so does an answer to a quest
   this server did not issue;
-- a quest expires ``ttl`` seconds after it was issued, by the server's own record of when
-  (the ``ts`` a client sees is informative; nothing the client says about time is trusted);
+- a quest expires ``ttl`` seconds after it was issued, by the server's own record of when,
+  kept on a monotonic clock (a wall clock stepped by NTP or by hand neither revives expired
+  quests nor expires fresh ones); the ``ts`` a client sees, wall-clock Unix seconds, is
+  informative and only has to come back unchanged: nothing the client says about time is
+  trusted;
 - the answer covers the identity, so an answer for one user is no answer for another, even
   if they share a key;
 - the record of outstanding quests holds at most ``max_outstanding`` entries (oldest go
@@ -131,10 +134,20 @@ class HmacChallenge:
     answer; past it the oldest are forgotten (their answers then fail). Each costs 200 to 270
     bytes, so the default bounds the record near 2.5 MB; a legitimate client loses its quest
     only if more than that many quests are issued during its round trip. ``clock``: wall-clock
-    seconds (``time.time``), used for ``ts`` and for expiry.
+    seconds (``time.time``), used only for the quest's ``ts``. ``monotonic``: seconds that
+    never go back (``time.monotonic``), used for expiry.
     """
 
-    __slots__ = ("_clock", "_decoy", "_issued", "_max", "_nonce_bytes", "_secret_for", "_ttl")
+    __slots__ = (
+        "_clock",
+        "_decoy",
+        "_issued",
+        "_max",
+        "_monotonic",
+        "_nonce_bytes",
+        "_secret_for",
+        "_ttl",
+    )
 
     def __init__(
         self,
@@ -144,6 +157,7 @@ class HmacChallenge:
         nonce_bytes: int = 32,
         max_outstanding: int = 10_000,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not callable(secret_for):
             raise TypeError("secret_for must be callable")
@@ -158,8 +172,10 @@ class HmacChallenge:
         self._nonce_bytes = nonce_bytes
         self._max = max_outstanding
         self._clock = clock
-        # Issue order is expiry order, so expired records are found at the front.
-        self._issued: OrderedDict[bytes, float] = OrderedDict()
+        self._monotonic = monotonic
+        # nonce -> (monotonic time of issue, the ts sent). Issue order is expiry order, so
+        # expired records are found at the front.
+        self._issued: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
         # Unknown users' answers are checked against this, so they cost the same as a wrong key.
         self._decoy = secrets.token_bytes(32)
 
@@ -173,18 +189,19 @@ class HmacChallenge:
 
     def issue(self, identity: str) -> dict[str, Any]:
         """A new quest for ``identity``, recorded as outstanding."""
-        now = self._clock()
+        now = self._monotonic()
         issued = self._issued
         while issued:
-            oldest = next(iter(issued.values()))
+            oldest, _ = next(iter(issued.values()))
             if now - oldest <= self._ttl:
                 break
             issued.popitem(last=False)
         while len(issued) >= self._max:
             issued.popitem(last=False)
         nonce = secrets.token_bytes(self._nonce_bytes)
-        issued[nonce] = now
-        return {"alg": ALG, "nonce": nonce.hex(), "ts": int(now), "identity": identity}
+        ts = int(self._clock())
+        issued[nonce] = (now, ts)
+        return {"alg": ALG, "nonce": nonce.hex(), "ts": ts, "identity": identity}
 
     def __call__(
         self, identity: Any, meta: Any, quest: Callable[[Any], None], refuse: Callable[[], None]
@@ -207,13 +224,16 @@ class HmacChallenge:
     async def verify_answer(self, identity: Any, quest: Any, answer: Any) -> bool:
         """True when ``answer`` is the right answer by ``identity`` to ``quest``, issued here,
         not answered before and not expired. The quest is used up whatever the outcome."""
-        now = self._clock()
+        now = self._monotonic()
         try:
             nonce, ts, quest_identity = _fields(quest)
-            issued_at = self._issued.pop(bytes.fromhex(nonce), None)
+            record = self._issued.pop(bytes.fromhex(nonce), None)
         except ValueError:
             return False
-        if issued_at is None or ts != int(issued_at) or now - issued_at > self._ttl:
+        if record is None:
+            return False
+        issued_at, issued_ts = record
+        if ts != issued_ts or now - issued_at > self._ttl:
             return False
         if not isinstance(identity, str) or identity != quest_identity:
             return False

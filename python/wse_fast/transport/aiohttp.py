@@ -17,9 +17,10 @@ layer sees a message (a stranger's too, which is then refused past
 ``auth_max_message_size``). The server's other compression options do not apply there.
 The peer's Close is answered here, with its own code, after
 what was queued before it. A Close is sent through aiohttp's ``close()``, which waits for
-the peer's answer (up to ``close_timeout``) also for refused strangers. A slow consumer's
-socket is aborted, as on picows, with what aiohttp still buffered for it; a refused upgrade
-closes its socket (no keep-alive).
+the peer's answer (up to ``close_timeout``) also for refused strangers. A slow consumer gets,
+as on picows, a Close 1008 behind what aiohttp already buffered for it (what waited in the
+endpoint is dropped), and its socket is aborted if the handshake is not over within
+``close_timeout``; a refused upgrade closes its socket (no keep-alive).
 
 On shutdown, aiohttp stops listening and then runs the application's ``on_shutdown`` before it
 closes its connections: ``app.on_shutdown.append(lambda app: server.close())`` drains there

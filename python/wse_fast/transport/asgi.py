@@ -21,10 +21,12 @@ per connection that compresses), every message, a broadcast too, compressed per 
 and inflation bounded by ``--ws-max-size``. ``--ws-per-message-deflate false`` turns it off.
 
 What ASGI gives no way to do: drop a socket. A slow consumer is dropped by the server (its
-queue freed, ``error`` and ``disconnected`` reported), but the host server closes the socket
-gracefully once the application returns, so its own buffer (uvicorn: about 64 KiB) stays until
-the peer reads it or goes; after a Close, uvicorn keeps the socket until the peer answers or
-its own close timeout (10 s) passes, whatever the server's ``close_timeout``.
+queue freed, ``error`` reported, a Close 1008 sent after the message uvicorn is sending, and
+``disconnected`` once the close handshake ends or ``close_timeout`` passes), but the host
+server closes the socket gracefully once the application returns, so its own buffer (uvicorn:
+about 64 KiB) stays until the peer reads it or goes; after a Close, uvicorn keeps the socket
+until the peer answers or its own close timeout (10 s) passes, whatever the server's
+``close_timeout``.
 
 Draining (``WseServer.close``) needs the connections still open, and uvicorn's shutdown
 (SIGINT, SIGTERM) first closes every WebSocket itself with 1012, then sends the lifespan's

@@ -69,7 +69,9 @@ class Flusher:
             frame = endpoint._head
             if frame is not None and endpoint._tail is None and endpoint.direct_fd >= 0:
                 # Straight to the socket only if that keeps every byte in order and sends
-                # nothing after a Close: nothing may wait in the transport, it must not be
+                # nothing after a Close: nothing may wait in the transport (nor in the
+                # endpoint: frames it holds back wait only while the transport is paused,
+                # that is not empty, so this one test covers both), it must not be
                 # closing (after close() or abort() the fd is released at once, before picows
                 # learns of it, and its number may already belong to another connection), and
                 # picows must not have sent a Close of its own (it disconnects a moment after

@@ -334,16 +334,15 @@ class MessageEndpoint:
             self._drain = None
 
     def _overflow(self) -> None:
-        """The peer reads slower than it is written to: drop it now, as picows's endpoint
-        does (close code 1008, reason ``wse.slow-consumer``)."""
-        self._out = None
+        """The peer reads slower than it is written to: as on picows's endpoint, what waits
+        here is dropped and a Close 1008 ``wse.slow-consumer`` follows the message the host
+        is sending (the drain sends it once that send returns, that is once the host's own
+        buffer has room), so a peer that catches up reads the 1008; ``close_timeout`` bounds
+        the whole, as for a protocol failure (nothing more is taken from the peer)."""
+        self._out = None  # the drain sends nothing more of it: it reads _out after each send
         self._out_bytes = 0
-        self._close_written = True  # dropped, not closed: no Close goes out after this
-        if self._close_sent is None:
-            self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
-            self._loop.call_soon(self.handler.on_overflow)
-        self._finish()
-        self.drop_connection()
+        self._loop.call_soon(self.handler.on_overflow)
+        self._fail(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
 
     def _fail(self, code: int, reason: str) -> None:
         self._failed = True

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import struct
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,6 +52,13 @@ from .flush import flusher_for
 
 #: From this size on, queued frames are handed over as they are instead of joined.
 LARGE_FRAME = 8 * 1024
+#: With ``max_pending_bytes`` set, what uvloop's transport may buffer for a peer before frames
+#: wait in the endpoint instead (its high-water mark; it asks for more below a quarter of
+#: it). Bytes handed to the transport can only leave, in order, before anything else; frames
+#: still held here can be thrown away, so a slow consumer's Close 1008 leaves right behind
+#: at most this much (and what the kernel holds), not behind ``max_pending_bytes``. uvloop's
+#: own default high-water mark.
+TRANSPORT_HIGH_WATER = 64 * 1024
 #: How often (seconds) open connections are looked at for a Close that picows sent by itself;
 #: such a connection then gets its ``close_timeout``, so it ends at most this much later than
 #: one closed here. Keepalive with short intervals makes the look more frequent.
@@ -111,6 +119,15 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     ``keepalive``, when set before the connection opens (by the listener), has the loop's
     sweep ping it when idle; client endpoints use picows's own keepalive instead.
+
+    ``max_pending_bytes``, when set, bounds what waits for a peer that reads slower than it
+    is written to: frames wait in the transport up to :data:`TRANSPORT_HIGH_WATER`, then in
+    the endpoint; past the bound, the frames waiting in the endpoint are dropped and the peer
+    gets a Close 1008 ``wse.slow-consumer`` right behind what the transport and the kernel
+    already hold (whole frames only: nothing the endpoint holds has begun to leave). The
+    close handshake then takes at most ``close_timeout``. (The kernel's buffers, both sides'
+    together several MiB on a fast link, are not counted: nothing can be taken back from
+    them.)
     """
 
     __slots__ = (
@@ -121,6 +138,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
         "_failed",
         "_flusher",
         "_head",
+        "_held",
+        "_held_bytes",
         "_pinged_at",
         "_quiet_since",
         "_tail",
@@ -153,6 +172,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         # garbage collections in paced fan-out), and an idle connection keeps no list.
         self._head: bytes | None = None
         self._tail: list[bytes] | None = None
+        # While the transport is over its high-water mark (paused writing): the frames that
+        # wait here for it, in order, and their size. None when frames go straight on.
+        self._held: deque[bytes] | None = None
+        self._held_bytes = 0
         self._flusher = flusher_for(asyncio.get_running_loop())
         self.direct_fd = -1
         self.client_side = client_side
@@ -192,8 +215,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
             if self.receive_buffer is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
         if self.max_pending_bytes is not None:
-            # pause_writing (below) fires when more than this is waiting for the peer
-            underlying.set_write_buffer_limits(high=self.max_pending_bytes)
+            # pause_writing (below) fires past this, resume_writing below a quarter of it
+            underlying.set_write_buffer_limits(
+                high=min(TRANSPORT_HIGH_WATER, self.max_pending_bytes)
+            )
         _sweep(asyncio.get_running_loop()).add(self)
         try:
             self.handler.on_open(self)
@@ -202,21 +227,83 @@ class Endpoint(WSListener):  # type: ignore[misc]
             self._fail(CLOSE_INTERNAL_ERROR, "")
 
     def pause_writing(self) -> None:
-        """The peer reads slower than we write: drop it before its backlog grows further.
+        """The transport holds more than its high-water mark: frames wait here from now on.
 
         Called by uvloop from inside a write, possibly in the middle of a flush of many
-        connections: the handler hears of it on the next loop turn, when no flush is running.
+        connections. One write can take the transport past ``max_pending_bytes`` by itself
+        (a turn's worth of frames, or one large frame); that peer is dropped at the end of
+        this loop turn's callbacks, outside the write.
         """
-        if self.max_pending_bytes is None or self.transport is None:
+        limit = self.max_pending_bytes
+        if limit is None or self._close_sent is not None or self.under is None:
+            # No limit; or nothing more is written after a Close (close_timeout bounds the
+            # wait); or the upgrade's own answer, before the connection is the endpoint's.
             return
-        self._head = self._tail = None
-        if self._close_sent is None:
-            self._close_sent = (CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
-            asyncio.get_running_loop().call_soon(self.handler.on_overflow)
-        self.transport.disconnect(graceful=False)  # frees the backlog now
+        if self._held is None:
+            self._held = deque()
+        if self.under.get_write_buffer_size() > limit:
+            asyncio.get_running_loop().call_soon(self._check_pending)
 
     def resume_writing(self) -> None:
-        pass
+        """The transport is below a quarter of its high-water mark: hand it the held frames,
+        until it is full again."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None  # writes go straight to the transport again...
+        while held:
+            # about one high-water mark's worth per write: one system call for many frames
+            batch = [held.popleft()]
+            size = len(batch[0])
+            while held and size < TRANSPORT_HIGH_WATER:
+                frame = held.popleft()
+                batch.append(frame)
+                size += len(frame)
+            self._held_bytes -= size
+            self.under.writelines(batch)
+            if self._held is not None:  # ... until a write takes it past the mark again
+                self._held = held  # (pause_writing made an empty one: nothing came between)
+                return
+        self._held_bytes = 0
+
+    def _hold(self, head: bytes, tail: list[bytes] | None) -> None:
+        """Keeps this turn's frames until the transport asks for more; drops the peer when
+        what waits for it is past ``max_pending_bytes``."""
+        held = self._held
+        assert held is not None and self.max_pending_bytes is not None
+        held.append(head)
+        size = len(head)
+        if tail is not None:
+            held.extend(tail)
+            for frame in tail:
+                size += len(frame)
+        self._held_bytes += size
+        self._check_pending()
+
+    def _check_pending(self) -> None:
+        limit = self.max_pending_bytes
+        transport = self.transport
+        if (
+            self._close_sent is not None
+            or limit is None
+            or transport is None
+            or transport.is_disconnected
+        ):
+            return
+        if self._held_bytes + self.under.get_write_buffer_size() > limit:
+            self._drop_slow_consumer()
+
+    def _drop_slow_consumer(self) -> None:
+        """Past ``max_pending_bytes``: what is held here is dropped (none of it has left, so
+        the peer sees only whole frames), and the Close 1008 goes behind what the transport
+        has already taken. The handshake is as for a protocol failure: nothing more is taken
+        from the peer, the server keeps reading until its Close comes (a socket closed with
+        unread input would be reset, and the reset can destroy the Close before it is read),
+        and the socket is aborted after ``close_timeout``."""
+        self._head = self._tail = self._held = None
+        self._held_bytes = 0
+        asyncio.get_running_loop().call_soon(self.handler.on_overflow)
+        self._fail(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self._quiet_since = None  # heard from the peer (see Keepalive)
@@ -282,7 +369,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
             self._timer.cancel()
             self._timer = None
         _sweep(asyncio.get_running_loop()).discard(self)
-        self._head = self._tail = None
+        self._head = self._tail = self._held = None
+        self._held_bytes = 0
         if self._close_received is not None:
             code, reason = self._close_received
         elif self._close_sent is not None:
@@ -338,7 +426,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if transport.is_close_frame_sent:  # picows closed by itself: nothing after its Close
             self._closed_by_picows()
             return
-        if tail is None:
+        if self._held is not None:  # the transport is full: after what waits already
+            self._hold(head, tail)
+        elif tail is None:
             self.under.write(head)
         elif len(head) < LARGE_FRAME:
             self.under.write(b"".join((head, *tail)))  # small frames: one copy, one write
@@ -405,7 +495,14 @@ class Endpoint(WSListener):  # type: ignore[misc]
             return False
         if self._close_sent is not None:  # the flush overflowed: the peer is dropped already
             return False
-        self._close_sent = (code, reason)
+        self._close_sent = (code, reason)  # from here on pause_writing holds nothing back
+        held = self._held
+        if held is not None:
+            # What waits here leaves before the Close: at most max_pending_bytes, and the
+            # socket is aborted after close_timeout whatever the peer reads.
+            self._held = None
+            self._held_bytes = 0
+            self.under.writelines(held)
         # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
         text = reason.encode()[:123].decode("utf-8", "ignore").encode()
         if self.client_side:
@@ -457,7 +554,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
         unanswered. It then closes TCP gracefully, that is only once the peer has read what
         is queued, and tells its listener nothing.
         """
-        self._head = self._tail = None
+        self._head = self._tail = self._held = None
+        self._held_bytes = 0
         self._arm_timer()
 
     def _arm_timer(self) -> None:

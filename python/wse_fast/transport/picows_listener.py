@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,23 @@ class ListenerOptions:
     read_buffer_size: int
     auto_pong: bool  # picows answers pings itself (else the endpoint does)
     stranger_budget: int  # bytes a socket may send before it is accepted
+    backlog: int  # the accept queue's length (listen(2))
+
+
+#: The accept queue where the kernel's bound cannot be read: Linux's ``somaxconn`` since 5.4.
+FALLBACK_BACKLOG = 4096
+
+
+def kernel_backlog() -> int:
+    """The longest accept queue the kernel grants (``listen(2)`` silently caps a larger
+    backlog): Linux's ``net.core.somaxconn``, else :data:`FALLBACK_BACKLOG`."""
+    if sys.platform == "linux":
+        try:
+            with open("/proc/sys/net/core/somaxconn", encoding="ascii") as file:
+                return int(file.read())
+        except (OSError, ValueError):
+            pass
+    return FALLBACK_BACKLOG
 
 
 async def listen(
@@ -129,4 +147,4 @@ async def listen(
     if ssl is not None and options.handshake_timeout is not None:
         # uvloop reports a TLS socket only once its TLS handshake is done: bound that too
         where["ssl_handshake_timeout"] = options.handshake_timeout
-    return await loop.create_server(protocol, ssl=ssl, **where)
+    return await loop.create_server(protocol, ssl=ssl, backlog=options.backlog, **where)
