@@ -8,10 +8,13 @@ grace. On the own listener, under aiohttp and uvicorn, as a process stopped by S
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvicorn
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -27,7 +30,7 @@ from wse_fast import (
 from wse_fast.cluster.local_nats import LocalNats
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
-from tests.hosts import Host, serve_aiohttp, serve_asgi
+from tests.hosts import Host, bound_socket, serve_aiohttp
 from tests.test_cli import serve
 from tests.test_cluster import until_online
 from tests.test_hardening import upgrade
@@ -192,14 +195,14 @@ async def test_two_closes_at_once_both_end_when_the_handlers_do(
 async def test_a_mounted_server_drains_before_its_host_closes(
     host_kind: str, make_client: ClientFactory, log: EventLog
 ) -> None:
-    """aiohttp calls ``on_shutdown`` before it closes its connections; uvicorn closes every
-    WebSocket itself before the ASGI lifespan's shutdown, so the server is closed first, as
-    a process under uvicorn does (see the module's documentation)."""
+    """aiohttp runs ``on_shutdown`` before it closes its connections; uvicorn closes every
+    WebSocket itself before the ASGI lifespan's shutdown, so the server is closed from a
+    subclass of uvicorn's server before its own shutdown (the recipe in the documentation)."""
     server = WseServer(accept_identity)
     gate = Gate(5)
     server.register("hold", gate)
-    host: Host
     shutting_down = asyncio.Event()
+    stop: Callable[[], Awaitable[None]]
     if host_kind == "aiohttp":
         app = web.Application()
         app.router.add_get("/ws", server.aiohttp_handler)
@@ -210,17 +213,38 @@ async def test_a_mounted_server_drains_before_its_host_closes(
 
         app.on_shutdown.append(on_shutdown)
         host = await serve_aiohttp(app)
+        stop = host.stop  # stops listening, then on_shutdown
     else:
-        host = await serve_asgi(Starlette(routes=[WebSocketRoute("/ws", server.asgi)]))
+
+        class DrainingServer(uvicorn.Server):
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                shutting_down.set()
+                await server.close(grace=10)
+                await super().shutdown(sockets)
+
+        sock = bound_socket()
+        config = uvicorn.Config(
+            Starlette(routes=[WebSocketRoute("/ws", server.asgi)]),
+            lifespan="off",
+            log_level="warning",
+            loop="none",
+        )
+        config.load()
+        uvicorn_server = DrainingServer(config)
+        uvicorn_server.lifespan = config.lifespan_class(config)
+        await uvicorn_server.startup(sockets=[sock])
+        host = Host(sock.getsockname()[1], sock.close)
+
+        async def stop() -> None:
+            uvicorn_server.should_exit = True
+            await uvicorn_server.shutdown(sockets=[sock])
+
     calls = await calls_in_flight(make_client, host.url("/ws"), gate, log)
-    if host_kind == "aiohttp":
-        stopping = asyncio.ensure_future(host.stop())  # stops listening, then on_shutdown
-        async with asyncio.timeout(5):
-            await shutting_down.wait()
-        assert server.closing
-    else:
-        stopping = await closing(server, grace=10)
-        # the host still listens: the upgrade is refused
+    stopping = asyncio.ensure_future(stop())
+    async with asyncio.timeout(5):
+        await shutting_down.wait()
+    assert server.closing
+    if host_kind == "uvicorn":  # uvicorn still listens: the server refuses the upgrade
         _, writer, head = await upgrade(host.port, target="/ws")
         assert head.startswith(b"HTTP/1.1 503"), head
         writer.close()
@@ -231,7 +255,7 @@ async def test_a_mounted_server_drains_before_its_host_closes(
     closed = await log.wait("closed", 5)
     assert {code for code, _ in closed} == {CLOSE_SERVICE_RESTART}
     if host_kind == "uvicorn":
-        await host.stop()
+        sock.close()
 
 
 # ---- wse-fast serve ---------------------------------------------------------------------------
