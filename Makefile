@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check
+.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain
 
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
@@ -136,6 +136,12 @@ bench-cluster: bench-setup
 # at uvloop's old backlog (100) and at the default (somaxconn). Results: benches/results/.
 bench-storm: setup
 	$(PY) benches/reconnect_storm.py --out benches/results/reconnect_storm
+
+# SIGTERM on wse-fast serve with 1 000 calls in flight (0-2 s each): answered, cancelled and
+# lost calls and the time to exit, at the default grace, 1 s and 0 (BASELINE=checkout: and
+# that code's, built in place)
+bench-drain: bench-setup
+	$(PY) benches/drain.py --clients 1000 $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-codec: setup
 	taskset -c 1 $(PY) -m pytest benches/bench_codec.py -q -p no:randomly --benchmark-only \

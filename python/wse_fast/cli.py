@@ -59,7 +59,7 @@ from .client import WseClient
 from .cluster.local_nats import without_credentials
 from .errors import WseError
 from .metrics import prometheus_installed
-from .server import WseServer
+from .server import DEFAULT_GRACE, WseServer
 
 log = logging.getLogger("wse_fast.cli")
 
@@ -70,6 +70,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CLUSTER_ENV = "WSE_FAST_CLUSTER"
 #: The client commands' ``--identity`` from the environment (a token kept out of argv).
 IDENTITY_ENV = "WSE_FAST_IDENTITY"
+#: With --workers and no --shutdown-timeout: how much longer than --graceful-timeout a worker
+#: has to end after a signal before it is killed (its cancelled handlers' answers, the close
+#: handshakes, up to ``close_timeout`` each, and leaving the cluster).
+SHUTDOWN_MARGIN = 30.0
 NO_NATS = (
     "a cluster (--cluster, or --workers above 1 without --no-cluster) needs nats-py: "
     "pip install 'wse-fast[cluster]'; or --no-cluster for workers that only share the port"
@@ -217,6 +221,7 @@ async def serve_one(
     ssl_context: ssl_module.SSLContext | None = None,
     metrics_at: tuple[str, int] | None = None,
     backlog: int | None = None,
+    grace: float = DEFAULT_GRACE,
 ) -> None:
     """Runs the server until SIGINT or SIGTERM (or, in a group, until the parent is gone),
     then closes it. In a group (``group_fds``: the ready pipe's and the lifeline's
@@ -224,7 +229,10 @@ async def serve_one(
     the server's own ``ssl`` (None: the server's is kept). ``metrics_at``: host and port of
     ``GET /metrics`` and ``GET /health``, served from when the server listens until it has
     closed (``/health`` says 503 while it closes; a worker's tells its slot and restarts).
-    ``backlog``: the listener's accept queue (None: the server's ``limits.listen_backlog``)."""
+    ``backlog``: the listener's accept queue (None: the server's ``limits.listen_backlog``).
+
+    ``grace``: how long the close lets running handlers finish (see ``WseServer.close``); a
+    second signal cancels them at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
@@ -247,6 +255,7 @@ async def serve_one(
     if cluster:  # before start: the server starts its cluster link with its listener
         server.join_cluster(cluster, node=node_name(node_prefix))
     server.host, server.port = host, port
+    server.grace = grace
     if backlog is not None:
         server.limits = dataclasses.replace(server.limits, listen_backlog=backlog)
     if group_fds is not None:
@@ -271,7 +280,16 @@ async def serve_one(
             os.close(ready)
         await stop.wait()
     finally:
+        hurried: list[asyncio.Future[None]] = []
+
+        def hurry() -> None:
+            log.warning("stop signal again: the handlers still running are cancelled now")
+            hurried.append(asyncio.ensure_future(server.close(grace=0)))
+
+        for signum in STOP_SIGNALS:  # a second signal cuts the drain short
+            loop.add_signal_handler(signum, hurry)
         await server.close()
+        await asyncio.gather(*hurried)
         if metrics_listener is not None:
             metrics_listener.close()
 
@@ -563,6 +581,7 @@ async def serve_group(
     backlog: int | None = None,
     max_restarts: int = 5,
     restart_window: float = 60.0,
+    grace: float = DEFAULT_GRACE,
 ) -> int:
     """Runs ``workers`` worker processes on ``host:port``; ``cluster`` None: a nats-server of
     its own for them, started first and stopped after them; empty: no cluster.
@@ -592,6 +611,7 @@ async def serve_group(
             log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.address)
         command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
         command += ["--port", str(port), "--log-level", log_level, *ssl_options]
+        command += ["--graceful-timeout", str(grace)]
         if node_prefix is not None:
             command += ["--node-name", node_prefix]
         if backlog is not None:
@@ -684,11 +704,19 @@ def main() -> None:
     help="Logging level.",
 )
 @click.option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE,
+    show_default=True,
+    help="Seconds that handlers running at SIGINT or SIGTERM get to finish and answer "
+    "before they are cancelled and the connections closed (the server's own grace= is not "
+    "used); 0: cancel them at once.",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="With --workers: seconds the workers have to close after a signal before SIGKILL.",
+    help="With --workers: seconds the workers have to close after a signal before SIGKILL; "
+    f"more than --graceful-timeout  [default: --graceful-timeout + {SHUTDOWN_MARGIN:g}].",
 )
 @click.option(
     "--max-restarts",
@@ -751,7 +779,8 @@ def serve(
     no_cluster: bool,
     node_name: str | None,
     log_level: str,
-    shutdown_timeout: float,
+    graceful_timeout: float,
+    shutdown_timeout: float | None,
     max_restarts: int,
     restart_window: float,
     backlog: int | None,
@@ -765,8 +794,11 @@ def serve(
     without arguments that returns one, imported from the current directory (as uvicorn
     does), e.g. `wse-fast serve myapp:server`.
 
-    One process (the default) runs it on uvloop until SIGINT or SIGTERM, then closes it:
-    clients get close code 1012 (service restart) and reconnect.
+    One process (the default) runs it on uvloop until SIGINT or SIGTERM, then drains it:
+    no new connections, nothing more read, the handlers already running get up to
+    --graceful-timeout seconds to finish and answer (then they are cancelled; a second
+    signal cancels them at once); then clients get close code 1012 (service restart) and
+    reconnect.
 
     With --workers N, N worker processes each listen on HOST:PORT with SO_REUSEPORT, so
     the kernel spreads new connections over them. This command supervises them: it passes
@@ -802,6 +834,13 @@ def serve(
     source = click.get_current_context().get_parameter_source("cluster_urls")
     if no_cluster and source is click.core.ParameterSource.ENVIRONMENT:
         cluster = []  # the command line beats the environment
+    if shutdown_timeout is None:
+        shutdown_timeout = graceful_timeout + SHUTDOWN_MARGIN
+    elif workers > 1 and shutdown_timeout <= graceful_timeout:
+        raise click.UsageError(
+            "--shutdown-timeout must exceed --graceful-timeout: the workers would be killed "
+            "while they drain"
+        )
     if no_cluster and cluster:
         raise click.UsageError("--cluster and --no-cluster exclude each other")
     group_fds: tuple[int, int] | None = None
@@ -828,7 +867,16 @@ def serve(
     if workers == 1 or group_fds is not None:
         uvloop.run(
             serve_one(
-                app, host, port, cluster, node_name, group_fds, ssl_context, metrics_at, backlog
+                app,
+                host,
+                port,
+                cluster,
+                node_name,
+                group_fds,
+                ssl_context,
+                metrics_at,
+                backlog,
+                graceful_timeout,
             )
         )
         return
@@ -847,6 +895,7 @@ def serve(
             backlog,
             max_restarts,
             restart_window,
+            graceful_timeout,
         )
     )
     sys.exit(status)

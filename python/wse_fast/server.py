@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from .cluster.nats_cluster import NatsCluster
 
 log = logging.getLogger("wse_fast")
+#: How long (seconds) :meth:`WseServer.close` lets running handlers finish by default: the
+#: default RPC timeout of both sides (a call still running this long after the close began
+#: has timed out at a caller with the default timeout, so waiting longer answers nobody), and
+#: with ``close_timeout`` (5 s) it fits in the 30 s that Kubernetes (terminationGracePeriod)
+#: and gunicorn (graceful_timeout) give a process to stop.
+DEFAULT_GRACE = 20.0
 #: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse;
 #: an ``async`` hook answers the same once awaited.
 UpgradeVerdict = int | tuple[int, str] | None
@@ -66,7 +72,9 @@ class WseServer(Peer[ServerEvents]):
     ``limits.handshake_timeout`` to answer (else HTTP 503) while the stranger counts;
     ``trusted_proxies`` (addresses or networks) are believed about the client's address
     (``X-Forwarded-For``). ``cluster``: NATS URL(s) to share users, sends, broadcasts, the
-    per-user limit and calls with other servers (see :meth:`join_cluster`).
+    per-user limit and calls with other servers (see :meth:`join_cluster`). ``grace``: how
+    long :meth:`close` lets running handlers finish (seconds, default
+    :data:`DEFAULT_GRACE`).
     """
 
     def __init__(
@@ -85,12 +93,16 @@ class WseServer(Peer[ServerEvents]):
         on_upgrade: UpgradeHook | None = None,
         trusted_proxies: Collection[str] = (),
         cluster: str | Sequence[str] | None = None,
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         if identify is None:
             raise WseError(WSE_ERROR.IDENTIFY_HANDLER_MISSING)
         if conn_per_user < 1:
             raise ValueError("conn_per_user must be at least 1")
+        if grace < 0:
+            raise ValueError("grace must not be negative")
         self.identify = identify
+        self.grace = grace
         self.host = host
         self.port = port
         super().__init__(protocol, mask=False, debug=debug)
@@ -147,7 +159,9 @@ class WseServer(Peer[ServerEvents]):
             self.join_cluster(cluster)
         self._all_closed: asyncio.Event | None = None
         self.tasks_running = 0  # handler tasks of every connection
-        self.closing = False  # close() has begun: /health answers 503
+        self.closing = False  # close() has begun: /health answers 503, no new work starts
+        # while closing: set once no handler task runs (none starts again until start())
+        self._idle: asyncio.Event | None = None
         #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
         self.metrics = ServerMetrics(self)
         self.registry.metrics = self.metrics
@@ -237,6 +251,8 @@ class WseServer(Peer[ServerEvents]):
         for example one inherited from a process manager.
         """
         self.closing = False  # started again after a close: /health answers 200 again
+        self.saturated = self.tasks_running >= self.max_tasks
+        self._idle = self._all_closed = None
         await self.attach()
         listener = Listener({None: self}, host=self.host, port=self.port, ssl=self.ssl)
         await listener.start(sock)
@@ -244,23 +260,50 @@ class WseServer(Peer[ServerEvents]):
         self.port = listener.port
 
     async def close(
-        self, code: int = CLOSE_SERVICE_RESTART, reason: str = WSE_REASON.BY_SERVER
+        self,
+        code: int = CLOSE_SERVICE_RESTART,
+        reason: str = WSE_REASON.BY_SERVER,
+        *,
+        grace: float | None = None,
     ) -> None:
-        """Stops accepting (when started by :meth:`start`) and closes every connection with a
-        close handshake.
+        """Stops the server gracefully, then closes every connection with a close handshake.
+
+        In order: no more connections are accepted (when started by :meth:`start`; a mounted
+        server or one on a shared :class:`~wse_fast.Listener` refuses upgrades with 503);
+        nothing more read from the open ones starts a handler (what was read and not started
+        is dropped, and reading pauses); the handlers already running (procedures, message
+        handlers, ``identify``) and the calls other nodes of a cluster made to this node's
+        users get up to ``grace`` seconds (None: the server's ``grace``) to finish, and
+        their answers are sent; those still running then are cancelled (a cancelled call is
+        answered ``wse.server.rp.failed``, "the call was cancelled"); then every connection
+        is closed, and the cluster link last. So a call the server did not answer never
+        started. Reading goes on only where a handler waits for a client's answer.
 
         The default code, 1012 (service restart), is one that WSE clients with reconnect on
         (wse-fast's default; ``re: true`` in JavaScript, whose default is off) reconnect after.
         Mounted (ASGI, aiohttp) or on a shared :class:`~wse_fast.Listener`, it closes the
-        connections of this server; call it from the application's shutdown.
+        connections of this server; call it from the application's shutdown, before the host
+        closes its connections (aiohttp's ``on_shutdown`` comes before; uvicorn closes every
+        WebSocket before the ASGI lifespan's shutdown, see :mod:`wse_fast.transport.asgi`).
         """
+        grace = self.grace if grace is None else grace
         self.closing = True
+        self.saturated = True  # every message now takes the paused path, which starts nothing
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop_listening()
+        self._waiting_for_tasks.clear()  # none of them is resumed now
+        for conn in list(self.connections.values()):
+            conn.stop_reading()
+        await self._finish_work(grace)
         if self.connections:
-            self._all_closed = asyncio.Event()
+            if self._all_closed is None or self._all_closed.is_set():
+                self._all_closed = asyncio.Event()  # (else one a close() under way awaits)
             for conn in list(self.connections.values()):
+                if conn.endpoint is not None:
+                    # the peer's answering Close must be read (what comes before it is
+                    # read too, and not run: the server is closing)
+                    conn.endpoint.resume_reading()
                 conn.drop(reason, code)
             try:
                 await asyncio.wait_for(self._all_closed.wait(), self.limits.close_timeout + 1)
@@ -273,6 +316,36 @@ class WseServer(Peer[ServerEvents]):
         if self.cluster is not None and self._attached is not None:
             await self.cluster.stop()
             self._attached = None
+
+    async def _finish_work(self, grace: float) -> None:
+        """The drain: waits up to ``grace`` seconds for the running handler tasks and the
+        calls other nodes made to this node's users to end; then cancels the tasks still
+        running and waits (up to ``close_timeout``) until their cancellation is answered, so
+        that those answers leave before the Close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._idle is None:  # (shared with a close() already under way)
+            self._idle = asyncio.Event()
+        if self.tasks_running and grace > 0:
+            log.info(
+                "closing: up to %s s for %d running handler task(s) to finish",
+                grace,
+                self.tasks_running,
+            )
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning(
+                    "%d handler task(s) still running after the grace of %s s: cancelled",
+                    self.tasks_running,
+                    grace,
+                )
+        if self.cluster is not None and self._attached is not None:
+            await self.cluster.finish_calls(deadline - loop.time())
+        running = [task for conn in self.connections.values() for task in conn.cancel_tasks()]
+        if running:
+            await asyncio.wait(running, timeout=self.limits.close_timeout)
 
     async def __aenter__(self) -> Self:
         """``async with WseServer(identify, port=0) as server:`` starts it (see :meth:`start`);
@@ -476,7 +549,10 @@ class WseServer(Peer[ServerEvents]):
         native: Any,
     ) -> HandshakeRequest | tuple[int, str]:
         """What every upgrade passes before ``on_upgrade``: the origin, and the count of a
-        client that a trusted proxy names."""
+        client that a trusted proxy names; none while the server drains (see :meth:`close`):
+        a client comes back to another server."""
+        if self.closing:
+            return HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down"
         if self.origins is not None and headers.get("Origin") not in self.origins:
             return HTTPStatus.FORBIDDEN, "origin not allowed"
         remote = client_address(peer, headers, self.trusted_proxies)
@@ -681,11 +757,13 @@ class WseServer(Peer[ServerEvents]):
 
     def task_started(self) -> None:
         self.tasks_running += 1
-        self.saturated = self.tasks_running >= self.max_tasks
+        self.saturated = self.tasks_running >= self.max_tasks or self.closing
 
     def task_finished(self) -> None:
         self.tasks_running -= 1
-        self.saturated = self.tasks_running >= self.max_tasks
+        self.saturated = self.tasks_running >= self.max_tasks or self.closing
+        if self._idle is not None and not self.tasks_running:
+            self._idle.set()  # the drain is over (see close)
         waiting = self._waiting_for_tasks
         while waiting and self.tasks_running < self.max_tasks:
             conn = next(iter(waiting))

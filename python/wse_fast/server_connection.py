@@ -104,6 +104,9 @@ class ServerConnection(Connection):
     def on_message(self, binary: bool, data: Any) -> None:
         server = self._server
         if self._backlog is not None or server.saturated:
+            if server.closing:  # (closing keeps the server saturated)
+                self._read_while_draining(binary, data)
+                return
             if self._backlog is None:
                 self._pause()
             # reading is paused: what was read already waits, copied, in order
@@ -295,7 +298,7 @@ class ServerConnection(Connection):
     def resume(self) -> None:
         """Runs what was read while paused, and reads again once there is room."""
         backlog = self._backlog
-        if backlog is None:
+        if backlog is None or self._server.closing:
             return
         self._backlog = None
         while backlog:
@@ -308,6 +311,47 @@ class ServerConnection(Connection):
                 return
         if self.endpoint is not None and self.session.state is not _CLOSED:
             self.endpoint.resume_reading()
+
+    # ---- the server's drain (see WseServer.close) --------------------------------------------
+
+    def stop_reading(self) -> None:
+        """The server is closing: nothing read from now on starts a handler, and what was read
+        but not started is dropped (never run, so never answered). Reading pauses, unless a
+        call to the client waits for its answer (a handler still running may need it)."""
+        self._backlog = None
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        if self._pending:
+            endpoint.resume_reading()  # perhaps paused by flow control
+        else:
+            endpoint.pause_reading()
+
+    def _read_while_draining(self, binary: bool, data: Any) -> None:
+        """A message read while the server closes: the answer to a call to the client goes
+        to its caller; anything else is not run. Reading pauses again once no call waits."""
+        event = self.session.receive_data(binary, data)
+        if isinstance(event, (ev.Response, ev.ResponseError)):
+            pending = self._pending
+            self._server.route(event, (self,), self._reply, pending, self._handler_failed)
+            if not pending and self.endpoint is not None:
+                self.endpoint.pause_reading()
+
+    async def call(self, rp: str, payload: Any = None, timeout: float | None = None) -> Any:
+        """As :meth:`Connection.call`; while the server closes, the connection reads again
+        until the answer has come."""
+        if self._server.closing and self.endpoint is not None:
+            # a handler finishing during the drain calls the client: its answer must be read
+            self.endpoint.resume_reading()
+        return await super().call(rp, payload, timeout)
+
+    def cancel_tasks(self) -> list[asyncio.Future[Any]]:
+        """Cancels this connection's running handler tasks (the drain's grace is over):
+        those cancelled, to await their answers."""
+        tasks = list(self._tasks) if self._tasks else []
+        for task in tasks:
+            task.cancel()
+        return tasks
 
     # ---- helpers ---------------------------------------------------------------------------
 

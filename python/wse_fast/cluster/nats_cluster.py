@@ -222,6 +222,13 @@ class NatsCluster:
         self._started = self._renewed = False
         await self._unlink()
 
+    async def finish_calls(self, timeout: float) -> None:
+        """Waits up to ``timeout`` seconds for the calls other nodes made to this node's users
+        to be answered (the server's drain: a closing node takes no new ones, and its link
+        stays up until :meth:`stop`)."""
+        if self._calls and timeout > 0:
+            await asyncio.wait(list(self._calls), timeout=timeout)
+
     async def _link(self) -> None:
         options: dict[str, Any] = {
             "name": f"wse-fast {self.node}",
@@ -505,6 +512,15 @@ class NatsCluster:
         if request.get("ping"):
             with contextlib.suppress(Exception):
                 await msg.respond(b"\x01")
+            return
+        if self.server.closing:
+            # draining: no new work here; the caller tries the user's other connections
+            refused = {
+                "code": WSE_ERROR.CONNECTION_NOT_READY,
+                "details": {"rpc": request.get("rp")},
+            }
+            with contextlib.suppress(Exception):
+                await msg.respond(msgpack.packb({"err": refused}))
             return
         if len(self._calls) >= _CALLS_AT_ONCE:
             busy = {"code": CLUSTER_UNAVAILABLE, "details": {"error": "node busy"}}

@@ -21,6 +21,11 @@ the peer's answer (up to ``close_timeout``) also for refused strangers. A slow c
 as on picows, a Close 1008 behind what aiohttp already buffered for it (what waited in the
 endpoint is dropped), and its socket is aborted if the handshake is not over within
 ``close_timeout``; a refused upgrade closes its socket (no keep-alive).
+
+On shutdown, aiohttp stops listening and then runs the application's ``on_shutdown`` before it
+closes its connections: ``app.on_shutdown.append(lambda app: server.close())`` drains there
+(see ``WseServer.close``). aiohttp's own ``shutdown_timeout`` (60 s by default) bounds what
+follows ``on_shutdown``, not the drain.
 """
 
 from __future__ import annotations

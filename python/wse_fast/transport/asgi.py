@@ -43,6 +43,21 @@ server closes the socket gracefully once the application returns, so its own buf
 about 64 KiB) stays until the peer reads it or goes; after a Close, uvicorn keeps the socket
 until the peer answers or its own close timeout (10 s) passes, whatever the server's
 ``close_timeout``.
+
+Draining (``WseServer.close``) needs the connections still open, and uvicorn's shutdown
+(SIGINT, SIGTERM) first closes every WebSocket itself with 1012, then sends the lifespan's
+shutdown: a server closed from the lifespan finds its handlers cancelled with their
+connections. To drain under uvicorn, close the server before uvicorn's own shutdown, for
+instance by running uvicorn with a subclass of its server::
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await wse.close()  # refuses upgrades (503), lets running handlers finish
+            await super().shutdown(sockets)
+
+    DrainingServer(uvicorn.Config(app, ...)).run()
+
+Meanwhile uvicorn still accepts connections; the server refuses their upgrades with 503.
 """
 
 from __future__ import annotations
