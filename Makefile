@@ -9,14 +9,21 @@ export PIP_QUIET := 1
 
 .PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain
 
+LOADGEN_GO := benches/.bin/loadgen_go
+
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "maturin>=1.7,<2"
 
 # Builds the extension in release mode into python/wse_fast/ and installs the runtime and dev
 # dependencies (cargo and pip skip what is already there).
-setup: $(VENV)/bin/maturin tests/node/node_modules
+setup: $(VENV)/bin/maturin tests/node/node_modules $(LOADGEN_GO)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev,docs -q
+
+# The second load generator of the RPC benchmark (Go, gorilla/websocket from the Go module proxy,
+# pinned by go.sum); tests/test_loadgen_go.py runs it against a wse-fast server.
+$(LOADGEN_GO): benches/loadgen_go/main.go benches/loadgen_go/go.mod benches/loadgen_go/go.sum
+	cd benches/loadgen_go && go build -o ../.bin/loadgen_go .
 
 # The independent Node.js peer of the test suite (npm ws), pinned by its lock file.
 tests/node/node_modules: tests/node/package-lock.json
