@@ -113,6 +113,20 @@ bench-setup: setup
 	command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
 	command -v perf >/dev/null || (apt-get update -qq && apt-get install -y -qq linux-perf) || true
 	sh benches/peers/wse_server_setup.sh || echo "the wse-server peer is left out: it needs CPython >= 3.12"
+	$(WSE_JS_SETUP)
+
+# The reference, JavaScript WSE 4.12.3, is not part of this repository: WSE_JS_DIR names a
+# checkout of its 4.12.3 release (github.com/vovchisko/wse), into which bench-setup installs
+# the dependencies it is measured with; benches/run.py reads the same variable.
+WSE_JS_VERSION := 4.12.3
+ifdef WSE_JS_DIR
+WSE_JS_SETUP = test "$$(node -p "require('$(abspath $(WSE_JS_DIR))/package.json').version")" = $(WSE_JS_VERSION) \
+	|| { echo "$(WSE_JS_DIR) is not JavaScript WSE $(WSE_JS_VERSION)"; exit 1; }; \
+	cd "$(WSE_JS_DIR)" && npm install --no-save --omit=dev --no-audit --no-fund --loglevel=error \
+		a-signal@2.2.4 tseep@1.3.1 isomorphic-ws@5.0.0 ws@8 bufferutil@4 utf-8-validate@6
+else
+WSE_JS_SETUP = @echo "the JavaScript WSE $(WSE_JS_VERSION) peer is left out: make bench-setup WSE_JS_DIR=DIR, DIR a checkout of its $(WSE_JS_VERSION) release"
+endif
 
 # Fan-out, latency, RPC and connections beside the peers (1 000 connections, 64 B), then
 # the codec micro-benchmarks. Results: benches/results/.
