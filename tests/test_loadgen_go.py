@@ -36,12 +36,12 @@ def each_its_own_user(req: IdentifyRequest) -> None:
 
 
 async def run_loadgen(
-    binary: Path, server: WseServer, conns: int, depth: int, seconds: float
+    binary: Path, server: WseServer, conns: int, depth: int, seconds: float, *options: str
 ) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         str(binary),
         *("-port", str(server.port), "-conns", str(conns), "-depth", str(depth)),
-        *("-seconds", str(seconds), "-server-pids", str(os.getpid())),
+        *("-seconds", str(seconds), "-server-pids", str(os.getpid()), *options),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -50,8 +50,9 @@ async def run_loadgen(
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.parametrize("writes", ["one per call", "pipelined"])
 async def test_every_call_counted_was_made_and_answered(
-    make_server: ServerFactory, loadgen_go: Path
+    make_server: ServerFactory, loadgen_go: Path, writes: str
 ) -> None:
     server = await make_server(each_its_own_user)
     calls: Counter[str] = Counter()
@@ -61,7 +62,8 @@ async def test_every_call_counted_was_made_and_answered(
         return p["a"] + p["b"]
 
     server.register("add", add)
-    code, out, err = await run_loadgen(loadgen_go, server, conns=10, depth=4, seconds=0.5)
+    options = ["-pipelined"] if writes == "pipelined" else []
+    code, out, err = await run_loadgen(loadgen_go, server, 10, 4, 0.5, *options)
     assert code == 0, err
     result = json.loads(out)
     assert (result["loadgen"], result["conns"], result["depth"]) == ("go", 10, 4)
@@ -74,9 +76,13 @@ async def test_every_call_counted_was_made_and_answered(
     assert 0 < result["p50_ms"] <= result["p99_ms"]
 
 
-async def test_a_wrong_answer_fails_the_run(make_server: ServerFactory, loadgen_go: Path) -> None:
+@pytest.mark.parametrize("writes", ["one per call", "pipelined"])
+async def test_a_wrong_answer_fails_the_run(
+    make_server: ServerFactory, loadgen_go: Path, writes: str
+) -> None:
     server = await make_server(each_its_own_user)
     server.register("add", lambda conn, p: p["a"] + p["b"] + 1)
-    code, out, err = await run_loadgen(loadgen_go, server, conns=2, depth=2, seconds=0.2)
+    options = ["-pipelined"] if writes == "pipelined" else []
+    code, out, err = await run_loadgen(loadgen_go, server, 2, 2, 0.2, *options)
     assert code == 1 and out == ""
-    assert 'unexpected answer "[\\"~wse:response\\",4,' in err
+    assert "unexpected answer" in err and '"~wse:response\\",4,' in err

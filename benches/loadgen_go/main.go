@@ -13,6 +13,11 @@
 // the CPU seconds the server's processes (-server-pids, from the scheduler's per-thread
 // counters) and this process spent over it, and the p50/p99 from write to answer.
 //
+// With -pipelined, a connection's calls are written together instead, as benches/loadgen.py's
+// pipelined caller writes them: the first -depth calls in one write, then after each read as
+// many calls as the read brought whole answers, in one write (frames built here, written to
+// the socket under gorilla; answers read from it directly, in order, stamps checked).
+//
 // Usage: loadgen_go -port PORT -conns 100 -depth 8 -seconds 2 -server-pids PID[,PID...]
 package main
 
@@ -21,6 +26,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -104,6 +110,7 @@ type caller struct {
 	sent    map[string]time.Duration // stamp -> when written
 	samples []time.Duration
 	call    []byte
+	out     []byte // the calls of one pipelined write
 }
 
 func dial(address string) (*websocket.Conn, error) {
@@ -179,6 +186,78 @@ func (c *caller) loop(start <-chan struct{}) error {
 	return nil
 }
 
+// appendCall appends one call as a client's masked text frame (RFC 6455 section 5.3); the
+// body is shorter than 126 bytes, so its length fits the second byte.
+func (c *caller) appendCall(now time.Duration) {
+	stamp := fmt.Sprintf("%0*d", stampSize, c.run.nextStamp.Add(1)-1)
+	c.sent[stamp] = now
+	body := append(append(append(c.call[:0], callPrefix...), stamp...), stampSuffix...)
+	key := rand.Uint32()
+	mask := [4]byte{byte(key >> 24), byte(key >> 16), byte(key >> 8), byte(key)}
+	c.out = append(c.out, 0x81, 0x80|byte(len(body)), mask[0], mask[1], mask[2], mask[3])
+	for i, b := range body {
+		c.out = append(c.out, b^mask[i%4])
+	}
+	c.call = body
+}
+
+// pipelinedLoop is loop with a connection's calls written together: the first depth at once,
+// then as many as each read brought answers.
+func (c *caller) pipelinedLoop(start <-chan struct{}) error {
+	// the server sent nothing after the welcome: gorilla's reader holds no byte of an answer
+	conn := c.ws.NetConn()
+	<-start
+	c.out = c.out[:0]
+	now := time.Since(c.run.epoch)
+	for i := 0; i < c.depth; i++ {
+		c.appendCall(now)
+	}
+	if _, err := conn.Write(c.out); err != nil {
+		return err
+	}
+	answerSize := len(answerHead) + stampSize + len(stampSuffix)
+	frameSize := 2 + answerSize // an unmasked server frame, its length in the second byte
+	buf := make([]byte, 64*1024)
+	var pending []byte
+	for len(c.sent) > 0 {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return fmt.Errorf("%d calls in flight lost: %w", len(c.sent), err)
+		}
+		now := time.Since(c.run.epoch)
+		pending = append(pending, buf[:n]...)
+		answered := 0
+		for len(pending) >= frameSize {
+			frame := pending[:frameSize]
+			message := frame[2:]
+			if frame[0] != 0x81 || int(frame[1]) != answerSize ||
+				!bytes.HasPrefix(message, answerHead) || !bytes.HasSuffix(message, stampSuffix) {
+				return fmt.Errorf("unexpected answer %q", frame)
+			}
+			stamp := string(message[len(answerHead) : len(answerHead)+stampSize])
+			sentAt, ok := c.sent[stamp]
+			if !ok {
+				return fmt.Errorf("answer to a call not in flight %q", message)
+			}
+			delete(c.sent, stamp)
+			c.samples = append(c.samples, now-sentAt)
+			answered++
+			pending = pending[frameSize:]
+		}
+		c.run.answered.Add(int64(answered))
+		if answered > 0 && c.run.running.Load() {
+			c.out = c.out[:0]
+			for i := 0; i < answered; i++ {
+				c.appendCall(now)
+			}
+			if _, err := conn.Write(c.out); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // p50 and p99 in milliseconds, picked as run.py picks them from the Python one's samples.
 func p50p99(sorted []time.Duration) (float64, float64) {
 	if len(sorted) == 0 {
@@ -197,6 +276,7 @@ func main() {
 	seconds := flag.Float64("seconds", 2, "how long new calls are written")
 	serverPids := flag.String("server-pids", "", "comma-separated pids whose CPU is the server's")
 	parallel := flag.Int("parallel", 200, "connections opened at once")
+	pipelined := flag.Bool("pipelined", false, "write a connection's calls together")
 	flag.Parse()
 	if *port == 0 || *serverPids == "" {
 		fmt.Fprintln(os.Stderr, "-port and -server-pids are required")
@@ -245,7 +325,11 @@ func main() {
 		drained.Add(1)
 		go func(c *caller) {
 			defer drained.Done()
-			if err := c.loop(start); err != nil {
+			loop := c.loop
+			if *pipelined {
+				loop = c.pipelinedLoop
+			}
+			if err := loop(start); err != nil {
 				r.fail(err)
 			}
 		}(c)
