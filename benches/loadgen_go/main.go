@@ -30,6 +30,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -182,6 +183,12 @@ func (c *caller) loop(start <-chan struct{}) error {
 				return err
 			}
 		}
+		// Fairness between connections: a goroutine whose next answer has already arrived
+		// would read on without parking, and with the one core the load generator has, Go
+		// polls the other sockets only when no goroutine is runnable (or every 10 ms): a few
+		// connections would be served back to back while the rest wait (seen at 100 x 8
+		// against wse-fast: p50 0.05 ms, p99 56 ms; with the yield, 5.1 ms and 7.7 ms).
+		runtime.Gosched()
 	}
 	return nil
 }
@@ -254,6 +261,7 @@ func (c *caller) pipelinedLoop(start <-chan struct{}) error {
 				return err
 			}
 		}
+		runtime.Gosched() // fairness between connections, as in loop
 	}
 	return nil
 }
