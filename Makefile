@@ -136,9 +136,10 @@ bench: bench-setup bench-codec
 bench-full: bench-setup
 	$(PY) benches/run.py --full
 
-# RPC as independent clients send it, beside the pipelined case (perf counts system calls)
+# RPC as independent clients send it, beside the pipelined case (perf counts system calls), from
+# both load generators (Python and Go); JavaScript WSE first where WSE_JS_DIR is given
 bench-rpc: bench-setup
-	$(PY) benches/run.py --parts rpc-realistic rpc --runs 3 --name rpc_realistic
+	$(PY) benches/run.py --parts rpc-realistic rpc --runs 3 --loadgen python go --name rpc_realistic
 
 # RSS per idle authenticated connection at the default options, and what each option costs
 bench-memory: bench-setup

@@ -428,6 +428,7 @@ async def rpc_bench(
         lat: dict[tuple[str, str], list[list[float]]] = {pair: [] for pair in pairs}
         for _ in range(runs):
             for name, loadgen in pairs:
+                result: Result
                 with Server(name) as server:
                     if loadgen == "go":
                         result, p = await rpc_go(server, conns, depth, 1.0, pipelined=True)
