@@ -9,14 +9,21 @@ export PIP_QUIET := 1
 
 .PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain
 
+LOADGEN_GO := benches/.bin/loadgen_go
+
 $(VENV)/bin/maturin:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "maturin>=1.7,<2"
 
 # Builds the extension in release mode into python/wse_fast/ and installs the runtime and dev
 # dependencies (cargo and pip skip what is already there).
-setup: $(VENV)/bin/maturin tests/node/node_modules
+setup: $(VENV)/bin/maturin tests/node/node_modules $(LOADGEN_GO)
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras dev,docs -q
+
+# The second load generator of the RPC benchmark (Go, gorilla/websocket from the Go module proxy,
+# pinned by go.sum); tests/test_loadgen_go.py runs it against a wse-fast server.
+$(LOADGEN_GO): benches/loadgen_go/main.go benches/loadgen_go/go.mod benches/loadgen_go/go.sum
+	cd benches/loadgen_go && go build -o ../.bin/loadgen_go .
 
 # The independent Node.js peer of the test suite (npm ws), pinned by its lock file.
 tests/node/node_modules: tests/node/package-lock.json
@@ -106,6 +113,20 @@ bench-setup: setup
 	command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux)
 	command -v perf >/dev/null || (apt-get update -qq && apt-get install -y -qq linux-perf) || true
 	sh benches/peers/wse_server_setup.sh || echo "the wse-server peer is left out: it needs CPython >= 3.12"
+	$(WSE_JS_SETUP)
+
+# The reference, JavaScript WSE 4.12.3, is not part of this repository: WSE_JS_DIR names a
+# checkout of its 4.12.3 release (github.com/vovchisko/wse), into which bench-setup installs
+# the dependencies it is measured with; benches/run.py reads the same variable.
+WSE_JS_VERSION := 4.12.3
+ifdef WSE_JS_DIR
+WSE_JS_SETUP = test "$$(node -p "require('$(abspath $(WSE_JS_DIR))/package.json').version")" = $(WSE_JS_VERSION) \
+	|| { echo "$(WSE_JS_DIR) is not JavaScript WSE $(WSE_JS_VERSION)"; exit 1; }; \
+	cd "$(WSE_JS_DIR)" && npm install --no-save --omit=dev --no-audit --no-fund --loglevel=error \
+		a-signal@2.2.4 tseep@1.3.1 isomorphic-ws@5.0.0 ws@8 bufferutil@4 utf-8-validate@6
+else
+WSE_JS_SETUP = @echo "the JavaScript WSE $(WSE_JS_VERSION) peer is left out: make bench-setup WSE_JS_DIR=DIR, DIR a checkout of its $(WSE_JS_VERSION) release"
+endif
 
 # Fan-out, latency, RPC and connections beside the peers (1 000 connections, 64 B), then
 # the codec micro-benchmarks. Results: benches/results/.
@@ -115,9 +136,10 @@ bench: bench-setup bench-codec
 bench-full: bench-setup
 	$(PY) benches/run.py --full
 
-# RPC as independent clients send it, beside the pipelined case (perf counts system calls)
+# RPC as independent clients send it, beside the pipelined case (perf counts system calls), from
+# both load generators (Python and Go); JavaScript WSE first where WSE_JS_DIR is given
 bench-rpc: bench-setup
-	$(PY) benches/run.py --parts rpc-realistic rpc --runs 3 --name rpc_realistic
+	$(PY) benches/run.py --parts rpc-realistic rpc --runs 3 --loadgen python go --name rpc_realistic
 
 # RSS per idle authenticated connection at the default options, and what each option costs
 bench-memory: bench-setup

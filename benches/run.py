@@ -7,11 +7,16 @@ scheduler's per-thread counters, and each figure is the median of several runs.
     python benches/run.py            # 1 000 connections, 64 B: what the README reports
     python benches/run.py --full     # 10 .. 10 000 connections, 64 B .. 16 KiB
     python benches/run.py --parts rpc-realistic rpc --runs 3 --name rpc_realistic
+    python benches/run.py --parts rpc-realistic --loadgen python go   # both load generators
+
+The reference, JavaScript WSE 4.12.3, runs beside the others when WSE_JS_DIR (or --wse-js-dir)
+names a checkout of that release with its dependencies (make bench-setup WSE_JS_DIR=DIR).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -48,6 +53,14 @@ from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 
 RESULTS = HERE / "results"
 SERVER_CORE, LOADGEN_CORE = "0", 1
+#: The second load generator (benches/loadgen_go; make setup builds it): RPC only.
+LOADGEN_GO = HERE / ".bin/loadgen_go"
+LOADGENS = ("python", "go")
+#: The reference: JavaScript WSE at the release wse-fast is measured against. Its code is
+#: never part of this repository; WSE_JS_DIR names a checkout of it (benches/peers/
+#: wse_js_server.mjs imports its server from there).
+WSE_JS_VERSION = "4.12.3"
+WSE_JS = f"JavaScript WSE {WSE_JS_VERSION}"
 WSE_SERVER_PYTHON = HERE / ".venv-wse-server/bin/python"
 #: What the wse-server peer runs on, said in its environment.
 WSE_SERVER_VERSION = (
@@ -56,6 +69,8 @@ WSE_SERVER_VERSION = (
     "'on CPython', platform.python_version())"
 )
 PEERS: dict[str, list[str]] = {
+    # first: every table lists the reference first where it ran
+    WSE_JS: ["node", str(HERE / "peers/wse_js_server.mjs")],
     "wse-fast": [sys.executable, str(HERE / "peers/wse_fast_server.py")],
     # the same server with io_uring turned off: paced fan-out through a loop of send() calls
     "wse-fast send() loop": [
@@ -94,6 +109,7 @@ DIALECTS = {
 #: The peers that answer the ``add`` procedure: wse-fast, wherever it runs, and the bare
 #: servers (no framework) that show what parsing, adding and answering costs alone.
 RPC_PEERS = (
+    WSE_JS,
     "wse-fast",
     "wse-fast on uvicorn",
     "wse-fast on aiohttp",
@@ -114,6 +130,33 @@ FILES_PER_CONNECTION = {"wse-server": 2}
 def file_limit() -> int:
     """The open-file limit every server inherits from this process."""
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wse_js_missing() -> str | None:
+    """Why the JavaScript WSE peer cannot run here, or None when it can."""
+    root = os.environ.get("WSE_JS_DIR")
+    if not root:
+        return "WSE_JS_DIR is not set"
+    try:
+        version = json.loads((Path(root) / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return f"{root} holds no package.json with a version"
+    if version != WSE_JS_VERSION:
+        return f"{root} holds JavaScript WSE {version}, not {WSE_JS_VERSION}"
+    if not (Path(root) / "node_modules/ws").is_dir():
+        return f"its dependencies are not installed in {root}"
+    return None
+
+
+def wse_js_versions() -> str:
+    """What the JavaScript WSE peer ran on: its release and the packages it imports."""
+    modules = Path(os.environ["WSE_JS_DIR"]) / "node_modules"
+    installed = []
+    for name in ("ws", "a-signal", "tseep", "bufferutil", "utf-8-validate"):
+        package = modules / name / "package.json"
+        if package.exists():
+            installed.append(f"{name} {json.loads(package.read_text())['version']}")
+    return f"JavaScript WSE {WSE_JS_VERSION} ({', '.join(installed)})"
 
 
 def unfit(peers: list[str], conns: int) -> list[str]:
@@ -309,10 +352,11 @@ async def fanout(names: list[str], conns: int, size: int, runs: int) -> list[Row
     return rows
 
 
-#: Latency is measured for wse-fast and, at the same rates, for the bare send() loop: what
-#: one send per delivery costs on this machine bounds what any server can reach; and for
-#: wse-fast's cluster of two workers on the same one core (left out where no nats-server is).
-LATENCY_PEERS = ("wse-fast", "bare send() loop", *CLUSTER_WORKERS)
+#: Latency is measured for wse-fast and, at the same rates, for the reference (JavaScript WSE,
+#: where it is set up) and the bare send() loop: what one send per delivery costs on this
+#: machine bounds what any server can reach; and for wse-fast's cluster of two workers on the
+#: same one core (left out where no nats-server is).
+LATENCY_PEERS = (WSE_JS, "wse-fast", "bare send() loop", *CLUSTER_WORKERS)
 
 
 async def latency(
@@ -365,32 +409,44 @@ async def latency(
     return out
 
 
-async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, list[float]]]:
+def rpc_order(names: list[str]) -> list[str]:
+    """The RPC servers in the tables' order: the reference, then wse-fast, then the rest."""
+    first = [n for n in (WSE_JS, "wse-fast") if n in names or n == "wse-fast"]
+    return [*first, *(n for n in names if n not in first)]
+
+
+async def rpc_bench(
+    runs: int, servers: list[str], loadgens: list[str]
+) -> list[tuple[str, Result, list[float]]]:
     """RPC through each of ``servers`` (wse-fast on its own listener, mounted, and a
-    baseline build when one is given), measured in alternation run by run."""
+    baseline build when one is given) from each of ``loadgens``, measured in alternation run
+    by run."""
     out = []
     for conns, depth in ((1, 1), (1, 64), (100, 8)):
-        results: dict[str, list[Result]] = {name: [] for name in servers}
-        lat: dict[str, list[list[float]]] = {name: [] for name in servers}
+        pairs = [(name, loadgen) for loadgen in loadgens for name in servers]
+        results: dict[tuple[str, str], list[Result]] = {pair: [] for pair in pairs}
+        lat: dict[tuple[str, str], list[list[float]]] = {pair: [] for pair in pairs}
         for _ in range(runs):
-            for name in servers:
+            for name, loadgen in pairs:
+                result: Result
                 with Server(name) as server:
-                    gen = server.loadgen()
-                    result, samples = await rpc(gen, conns, depth, 1.0)
-                    gen.close()
-                samples.sort()
-                results[name].append(result)
-                lat[name].append(
-                    [
-                        samples[len(samples) // 2] / 1e6,
-                        samples[int(0.99 * (len(samples) - 1))] / 1e6,
-                    ]
-                )
-        for name in servers:
-            mid = sorted(results[name], key=lambda r: r.per_cpu_second)[len(results[name]) // 2]
-            p = [statistics.median(x[i] for x in lat[name]) for i in (0, 1)]
+                    if loadgen == "go":
+                        result, p = await rpc_go(server, conns, depth, 1.0, pipelined=True)
+                    else:
+                        gen = server.loadgen()
+                        result, samples = await rpc(gen, conns, depth, 1.0)
+                        gen.close()
+                        p = p50_p99(samples)
+                results[name, loadgen].append(result)
+                lat[name, loadgen].append(p)
+        for name, loadgen in sorted(pairs, key=lambda pair: servers.index(pair[0])):
+            runs_of = results[name, loadgen]
+            mid = sorted(runs_of, key=lambda r: r.per_cpu_second)[len(runs_of) // 2]
+            p = [statistics.median(x[i] for x in lat[name, loadgen]) for i in (0, 1)]
             label = f"pipelined: {conns} conn x {depth} in flight"
-            if name != "wse-fast":
+            if loadgen == "go":
+                label += f" ({RPC_LABELS.get(name, name)}, Go load generator)"
+            elif name != "wse-fast":
                 label += f" ({RPC_LABELS.get(name, name)})"
             say(
                 f"  rpc {label:22}: {mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s p50 {p[0]:.3f} ms p99 {p[1]:.3f} ms"
@@ -401,10 +457,11 @@ async def rpc_bench(runs: int, servers: list[str]) -> list[tuple[str, Result, li
 
 @dataclass
 class RpcRow:
-    """One server under the one-write-per-call workload: the median run by calls per server
-    CPU-second, and the median latencies over the runs."""
+    """One server under the one-write-per-call workload from one load generator: the median
+    run by calls per server CPU-second, and the median latencies over the runs."""
 
     peer: str
+    loadgen: str
     conns: int
     depth: int
     runs: list[RpcResult]
@@ -425,32 +482,67 @@ class RpcRow:
 REALISTIC_SHAPES = ((100, 8), (800, 1))
 
 
-async def rpc_realistic(runs: int, servers: list[str], seconds: float = 2.0) -> list[RpcRow]:
+async def rpc_go(
+    server: Server, conns: int, depth: int, seconds: float, pipelined: bool = False
+) -> tuple[RpcResult, list[float]]:
+    """One window of the Go load generator against ``server`` (on this process's core, which
+    it inherits): its result and its p50/p99 in ms. ``pipelined``: a connection's calls
+    written together, as :func:`loadgen.rpc` writes them."""
+    proc = await asyncio.create_subprocess_exec(
+        str(LOADGEN_GO), "-port", str(server.port), "-path", server.dialect.path,
+        "-conns", str(conns), "-depth", str(depth), "-seconds", str(seconds),
+        "-server-pids", str(server.proc.pid), *(["-pipelined"] if pipelined else []),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen_go against {server.name}: {err.decode().strip()}")
+    got = json.loads(out)
+    result = RpcResult(got["deliveries"], got["wall"], got["cpu"], got["loadgen_cpu"])
+    return result, [got["p50_ms"], got["p99_ms"]]
+
+
+def p50_p99(samples: list[int]) -> list[float]:
+    """The p50 and p99 in ms of the Python load generator's samples (ns)."""
+    samples.sort()
+    return [samples[len(samples) // 2] / 1e6, samples[int(0.99 * (len(samples) - 1))] / 1e6]
+
+
+async def one_write_run(
+    server: Server, loadgen: str, conns: int, depth: int, seconds: float
+) -> tuple[RpcResult, list[float]]:
+    """One window of calls, each its own write, from ``loadgen``: the result and p50/p99 (ms)."""
+    if loadgen == "go":
+        return await rpc_go(server, conns, depth, seconds)
+    gen = server.loadgen()
+    result, samples = await rpc_one_write(gen, conns, depth, seconds)
+    gen.close()
+    return result, p50_p99(samples)
+
+
+async def rpc_realistic(
+    runs: int, servers: list[str], loadgens: list[str], seconds: float = 2.0
+) -> list[RpcRow]:
     """RPC as independent clients make it: connections with calls in flight, every call its
     own write with its own stamp, a new one written as each answer arrives. A fresh server per
-    run; servers alternate run by run; then one more run per server with its system calls
-    counted (perf), which is not among the measured ones."""
+    run; servers and load generators alternate run by run; then, for the Python load
+    generator, one more run per server with its system calls counted (perf), which is not
+    among the measured ones (the Go one's window is its own: perf cannot be switched at its
+    edges from here)."""
     rows = []
     for conns, depth in REALISTIC_SHAPES:
-        results: dict[str, list[RpcResult]] = {name: [] for name in servers}
-        lat: dict[str, list[list[float]]] = {name: [] for name in servers}
+        pairs = [(name, loadgen) for loadgen in loadgens for name in servers]
+        results: dict[tuple[str, str], list[RpcResult]] = {pair: [] for pair in pairs}
+        lat: dict[tuple[str, str], list[list[float]]] = {pair: [] for pair in pairs}
         for _ in range(runs):
-            for name in servers:
+            for name, loadgen in pairs:
                 with Server(name) as server:
-                    gen = server.loadgen()
-                    result, samples = await rpc_one_write(gen, conns, depth, seconds)
-                    gen.close()
-                samples.sort()
-                results[name].append(result)
-                lat[name].append(
-                    [
-                        samples[len(samples) // 2] / 1e6,
-                        samples[int(0.99 * (len(samples) - 1))] / 1e6,
-                    ]
-                )
-        for name in servers:
+                    result, p = await one_write_run(server, loadgen, conns, depth, seconds)
+                results[name, loadgen].append(result)
+                lat[name, loadgen].append(p)
+        for name, loadgen in sorted(pairs, key=lambda pair: servers.index(pair[0])):
             per_call: dict[str, float] = {}
-            if shutil.which("perf") is not None:
+            if loadgen == "python" and shutil.which("perf") is not None:
                 with Server(name) as server, tempfile.TemporaryDirectory() as tmp:
                     gen = server.loadgen()
                     counted, _ = await rpc_one_write(
@@ -459,11 +551,11 @@ async def rpc_realistic(runs: int, servers: list[str], seconds: float = 2.0) -> 
                     gen.close()
                 assert counted.syscalls is not None
                 per_call = {k: v / counted.deliveries for k, v in counted.syscalls.items()}
-            p = [statistics.median(x[i] for x in lat[name]) for i in (0, 1)]
-            row = RpcRow(name, conns, depth, results[name], p, per_call)
+            p = [statistics.median(x[i] for x in lat[name, loadgen]) for i in (0, 1)]
+            row = RpcRow(name, loadgen, conns, depth, results[name, loadgen], p, per_call)
             mid = row.mid
             say(
-                f"  rpc one write per call {row.label:22} {conns} x {depth}: "
+                f"  rpc one write per call {row.label:22} ({loadgen:6}) {conns} x {depth}: "
                 f"{mid.per_cpu_second:>10,.0f} calls/CPU-s {mid.per_second:>10,.0f} calls/s "
                 f"p50 {p[0]:.2f} ms p99 {p[1]:.2f} ms, system calls per call "
                 f"{ {k: round(v, 2) for k, v in per_call.items()} }, load generator "
@@ -515,6 +607,14 @@ def write_report(
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
     }
+    if os.environ.get("WSE_JS_DIR") and wse_js_missing() is None:
+        versions["wse_js"] = wse_js_versions()
+    if realistic or rpcs:
+        versions["loadgens"] = ", ".join(args.loadgen)
+        if "go" in args.loadgen:
+            versions["go"] = subprocess.run(
+                ["go", "version"], capture_output=True, text=True
+            ).stdout.strip()
     if any(r.peer == "wse-server" for r in fan):
         versions["wse_server"] = subprocess.run(
             [str(WSE_SERVER_PYTHON), "-c", WSE_SERVER_VERSION], capture_output=True, text=True
@@ -523,7 +623,20 @@ def write_report(
         f"Measured {time.strftime('%Y-%m-%d')} on {versions['cpus']} cores (Linux {versions['kernel']}), "
         f"Python {versions['python']}, Node.js {versions['node']}. Server pinned to core 0, load "
         f"generator to core 1; median of {args.runs} runs; deliveries counted by the receivers."
-        + (f" {versions['wse_server']}." if "wse_server" in versions else ""),
+        + (f" {versions['wse_server']}." if "wse_server" in versions else "")
+        + (f" {versions['wse_js']} on Node.js." if "wse_js" in versions else "")
+        + (
+            " RPC from the load generators: "
+            + ", ".join(
+                "benches/loadgen.py (Python, uvloop)"
+                if g == "python"
+                else f"benches/loadgen_go ({versions['go']}, gorilla/websocket)"
+                for g in args.loadgen
+            )
+            + "."
+            if "loadgens" in versions
+            else ""
+        ),
         "",
     ]
     if fan:
@@ -563,12 +676,12 @@ def write_report(
             "one more run with perf counting its tracepoints (read: read/recvfrom/recvmsg; "
             "write: write/writev/sendto/sendmsg).",
             "",
-            "| server | load | calls per server CPU-second | calls per second | p50 | p99 "
-            "| syscalls per call: read | write | epoll_wait | all "
+            "| server | load generator | load | calls per server CPU-second | calls per second "
+            "| p50 | p99 | syscalls per call: read | write | epoll_wait | all "
             "| server core busy | load generator core busy |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             *(
-                f"| {row.label} | {row.conns} conns x {row.depth} in flight "
+                f"| {row.label} | {row.loadgen} | {row.conns} conns x {row.depth} in flight "
                 f"| {row.mid.per_cpu_second:,.0f} | {row.mid.per_second:,.0f} "
                 f"| {row.p50_p99_ms[0]:.2f} ms | {row.p50_p99_ms[1]:.2f} ms "
                 f"| {per_call(row, 'read')} | {per_call(row, 'write')} | {per_call(row, 'epoll_wait')} "
@@ -611,6 +724,7 @@ def write_report(
                 "rpc_one_write_per_call": [
                     {
                         "peer": row.label,
+                        "loadgen": row.loadgen,
                         "conns": row.conns,
                         "in_flight": row.depth,
                         "per_cpu_second": row.mid.per_cpu_second,
@@ -703,8 +817,13 @@ def plot_rpc(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    several = len({row.loadgen for row in realistic}) > 1
     bars = [
-        (f"{row.label}\n{row.conns} x {row.depth}, one write per call", row.mid.per_cpu_second)
+        (
+            f"{row.label}\n{row.conns} x {row.depth}, one write per call"
+            + (f", {row.loadgen} load generator" if several else ""),
+            row.mid.per_cpu_second,
+        )
         for row in realistic
     ]
     bars += [
@@ -771,6 +890,13 @@ async def main(args: argparse.Namespace) -> None:
     peers = [p for p in known if p in args.peers] if args.peers else list(PEERS)
     if shutil.which("node") is None:
         peers = [p for p in peers if not p.startswith("Node.js")]
+    if args.wse_js_dir:
+        os.environ["WSE_JS_DIR"] = str(Path(args.wse_js_dir).resolve())
+    if WSE_JS in peers and (why := wse_js_missing()) is not None:
+        say(f"{WSE_JS} left out: {why} (make bench-setup WSE_JS_DIR=DIR)")
+        peers.remove(WSE_JS)
+    if "go" in args.loadgen and not LOADGEN_GO.exists():
+        raise SystemExit(f"no {LOADGEN_GO}: make setup builds the Go load generator")
     if "wse-server" in peers and not WSE_SERVER_PYTHON.exists():
         say("wse-server left out: run benches/peers/wse_server_setup.sh to set it up")
         peers.remove("wse-server")
@@ -802,7 +928,7 @@ async def main(args: argparse.Namespace) -> None:
         and r.size == args.size
     ]
     if paced and "latency" in args.parts:
-        names = list(LATENCY_PEERS)
+        names = [n for n in LATENCY_PEERS if n != WSE_JS or WSE_JS in peers]
         if not cluster_available():
             say("the cluster's latency left out: no nats-server (pip install 'wse-fast[cluster]')")
             names = [n for n in names if n not in CLUSTER_WORKERS]
@@ -810,19 +936,21 @@ async def main(args: argparse.Namespace) -> None:
         lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs, names)
     if "rpc-realistic" in args.parts:
         say("rpc, each call its own write:")
-        names = ["wse-fast", *(p for p in peers if p in RPC_PEERS and p != "wse-fast")]
+        names = rpc_order([p for p in peers if p in RPC_PEERS])
         if not args.peers and shutil.which("node") is not None:
             names += RPC_ONLY_PEERS
-        realistic = await rpc_realistic(args.runs, names)
+        realistic = await rpc_realistic(args.runs, names, args.loadgen, args.rpc_seconds)
     if "rpc" in args.parts:
         say("rpc:")
-        rpc_peers = [p for p in peers if p in RPC_PEERS and p != "wse-fast"]
-        rpcs = await rpc_bench(args.runs, ["wse-fast", *rpc_peers])
+        rpcs = await rpc_bench(
+            args.runs, rpc_order([p for p in peers if p in RPC_PEERS]), args.loadgen
+        )
     if "connections" in args.parts:
         say("connections:")
         names = [
             p
             for p in (
+                WSE_JS,
                 "wse-fast",
                 BASELINE,
                 "minimal picows",
@@ -862,5 +990,24 @@ if __name__ == "__main__":
         default=["fanout", "latency", "rpc", "connections"],
         help="fanout latency rpc-realistic rpc connections (latency needs fanout; "
         "rpc-realistic: one write per call, beside the bare picows and Node.js servers)",
+    )
+    parser.add_argument(
+        "--loadgen",
+        nargs="+",
+        choices=LOADGENS,
+        default=["python"],
+        help="the load generators of the RPC parts, each measured against every server in "
+        "alternation (python: benches/loadgen.py; go: benches/loadgen_go, built by make setup)",
+    )
+    parser.add_argument(
+        "--rpc-seconds",
+        type=float,
+        default=2.0,
+        help="the window of each one-write-per-call RPC run (default 2)",
+    )
+    parser.add_argument(
+        "--wse-js-dir",
+        help="a checkout of JavaScript WSE 4.12.3 set up by make bench-setup WSE_JS_DIR=DIR "
+        "(default: the WSE_JS_DIR environment variable; the peer is left out without one)",
     )
     uvloop.run(main(parser.parse_args()))
