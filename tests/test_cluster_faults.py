@@ -303,8 +303,8 @@ async def test_a_killed_nodes_entries_are_swept_out_of_every_users_list(
     for cid in ("alice", "bob", "carol"):
         await device(make_client, b_url, cid, f"{cid}@b", log)
     await device(make_client, url_of(a), "bob", "bob@a", log)
-    await until_online(c, "bob", 2)
-    await until_online(c, "carol", 1)
+    for cid, count in (("alice", 1), ("bob", 2), ("carol", 1)):
+        await until_online(c, cid, count)
     held = await nodes_in_bucket(nats_server.url)
     assert sorted(sorted(nodes) for nodes in held.values()) == [["a", "b"], ["b"], ["b"]]
 
