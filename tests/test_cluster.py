@@ -6,16 +6,29 @@ calls across nodes, and a NATS restart. (A node killed with SIGKILL: test_cluste
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from wse_fast import WSE_REASON, ConnectionNotReady, RpcError, WseClient, WseError, WseServer
+from wse_fast import (
+    WSE_REASON,
+    ConnectionNotReady,
+    RpcError,
+    WseClient,
+    WseError,
+    WseServer,
+    codec,
+)
 from wse_fast.cluster.local_nats import LocalNats
-from wse_fast.cluster.nats_cluster import CLUSTER_LOST
+from wse_fast.cluster.nats_cluster import CLUSTER_LOST, CLUSTER_UNAVAILABLE
+from wse_fast.constants import OP_CLOSE, OP_TEXT
 
 from tests.conftest import ClientFactory, EventLog, accept_identity, url_of
+from tests.test_metrics import health
 
 Nodes = Callable[..., Awaitable[list[WseServer]]]
 
@@ -318,3 +331,176 @@ async def test_a_numeric_cid_is_one_user_across_nodes_and_not_its_string(
     one.register("who", lambda payload: "one")
     assert await a.call(1, "who") == "one"
     assert log.of("text") == []
+
+
+async def test_a_forged_frame_on_the_message_subject_reaches_no_client(
+    nats_server: LocalNats, make_nodes: Nodes, make_client: ClientFactory, log: EventLog
+) -> None:
+    import nats
+
+    (a,) = await make_nodes(1)
+    await connect(make_client, a, "alice", log)
+    await until_online(a, "alice", 1)
+    # what any process that reaches NATS can publish: a mark that is not a's own (a takes
+    # the message for another node's), an operation, and bytes for the clients' streams
+    origin = bytes(8)
+
+    def to_alice(frame: bytes) -> bytes:
+        return origin + b"s" + struct.pack("!I", len(b"alice")) + b"alice" + frame
+
+    close = codec.build_frame(OP_CLOSE, b"\x03\xe8forged")
+    forged = [
+        origin + b"b" + close,  # a Close to every client of every node
+        to_alice(codec.build_frame(OP_TEXT, b'["news","masked"]', mask=True)),
+        to_alice(codec.build_frame(OP_TEXT, b'["news","cut"]')[:-3]),  # swallows what follows
+        to_alice(codec.build_frame(OP_TEXT, b'["news","two"]') + close),
+        origin + b"b" + codec.build_frame(OP_TEXT, b'["news","deflated"]', rsv=4),
+    ]
+    nc = await nats.connect(nats_server.url)
+    try:
+        for data in forged:
+            await nc.publish("wse.msg", data)
+        # a well-formed frame is delivered, whoever published it (NATS is trusted with that)
+        await nc.publish("wse.msg", to_alice(a.encode("news", "valid", None)))
+        await nc.flush()
+    finally:
+        await nc.close()
+    # one publisher's messages arrive in order: the forged ones were handled before this
+    assert await log.wait("alice@n0") == [("valid",)]
+    assert log.of("closed alice@n0") == []
+    assert a.cluster is not None and a.cluster.refused == len(forged) and a.cluster.healthy
+
+
+async def wait_state(log: EventLog, name: str, state: str, count: int) -> None:
+    """Until ``state`` has been reported ``count`` times under ``name``."""
+    async with asyncio.timeout(10):
+        while log.of(name).count((state,)) < count:
+            await log.wait(name, len(log.of(name)) + 1)
+
+
+async def test_a_frozen_nats_makes_the_node_unhealthy_and_its_return_healthy(
+    nats_server: LocalNats, log: EventLog
+) -> None:
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(nats_server.url, node="frozen", node_ttl=1.5, health_timeout=0.5)
+    server.when.cluster(log.hook("cluster"))
+    listener = await server.metrics.listen("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    pid = nats_server.pid
+    assert pid is not None
+    loop = asyncio.get_running_loop()
+    try:
+        await server.start()
+        assert (await health(port))[0] == 200
+        os.kill(pid, signal.SIGSTOP)  # the TCP connection stays open; nothing answers
+        try:
+            await wait_state(log, "cluster", "unhealthy", 1)  # within a heartbeat and 0.5 s
+            status, report = await health(port)
+            assert status == 503 and report["cluster"] == {"node": "frozen", "healthy": False}
+            # a lookup waits no longer than the call's own timeout, or health_timeout
+            for lookup, bound in (
+                (server.call("alice", "where", timeout=0.3), 0.3),
+                (server.online("alice"), 0.5),
+            ):
+                began = loop.time()
+                with pytest.raises(WseError) as failed:
+                    await lookup
+                assert failed.value.code == CLUSTER_UNAVAILABLE
+                assert loop.time() - began < bound + 0.25
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await wait_state(log, "cluster", "healthy", 1)
+        assert (await health(port))[0] == 200
+    finally:
+        await server.close()
+        listener.close()
+
+
+async def test_healthy_is_reported_once_per_recovery_after_a_reconnect(
+    nats_server: LocalNats, log: EventLog
+) -> None:
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(nats_server.url, node="once", node_ttl=1.5)
+    server.when.cluster(log.hook("cluster"))
+    heartbeat = 1.5 / 3
+    try:
+        await server.start()
+        await nats_server.stop()
+        await wait_state(log, "cluster", "disconnected", 1)
+        # longer than a heartbeat: its renewal waits in nats-py's buffer for the reconnect
+        await asyncio.sleep(2 * heartbeat)
+        await nats_server.restart()
+        await wait_state(log, "cluster", "healthy", 1)
+        # a window of several heartbeats, each of which could report it again
+        await asyncio.sleep(4 * heartbeat)
+        states = [state for (state,) in log.of("cluster")]
+        assert states == ["disconnected", "reconnected", "healthy"]
+    finally:
+        await server.close()
+
+
+async def test_a_call_without_nats_fails_at_once_not_after_natss_timeout(
+    nats_server: LocalNats, make_nodes: Nodes, log: EventLog
+) -> None:
+    (a,) = await make_nodes(1)
+    a.when.cluster(log.hook("cluster"))
+    await nats_server.stop()
+    await wait_state(log, "cluster", "disconnected", 1)
+    loop = asyncio.get_running_loop()
+    for lookup in (a.call("alice", "where", timeout=0.5), a.online("alice")):
+        began = loop.time()
+        with pytest.raises(WseError) as failed:
+            await lookup
+        assert failed.value.code == CLUSTER_UNAVAILABLE
+        assert loop.time() - began < 0.5 + 0.25
+
+
+async def test_the_registry_queue_stays_bounded_while_nats_is_down_and_resyncs_after(
+    nats_server: LocalNats, make_client: ClientFactory, log: EventLog
+) -> None:
+    bound = 20
+    a = WseServer(accept_identity, port=0, conn_per_user=3)
+    a.join_cluster(nats_server.url, node="a", node_ttl=1.5, max_pending_users=bound)
+    b = WseServer(accept_identity, port=0, conn_per_user=3)
+    b.join_cluster(nats_server.url, node="b", node_ttl=1.5)
+    a.when.cluster(log.hook("cluster"))
+    try:
+        for node in (a, b):
+            await node.start()
+        assert a.cluster is not None
+        # users whose connection closes while NATS is away: their entries must go
+        leaving = [make_client(a) for _ in range(5)]
+        for i, client in enumerate(leaving):
+            await client.connect(f"leaving{i}")
+        await until_online(b, "leaving4", 1)
+        await nats_server.stop()
+        await wait_state(log, "cluster", "disconnected", 1)
+        tasks_before = len(asyncio.all_tasks())
+        for client in leaving:
+            await client.close()
+        # one user connecting and leaving again and again is one change
+        for _ in range(30):
+            client = make_client(a)
+            await client.connect("flapping")
+            await client.close()
+        assert a.cluster.pending_users <= 6
+        # many users: the queue stops at its bound, and no task waits per change
+        for i in range(120):
+            client = make_client(a)
+            await client.connect(f"passing{i}")
+            await client.close()
+            assert a.cluster.pending_users <= bound
+        assert a.cluster.resyncs >= 1
+        assert len(asyncio.all_tasks()) < tasks_before + 20
+        staying = make_client(a)
+        await staying.connect("staying")
+        await nats_server.restart()
+        await wait_state(log, "cluster", "healthy", 1)
+        # the whole state, written again: who left is gone, who stays is there
+        await until_online(b, "staying", 1)
+        for cid in ("leaving0", "leaving4", "flapping", "passing0", "passing119"):
+            await until_online(b, cid, 0)
+        assert a.cluster.pending_users == 0
+    finally:
+        for node in (a, b):
+            await node.close()

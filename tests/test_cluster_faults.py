@@ -18,7 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import nats
 import pytest
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 from wse_fast import WSE_REASON, WseClient, WseServer
 from wse_fast.cluster.local_nats import LocalNats
 
@@ -261,6 +264,63 @@ async def test_a_node_paused_beyond_its_ttl_counts_again_once_it_resumes(
     # b1, open all along, counts again
     await until_online(a, "alice", 2, within=NODE_TTL)
     assert closes(log, "a1", "b1") == []
+
+
+async def nodes_in_bucket(nats_url: str) -> dict[str, list[str]]:
+    """What the users bucket holds, read as any NATS client can: for each user's key, the
+    nodes of its entries."""
+    nc = await nats.connect(nats_url)
+    try:
+        users = await nc.jetstream().key_value("wse_users")
+        try:
+            keys = await users.keys()
+        except NoKeysError:
+            return {}
+        held = {}
+        for key in keys:
+            try:
+                entry = await users.get(key)
+            except (KeyNotFoundError, KeyDeletedError):
+                continue
+            held[key] = [node for node, _ in msgpack.unpackb(entry.value or msgpack.packb([]))]
+        return held
+    finally:
+        await nc.close()
+
+
+async def test_a_killed_nodes_entries_are_swept_out_of_every_users_list(
+    make_node: InProcessNodes,
+    node_processes: list[NodeProcess],
+    nats_server: LocalNats,
+    make_client: ClientFactory,
+    log: EventLog,
+) -> None:
+    a = await make_node("a", conn_per_user=3)
+    c = await make_node("c", conn_per_user=3)
+    b = await NodeProcess.start(nats_server.url, "b", conn_per_user=3)
+    node_processes.append(b)
+    b_url = await b.serving()
+    for cid in ("alice", "bob", "carol"):
+        await device(make_client, b_url, cid, f"{cid}@b", log)
+    await device(make_client, url_of(a), "bob", "bob@a", log)
+    for cid, count in (("alice", 1), ("bob", 2), ("carol", 1)):
+        await until_online(c, cid, count)
+    held = await nodes_in_bucket(nats_server.url)
+    assert sorted(sorted(nodes) for nodes in held.values()) == [["a", "b"], ["b"], ["b"]]
+
+    killed_at = asyncio.get_running_loop().time()
+    await b.kill()
+    # no user changes: the first of a and c to see b's key gone sweeps its entries (a read
+    # of each user's list, a few round trips after it notices)
+    within = killed_at + dead_node_bound(NODE_TTL) + 0.5 - asyncio.get_running_loop().time()
+    async with asyncio.timeout(within):
+        held = await nodes_in_bucket(nats_server.url)
+        while any("b" in nodes for nodes in held.values()):
+            await asyncio.sleep(0.05)
+            held = await nodes_in_bucket(nats_server.url)
+    assert list(held.values()) == [["a"]]  # bob's device on a; alice's and carol's lists gone
+    for node in (a, c):
+        assert [await node.online(cid) for cid in ("alice", "bob", "carol")] == [0, 1, 0]
 
 
 def test_the_default_node_ttl_drops_a_dead_node_within_ten_seconds() -> None:

@@ -15,7 +15,7 @@ from wse_fast import codec
 from wse_fast.constants import CLOSE_NORMAL, CLOSE_TOO_BIG, OP_BINARY, OP_TEXT, WSE_REASON
 from wse_fast.protocols import InternalTypes, MsgpackProtocol
 from wse_fast.sansio.calls import CallTable
-from wse_fast.sansio.framing import unframe
+from wse_fast.sansio.framing import is_server_data_frame, unframe
 from wse_fast.sansio.session import (
     Call,
     ChallengeAnswer,
@@ -180,3 +180,44 @@ def test_unframe_reads_every_length_encoding(size: int) -> None:
     for opcode, binary in ((OP_TEXT, False), (OP_BINARY, True)):
         got_binary, got = unframe(codec.build_frame(opcode, payload))
         assert got_binary is binary and bytes(got) == payload
+
+
+# ---- frames from elsewhere (a cluster node, through NATS) ------------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY])
+def test_a_whole_server_data_frame_of_any_length_class_passes(opcode: int, length: int) -> None:
+    assert is_server_data_frame(codec.build_frame(opcode, b"a" * length))
+
+
+def _long_header(opcode: int, payload: bytes, width: int) -> bytes:
+    """A frame whose length takes ``width`` bytes (2 or 8) whatever it is."""
+    flag = 126 if width == 2 else 127
+    return bytes([0x80 | opcode, flag]) + len(payload).to_bytes(width, "big") + payload
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x81", id="half a header"),
+        pytest.param(codec.build_frame(0x8, b"\x03\xe8bye"), id="close"),
+        pytest.param(codec.build_frame(0x9, b"ping"), id="ping"),
+        pytest.param(codec.build_frame(0xA, b"pong"), id="pong"),
+        pytest.param(codec.build_frame(0x0, b"rest"), id="continuation"),
+        pytest.param(codec.build_frame(0x3, b"x"), id="reserved opcode"),
+        pytest.param(codec.build_frame(OP_TEXT, b"part", fin=False), id="no FIN"),
+        pytest.param(codec.build_frame(OP_TEXT, b"x", rsv=4), id="RSV1"),
+        pytest.param(codec.build_frame(OP_BINARY, b"x", rsv=1), id="RSV3"),
+        pytest.param(codec.build_frame(OP_TEXT, b"hi", mask=True), id="masked"),
+        pytest.param(codec.build_frame(OP_TEXT, b"hello")[:-1], id="payload cut short"),
+        pytest.param(codec.build_frame(OP_TEXT, b"hi") + b"\x88\x00", id="a close after it"),
+        pytest.param(b"\x81\x7f" + (1 << 63).to_bytes(8, "big"), id="64-bit length, top bit"),
+        pytest.param(_long_header(OP_TEXT, b"short", 2), id="16-bit length under 126"),
+        pytest.param(_long_header(OP_BINARY, b"x" * 200, 8), id="64-bit length under 65536"),
+        pytest.param(codec.build_frame(OP_TEXT, b"\xff\xfe"), id="text not UTF-8"),
+    ],
+)
+def test_anything_but_one_whole_server_data_frame_is_refused(frame: bytes) -> None:
+    assert not is_server_data_frame(frame)

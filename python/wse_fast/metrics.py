@@ -675,5 +675,10 @@ def _make_collector(metrics: ServerMetrics) -> Collector:
                     "Messages for other nodes lost because the cluster link was down or behind",
                     cluster.lost,
                 )
+                yield CounterMetricFamily(
+                    "wse_cluster_refused_frames",
+                    "Messages from NATS not written to clients: not one well-formed server frame",
+                    cluster.refused,
+                )
 
     return ServerCollector()

@@ -195,6 +195,8 @@ class WseServer(Peer[ServerEvents]):
         node_ttl: float = 6.0,
         connect_timeout: float = 10.0,
         max_outbox: int = 8 << 20,
+        health_timeout: float | None = None,
+        max_pending_users: int = 10_000,
         **nats_options: Any,
     ) -> None:
         """Makes this server one node of a cluster on NATS (before it starts): sends to a user,
@@ -204,7 +206,11 @@ class WseServer(Peer[ServerEvents]):
         clusters apart on one NATS; ``node_ttl``: how soon a node that died without a goodbye
         stops counting (seconds); ``connect_timeout``: for the first link to NATS (the server
         does not start without it); ``max_outbox``: bytes that may wait for NATS before what
-        is sent is counted as lost; ``nats_options``: passed to ``nats.connect`` (TLS:
+        is sent is counted as lost; ``health_timeout``: what a heartbeat (a NATS round trip)
+        and a lookup of :meth:`online` may take before the node counts as unhealthy
+        (default: a third of ``node_ttl``, at least 1 s); ``max_pending_users``: users whose
+        registry change may wait for NATS before the node re-syncs its whole state instead;
+        ``nats_options``: passed to ``nats.connect`` (TLS:
         ``tls=ssl_context``, credentials: ``user_credentials=...``; frames and call payloads
         cross NATS as they are). Needs the ``cluster`` extra (nats-py)."""
         from .cluster.nats_cluster import NatsCluster  # nats-py is optional
@@ -219,6 +225,8 @@ class WseServer(Peer[ServerEvents]):
             node_ttl=node_ttl,
             connect_timeout=connect_timeout,
             max_outbox=max_outbox,
+            health_timeout=health_timeout,
+            max_pending_users=max_pending_users,
             nats_options=nats_options,
         )
 

@@ -21,20 +21,36 @@ Each process is a node. What the nodes share lives in NATS, never in a broker of
   ``conn_per_user``, wherever they live.
 - JetStream key-value bucket ``<prefix>_nodes``, with a TTL of ``node_ttl``: each node renews
   its key every third of it. A node killed without a goodbye stops renewing; once its key has
-  expired its connections no longer count (``online``, the per-user limit, ``call``), and they
-  leave the users' lists the next time those lists change.
+  expired its connections no longer count (``online``, the per-user limit, ``call``), and
+  the first live node to see it gone (its claim ``s.<node>`` in the same bucket) sweeps them
+  out of every user's list. A node that leaves with its entries removed writes that claim
+  itself: nobody sweeps after it.
+
+A node is healthy while its heartbeat (the renewal of its key, a NATS round trip) completes
+within ``health_timeout``: a NATS that stops answering without closing the connection (a
+frozen process, a silently dropped link) makes it unhealthy within a heartbeat and a
+timeout, before nats-py's own pings give up on the link. ``when.cluster`` says
+"disconnected", "reconnected", and "healthy" or "unhealthy" once per change.
 
 Delivery is at most once: what a node publishes while it has no link to NATS (or beyond
 ``max_outbox`` bytes waiting for it) is not queued for later but counted as lost
 (``NatsCluster.lost``) and reported through the server's ``error`` event. Within one node,
-delivery to its own connections never depends on NATS. Registry changes that fail while NATS
-is away are made again once it is back.
+delivery to its own connections never depends on NATS. A frame that arrives from NATS is
+written to clients only if it is one whole server data frame (``NatsCluster.refused`` counts
+the others): NATS is inside the trust boundary, and this bounds what a stray publisher does.
+
+Registry changes are queued per user, not per event: a user's entries are brought to the
+connections this node holds at the time of the change, so a user who connects and leaves a
+thousand times while NATS is away is one change once it is back. The queue holds at most
+``max_pending_users`` users; past it, it is dropped and the node writes its whole state again
+once NATS answers (every list in the bucket, then every local user).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -57,6 +73,7 @@ from ..connection import deadline
 from ..constants import WSE_ERROR, WSE_REASON
 from ..errors import ConnectionNotReady, RpcError, WseError
 from ..registry import cid_from_text, cid_text
+from ..sansio.framing import is_server_data_frame
 
 if TYPE_CHECKING:
     from ..server import WseServer
@@ -83,6 +100,12 @@ _CALLS_AT_ONCE = 1024
 
 CLUSTER_UNAVAILABLE = "wse.cluster.unavailable"
 CLUSTER_LOST = "wse.cluster.lost"
+
+#: The states of the link, as ``when.cluster`` reports them (with "reconnected" between).
+_HEALTHY, _UNHEALTHY, _DISCONNECTED = "healthy", "unhealthy", "disconnected"
+#: In the registry queue, a user known only by its key (found in the bucket by a re-sync):
+#: the change removes this node's closed connections from its list and adds none.
+_GONE: Any = object()
 
 
 def default_node_name() -> str:
@@ -124,10 +147,16 @@ class NatsCluster:
         node_ttl: float = 6.0,
         connect_timeout: float = 10.0,
         max_outbox: int = 8 << 20,
+        health_timeout: float | None = None,
+        max_pending_users: int = 10_000,
         nats_options: dict[str, Any] | None = None,
     ) -> None:
         if node_ttl <= 0 or connect_timeout <= 0:
             raise ValueError("node_ttl and connect_timeout must be positive")
+        if health_timeout is not None and health_timeout <= 0:
+            raise ValueError("health_timeout must be positive")
+        if max_pending_users < 1:
+            raise ValueError("max_pending_users must be at least 1")
         self.server = server
         self.urls = list(urls)
         self.node = node or default_node_name()
@@ -138,10 +167,21 @@ class NatsCluster:
         self.node_ttl = node_ttl
         self.connect_timeout = connect_timeout
         self.max_outbox = max_outbox
+        #: What a heartbeat (the renewal of this node's key, a NATS round trip) and a lookup
+        #: of ``online`` may take before NATS counts as unreachable.
+        self.health_timeout = (
+            health_timeout if health_timeout is not None else max(node_ttl / 3, 1.0)
+        )
+        #: Users whose registry entries wait for NATS; past it they are forgotten and the
+        #: node's whole state is written again once NATS answers.
+        self.max_pending_users = max_pending_users
         self.nats_options = dict(nats_options or {})
         self.lost = 0  # messages not handed to NATS because the link was down
+        self.refused = 0  # messages from NATS not written to clients: not one server frame
+        self.resyncs = 0  # times the registry queue overflowed and the whole state was written
         self._lost_unreported = 0
         self._next_loss_report = 0.0
+        self._next_refusal_log = 0.0
         self.alive: frozenset[str] = frozenset()  # nodes whose key has not expired
         # this process's mark in the registry's entries, new at every start
         self.instance = secrets.token_hex(4)
@@ -157,12 +197,19 @@ class NatsCluster:
         self._outbox_bytes = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._changes: dict[str, asyncio.Task[Any]] = {}  # ref: its registry change
+        # The registry queue: users whose entries must be brought to what this node holds,
+        # one entry per user whatever happened to it meanwhile (only the latest state
+        # matters: it is read when the change is made), oldest first.
+        self._dirty: dict[str, tuple[Any, bool]] = {}  # key: (cid or _GONE, announce)
+        self._syncing: dict[str, asyncio.Task[None]] = {}  # key: its change, under way
+        self._again: dict[str, tuple[Any, bool]] = {}  # keys marked while under way
+        self._resync = False  # the queue overflowed: the whole state goes once NATS answers
+        self._resync_task: asyncio.Task[None] | None = None
+        self._sweeps: set[asyncio.Task[None]] = set()  # dead nodes' entries being removed
         self._change_slots = asyncio.Semaphore(_CHANGES_AT_ONCE)
-        self._to_redo: dict[str, tuple[str, str, bool]] = {}  # ref: (cid, conn_id, added)
         self._calls: set[asyncio.Task[None]] = set()  # calls from other nodes, running
         self._not_alive: dict[str, float] = {}  # node: until when it is taken for dead
-        self._healthy = False
+        self._link_state = _DISCONNECTED
         self._started = False
         self._renewed = False  # this node's key has been written since it started
 
@@ -170,8 +217,16 @@ class NatsCluster:
 
     @property
     def healthy(self) -> bool:
-        """Linked to NATS with its subscriptions answering (checked after every reconnect)."""
-        return self._healthy and self._nc is not None and self._nc.is_connected
+        """Linked to NATS, its subscriptions answering (checked after every reconnect) and
+        its heartbeat renewed within ``health_timeout``."""
+        nc = self._nc
+        return self._link_state == _HEALTHY and nc is not None and nc.is_connected
+
+    @property
+    def pending_users(self) -> int:
+        """Users whose registry entries wait to be written (bounded by
+        ``max_pending_users``; a few more while their change is under way)."""
+        return len(self._dirty) + len(self._again) + len(self._syncing)
 
     def ref(self, conn_id: str) -> str:
         """A connection of this process, as the registry names it."""
@@ -197,9 +252,14 @@ class NatsCluster:
                     error = {"error": "a live node has this name", "node": self.node}
                     raise WseError(CLUSTER_UNAVAILABLE, error) from None
                 await asyncio.sleep(self.node_ttl / 6)
+        # a claim on sweeping this name's entries left by its former process's goodbye
+        # would keep the others from sweeping this one's, should it die
+        with contextlib.suppress(Exception):
+            await nodes.delete(f"s.{self.node}")
         self._started = True
         await self._renew()
-        self._healthy = await self._check()
+        # the first state is not an event: "healthy" and "unhealthy" report changes
+        self._link_state = _HEALTHY if await self._check() else _UNHEALTHY
         self._heartbeat = asyncio.ensure_future(self._beat())
 
     async def stop(self) -> None:
@@ -207,10 +267,9 @@ class NatsCluster:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-        for call in list(self._calls):
-            call.cancel()
-        if self._changes:
-            await asyncio.gather(*self._changes.values(), return_exceptions=True)
+        for task in [*self._calls, *self._sweeps]:
+            task.cancel()
+        written = self._started and await self._drain_registry()
         if self._flush_task is not None:  # what it is sending leaves before the rest
             await asyncio.gather(self._flush_task, return_exceptions=True)
         nc = self._nc
@@ -218,7 +277,17 @@ class NatsCluster:
             with contextlib.suppress(Exception):
                 await self._flush_outbox(nc)
                 if self._started and self._nodes is not None:
+                    if written:  # nothing of this node's is left to sweep
+                        with contextlib.suppress(Exception):
+                            await self._nodes.create(f"s.{self.node}", self.node.encode())
                     await self._nodes.delete(f"n.{self.node}")
+        for task in list(self._syncing.values()):
+            task.cancel()
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+        self._dirty.clear()
+        self._again.clear()
+        self._resync = False
         self._started = self._renewed = False
         await self._unlink()
 
@@ -229,6 +298,22 @@ class NatsCluster:
         if self._calls and timeout > 0:
             await asyncio.wait(list(self._calls), timeout=timeout)
 
+    async def _drain_registry(self) -> bool:
+        """Writes the registry changes still queued (the connections the server closed on
+        its way out), for up to ``node_ttl``; whether all were written."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.node_ttl
+        while self._dirty or self._again or self._syncing or self._resync or self._resync_task:
+            self._pump()
+            waiting: list[asyncio.Task[None]] = list(self._syncing.values())
+            if self._resync_task is not None:
+                waiting.append(self._resync_task)
+            left = until - loop.time()
+            if not waiting or left <= 0:
+                return False  # no link to NATS, or no time left: the others sweep them
+            await asyncio.wait(waiting, timeout=left)
+        return True
+
     async def _link(self) -> None:
         options: dict[str, Any] = {
             "name": f"wse-fast {self.node}",
@@ -237,6 +322,11 @@ class NatsCluster:
             "reconnect_time_wait": 0.5,
             "pending_size": self.max_outbox,
             "flush_timeout": self.node_ttl,
+            # A server that stops answering (frozen, or a link that drops packets silently)
+            # keeps the TCP connection open: after this many unanswered pings the client
+            # takes the link for dead and reconnects, to another server if it has one.
+            "ping_interval": self.node_ttl / 2,
+            "max_outstanding_pings": 2,
             **self.nats_options,
             "disconnected_cb": self._disconnected,
             "reconnected_cb": self._reconnected,
@@ -262,7 +352,7 @@ class NatsCluster:
 
     async def _unlink(self) -> None:
         nc, self._nc = self._nc, None
-        self._healthy = False
+        self._link_state = _DISCONNECTED
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.drain()
@@ -282,55 +372,90 @@ class NatsCluster:
 
     def added(self, cid: Any, conn_id: str) -> None:
         """A connection of this node was accepted: it joins its user's list."""
-        ref = self.ref(conn_id)
-        self._track(ref, asyncio.ensure_future(self._added(cid, conn_id)))
+        self._mark(_key(cid), cid, True)
 
     def removed(self, cid: Any, conn_id: str) -> None:
-        """A connection of this node closed: it leaves its user's list (after its own
-        addition, should that still be under way)."""
-        ref = self.ref(conn_id)
-        adding = self._changes.get(ref)
-        self._track(ref, asyncio.ensure_future(self._removed(cid, conn_id, adding)))
+        """A connection of this node closed: it leaves its user's list."""
+        self._mark(_key(cid), cid, False)
 
     async def online(self, cid: Any) -> int:
-        """The user's open connections on every live node."""
-        entries = await self._entries(cid)
-        await self._learn_nodes(entries)
+        """The user's open connections on every live node; raises ``wse.cluster.unavailable``
+        at once without a link to NATS, and when NATS does not answer within
+        ``health_timeout``."""
+        entries = await self._lookup(cid, self.health_timeout)
         local = self.server.clients.get(cid)
         here = len(local.conns) if local is not None else 0
         return here + sum(1 for node, _ in entries if node != self.node and node in self.alive)
 
     async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
         """Calls the user's newest connection on any live node (an older one when the newest
-        is gone by the time the call reaches it)."""
-        entries = await self._entries(cid)
-        await self._learn_nodes(entries)
+        is gone by the time the call reaches it). The call's time limit bounds the lookup of
+        the user's connections too, and what is left of it the call."""
+        loop = asyncio.get_running_loop()
+        limit = deadline(self.server.timeout, timeout)  # None: no deadline
+        until = None if limit is None else loop.time() + limit
+        entries = await self._lookup(cid, limit)
+
+        def left() -> float | None:
+            # what the caller asked (None: the server's default, 0: none) when unbounded
+            return timeout if until is None else max(until - loop.time(), 0.001)
+
         for node, ref in reversed(entries):
             if node == self.node:
                 conn = self._local(cid, ref)
                 if conn is not None:
-                    return await conn.call(rp, payload, timeout)
+                    return await conn.call(rp, payload, left())
             elif node in self.alive:
                 try:
-                    return await self._remote_call(node, cid, ref, rp, payload, timeout)
+                    return await self._remote_call(node, cid, ref, rp, payload, left())
                 except ConnectionNotReady:
                     continue
         local = self.server.clients.get(cid)
         if local is not None and local.conns:  # accepted here, not yet in the list
-            return await list(local.conns.values())[-1].call(rp, payload, timeout)
+            return await list(local.conns.values())[-1].call(rp, payload, left())
         raise ConnectionNotReady({"rpc": rp, "cid": cid})
+
+    async def _lookup(self, cid: Any, within: float | None) -> list[list[str]]:
+        """The user's entries, with the nodes they name known alive or not, within
+        ``within`` seconds (None: NATS's own request timeout)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise WseError(CLUSTER_UNAVAILABLE, {"error": "no link to NATS"})
+        try:
+            async with asyncio.timeout(within):
+                entries = await self._entries(cid)
+                await self._learn_nodes(entries)
+        except TimeoutError:
+            error = {"error": f"NATS did not answer within {within} s"}
+            raise WseError(CLUSTER_UNAVAILABLE, error) from None
+        return entries
 
     # ---- the registry ----------------------------------------------------------------------
 
     def _local(self, cid: Any, ref: str) -> ServerConnection | None:
         """This process's open, accepted connection ``ref`` of user ``cid``, if it is one."""
+        conn = self._open(ref)
+        return conn if conn is not None and conn.cid == cid else None
+
+    def _open(self, ref: str) -> ServerConnection | None:
+        """This process's open, accepted connection ``ref``, if it is one."""
         instance, _, conn_id = ref.partition(":")
         if instance != self.instance:
             return None
         conn = self.server.connections.get(conn_id)
-        if conn is None or conn.cid != cid or not conn.session.valid or not conn.open:
+        if conn is None or not conn.session.valid or not conn.open:
             return None
         return conn
+
+    def _mine(self, cid: Any) -> list[str]:
+        """The refs of user ``cid``'s open connections in this process, oldest first."""
+        if cid is _GONE:
+            return []
+        client = self.server.clients.get(cid)
+        if client is None:
+            return []
+        refs = [self.ref(conn_id) for conn_id in client.conns]
+        return [ref for ref in refs if self._local(cid, ref) is not None]
 
     async def _entries(self, cid: Any) -> list[list[str]]:
         users = self._require(self._users)
@@ -344,15 +469,15 @@ class NatsCluster:
 
     async def _change(
         self,
-        cid: Any,
+        key: str,
         change: Callable[[list[list[str]]], list[list[str]]],
         guess_new: bool = False,
     ) -> tuple[list[list[str]], list[list[str]]]:
-        """Applies ``change`` to the user's list by compare-and-set: the list it read and the
-        list it wrote, in the change that took. ``guess_new``: try first as if the user had
-        no list (most users have one connection), which saves a round trip when so."""
+        """Applies ``change`` to the list under ``key`` by compare-and-set: the list it read
+        and the list it wrote, in the change that took (nothing is written when ``change``
+        leaves the list as it was). ``guess_new``: try first as if the user had no list
+        (most users have one connection), which saves a round trip when so."""
         users = self._require(self._users)
-        key = _key(cid)
         async with self._change_slots:
             for attempt in range(_CAS_ATTEMPTS):
                 revision: int | None
@@ -366,6 +491,8 @@ class NatsCluster:
                         revision, entries = None, []
                 await self._learn_nodes(entries)  # never forget a node only this one thinks dead
                 after = change(entries)
+                if after == entries and not (guess_new and attempt == 0):
+                    return entries, after
                 try:
                     if not after:
                         if revision is not None:
@@ -379,70 +506,162 @@ class NatsCluster:
                     continue  # another node changed it first: read it again
         raise WseError(CLUSTER_UNAVAILABLE, {"error": "the user's list kept changing"})
 
-    async def _added(self, cid: Any, conn_id: str, announce: bool = True) -> None:
-        entry = [self.node, self.ref(conn_id)]
+    def _mark(self, key: str, cid: Any, announce: bool) -> None:
+        """Queues user ``key`` for its entries to be brought to this node's connections.
+        Past ``max_pending_users`` the queue is dropped and the whole state re-synced."""
+        if self._resync and self._resync_task is None:
+            return  # the re-sync, still to come, reads every user's state
+        held = self._dirty.get(key)
+        if held is not None:
+            self._dirty[key] = (cid if cid is not _GONE else held[0], announce or held[1])
+        elif len(self._dirty) >= self.max_pending_users:
+            log.warning(
+                "cluster node %s: %d users wait for NATS: their changes are dropped, and the"
+                " node's whole registry state is written once NATS answers",
+                self.node,
+                len(self._dirty),
+            )
+            self._dirty.clear()
+            self._resync = True
+            self.resyncs += 1
+            return
+        else:
+            self._dirty[key] = (cid, announce)
+        self._pump()
 
-        def add(entries: list[list[str]]) -> list[list[str]]:
+    def _pump(self) -> None:
+        """Starts queued registry changes while NATS is linked, up to ``_CHANGES_AT_ONCE``
+        at a time and one at a time per user."""
+        nc = self._nc
+        if not self._started or nc is None or not nc.is_connected:
+            return
+        if self._resync and self._resync_task is None:
+            self._resync = False
+            task = self._resync_task = asyncio.ensure_future(self._resync_all())
+            task.add_done_callback(self._resynced)
+        while self._dirty and len(self._syncing) < _CHANGES_AT_ONCE:
+            key = next(iter(self._dirty))
+            cid, announce = self._dirty.pop(key)
+            if key in self._syncing:  # after the change under way, which read older state
+                held = self._again.get(key)
+                self._again[key] = (cid, announce or (held is not None and held[1]))
+                continue
+            task = asyncio.ensure_future(self._sync(key, cid, announce))
+            self._syncing[key] = task
+            task.add_done_callback(functools.partial(self._synced, key, cid, announce))
+
+    def _synced(self, key: str, cid: Any, announce: bool, task: asyncio.Task[None]) -> None:
+        if self._syncing.get(key) is task:
+            del self._syncing[key]
+        if task.cancelled():
+            return
+        again = self._again.pop(key, None)
+        failed = task.exception()
+        if failed is not None:
+            self._report(failed, {})
+            # made again at the next heartbeat or reconnect, not at once
+            if not self._resync:
+                held = self._dirty.get(key)
+                self._dirty[key] = (cid, announce or (held is not None and held[1]))
+        if again is not None:
+            self._mark(key, *again)
+        elif failed is None:
+            self._pump()
+
+    async def _sync(self, key: str, cid: Any, announce: bool) -> None:
+        """Brings this node's entries in the list under ``key`` to its open connections of
+        the user (``cid``; ``_GONE`` when unknown: then it only removes the closed ones); the
+        entries of dead nodes go with the change."""
+
+        def reconcile(entries: list[list[str]]) -> list[list[str]]:
+            mine = self._mine(cid)  # read at each attempt: the latest state
             living = _living(entries, self._me, self.alive)
-            return living if entry in living else [*living, entry]
+            kept = [e for e in living if e[0] != self.node or self._open(e[1]) is not None]
+            have = {ref for node, ref in kept if node == self.node}
+            return kept + [[self.node, ref] for ref in mine if ref not in have]
 
-        try:
-            before, after = await self._change(cid, add, guess_new=True)
-        except Exception as exc:
-            self._to_redo[entry[1]] = (cid, conn_id, True)
-            self._report(exc, {})
+        before, after = await self._change(key, reconcile, guess_new=bool(self._mine(cid)))
+        if cid is _GONE:
             return
-        if announce and not _living(before, self._me, self.alive):  # the bucket decides: once
-            self.server.when.emit("online", cid)
-        excess = len(after) - self.server.conn_per_user
-        for node, ref in after[: max(excess, 0)]:
-            if node == self.node:
-                conn = self._local(cid, ref)
-                if conn is not None:
-                    conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
-            else:
-                drop = msgpack.packb([cid_text(cid), ref])
-                self._publish(_pack_name(_DROP_CONN, node, drop))
-
-    async def _removed(self, cid: Any, conn_id: str, adding: asyncio.Task[Any] | None) -> None:
-        if adding is not None:
-            await asyncio.gather(adding, return_exceptions=True)
-        entry = [self.node, self.ref(conn_id)]
-        self._to_redo.pop(entry[1], None)  # an addition still to redo is moot
-
-        def remove(entries: list[list[str]]) -> list[list[str]]:
-            return [e for e in _living(entries, self._me, self.alive) if e != entry]
-
-        try:
-            before, after = await self._change(cid, remove)
-        except Exception as exc:
-            self._to_redo[entry[1]] = (cid, conn_id, False)
-            self._report(exc, {})
-            return
-        if not after and entry in before:
+        living_before = _living(before, self._me, self.alive)
+        ours_before = {ref for node, ref in living_before if node == self.node}
+        if any(node == self.node and ref not in ours_before for node, ref in after):
+            # this change added connections
+            if announce and not living_before:  # the bucket decides: once
+                self.server.when.emit("online", cid)
+            excess = len(after) - self.server.conn_per_user
+            for node, ref in after[: max(excess, 0)]:
+                if node == self.node:
+                    conn = self._local(cid, ref)
+                    if conn is not None:
+                        conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
+                else:
+                    drop = msgpack.packb([cid_text(cid), ref])
+                    self._publish(_pack_name(_DROP_CONN, node, drop))
+        ours_after = {ref for node, ref in after if node == self.node}
+        if not after and ours_before - ours_after:  # this change removed the last one
             self.server.when.emit("offline", cid)
 
-    def _track(self, ref: str, task: asyncio.Task[Any]) -> None:
-        """Keeps a registry change until it is done (a removal waits for the addition)."""
-        self._changes[ref] = task
+    async def _resync_all(self) -> None:
+        """Writes this node's whole state: every user in the bucket loses the entries of
+        this node's closed connections, every user with connections here gets them."""
+        log.warning("cluster node %s: writing its whole registry state again", self.node)
+        local = {_key(client.cid): client.cid for client in list(self.server.clients.values())}
+        users = self._require(self._users)
+        try:
+            keys = await users.keys()
+        except NoKeysError:
+            keys = []
+        todo = [(key, _GONE) for key in keys if key not in local] + list(local.items())
+        for start in range(0, len(todo), _CHANGES_AT_ONCE):
+            chunk = todo[start : start + _CHANGES_AT_ONCE]
+            await asyncio.gather(*(self._sync(key, cid, False) for key, cid in chunk))
 
-        def done(finished: asyncio.Task[Any]) -> None:
-            if self._changes.get(ref) is finished:
-                del self._changes[ref]
+    def _resynced(self, task: asyncio.Task[None]) -> None:
+        if self._resync_task is task:
+            self._resync_task = None
+        if task.cancelled():
+            return
+        failed = task.exception()
+        if failed is not None:
+            self._report(failed, {})
+            self._dirty.clear()
+            self._resync = True  # again, at the next heartbeat or reconnect
+        else:
+            self._pump()
 
-        task.add_done_callback(done)
+    async def _sweep(self, dead: list[str]) -> None:
+        """Removes the entries of nodes whose key expired from every user's list: one live
+        node does it (the first to claim it), so that a dead node's users stop weighing on
+        the bucket without waiting for each of them to change."""
+        nodes, users = self._require(self._nodes), self._require(self._users)
+        claimed = set()
+        for node in dead:
+            try:  # the claim expires with the bucket's TTL, as node keys do
+                await nodes.create(f"s.{node}", self.node.encode())
+                claimed.add(node)
+            except KeyWrongLastSequenceError:
+                pass  # another node sweeps it, or it left with nothing to sweep
+        if not claimed:
+            return
+        try:
+            keys = await users.keys()
+        except NoKeysError:
+            return
 
-    def _redo(self) -> None:
-        """Makes again the registry changes that failed while NATS was away."""
-        for ref, (cid, conn_id, added) in list(self._to_redo.items()):
-            if ref in self._changes:
-                continue
-            del self._to_redo[ref]
-            if added:
-                if self._local(cid, ref) is not None:
-                    self._track(ref, asyncio.ensure_future(self._added(cid, conn_id, False)))
-            else:
-                self._track(ref, asyncio.ensure_future(self._removed(cid, conn_id, None)))
+        def without_dead(entries: list[list[str]]) -> list[list[str]]:
+            # alive again (a paused node that resumed, a restart under its name): kept
+            return [e for e in entries if e[0] not in claimed or e[0] in self.alive]
+
+        for start in range(0, len(keys), _CHANGES_AT_ONCE):
+            chunk = keys[start : start + _CHANGES_AT_ONCE]
+            await asyncio.gather(*(self._change(key, without_dead) for key in chunk))
+        log.info("cluster node %s: swept the entries of %s", self.node, ", ".join(sorted(claimed)))
+
+    def _swept(self, task: asyncio.Task[None]) -> None:
+        self._sweeps.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cluster sweep failed: %r", task.exception())
 
     # ---- messages from other nodes ---------------------------------------------------------
 
@@ -455,10 +674,13 @@ class NatsCluster:
         server = self.server
         try:
             if op == _BROADCAST:
-                server.deliver_to_all(data[1:])
+                frame = data[1:]
+                if self._well_formed(frame):
+                    server.deliver_to_all(frame)
             elif op == _SEND:
                 name, frame = _unpack_name(data)
-                server.deliver_to_user(cid_from_text(name), frame)
+                if self._well_formed(frame):
+                    server.deliver_to_user(cid_from_text(name), frame)
             elif op == _DROP_USER:
                 name, reason = _unpack_name(data)
                 server.drop_local_user(cid_from_text(name), reason.decode())
@@ -472,6 +694,26 @@ class NatsCluster:
                         conn.drop(WSE_REASON.CLIENTS_CONCURRENCY)
         except Exception as exc:  # a message of another version, or of something else
             log.warning("cluster message not understood: %r", exc)
+
+    def _well_formed(self, frame: bytes) -> bool:
+        """Whether a frame from NATS may go into clients' byte streams as it is (one whole
+        server data frame); anything else is dropped, counted in ``refused`` and logged at
+        most once a second: whoever can publish on NATS must not write a Close, a control
+        frame or a half frame to every client."""
+        if is_server_data_frame(frame):
+            return True
+        self.refused += 1
+        now = time.monotonic()
+        if now >= self._next_refusal_log:
+            self._next_refusal_log = now + 1.0
+            log.warning(
+                "cluster node %s: a message from NATS is not one server frame: dropped"
+                " (%d so far; is anything but the nodes publishing on %s?)",
+                self.node,
+                self.refused,
+                self._subject,
+            )
+        return False
 
     async def _remote_call(
         self, node: str, cid: Any, ref: str, rp: str, payload: Any, timeout: float | None
@@ -612,6 +854,9 @@ class NatsCluster:
     # ---- liveness --------------------------------------------------------------------------
 
     async def _beat(self) -> None:
+        """Every third of ``node_ttl``: renews this node's key and reads which nodes live,
+        within ``health_timeout``. A renewal that fails or takes longer (NATS frozen,
+        JetStream gone) makes the node unhealthy until one succeeds again."""
         interval = self.node_ttl / 3
         while True:
             await asyncio.sleep(interval)
@@ -622,16 +867,20 @@ class NatsCluster:
                     await self._unlink()
                     await self._link()
                     self._state("reconnected")
-                await self._renew()
-                self._redo()
-                if not self._healthy:
-                    self._healthy = await self._check()
-                    if self._healthy:
-                        self._state("healthy")
+                elif not nc.is_connected:
+                    continue  # reconnecting: _reconnected takes over
+                async with asyncio.timeout(self.health_timeout):
+                    await self._renew()
+                    answers = self._link_state == _HEALTHY or await self._check()
+                self._set_state(_HEALTHY if answers else _UNHEALTHY)
+                self._pump()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("cluster heartbeat failed: %r", exc)
+                if self._link_state == _HEALTHY:
+                    log.warning("cluster heartbeat failed: %r", exc)
+                if self._nc is not None and self._nc.is_connected:
+                    self._set_state(_UNHEALTHY)
 
     async def _renew(self) -> None:
         nodes = self._require(self._nodes)
@@ -643,17 +892,19 @@ class NatsCluster:
             keys = await nodes.keys()
         except NoKeysError:
             keys = []
+        before = self.alive
         self.alive = frozenset(key[2:] for key in keys if key.startswith("n."))
+        gone = sorted(before - self.alive - {self.node})
+        if gone and self._started:
+            sweep = asyncio.ensure_future(self._sweep(gone))
+            self._sweeps.add(sweep)
+            sweep.add_done_callback(self._swept)
         if expired:
             # The others took this node for dead (paused, or cut off from NATS, for longer
             # than node_ttl) and may have forgotten its connections: they are added again.
             log.warning("cluster node %s was taken for dead: its users are added again", self.node)
             for client in list(self.server.clients.values()):
-                for conn_id in list(client.conns):
-                    ref = self.ref(conn_id)
-                    if ref not in self._changes:
-                        task = asyncio.ensure_future(self._added(client.cid, conn_id, False))
-                        self._track(ref, task)
+                self._mark(_key(client.cid), client.cid, False)
 
     async def _exists(self, key: str) -> bool:
         try:
@@ -687,28 +938,39 @@ class NatsCluster:
             return False
         try:
             await nc.request(
-                f"{self.prefix}.call.{self.node}", msgpack.packb({"ping": 1}), timeout=2
+                f"{self.prefix}.call.{self.node}",
+                msgpack.packb({"ping": 1}),
+                timeout=self.health_timeout,
             )
         except Exception:
             return False
         return True
 
     async def _disconnected(self) -> None:
-        self._healthy = False
+        self._link_state = _DISCONNECTED
         self._state("disconnected")
 
     async def _reconnected(self) -> None:
         self._state("reconnected")
         try:
-            await self._renew()
-            self._redo()
+            async with asyncio.timeout(self.health_timeout):
+                await self._renew()
+            answers = await self._check()
         except Exception as exc:
             log.warning("cluster registry unreachable after the reconnect: %r", exc)
-        self._healthy = await self._check()
-        self._state("healthy" if self._healthy else "unhealthy")
+            answers = False
+        self._set_state(_HEALTHY if answers else _UNHEALTHY)
+        self._pump()
 
     async def _nats_error(self, exc: Exception) -> None:
         log.warning("NATS: %r", exc)
+
+    def _set_state(self, state: str) -> None:
+        """Moves to ``state`` (healthy or unhealthy), emitted once per change: a heartbeat
+        and a reconnect that both find the link answering say "healthy" once."""
+        if state != self._link_state:
+            self._link_state = state
+            self._state(state)
 
     def _state(self, state: str) -> None:
         level = logging.INFO if state in ("healthy", "reconnected") else logging.WARNING

@@ -249,3 +249,31 @@ def unframe(frame: bytes) -> tuple[bool, memoryview]:
     first, length = frame[0], frame[1] & 0x7F
     start = 2 if length < 126 else 4 if length == 126 else 10
     return (first & 0x0F) == OP_BINARY, memoryview(frame)[start:]
+
+
+def is_server_data_frame(frame: bytes | memoryview) -> bool:
+    """Whether ``frame`` is exactly one frame a server may write to a client as it is: a data
+    frame (text or binary) with FIN set, no reserved bit, unmasked (RFC 6455 §5.1: a server
+    never masks), a payload whose length is what the header says in its shortest encoding
+    (§5.2), and valid UTF-8 when it is text (§8.1).
+
+    For frames that reach this process from elsewhere (a cluster node's broadcast through
+    NATS) before they go into a client's byte stream: anything else would let the sender
+    write whatever it likes there (a Close, a continuation, a half frame that swallows the
+    next one). No reserved bit, not even RSV1 where permessage-deflate was agreed: the frames
+    that cross the cluster are plain ones, and each connection compresses what it writes.
+    """
+    try:
+        header = codec.parse_frame_header(frame)
+    except ValueError:  # a 64-bit length with its top bit set
+        return False
+    if header is None:
+        return False
+    fin, rsv, opcode, mask, length, start = header
+    if not fin or rsv or mask is not None or (opcode != OP_TEXT and opcode != OP_BINARY):
+        return False
+    if length != len(frame) - start:
+        return False
+    if (start == 4 and length < 126) or (start == 10 and length <= 0xFFFF):
+        return False  # not the shortest encoding: a client may refuse it
+    return opcode == OP_BINARY or codec.validate_utf8(memoryview(frame)[start:])
