@@ -118,6 +118,7 @@ class Broadcast:
     server_cpu: tuple[float, float]
     generator_cpu: tuple[float, float]
     window_s: float  # from that trigger until the reports: the CPU seconds' wall time
+    machine_busy: float  # CPU seconds of every process on the machine (/proc/stat) over it
 
 
 @dataclass
@@ -208,6 +209,14 @@ async def hold(outcome: Outcome, port: int, args: argparse.Namespace) -> list[Ge
     return generators
 
 
+def machine_busy() -> float:
+    """CPU seconds every CPU of the machine has spent busy so far (not idle, not waiting for
+    a disk): this benchmark's processes and any other's on a shared machine."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_times(pids: list[int]) -> tuple[float, float]:
     """User and system CPU seconds of ``pids`` so far, every thread (/proc/PID/stat)."""
     user = system = 0
@@ -228,15 +237,16 @@ async def broadcast_once(
         await generator.answer()
     generator_pids = [generator.proc.pid for generator in generators]
     server0, generators0 = cpu_times(server_pids), cpu_times(generator_pids)
-    start = time.perf_counter()
+    start, busy0 = time.perf_counter(), machine_busy()
     trigger()
     for generator in generators:
         generator.tell(f"report {REPORT_TIMEOUT}")
     reports = [await generator.answer() for generator in generators]
     server1, generators1 = cpu_times(server_pids), cpu_times(generator_pids)
-    window = time.perf_counter() - start
+    window, busy1 = time.perf_counter() - start, machine_busy()
     return Broadcast(
         window_s=window,
+        machine_busy=busy1 - busy0,
         server_cpu=(server1[0] - server0[0], server1[1] - server0[1]),
         generator_cpu=(generators1[0] - generators0[0], generators1[1] - generators0[1]),
         receipts=sum(r["receipts"] for r in reports),
@@ -397,7 +407,11 @@ def busy(b: Broadcast) -> float:
 
 
 def write_report(
-    outcomes: list[Outcome], out: Path, command: str, args: argparse.Namespace
+    outcomes: list[Outcome],
+    out: Path,
+    command: str,
+    args: argparse.Namespace,
+    load_average: str,
 ) -> None:
     served, bare = outcomes
     pss, rss = sum(served.pss.values()), sum(served.rss.values())
@@ -407,7 +421,7 @@ def write_report(
         "",
         f"`{command}`",
         "",
-        f"{os.cpu_count()} CPUs; every process holds at most {FILES_PER_PROCESS:,} files; the "
+        f"{os.cpu_count()} CPUs (load average {load_average} when the run began); every process holds at most {FILES_PER_PROCESS:,} files; the "
         f"clients are {args.generators} processes of benches/loadgen_go -hold from "
         f"{args.addresses} addresses 127.3.x.y, {args.parallel} handshakes in flight each. Broadcast times are the median of "
         f"{len(served.broadcasts)} broadcasts, each to every connection, from the broadcast "
@@ -446,6 +460,9 @@ def write_report(
         f"| {cpu(served.median.generator_cpu)} | {cpu(bare.median.generator_cpu)} |",
         "| CPUs kept busy by both over that broadcast (of "
         f"{os.cpu_count()}) | {busy(served.median):.2f} | {busy(bare.median):.2f} |",
+        "| ... by every process on the machine (others' included) "
+        f"| {served.median.machine_busy / served.median.window_s:.2f} "
+        f"| {bare.median.machine_busy / bare.median.window_s:.2f} |",
         f"| the load generators' own RSS | {mb(served.generator_rss)} | {mb(bare.generator_rss)} |",
         "",
         f"Goals: at most 500 MB PSS in all: {mb(pss)} "
@@ -457,7 +474,14 @@ def write_report(
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(
-        json.dumps({"command": command, "outcomes": [asdict(o) for o in outcomes]}, indent=1)
+        json.dumps(
+            {
+                "command": command,
+                "load_average": load_average,
+                "outcomes": [asdict(o) for o in outcomes],
+            },
+            indent=1,
+        )
     )
     plot(outcomes, out.with_suffix(".png"))
     print("\n".join(lines))
@@ -503,10 +527,11 @@ async def main(args: argparse.Namespace) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = FILES_PER_PROCESS if hard == resource.RLIM_INFINITY else min(hard, FILES_PER_PROCESS)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    load_average = Path("/proc/loadavg").read_text().split()[0]  # a shared machine's load
     outcomes = [await wse_fast(args), await floor(args)]
     if args.out is not None:
         command = "python benches/scale.py " + " ".join(sys.argv[1:])
-        write_report(outcomes, Path(args.out), command.strip(), args)
+        write_report(outcomes, Path(args.out), command.strip(), args, load_average)
 
 
 if __name__ == "__main__":
