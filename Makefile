@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain
+.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain bench-scale
 
 LOADGEN_GO := benches/.bin/loadgen_go
 
@@ -158,6 +158,13 @@ bench-cluster: bench-setup
 # at uvloop's old backlog (100) and at the default (somaxconn). Results: benches/results/.
 bench-storm: setup
 	$(PY) benches/reconnect_storm.py --out benches/results/reconnect_storm
+
+# 100 000 authenticated connections through wse-fast serve --workers 6 (its own nats-server),
+# opened by 8 processes of the Go load generator from 500 addresses 127.3.x.y, every process
+# at 20 000 files: memory (PSS and RSS), time to connect, idle CPU and the last receipt of one
+# broadcast, beside the same clients against a bare Go server. Results: benches/results/scale.*
+bench-scale: setup
+	$(PY) benches/scale.py --out benches/results/scale
 
 # SIGTERM on wse-fast serve with 1 000 calls in flight (0-2 s each): answered, cancelled and
 # lost calls and the time to exit, at the default grace, 1 s and 0 (BASELINE=checkout: and

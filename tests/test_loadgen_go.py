@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,68 @@ async def test_a_wrong_answer_fails_the_run(
     code, out, err = await run_loadgen(loadgen_go, server, 2, 2, 0.2, *options)
     assert code == 1 and out == ""
     assert "unexpected answer" in err and '"~wse:response\\",4,' in err
+
+
+async def test_hold_mode_counts_one_broadcast_on_every_connection(
+    make_server: ServerFactory, loadgen_go: Path
+) -> None:
+    """benches/scale.py's mode: 50 connections from two source addresses, authenticated, then
+    one broadcast (asked for by the load generator's trigger) received once on each, timed
+    from the time the server wrote into the tick."""
+    sources: Counter[str] = Counter()
+
+    def identify(req: IdentifyRequest) -> None:
+        sources[req.conn.remote_addr[0]] += 1
+        req.accept(req.conn_id)
+
+    server = await make_server(identify)
+
+    @server.channel.on("broadcast")
+    async def broadcast(conn: Any, _: Any) -> None:
+        server.broadcast("tick", f"{time.monotonic_ns():019d}")
+        server.broadcast("other", "not a tick: not counted")
+
+    proc = await asyncio.create_subprocess_exec(
+        str(loadgen_go),
+        *("-hold", "-port", str(server.port), "-conns", "50", "-parallel", "8"),
+        *("-sources", "127.3.250.1,127.3.250.2"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def answer() -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert line, "the load generator ended"
+        return dict(json.loads(line))
+
+    try:
+        opened = await answer()
+        assert (opened["connected"], opened["failed"], opened["lost"]) == (50, 0, 0)
+        assert opened["first_error"] == ""
+        assert opened["connect_wall"] > 0
+        # each connection from the address its index picks, bound before the connect
+        assert sources == {"127.3.250.1": 25, "127.3.250.2": 25}
+
+        proc.stdin.write(b"arm\n")
+        assert await answer() == {"armed": True}
+        sent_at = time.monotonic_ns()
+        proc.stdin.write(b'trigger ["broadcast",null,null]\nreport 5\n')
+        report = await answer()
+        elapsed_ms = (time.monotonic_ns() - sent_at) / 1e6
+        assert (report["receipts"], report["receivers"], report["lost"]) == (50, 50, 0)
+        # the delays are read on the server's clock: after the broadcast, before this moment
+        assert 0 < report["first_ms"] <= report["p50_ms"] <= report["last_ms"] < elapsed_ms
+        assert len(report["quantiles_ms"]) == 101
+        assert report["quantiles_ms"][0] == report["first_ms"]
+        assert report["quantiles_ms"][-1] == report["last_ms"]
+
+        # armed again, nothing broadcast: nothing is counted, the wait ends at its timeout
+        proc.stdin.write(b"arm\nreport 0.2\n")
+        assert await answer() == {"armed": True}
+        again = await answer()
+        assert (again["receipts"], again["receivers"], again["lost"]) == (0, 0, 0)
+    finally:
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

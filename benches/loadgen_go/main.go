@@ -19,6 +19,10 @@
 // the socket under gorilla; answers read from it directly, in order, stamps checked).
 //
 // Usage: loadgen_go -port PORT -conns 100 -depth 8 -seconds 2 -server-pids PID[,PID...]
+//
+// Two more modes serve benches/scale.py: -hold (hold.go), idle connections and the time of
+// one broadcast to all of them, and -floor (floor.go), the bare server that broadcast's floor
+// is measured against.
 package main
 
 import (
@@ -116,6 +120,11 @@ type caller struct {
 
 func dial(address string) (*websocket.Conn, error) {
 	dialer := websocket.Dialer{Subprotocols: []string{subprotocol}, HandshakeTimeout: 30 * time.Second}
+	return authenticate(&dialer, address)
+}
+
+// authenticate opens a WSE connection with dialer: the upgrade, the hi and its welcome.
+func authenticate(dialer *websocket.Dialer, address string) (*websocket.Conn, error) {
 	ws, _, err := dialer.Dial(address, nil)
 	if err != nil {
 		return nil, err
@@ -285,7 +294,18 @@ func main() {
 	serverPids := flag.String("server-pids", "", "comma-separated pids whose CPU is the server's")
 	parallel := flag.Int("parallel", 200, "connections opened at once")
 	pipelined := flag.Bool("pipelined", false, "write a connection's calls together")
+	holdMode := flag.Bool("hold", false, "hold -conns idle connections from -sources (hold.go)")
+	sources := flag.String("sources", "127.0.0.1", "with -hold: comma-separated source addresses")
+	floorMode := flag.Bool("floor", false, "be the bare broadcast server on -port (floor.go)")
 	flag.Parse()
+	if *holdMode {
+		hold(*host, *port, *path, *conns, *parallel, *sources)
+		return
+	}
+	if *floorMode {
+		floor(*host, *port)
+		return
+	}
 	if *port == 0 || *serverPids == "" {
 		fmt.Fprintln(os.Stderr, "-port and -server-pids are required")
 		os.Exit(2)
