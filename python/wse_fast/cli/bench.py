@@ -1,32 +1,27 @@
 """``wse-fast bench``: the benchmark suite of a checkout (``benches/run.py``), run with a
-progress bar per part."""
+progress bar per part.
+
+The suite is not in the package, and what it measures is its own business: this command
+knows nothing of its peers or parts. It loads ``run.py`` without running it (its ``main``
+runs only as ``__main__``) and asks it, through the names :class:`Suite` lists, which parts
+and peers it takes and how many result lines each part's header is followed by; then it
+runs it in a process of its own and draws a bar per header.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import runpy
-import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
 from .common import describe_status
-
-BENCH_PARTS = ("fanout", "latency", "rpc", "connections")
-#: The line benches/run.py begins each part's results with, and the part's label.
-SUITE_SECTIONS = {
-    "fan-out:": "fan-out",
-    "latency:": "latency",
-    "rpc:": "rpc",
-    "connections:": "connections",
-}
-#: The peers whose connection costs run.py measures (in its main), when they run.
-CONNECTION_PEERS = ("wse-fast", "minimal picows", "websockets broadcast()", "Node.js ws")
 
 
 def find_suite(path: str | None) -> Path:
@@ -54,9 +49,22 @@ def comma_list(values: Sequence[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-def suite_tables(run_py: Path) -> dict[str, Any] | None:
-    """run.py's module-level tables (its peers, their modes, which peers do RPC and latency),
-    read without running the suite; None when run.py cannot be loaded here."""
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What a suite tells this command, from the module-level names of its run.py:
+    ``PARTS`` (what its --parts takes), ``PEER_NAMES`` (what its --peers takes) and
+    ``expected_results(peers, parts, full, conns, size, baseline)``, the number of result
+    lines (indented) that follow each header line it prints, by header, for a run with
+    those options (None or empty for those left out: the suite's defaults)."""
+
+    parts: tuple[str, ...]
+    peers: tuple[str, ...]
+    expected_results: Callable[..., dict[str, int]]
+
+
+def load_suite(run_py: Path) -> Suite | None:
+    """The suite's answers, read without running it; None when run.py cannot be loaded here
+    or lacks one of the names (then it runs without checks or bars)."""
     saved_path = list(sys.path)  # run.py puts its own directory first
     try:
         tables = runpy.run_path(str(run_py), run_name="wse_fast_bench_suite")
@@ -64,39 +72,18 @@ def suite_tables(run_py: Path) -> dict[str, Any] | None:
         return None
     finally:
         sys.path[:] = saved_path
-    needed = ("PEERS", "MODES", "RPC_PEERS", "LATENCY_PEERS", "BASELINE")
-    return tables if all(name in tables for name in needed) else None
-
-
-def expected_results(
-    tables: dict[str, Any], peers: list[str], parts: list[str], full: bool, baseline: bool
-) -> dict[str, int]:
-    """How many result lines run.py prints in each part, by the loops of its main: what the
-    progress bars count to (a part that prints more fills its bar and goes on)."""
-    names = [p for p in tables["PEERS"] if not peers or p in peers]
-    if baseline:
-        names.append(tables["BASELINE"])
-    if shutil.which("node") is None:
-        names = [p for p in names if p != "Node.js ws"]
-    configs = 12 if full else 1  # 10 .. 10 000 connections times 64 B .. 16 KiB
-    expected: dict[str, int] = {}
-    if "fanout" in parts or "latency" in parts:
-        modes = sum(len(tables["MODES"].get(p, ("burst", "paced"))) for p in names)
-        expected["fan-out"] = configs * modes
-    if "latency" in parts and "wse-fast" in names:
-        expected["latency"] = 3 * len(tables["LATENCY_PEERS"])  # three loads
-    if "rpc" in parts:
-        others = [p for p in names if p in tables["RPC_PEERS"] and p != "wse-fast"]
-        expected["rpc"] = 3 * (1 + len(others))  # three loads
-    if "connections" in parts:
-        measured = [*CONNECTION_PEERS, tables["BASELINE"]]
-        expected["connections"] = 2 * sum(p in names for p in measured)  # 1 000 and 10 000
-    return expected
+    try:
+        return Suite(
+            tuple(tables["PARTS"]), tuple(tables["PEER_NAMES"]), tables["expected_results"]
+        )
+    except (KeyError, TypeError):
+        return None
 
 
 class SuiteProgress:
-    """Turns run.py's output into a progress bar per part (on stderr): each indented line of
-    a part is one result, shown on stdout when the part is done; other lines pass through."""
+    """Turns run.py's output into a progress bar (on stderr) per header line it said it
+    would print (``expected``: how many results follow each): each indented line after a
+    header is one result, shown on stdout when the part is done; other lines pass through."""
 
     def __init__(self, expected: dict[str, int]) -> None:
         self.expected = expected
@@ -105,9 +92,9 @@ class SuiteProgress:
         self.results: list[str] = []
 
     def line(self, text: str) -> None:
-        if text in SUITE_SECTIONS:
+        if text in self.expected:
             self.end_part()
-            self.begin_part(SUITE_SECTIONS[text])
+            self.begin_part(text)
         elif text.startswith("  ") and self.update is not None:
             self.results.append(text)
             self.update(1)
@@ -115,14 +102,14 @@ class SuiteProgress:
             self.end_part()
             click.echo(text)
 
-    def begin_part(self, label: str) -> None:
-        click.echo(f"{label}:")
-        length = self.expected.get(label)
-        if length is None:  # nothing to count against: the results as they come
-            return
+    def begin_part(self, header: str) -> None:
+        click.echo(header)
+        label = "  " + header.removesuffix(":")
         self.bar = contextlib.ExitStack()
         bar = self.bar.enter_context(
-            click.progressbar(length=length, label=f"  {label}", show_pos=True, file=sys.stderr)
+            click.progressbar(
+                length=self.expected[header], label=label, show_pos=True, file=sys.stderr
+            )
         )
         self.update = bar.update
 
@@ -181,8 +168,8 @@ def run_suite(command: list[str], expected: dict[str, int]) -> int:
     "part_values",
     multiple=True,
     metavar="PARTS",
-    help=f"Only these parts, of {', '.join(BENCH_PARTS)} (comma-separated or repeated; latency "
-    "needs fan-out, which it runs)  [default: all].",
+    help="Only these parts (comma-separated or repeated; names as in benches/run.py --help)  "
+    "[default: the suite's].",
 )
 @click.option(
     "--baseline",
@@ -217,22 +204,20 @@ def bench(
         wse-fast bench --parts rpc --runs 1 --peers wse-fast --out /tmp/bench
     """
     run_py = find_suite(suite)
-    parts = comma_list(part_values) or list(BENCH_PARTS)
-    unknown = [p for p in parts if p not in BENCH_PARTS]
-    if unknown:
-        raise click.BadParameter(
-            f"{', '.join(unknown)}: the parts are {', '.join(BENCH_PARTS)}",
-            param_hint="'--parts'",
-        )
+    parts = comma_list(part_values)
     peers = comma_list(peer_values)
-    tables = suite_tables(run_py)
-    if tables is not None and peers:
-        unknown = [p for p in peers if p not in tables["PEERS"]]
-        if unknown:
-            raise click.BadParameter(
-                f"{', '.join(unknown)}: the peers are {', '.join(tables['PEERS'])}",
-                param_hint="'--peers'",
-            )
+    loaded = load_suite(run_py)
+    if loaded is not None:
+        for values, known, option in (
+            (parts, loaded.parts, "parts"),
+            (peers, loaded.peers, "peers"),
+        ):
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise click.BadParameter(
+                    f"{', '.join(unknown)}: the {option} are {', '.join(known)}",
+                    param_hint=f"'--{option}'",
+                )
     command = [sys.executable, str(run_py)]
     if full:
         command.append("--full")
@@ -248,9 +233,12 @@ def bench(
             command += [option, str(value)]
     if peers:
         command += ["--peers", *peers]
-    command += ["--parts", *parts]
+    if parts:
+        command += ["--parts", *parts]
     expected = (
-        {} if tables is None else expected_results(tables, peers, parts, full, baseline is not None)
+        {}
+        if loaded is None
+        else loaded.expected_results(peers, parts, full, conns, size, baseline is not None)
     )
     status = run_suite(command, expected)
     if status != 0:
