@@ -1,4 +1,5 @@
-"""The application: the :class:`~wse_fast.WseServer` that ``MODULE:ATTR`` names."""
+"""The application: the :class:`~wse_fast.WseServer` that ``MODULE:ATTR`` names, imported
+with its directory first on ``sys.path``, and what must be imported before that."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from typing import Any
 import click
 
 from ..server import WseServer
+
+
+def import_ahead_of_the_application(cluster: bool) -> None:
+    """Imports what the server would otherwise import after :func:`load_server` has put the
+    application's directory first on ``sys.path``, where a module of the same name (a
+    nats.py, say) would be imported in its place: the cluster link and nats-py, when it
+    joins a cluster. (orjson and msgpack come with wse_fast itself, imported already.)"""
+    if cluster:
+        importlib.import_module("wse_fast.cluster.nats_cluster")
 
 
 def load_server(spec: str) -> WseServer:

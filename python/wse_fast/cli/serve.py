@@ -24,7 +24,7 @@ import click
 
 from ..metrics import prometheus_installed
 from ..server import DEFAULT_GRACE
-from .app import load_server
+from .app import import_ahead_of_the_application, load_server
 from .common import (
     CLUSTER_ENV,
     LOG_LEVELS,
@@ -124,10 +124,7 @@ async def serve_one(
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    if cluster:
-        # imported before load_server puts the application's directory first on sys.path,
-        # where a nats.py would otherwise be imported by join_cluster in its place
-        importlib.import_module("wse_fast.cluster.nats_cluster")
+    import_ahead_of_the_application(cluster=bool(cluster))
     if group_fds is not None:
         lifeline = group_fds[1]
 
