@@ -120,6 +120,35 @@ RPC_PEERS = (
 #: What the RPC tables call the bare peers.
 RPC_LABELS = {"minimal picows": "bare picows + orjson"}
 MODES = {"bare send() loop": ["paced"]}  # the kernel's price of one write: paced only
+#: Every peer --peers takes.
+PEER_NAMES = [*PEERS, *RPC_ONLY_PEERS]
+#: The parts --parts takes, in the order a run measures them, and those run without --parts.
+PARTS = ("fanout", "latency", "rpc-realistic", "rpc", "connections")
+DEFAULT_PARTS = ("fanout", "latency", "rpc", "connections")
+DEFAULT_CONNS, DEFAULT_SIZE, DEFAULT_RUNS = 1000, 64, 5
+#: The line each part's results follow (one indented line per result), by part (latency's
+#: results follow the fan-out they need). ``wse-fast bench`` draws a progress bar for each.
+PART_HEADERS = {
+    "fanout": "fan-out:",
+    "latency": "latency:",
+    "rpc-realistic": "rpc, each call its own write:",
+    "rpc": "rpc:",
+    "connections": "connections:",
+}
+#: The peers whose connection costs a run measures, where they run.
+CONNECTION_PEERS = (
+    WSE_JS,
+    "wse-fast",
+    BASELINE,
+    "minimal picows",
+    "websockets broadcast()",
+    "Node.js ws",
+)
+CONNECTION_COUNTS = (1000, 10000)
+#: The fan-out matrix of --full: connections times payload bytes.
+FULL_CONNS, FULL_SIZES = (10, 100, 1000, 10000), (64, 1024, 16384)
+#: The RPC shapes of the rpc part: connections times calls in flight.
+RPC_SHAPES = ((1, 1), (1, 64), (100, 8))
 
 
 #: Peers that hold more than one file descriptor per connection: wse-server dup()s every
@@ -171,6 +200,21 @@ def unfit(peers: list[str], conns: int) -> list[str]:
 
 def say(*parts: object) -> None:
     print(*parts, flush=True)
+
+
+def runnable(peers: list[str]) -> tuple[list[str], list[str]]:
+    """``peers`` without those that cannot run here, and a line for each of those saying why
+    (the Node.js servers without node are left out silently)."""
+    notes = []
+    if shutil.which("node") is None:
+        peers = [p for p in peers if not p.startswith("Node.js")]
+    if WSE_JS in peers and (why := wse_js_missing()) is not None:
+        notes.append(f"{WSE_JS} left out: {why} (make bench-setup WSE_JS_DIR=DIR)")
+        peers = [p for p in peers if p != WSE_JS]
+    if "wse-server" in peers and not WSE_SERVER_PYTHON.exists():
+        notes.append("wse-server left out: run benches/peers/wse_server_setup.sh to set it up")
+        peers = [p for p in peers if p != "wse-server"]
+    return peers, notes
 
 
 class Server:
@@ -422,7 +466,7 @@ async def rpc_bench(
     baseline build when one is given) from each of ``loadgens``, measured in alternation run
     by run."""
     out = []
-    for conns, depth in ((1, 1), (1, 64), (100, 8)):
+    for conns, depth in RPC_SHAPES:
         pairs = [(name, loadgen) for loadgen in loadgens for name in servers]
         results: dict[tuple[str, str], list[Result]] = {pair: [] for pair in pairs}
         lat: dict[tuple[str, str], list[list[float]]] = {pair: [] for pair in pairs}
@@ -871,6 +915,64 @@ def plot_latency(lat: list[tuple[float, str, list[float], float]], path: Path) -
     fig.savefig(path, dpi=100)
 
 
+def chosen_peers(asked: list[str] | None) -> list[str]:
+    """The peers a run measures, in the tables' order: those asked for (every one in PEERS
+    without --peers; main adds the baseline to PEERS and to what is asked for)."""
+    known = [*PEERS, *RPC_ONLY_PEERS]
+    return [p for p in known if p in asked] if asked else list(PEERS)
+
+
+def latency_peers(peers: list[str]) -> list[str]:
+    """The latency part's servers: the reference where it runs, and the cluster where a
+    nats-server can be started."""
+    names = [n for n in LATENCY_PEERS if n != WSE_JS or WSE_JS in peers]
+    if not cluster_available():
+        names = [n for n in names if n not in CLUSTER_WORKERS]
+    return names
+
+
+def expected_results(
+    asked: list[str] | None,
+    parts: list[str] | None,
+    full: bool = False,
+    conns: int | None = None,
+    size: int | None = None,
+    baseline: bool = False,
+) -> dict[str, int]:
+    """How many result lines a run with these options prints after each part's header (see
+    PART_HEADERS), by the loops of main: what ``wse-fast bench`` counts its progress bars to.
+    Parts whose count is not known here (rpc-realistic) have no entry."""
+    parts = list(parts or DEFAULT_PARTS)
+    conns, size = conns or DEFAULT_CONNS, size or DEFAULT_SIZE
+    extra = [BASELINE] if baseline else []  # where main puts it: last in PEERS
+    known = [*PEERS, *extra, *RPC_ONLY_PEERS]
+    if asked:
+        peers = [p for p in known if p in [*asked, *extra]]
+    else:
+        peers = [p for p in known if p not in RPC_ONLY_PEERS]
+    peers, _ = runnable(peers)
+    expected: dict[str, int] = {}
+    if "fanout" in parts or "latency" in parts:
+        fan = [p for p in peers if p not in RPC_ONLY_PEERS]
+        conn_counts, sizes = (FULL_CONNS, FULL_SIZES) if full else ((conns,), (size,))
+        expected[PART_HEADERS["fanout"]] = sum(
+            len(sizes) * len(MODES.get(p, ("burst", "paced")))
+            for n in conn_counts
+            for p in fan
+            if p not in unfit(fan, n)
+        )
+        # latency runs at the rate of wse-fast's paced fan-out at --conns and --size
+        if "latency" in parts and "wse-fast" in fan and conns in conn_counts and size in sizes:
+            expected[PART_HEADERS["latency"]] = 3 * len(latency_peers(peers))  # three loads
+    if "rpc" in parts:
+        servers = rpc_order([p for p in peers if p in RPC_PEERS])
+        expected[PART_HEADERS["rpc"]] = len(RPC_SHAPES) * len(servers)
+    if "connections" in parts:
+        measured = [p for p in CONNECTION_PEERS if p in peers]
+        expected[PART_HEADERS["connections"]] = len(CONNECTION_COUNTS) * len(measured)
+    return expected
+
+
 async def main(args: argparse.Namespace) -> None:
     global RESULTS
     os.sched_setaffinity(0, {LOADGEN_CORE})
@@ -886,22 +988,15 @@ async def main(args: argparse.Namespace) -> None:
         ]
         if args.peers:
             args.peers.append(BASELINE)
-    known = [*PEERS, *RPC_ONLY_PEERS]
-    peers = [p for p in known if p in args.peers] if args.peers else list(PEERS)
-    if shutil.which("node") is None:
-        peers = [p for p in peers if not p.startswith("Node.js")]
     if args.wse_js_dir:
         os.environ["WSE_JS_DIR"] = str(Path(args.wse_js_dir).resolve())
-    if WSE_JS in peers and (why := wse_js_missing()) is not None:
-        say(f"{WSE_JS} left out: {why} (make bench-setup WSE_JS_DIR=DIR)")
-        peers.remove(WSE_JS)
+    peers, notes = runnable(chosen_peers(args.peers))
+    for note in notes:
+        say(note)
     if "go" in args.loadgen and not LOADGEN_GO.exists():
         raise SystemExit(f"no {LOADGEN_GO}: make setup builds the Go load generator")
-    if "wse-server" in peers and not WSE_SERVER_PYTHON.exists():
-        say("wse-server left out: run benches/peers/wse_server_setup.sh to set it up")
-        peers.remove("wse-server")
-    conn_counts = [10, 100, 1000, 10000] if args.full else [args.conns]
-    sizes = [64, 1024, 16384] if args.full else [args.size]
+    conn_counts = list(FULL_CONNS) if args.full else [args.conns]
+    sizes = list(FULL_SIZES) if args.full else [args.size]
     fan: list[Row] = []
     if "fanout" not in args.parts and "latency" not in args.parts:
         conn_counts = []
@@ -913,7 +1008,7 @@ async def main(args: argparse.Namespace) -> None:
                     f"{FILES_PER_CONNECTION[name]} files per connection, over the limit of "
                     f"{file_limit():,}"
                 )
-        say("fan-out:")
+        say(PART_HEADERS["fanout"])
     for conns in conn_counts:
         for size in sizes:
             fit = [p for p in peers if p in PEERS and p not in unfit(peers, conns)]
@@ -928,38 +1023,26 @@ async def main(args: argparse.Namespace) -> None:
         and r.size == args.size
     ]
     if paced and "latency" in args.parts:
-        names = [n for n in LATENCY_PEERS if n != WSE_JS or WSE_JS in peers]
+        names = latency_peers(peers)
         if not cluster_available():
             say("the cluster's latency left out: no nats-server (pip install 'wse-fast[cluster]')")
-            names = [n for n in names if n not in CLUSTER_WORKERS]
-        say("latency:")
+        say(PART_HEADERS["latency"])
         lat = await latency(paced[0].median("per_second"), args.conns, args.size, args.runs, names)
     if "rpc-realistic" in args.parts:
-        say("rpc, each call its own write:")
+        say(PART_HEADERS["rpc-realistic"])
         names = rpc_order([p for p in peers if p in RPC_PEERS])
         if not args.peers and shutil.which("node") is not None:
             names += RPC_ONLY_PEERS
         realistic = await rpc_realistic(args.runs, names, args.loadgen, args.rpc_seconds)
     if "rpc" in args.parts:
-        say("rpc:")
+        say(PART_HEADERS["rpc"])
         rpcs = await rpc_bench(
             args.runs, rpc_order([p for p in peers if p in RPC_PEERS]), args.loadgen
         )
     if "connections" in args.parts:
-        say("connections:")
-        names = [
-            p
-            for p in (
-                WSE_JS,
-                "wse-fast",
-                BASELINE,
-                "minimal picows",
-                "websockets broadcast()",
-                "Node.js ws",
-            )
-            if p in peers
-        ]
-        conns_rows = await connections([1000, 10000], names)
+        say(PART_HEADERS["connections"])
+        names = [p for p in CONNECTION_PEERS if p in peers]
+        conns_rows = await connections(list(CONNECTION_COUNTS), names)
     write_report(realistic, fan, lat, rpcs, conns_rows, args)
 
 
@@ -970,12 +1053,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--full", action="store_true", help="the whole matrix of connections and sizes"
     )
-    parser.add_argument("--conns", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument(
-        "--peers", nargs="*", help="a subset of: " + ", ".join([*PEERS, *RPC_ONLY_PEERS])
-    )
+    parser.add_argument("--conns", type=int, default=DEFAULT_CONNS)
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
+    parser.add_argument("--peers", nargs="*", help="a subset of: " + ", ".join(PEER_NAMES))
     parser.add_argument(
         "--baseline",
         help="another wse-fast checkout (set up with make bench-setup) to measure beside",
@@ -987,7 +1068,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--parts",
         nargs="*",
-        default=["fanout", "latency", "rpc", "connections"],
+        choices=PARTS,
+        default=list(DEFAULT_PARTS),
         help="fanout latency rpc-realistic rpc connections (latency needs fanout; "
         "rpc-realistic: one write per call, beside the bare picows and Node.js servers)",
     )

@@ -511,6 +511,86 @@ def test_bench_runs_the_suite_with_a_progress_bar_and_writes_its_tables(tmp_path
     assert len(json.loads((tmp_path / "cli.json").read_text())["rpc"]) == 3
 
 
+#: A suite of two parts that answers what ``wse-fast bench`` asks a suite (its parts, its
+#: peers, how many results follow each header), whatever its parts are called.
+TWO_PART_SUITE = """
+import sys
+
+PARTS = ("warm-up", "main")
+PEER_NAMES = ["one", "two"]
+
+
+def expected_results(peers, parts, full, conns, size, baseline):
+    return {"warm-up:": 2, "main part:": 1 if peers == ["one"] else 2}
+
+
+if __name__ == "__main__":
+    print("args:", *sys.argv[1:])
+    print("warm-up:")
+    print("  w1")
+    print("  w2")
+    print("main part:")
+    print("  m1")
+    print("done")
+"""
+
+
+def with_terminal_stderr(
+    args: list[str], cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``wse-fast ARGS`` with stderr on a terminal (so that progress bars are drawn): the
+    result (stdout captured) and what was drawn on the terminal."""
+    bars, terminal = os.openpty()
+    try:
+        result = subprocess.run(
+            [*COMMAND, *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(bars, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and all is read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(bars)
+    return result, drawn.decode(errors="replace")
+
+
+def test_bench_takes_the_parts_peers_and_counts_from_the_suite(tmp_path: Path) -> None:
+    """The command holds nothing of benches/: another suite's parts and peers are checked
+    against what it declares, its headers get a bar each, counted to what it said."""
+    run_py = tmp_path / "run.py"
+    run_py.write_text(TWO_PART_SUITE)
+    args = ["bench", "--suite", str(run_py), "--runs", "1", "--peers", "one"]
+    result, drawn = with_terminal_stderr([*args, "--parts", "warm-up,main"], tmp_path)
+    assert result.returncode == 0, drawn
+    assert result.stdout.splitlines() == [
+        "args: --runs 1 --peers one --parts warm-up main",
+        "warm-up:",
+        "  w1",
+        "  w2",
+        "main part:",
+        "  m1",
+        "done",
+    ]
+    assert "warm-up" in drawn and "0/2" in drawn and "2/2" in drawn
+    assert "main part" in drawn and "0/1" in drawn and "1/1" in drawn
+    result = run(*args, "--parts", "cool-down", cwd=tmp_path)
+    assert result.returncode == 2 and "cool-down: the parts are warm-up, main" in result.stderr
+    result = run("bench", "--suite", str(run_py), "--peers", "three", cwd=tmp_path)
+    assert result.returncode == 2 and "three: the peers are one, two" in result.stderr
+
+
 def test_help_lists_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0, result.stderr
