@@ -76,8 +76,7 @@ from ..registry import cid_from_text, cid_text
 from ..sansio.framing import is_server_data_frame
 
 if TYPE_CHECKING:
-    from ..server import WseServer
-    from ..server_connection import ServerConnection
+    from .broker import BrokerHandler, LocalConnection
 
 log = logging.getLogger("wse_fast.cluster")
 
@@ -135,11 +134,14 @@ def _unpack_name(data: bytes) -> tuple[str, bytes]:
 
 
 class NatsCluster:
-    """The link of one node (one :class:`~wse_fast.WseServer`) to the others."""
+    """The NATS broker: the link of one node to the others (a
+    :class:`~wse_fast.cluster.broker.Broker`, and its own
+    :class:`~wse_fast.cluster.broker.Presence`). It knows the node only as the
+    :class:`~wse_fast.cluster.broker.BrokerHandler` it is given."""
 
     def __init__(
         self,
-        server: WseServer,
+        handler: BrokerHandler,
         urls: Sequence[str],
         *,
         node: str | None = None,
@@ -157,7 +159,8 @@ class NatsCluster:
             raise ValueError("health_timeout must be positive")
         if max_pending_users < 1:
             raise ValueError("max_pending_users must be at least 1")
-        self.server = server
+        self._node = handler
+        self._deliver_to_all = handler.deliver_to_all  # a broadcast's local half, bound once
         self.urls = list(urls)
         self.node = node or default_node_name()
         # both go into subjects and bucket names: ASCII letters, digits, '-' and '_' only
@@ -221,6 +224,11 @@ class NatsCluster:
         its heartbeat renewed within ``health_timeout``."""
         nc = self._nc
         return self._link_state == _HEALTHY and nc is not None and nc.is_connected
+
+    @property
+    def presence(self) -> NatsCluster:
+        """Presence lives in the same bucket and link: this broker is its own."""
+        return self
 
     @property
     def pending_users(self) -> int:
@@ -361,20 +369,34 @@ class NatsCluster:
 
     # ---- what the server asks --------------------------------------------------------------
 
-    def broadcast(self, frame: bytes) -> None:
+    def publish_all(self, frame: bytes) -> None:
+        """Writes ``frame`` here at once, and hands it to the other nodes."""
+        self._deliver_to_all(frame)
         self._publish(_BROADCAST + frame)
 
-    def send(self, cid: Any, frame: bytes) -> None:
+    def publish_user(self, cid: Any, frame: bytes) -> bool:
+        """Writes ``frame`` to the user's connections here at once, and hands it to the other
+        nodes (which deliver it to theirs): True, the user may be anywhere."""
+        self._node.deliver_to_user(cid, frame)
         self._publish(_pack_name(_SEND, cid_text(cid), frame))
+        return True
 
     def drop_user(self, cid: Any, reason: str) -> None:
+        self._node.drop_local_user(cid, reason)
         self._publish(_pack_name(_DROP_USER, cid_text(cid), reason.encode()))
 
-    def added(self, cid: Any, conn_id: str) -> None:
-        """A connection of this node was accepted: it joins its user's list."""
+    @staticmethod
+    def check_cid(cid: Any) -> None:
+        """A cid crosses NATS as text: one :func:`cid_text` cannot make (a tuple, a bool)
+        raises TypeError."""
+        cid_text(cid)
+
+    def added(self, cid: Any, conn_id: str, first: bool) -> None:
+        """A connection of this node was accepted: it joins its user's list (the bucket,
+        not ``first``, decides whether the user came online)."""
         self._mark(_key(cid), cid, True)
 
-    def removed(self, cid: Any, conn_id: str) -> None:
+    def removed(self, cid: Any, conn_id: str, last: bool) -> None:
         """A connection of this node closed: it leaves its user's list."""
         self._mark(_key(cid), cid, False)
 
@@ -383,8 +405,7 @@ class NatsCluster:
         at once without a link to NATS, and when NATS does not answer within
         ``health_timeout``."""
         entries = await self._lookup(cid, self.health_timeout)
-        local = self.server.clients.get(cid)
-        here = len(local.conns) if local is not None else 0
+        here = len(self._node.user_connections(cid))
         return here + sum(1 for node, _ in entries if node != self.node and node in self.alive)
 
     async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
@@ -392,7 +413,7 @@ class NatsCluster:
         is gone by the time the call reaches it). The call's time limit bounds the lookup of
         the user's connections too, and what is left of it the call."""
         loop = asyncio.get_running_loop()
-        limit = deadline(self.server.timeout, timeout)  # None: no deadline
+        limit = deadline(self._node.timeout, timeout)  # None: no deadline
         until = None if limit is None else loop.time() + limit
         entries = await self._lookup(cid, limit)
 
@@ -410,9 +431,9 @@ class NatsCluster:
                     return await self._remote_call(node, cid, ref, rp, payload, left())
                 except ConnectionNotReady:
                     continue
-        local = self.server.clients.get(cid)
-        if local is not None and local.conns:  # accepted here, not yet in the list
-            return await list(local.conns.values())[-1].call(rp, payload, left())
+        local = self._node.user_connections(cid)
+        if local:  # accepted here, not yet in the list
+            return await local[-1].call(rp, payload, left())
         raise ConnectionNotReady({"rpc": rp, "cid": cid})
 
     async def _lookup(self, cid: Any, within: float | None) -> list[list[str]]:
@@ -432,29 +453,23 @@ class NatsCluster:
 
     # ---- the registry ----------------------------------------------------------------------
 
-    def _local(self, cid: Any, ref: str) -> ServerConnection | None:
+    def _local(self, cid: Any, ref: str) -> LocalConnection | None:
         """This process's open, accepted connection ``ref`` of user ``cid``, if it is one."""
         conn = self._open(ref)
         return conn if conn is not None and conn.cid == cid else None
 
-    def _open(self, ref: str) -> ServerConnection | None:
+    def _open(self, ref: str) -> LocalConnection | None:
         """This process's open, accepted connection ``ref``, if it is one."""
         instance, _, conn_id = ref.partition(":")
         if instance != self.instance:
             return None
-        conn = self.server.connections.get(conn_id)
-        if conn is None or not conn.session.valid or not conn.open:
-            return None
-        return conn
+        return self._node.local_connection(conn_id)
 
     def _mine(self, cid: Any) -> list[str]:
         """The refs of user ``cid``'s open connections in this process, oldest first."""
         if cid is _GONE:
             return []
-        client = self.server.clients.get(cid)
-        if client is None:
-            return []
-        refs = [self.ref(conn_id) for conn_id in client.conns]
+        refs = [self.ref(conn.conn_id) for conn in self._node.user_connections(cid)]
         return [ref for ref in refs if self._local(cid, ref) is not None]
 
     async def _entries(self, cid: Any) -> list[list[str]]:
@@ -588,8 +603,8 @@ class NatsCluster:
         if any(node == self.node and ref not in ours_before for node, ref in after):
             # this change added connections
             if announce and not living_before:  # the bucket decides: once
-                self.server.when.emit("online", cid)
-            excess = len(after) - self.server.conn_per_user
+                self._node.user_online(cid)
+            excess = len(after) - self._node.conn_per_user
             for node, ref in after[: max(excess, 0)]:
                 if node == self.node:
                     conn = self._local(cid, ref)
@@ -600,13 +615,13 @@ class NatsCluster:
                     self._publish(_pack_name(_DROP_CONN, node, drop))
         ours_after = {ref for node, ref in after if node == self.node}
         if not after and ours_before - ours_after:  # this change removed the last one
-            self.server.when.emit("offline", cid)
+            self._node.user_offline(cid)
 
     async def _resync_all(self) -> None:
         """Writes this node's whole state: every user in the bucket loses the entries of
         this node's closed connections, every user with connections here gets them."""
         log.warning("cluster node %s: writing its whole registry state again", self.node)
-        local = {_key(client.cid): client.cid for client in list(self.server.clients.values())}
+        local = {_key(cid): cid for cid in self._node.local_users()}
         users = self._require(self._users)
         try:
             keys = await users.keys()
@@ -671,19 +686,19 @@ class NatsCluster:
             return  # this node delivered it itself when it sent it
         data = data[_ORIGIN:]
         op = data[:1]
-        server = self.server
+        handler = self._node
         try:
             if op == _BROADCAST:
                 frame = data[1:]
                 if self._well_formed(frame):
-                    server.deliver_to_all(frame)
+                    handler.deliver_to_all(frame)
             elif op == _SEND:
                 name, frame = _unpack_name(data)
                 if self._well_formed(frame):
-                    server.deliver_to_user(cid_from_text(name), frame)
+                    handler.deliver_to_user(cid_from_text(name), frame)
             elif op == _DROP_USER:
                 name, reason = _unpack_name(data)
-                server.drop_local_user(cid_from_text(name), reason.decode())
+                handler.drop_local_user(cid_from_text(name), reason.decode())
             elif op == _DROP_CONN:
                 node, rest = _unpack_name(data)
                 if node == self.node:
@@ -719,7 +734,7 @@ class NatsCluster:
         self, node: str, cid: Any, ref: str, rp: str, payload: Any, timeout: float | None
     ) -> Any:
         nc = self._require(self._nc)
-        limit = deadline(self.server.timeout, timeout)  # None: no deadline
+        limit = deadline(self._node.timeout, timeout)  # None: no deadline
         request = {"cid": cid_text(cid), "ref": ref, "rp": rp, "p": payload, "t": limit or 0}
         request = msgpack.packb(request)
         try:
@@ -755,7 +770,7 @@ class NatsCluster:
             with contextlib.suppress(Exception):
                 await msg.respond(b"\x01")
             return
-        if self.server.closing:
+        if self._node.closing:
             # draining: no new work here; the caller tries the user's other connections
             refused = {
                 "code": WSE_ERROR.CONNECTION_NOT_READY,
@@ -849,7 +864,7 @@ class NatsCluster:
                 self._next_loss_report = now + 1.0
                 lost, self._lost_unreported = self._lost_unreported, 0
                 details = {"lost": lost, "total": self.lost, "node": self.node}
-                self.server.when.emit("error", WseError(CLUSTER_LOST, details), None)
+                self._node.broker_error(WseError(CLUSTER_LOST, details))
 
     # ---- liveness --------------------------------------------------------------------------
 
@@ -903,8 +918,8 @@ class NatsCluster:
             # The others took this node for dead (paused, or cut off from NATS, for longer
             # than node_ttl) and may have forgotten its connections: they are added again.
             log.warning("cluster node %s was taken for dead: its users are added again", self.node)
-            for client in list(self.server.clients.values()):
-                self._mark(_key(client.cid), client.cid, False)
+            for cid in self._node.local_users():
+                self._mark(_key(cid), cid, False)
 
     async def _exists(self, key: str) -> bool:
         try:
@@ -975,14 +990,14 @@ class NatsCluster:
     def _state(self, state: str) -> None:
         level = logging.INFO if state in ("healthy", "reconnected") else logging.WARNING
         log.log(level, "cluster node %s: %s", self.node, state)
-        self.server.when.emit("cluster", state)
+        self._node.broker_state(state)
 
     def _report(self, exc: BaseException, details: dict[str, Any]) -> None:
         if isinstance(exc, WseError):
             err = exc
         else:
             err = WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc), **details})
-        self.server.when.emit("error", err, None)
+        self._node.broker_error(err)
 
     @staticmethod
     def _require(value: Any) -> Any:
