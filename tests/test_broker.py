@@ -50,10 +50,15 @@ class TwinBroker:
         for node in self.hub.nodes:
             node.handler.deliver_to_all(frame)
 
-    def publish_user(self, cid: Any, frame: bytes) -> bool:
+    def publish_user(self, cid: Any, frame: bytes) -> int:
         for node in self.hub.nodes:
-            node.handler.deliver_to_user(cid, frame)
-        return True
+            written = node.handler.deliver_to_user(cid, frame)
+            if node is self:
+                here = written
+        return here
+
+    def reaches(self, cid: Any) -> bool:
+        return True  # the other node may have it
 
     def drop_user(self, cid: Any, reason: str) -> None:
         for node in self.hub.nodes:
@@ -194,6 +199,7 @@ async def test_a_server_alone_has_the_in_process_broker_bound_to_its_own_writes(
         # no layer between a broadcast and the write: the broker's methods are the node's
         assert broker.publish_all == server.deliver_to_all
         assert broker.publish_user == server.deliver_to_user
+        assert broker.reaches == server.has_user
         client = make_client(url_of(server))
         client.channel.on("news", log.hook("news"))
         await client.connect("dave")

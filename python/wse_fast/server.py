@@ -146,6 +146,8 @@ class WseServer(Peer[ServerEvents]):
         #: Writes a frame to every accepted connection here (what a broker delivers to
         #: all): the group's own write, so that a broadcast costs no call more than it.
         self.deliver_to_all: Callable[[bytes], None] = self._live.write_all
+        #: Whether a user has a connection here (the dict's own lookup: a send asks it).
+        self.has_user: Callable[[Any], bool] = self.registry.clients.__contains__
         self._asgi: AsgiApp | None = None
         # One 101 response for every upgrade: picows sets its Sec-WebSocket-Accept header and
         # serialises it in the same call, so sharing it is safe, and saves each connection
@@ -203,6 +205,7 @@ class WseServer(Peer[ServerEvents]):
         # bound once: a broadcast and a send each cost one call into the broker
         self._publish_all = broker.publish_all
         self._publish_user = broker.publish_user
+        self._reaches = broker.presence.reaches
 
     @property
     def cluster(self) -> Broker | None:
@@ -415,13 +418,12 @@ class WseServer(Peer[ServerEvents]):
         are two users); False if the user is not connected here and there is no cluster to
         pass it to (in a cluster: True, and every node delivers it to the user's connections
         it has)."""
-        frame = self.encode(type, payload, None)
-        if not self._publish_user(cid, frame):  # alone: deliver_to_user itself
+        if not self._reaches(cid):  # alone: has_user, the dict's own lookup
             return False
-        if self.metrics.counting:
-            client = self.clients.get(cid)
-            if client is not None:
-                self.metrics.count_sent(type, len(frame), len(client.conns))
+        frame = self.encode(type, payload, None)
+        written = self._publish_user(cid, frame)  # alone: deliver_to_user itself
+        if written and self.metrics.counting:
+            self.metrics.count_sent(type, len(frame), written)
         return True
 
     def drop_client(self, cid: Any, reason: str = WSE_REASON.BY_SERVER) -> None:
@@ -441,14 +443,11 @@ class WseServer(Peer[ServerEvents]):
         return await self.broker.call(cid, rp, payload, timeout)
 
     # ---- what the broker asks of this node (cluster.broker.BrokerHandler) ------------------
-    # (deliver_to_all: an attribute, the endpoint group's write, bound in __init__)
+    # (deliver_to_all and has_user: attributes, bound in __init__)
 
-    def deliver_to_user(self, cid: Any, frame: bytes) -> bool:
+    def deliver_to_user(self, cid: Any, frame: bytes) -> int:
         client = self.clients.get(cid)
-        if client is None:
-            return False
-        client.send_frame(frame)
-        return True
+        return 0 if client is None else client.send_frame(frame)
 
     def drop_local_user(self, cid: Any, reason: str) -> None:
         client = self.clients.get(cid)

@@ -45,8 +45,11 @@ class BrokerHandler(Protocol):
     def deliver_to_all(self, frame: bytes) -> None:
         """Writes ``frame`` (one whole server frame) to every accepted connection here."""
 
-    def deliver_to_user(self, cid: Any, frame: bytes) -> bool:
-        """Writes ``frame`` to user ``cid``'s connections here: whether it has any."""
+    def deliver_to_user(self, cid: Any, frame: bytes) -> int:
+        """Writes ``frame`` to user ``cid``'s connections here: to how many."""
+
+    def has_user(self, cid: Any) -> bool:
+        """Whether user ``cid`` has a connection here."""
 
     def drop_local_user(self, cid: Any, reason: str) -> None:
         """Closes user ``cid``'s connections here."""
@@ -96,6 +99,11 @@ class Presence(Protocol):
         """Raises (TypeError) for a cid this presence cannot carry: such a user is not
         accepted."""
 
+    def reaches(self, cid: Any) -> bool:
+        """Whether a frame for user ``cid`` may reach one of its connections: alone,
+        whether it is here; in a cluster, yes (another node may have it). The node encodes
+        nothing for a user it does not reach."""
+
     def added(self, cid: Any, conn_id: str, first: bool) -> None:
         """Connection ``conn_id`` of user ``cid`` was accepted here (``first``: the user's
         first one here)."""
@@ -133,9 +141,9 @@ class Broker(Protocol):
     def publish_all(self, frame: bytes) -> None:
         """Writes ``frame`` to every connection here and on every other node."""
 
-    def publish_user(self, cid: Any, frame: bytes) -> bool:
-        """Writes ``frame`` to user ``cid``'s connections wherever they are: whether it may
-        reach one (in process: whether the user is here)."""
+    def publish_user(self, cid: Any, frame: bytes) -> int:
+        """Writes ``frame`` to user ``cid``'s connections wherever they are: how many it
+        wrote here (what the node counts as sent)."""
 
     def drop_user(self, cid: Any, reason: str) -> None:
         """Closes user ``cid``'s connections wherever they are."""
@@ -159,7 +167,7 @@ class LocalBroker:
     the sending ones are the handler's methods themselves, bound once (a broadcast costs what
     the direct write costs)."""
 
-    __slots__ = ("_handler", "drop_user", "publish_all", "publish_user")
+    __slots__ = ("_handler", "drop_user", "publish_all", "publish_user", "reaches")
 
     node = None
     healthy = True
@@ -171,6 +179,7 @@ class LocalBroker:
         self.publish_all = handler.deliver_to_all
         self.publish_user = handler.deliver_to_user
         self.drop_user = handler.drop_local_user
+        self.reaches = handler.has_user
 
     @property
     def presence(self) -> LocalBroker:

@@ -203,12 +203,12 @@ class NatsCluster:
         self._deliver_to_all(frame)
         self._publish(BROADCAST + frame)
 
-    def publish_user(self, cid: Any, frame: bytes) -> bool:
-        """Writes ``frame`` to the user's connections here at once, and hands it to the other
-        nodes (which deliver it to theirs): True, the user may be anywhere."""
-        self._node.deliver_to_user(cid, frame)
+    def publish_user(self, cid: Any, frame: bytes) -> int:
+        """Writes ``frame`` to the user's connections here at once (answers to how many), and
+        hands it to the other nodes, which deliver it to theirs."""
+        written = self._node.deliver_to_user(cid, frame)
         self._publish(pack_name(SEND, cid_text(cid), frame))
-        return True
+        return written
 
     def drop_user(self, cid: Any, reason: str) -> None:
         self._node.drop_local_user(cid, reason)

@@ -86,6 +86,11 @@ class NatsPresence:
         raises TypeError."""
         cid_text(cid)
 
+    @staticmethod
+    def reaches(cid: Any) -> bool:
+        """Any user may have a connection on another node."""
+        return True
+
     def added(self, cid: Any, conn_id: str, first: bool) -> None:
         """A connection of this node was accepted: it joins its user's list (the bucket,
         not ``first``, decides whether the user came online)."""
