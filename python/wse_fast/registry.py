@@ -84,12 +84,15 @@ class Client:
         if metrics is not None and metrics.counting:
             metrics.count_sent(type, len(frame), len(self._conns))
 
-    def send_frame(self, frame: bytes) -> None:
-        """Sends a frame the server's encoder built to every device of this user."""
-        for conn in self._conns:
+    def send_frame(self, frame: bytes) -> int:
+        """Sends a frame the server's encoder built to every device of this user: to how
+        many."""
+        conns = self._conns
+        for conn in conns:
             endpoint = conn.endpoint  # Connection.send_frame, inlined: once per device
             if endpoint is not None:
                 endpoint.write(frame)
+        return len(conns)
 
     def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
         for conn in self._conns:  # a tuple: the drops below replace it, not change it

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Self
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from .authentication import Authentication, IdentifyRequest
+from .cluster.broker import Broker, LocalBroker
+from .connection import Connection
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
-from .errors import ConnectionNotReady, WseError
+from .errors import WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .listener import Listener
@@ -25,7 +27,7 @@ from .metrics import ServerMetrics
 from .options import ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
-from .registry import Client, UserRegistry, cid_text
+from .registry import Client, UserRegistry
 from .sansio.deflate import Agreement, PerMessageDeflate
 from .server_connection import ServerConnection
 from .transport.admission import (
@@ -41,8 +43,6 @@ from .transport.picows_endpoint import DeflateEndpoint, Endpoint
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from .cluster.nats_cluster import NatsCluster
 
 log = logging.getLogger("wse_fast")
 #: How long (seconds) :meth:`WseServer.close` lets running handlers finish by default: the
@@ -143,6 +143,11 @@ class WseServer(Peer[ServerEvents]):
         #: permessage-deflate as this server agrees to it; None: offers are declined
         self.deflate = PerMessageDeflate(settings) if settings is not None else None
         self._live = EndpointGroup()  # endpoints of accepted connections
+        #: Writes a frame to every accepted connection here (what a broker delivers to
+        #: all): the group's own write, so that a broadcast costs no call more than it.
+        self.deliver_to_all: Callable[[bytes], None] = self._live.write_all
+        #: Whether a user has a connection here (the dict's own lookup: a send asks it).
+        self.has_user: Callable[[Any], bool] = self.registry.clients.__contains__
         self._asgi: AsgiApp | None = None
         # One 101 response for every upgrade: picows sets its Sec-WebSocket-Accept header and
         # serialises it in the same call, so sharing it is safe, and saves each connection
@@ -153,8 +158,8 @@ class WseServer(Peer[ServerEvents]):
         # With compression, one per distinct answer to an offer (a handful in practice).
         self._deflate_responses: dict[Agreement, WSUpgradeResponse] = {}
         self._listener: Listener | None = None  # its own, from start()
-        self.cluster: NatsCluster | None = None
-        self._attached: asyncio.Future[None] | None = None  # the cluster link, once started
+        self._attached: asyncio.Future[None] | None = None  # the broker's link, once started
+        self.use_broker(LocalBroker(self))  # alone: the in-process broker
         if cluster is not None:
             self.join_cluster(cluster)
         self._all_closed: asyncio.Event | None = None
@@ -185,6 +190,29 @@ class WseServer(Peer[ServerEvents]):
         if not callable(generator):
             raise WseError(WSE_ERROR.INVALID_CRA_GENERATOR)
         self.challenger = generator
+
+    def use_broker(self, broker: Broker) -> None:
+        """Makes ``broker`` (see :mod:`wse_fast.cluster.broker`) carry what this server
+        publishes, its presence and its calls to users (before the server starts). By
+        default the in-process :class:`~wse_fast.cluster.broker.LocalBroker`;
+        :meth:`join_cluster` puts NATS's; any other implementation of the interface plugs in
+        the same way. The broker answers through this server's
+        :class:`~wse_fast.cluster.broker.BrokerHandler` methods."""
+        if self._attached is not None:
+            raise RuntimeError("the broker is chosen before the server starts")
+        self.broker = broker
+        self.presence = broker.presence
+        # bound once: a broadcast and a send each cost one call into the broker
+        self._publish_all = broker.publish_all
+        self._publish_user = broker.publish_user
+        self._reaches = broker.presence.reaches
+
+    @property
+    def cluster(self) -> Broker | None:
+        """The broker that links this server to other nodes (its ``node``, ``healthy``,
+        ``lost`` and ``refused``); None when the server is alone (in-process broker)."""
+        broker = self.broker
+        return None if broker.node is None else broker
 
     def join_cluster(
         self,
@@ -217,7 +245,7 @@ class WseServer(Peer[ServerEvents]):
 
         if self._attached is not None:
             raise RuntimeError("join_cluster comes before the server starts")
-        self.cluster = NatsCluster(
+        broker = NatsCluster(
             self,
             [urls] if isinstance(urls, str) else list(urls),
             node=node,
@@ -229,16 +257,16 @@ class WseServer(Peer[ServerEvents]):
             max_pending_users=max_pending_users,
             nats_options=nats_options,
         )
+        self.use_broker(broker)
 
     async def attach(self) -> None:
-        """Starts what the server needs beside its connections (the cluster link), once: by
+        """Starts what the server needs beside its connections (its broker), once: by
         :meth:`start`, or by a mounted server's first connection."""
         attached = self._attached
         if attached is None:
             attached = self._attached = asyncio.get_running_loop().create_future()
             try:
-                if self.cluster is not None:
-                    await self.cluster.start()
+                await self.broker.start()
             except BaseException as exc:
                 self._attached = None
                 attached.set_exception(exc)
@@ -321,8 +349,8 @@ class WseServer(Peer[ServerEvents]):
                         conn.endpoint.abort()
         if listener is not None:
             await listener.wait_closed()
-        if self.cluster is not None and self._attached is not None:
-            await self.cluster.stop()
+        if self._attached is not None:
+            await self.broker.stop()
             self._attached = None
 
     async def _finish_work(self, grace: float) -> None:
@@ -349,8 +377,8 @@ class WseServer(Peer[ServerEvents]):
                     self.tasks_running,
                     grace,
                 )
-        if self.cluster is not None and self._attached is not None:
-            await self.cluster.finish_calls(deadline - loop.time())
+        if self._attached is not None:
+            await self.broker.finish_calls(deadline - loop.time())
         running = [task for conn in self.connections.values() for task in conn.cancel_tasks()]
         if running:
             await asyncio.wait(running, timeout=self.limits.close_timeout)
@@ -380,75 +408,76 @@ class WseServer(Peer[ServerEvents]):
         """Sends to every connection of every user (on every node of a cluster); the frame is
         encoded once."""
         frame = self.encode(type, payload, None)
-        live = self._live
-        live.write_all(frame)
+        self._publish_all(frame)  # alone: the endpoint group's write itself
         if self.metrics.counting:
-            self.metrics.count_sent(type, len(frame), len(live))  # once for all connections
-        if self.cluster is not None:
-            self.cluster.broadcast(frame)
+            # once for all connections
+            self.metrics.count_sent(type, len(frame), len(self._live))
 
     def send(self, cid: Any, type: str, payload: Any = None) -> bool:
         """Sends to every device of user ``cid`` (as identify accepted it: ``1`` and ``"1"``
         are two users); False if the user is not connected here and there is no cluster to
         pass it to (in a cluster: True, and every node delivers it to the user's connections
         it has)."""
-        client = self.clients.get(cid)
-        if self.cluster is None:
-            if client is None:
-                return False
-            client.send(type, payload)
-            return True
+        if not self._reaches(cid):  # alone: has_user, the dict's own lookup
+            return False
         frame = self.encode(type, payload, None)
-        if client is not None:
-            client.send_frame(frame)
-            if self.metrics.counting:
-                self.metrics.count_sent(type, len(frame), len(client.conns))
-        self.cluster.send(cid, frame)
+        written = self._publish_user(cid, frame)  # alone: deliver_to_user itself
+        if written and self.metrics.counting:
+            self.metrics.count_sent(type, len(frame), written)
         return True
 
     def drop_client(self, cid: Any, reason: str = WSE_REASON.BY_SERVER) -> None:
         """Closes every connection of user ``cid`` (on every node of a cluster)."""
-        self.drop_local_user(cid, reason)
-        if self.cluster is not None:
-            self.cluster.drop_user(cid, reason)
+        self.broker.drop_user(cid, reason)
 
     async def online(self, cid: Any) -> int:
         """How many connections user ``cid`` has open (on every live node of a cluster)."""
-        if self.cluster is not None:
-            return await self.cluster.online(cid)
-        client = self.clients.get(cid)
-        return 0 if client is None else len(client.conns)
+        return await self.presence.online(cid)
 
     async def call(
         self, cid: Any, rp: str, payload: Any = None, timeout: float | None = None
     ) -> Any:
         """Calls procedure ``rp`` on the newest connection of user ``cid``, wherever it lives;
         the same results and errors as :meth:`Connection.call` (``ConnectionNotReady`` when
-        the user has none, also reported through the ``error`` event)."""
-        if self.cluster is not None:
-            return await self.cluster.call(cid, rp, payload, timeout)
+        the user has none, also reported through the ``error`` event, alone)."""
+        return await self.broker.call(cid, rp, payload, timeout)
+
+    # ---- what the broker asks of this node (cluster.broker.BrokerHandler) ------------------
+    # (deliver_to_all and has_user: attributes, bound in __init__)
+
+    def deliver_to_user(self, cid: Any, frame: bytes) -> int:
         client = self.clients.get(cid)
-        if client is None or not client.conns:
-            err = ConnectionNotReady({"rpc": rp, "cid": cid})
-            self.when.emit("error", err, None)
-            raise err
-        newest = list(client.conns.values())[-1]
-        return await newest.call(rp, payload, timeout)
-
-    # ---- what the cluster delivers here ----------------------------------------------------
-
-    def deliver_to_all(self, frame: bytes) -> None:
-        self._live.write_all(frame)
-
-    def deliver_to_user(self, cid: Any, frame: bytes) -> None:
-        client = self.clients.get(cid)
-        if client is not None:
-            client.send_frame(frame)
+        return 0 if client is None else client.send_frame(frame)
 
     def drop_local_user(self, cid: Any, reason: str) -> None:
         client = self.clients.get(cid)
         if client is not None:
             client.drop(reason)
+
+    def local_connection(self, conn_id: str) -> ServerConnection | None:
+        conn = self.connections.get(conn_id)
+        if conn is None or not conn.session.valid or not conn.open:
+            return None
+        return conn
+
+    def user_connections(self, cid: Any) -> Sequence[Connection]:
+        client = self.clients.get(cid)
+        return () if client is None else tuple(client.conns.values())
+
+    def local_users(self) -> list[Any]:
+        return list(self.clients)
+
+    def user_online(self, cid: Any) -> None:
+        self.when.emit("online", cid)
+
+    def user_offline(self, cid: Any) -> None:
+        self.when.emit("offline", cid)
+
+    def broker_error(self, error: WseError) -> None:
+        self.when.emit("error", error, None)
+
+    def broker_state(self, state: str) -> None:
+        self.when.emit("cluster", state)
 
     # ---- mounting --------------------------------------------------------------------------
 
@@ -732,8 +761,7 @@ class WseServer(Peer[ServerEvents]):
         if not conn.open:
             return  # closed (or timed out) while identify was running
         try:  # before any state changes: a welcome that cannot be sent accepts nobody
-            if self.cluster is not None:
-                cid_text(cid)  # a cid the cluster cannot carry (a tuple, a bool) accepts nobody
+            self.presence.check_cid(cid)  # one the broker cannot carry accepts nobody
             welcome_frame = conn.session.accept(welcome)
         except Exception as exc:
             self.authentication.failed(conn, exc)
@@ -746,12 +774,9 @@ class WseServer(Peer[ServerEvents]):
         conn.client = client
         self._live.add(conn.conn_id, conn.endpoint)  # type: ignore[arg-type]  # open: it has one
         conn.send_frame(welcome_frame)
-        if self.cluster is not None:
-            self.cluster.added(cid, conn.conn_id)
         if joined:
             self.when.emit("joined", client, conn.meta)
-            if self.cluster is None:
-                self.when.emit("online", cid)
+        self.presence.added(cid, conn.conn_id, joined)  # it says when the user is online
         self.when.emit("connected", conn)
         for old in excess:  # over the limit: the oldest devices go, the newest stays
             old.drop(WSE_REASON.CLIENTS_CONCURRENCY, CLOSE_NORMAL)
@@ -791,14 +816,12 @@ class WseServer(Peer[ServerEvents]):
         self._waiting_for_tasks.pop(conn, None)
         self._live.discard(conn.conn_id)
         left = self.registry.remove(conn)
-        if was_valid and self.cluster is not None and conn.cid is not None:
-            self.cluster.removed(conn.cid, conn.conn_id)
         if was_valid:
             self.when.emit("disconnected", conn, code, reason)
         if left is not None:
             self.when.emit("left", left, code, reason)
-            if self.cluster is None:
-                self.when.emit("offline", left.cid)
+        if (was_valid or left is not None) and conn.cid is not None:
+            self.presence.removed(conn.cid, conn.conn_id, left is not None)  # and offline
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
 
