@@ -7,7 +7,7 @@
 //! connection holds no buffer and a large message leaves nothing behind.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
 use crate::masking;
 use crate::utf8;
@@ -26,12 +26,12 @@ fn close_allowed(code: u16) -> bool {
 
 /// What `frame_at` found at a position.
 enum Step {
-    /// A whole frame of this many bytes was read.
+    /// A frame reaching this many bytes on (past the input for one skipped after a failure).
     Read(usize),
     /// The frame is not all there yet.
     Unfinished,
-    /// The reader failed (its failure is in the events).
-    Failed,
+    /// The reader is done.
+    Done,
 }
 
 #[pyclass(module = "wse_fast._codec")]
@@ -42,15 +42,21 @@ pub struct FrameReader {
     client_frames: bool,
     #[pyo3(get, set)]
     compression: bool,
-    /// A Close or a failure has been read: nothing more is.
+    /// A failure has been reported: only a Close is still looked for.
+    #[pyo3(get)]
+    failed: bool,
+    /// A Close has been read, or frames cannot be told apart: nothing more is read.
     #[pyo3(get)]
     done: bool,
     frame: Vec<u8>,
+    skip: u64,
     message: Option<Vec<u8>>,
     opcode: u8,
     compressed: bool,
     utf8: Option<utf8::Incremental>,
 }
+
+type Events<'a, 'py> = &'a Bound<'py, PyList>;
 
 #[pymethods]
 impl FrameReader {
@@ -61,8 +67,10 @@ impl FrameReader {
             max_message_size,
             client_frames,
             compression,
+            failed: false,
             done: false,
             frame: Vec::new(),
+            skip: 0,
             message: None,
             opcode: 0,
             compressed: false,
@@ -86,59 +94,76 @@ impl FrameReader {
             return Ok(events);
         }
         let buf = crate::contiguous(data)?;
-        let input = unsafe { crate::view(&buf) };
+        let mut input = unsafe { crate::view(&buf) };
         if input.is_empty() {
             return Ok(events);
         }
+        if self.skip > 0 {
+            if self.skip >= input.len() as u64 {
+                self.skip -= input.len() as u64;
+                return Ok(events);
+            }
+            input = &input[self.skip as usize..];
+            self.skip = 0;
+        }
         // The bytes to read: what was kept of an unfinished frame and this read, or this
         // read alone (the common case: no copy).
-        let kept = std::mem::take(&mut self.frame);
-        let joined;
-        let bytes: &[u8] = if kept.is_empty() {
-            input
-        } else {
-            let mut all = kept;
+        let mut joined = None;
+        if !self.frame.is_empty() {
+            let mut all = std::mem::take(&mut self.frame);
             all.extend_from_slice(input);
-            joined = all;
-            &joined
-        };
-        let mut pos = 0;
-        while pos < bytes.len() && !self.done {
-            match self.frame_at(py, bytes, pos, &events)? {
-                Step::Read(used) => pos += used,
+            joined = Some(all);
+        }
+        let bytes: &[u8] = joined.as_deref().unwrap_or(input);
+        let size = bytes.len() as u64;
+        let mut pos: u64 = 0;
+        let mut keep_from = None;
+        while pos < size && !self.done {
+            match self.frame_at(py, bytes, pos as usize, &events)? {
+                Step::Read(used) => pos += used as u64,
                 Step::Unfinished => {
-                    self.frame = bytes[pos..].to_vec();
+                    keep_from = Some(pos as usize);
                     break;
                 }
-                Step::Failed => break,
+                Step::Done => break,
             }
+        }
+        if let Some(from) = keep_from {
+            // an unfinished frame: its bytes kept (moved, when they were kept already)
+            self.frame = match joined {
+                Some(mut all) => {
+                    all.drain(..from);
+                    all
+                }
+                None => input[from..].to_vec(),
+            };
+        }
+        if pos > size {
+            self.skip = pos - size; // a skipped frame goes on in the next reads
         }
         Ok(events)
     }
 }
 
 impl FrameReader {
-    fn fail(
-        &mut self,
-        py: Python<'_>,
-        events: &Bound<'_, PyList>,
-        kind: u8,
-        code: u16,
-        reason: &str,
-    ) -> PyResult<Step> {
+    /// The first failure: reported, then only a Close is looked for.
+    fn fail(&mut self, events: Events, kind: u8, code: u16, reason: &str) -> PyResult<()> {
+        self.failed = true;
+        self.message = None;
+        self.utf8 = None;
+        events.append((kind, code, reason))
+    }
+
+    /// Frames cannot be told apart any more: a failure (if none was reported), and done.
+    fn lost(&mut self, events: Events, reason: &str) -> PyResult<Step> {
+        if !self.failed {
+            self.fail(events, EVENT_FAIL, 1002, reason)?;
+        }
         self.done = true;
         self.frame = Vec::new();
         self.message = None;
         self.utf8 = None;
-        events.append(PyTuple::new(
-            py,
-            [
-                kind.into_pyobject(py)?.into_any(),
-                code.into_pyobject(py)?.into_any(),
-                reason.into_pyobject(py)?.into_any(),
-            ],
-        )?)?;
-        Ok(Step::Failed)
+        Ok(Step::Done)
     }
 
     fn frame_at(
@@ -146,8 +171,9 @@ impl FrameReader {
         py: Python<'_>,
         view: &[u8],
         pos: usize,
-        events: &Bound<'_, PyList>,
+        events: Events,
     ) -> PyResult<Step> {
+        let failed = self.failed;
         let size = view.len();
         let first = view[pos];
         let opcode = first & 0x0F;
@@ -156,46 +182,44 @@ impl FrameReader {
         // what the first byte alone tells (RFC 6455 §5.2, §5.4, §5.5; RFC 7692 §6)
         if opcode >= 0x8 {
             if opcode > 0xA {
-                let reason = format!("reserved opcode {opcode:#x}");
-                return self.fail(py, events, EVENT_FAIL, 1002, &reason);
+                return self.lost(events, &format!("reserved opcode {opcode:#x}"));
             }
             if !fin {
-                return self.fail(py, events, EVENT_FAIL, 1002, "fragmented control frame");
+                return self.lost(events, "fragmented control frame");
             }
-            if rsv != 0 {
-                let kind = if opcode == OP_CLOSE {
-                    EVENT_FAIL_IN_CLOSE
-                } else {
-                    EVENT_FAIL
-                };
-                return self.fail(
-                    py,
-                    events,
-                    kind,
-                    1002,
-                    "reserved bits set on a control frame",
-                );
+            if rsv != 0 && !failed {
+                let reason = "reserved bits set on a control frame";
+                if opcode == OP_CLOSE {
+                    // the peer is closing anyway: nothing more to look for
+                    self.fail(events, EVENT_FAIL_IN_CLOSE, 1002, reason)?;
+                    self.done = true;
+                    self.frame = Vec::new();
+                    return Ok(Step::Done);
+                }
+                self.fail(events, EVENT_FAIL, 1002, reason)?;
+                return self.frame_at(py, view, pos, events);
             }
         } else if opcode > 0x2 {
-            let reason = format!("reserved opcode {opcode:#x}");
-            return self.fail(py, events, EVENT_FAIL, 1002, &reason);
-        } else if opcode == OP_CONTINUATION {
-            if self.message.is_none() {
-                let reason = "continuation frame without a message";
-                return self.fail(py, events, EVENT_FAIL, 1002, reason);
-            }
-            if rsv != 0 {
-                let reason = "reserved bits set on a continuation frame";
-                return self.fail(py, events, EVENT_FAIL, 1002, reason);
-            }
-        } else {
-            if self.message.is_some() {
-                let reason = "new message inside a fragmented one";
-                return self.fail(py, events, EVENT_FAIL, 1002, reason);
-            }
-            if rsv != 0 && (rsv != RSV1 || !self.compression) {
-                let reason = "reserved bits set without an extension";
-                return self.fail(py, events, EVENT_FAIL, 1002, reason);
+            return self.lost(events, &format!("reserved opcode {opcode:#x}"));
+        } else if !failed {
+            let problem = if opcode == OP_CONTINUATION {
+                if self.message.is_none() {
+                    Some("continuation frame without a message")
+                } else if rsv != 0 {
+                    Some("reserved bits set on a continuation frame")
+                } else {
+                    None
+                }
+            } else if self.message.is_some() {
+                Some("new message inside a fragmented one")
+            } else if rsv != 0 && (rsv != RSV1 || !self.compression) {
+                Some("reserved bits set without an extension")
+            } else {
+                None
+            };
+            if let Some(reason) = problem {
+                self.fail(events, EVENT_FAIL, 1002, reason)?;
+                return self.frame_at(py, view, pos, events);
             }
         }
         if pos + 1 >= size {
@@ -204,16 +228,15 @@ impl FrameReader {
         let second = view[pos + 1];
         let masked = second & 0x80 != 0;
         if masked && !self.client_frames {
-            return self.fail(py, events, EVENT_FAIL, 1002, "masked frame from a server");
+            return self.lost(events, "masked frame from a server");
         }
         if !masked && self.client_frames {
-            return self.fail(py, events, EVENT_FAIL, 1002, "unmasked frame from a client");
+            return self.lost(events, "unmasked frame from a client");
         }
         let mut length = (second & 0x7F) as u64;
         let mut start = pos + 2;
         if opcode >= 0x8 && length > 125 {
-            let reason = "control frame payload over 125 bytes";
-            return self.fail(py, events, EVENT_FAIL, 1002, reason);
+            return self.lost(events, "control frame payload over 125 bytes");
         }
         if length == 126 {
             if size < start + 2 {
@@ -229,15 +252,16 @@ impl FrameReader {
             be.copy_from_slice(&view[start..start + 8]);
             length = u64::from_be_bytes(be);
             if length >> 63 != 0 {
-                return self.fail(py, events, EVENT_FAIL, 1002, "frame length over 2**63");
+                return self.lost(events, "frame length over 2**63");
             }
             start += 8;
         }
-        if opcode < 0x8 {
+        if opcode < 0x8 && !failed {
             let so_far = self.message.as_ref().map_or(0, Vec::len) as u64;
             if so_far + length > self.max_message_size as u64 {
                 // before a byte of it is kept
-                return self.fail(py, events, EVENT_FAIL, 1009, "message too big");
+                self.fail(events, EVENT_FAIL, 1009, "message too big")?;
+                return self.frame_at(py, view, pos, events);
             }
         }
         let mut key = None;
@@ -253,6 +277,11 @@ impl FrameReader {
             ]);
             start += 4;
         }
+        let reach = (start - pos) as u64 + length;
+        if failed && opcode != OP_CLOSE {
+            // skipped, without waiting for (or keeping) its payload
+            return Ok(Step::Read(reach.min(usize::MAX as u64) as usize));
+        }
         if ((size - start) as u64) < length {
             return Ok(Step::Unfinished);
         }
@@ -263,11 +292,7 @@ impl FrameReader {
         } else {
             self.data(py, opcode, fin, rsv != 0, src, key, events)?;
         }
-        Ok(if self.done && opcode < 0x8 {
-            Step::Failed
-        } else {
-            Step::Read(end - pos)
-        })
+        Ok(Step::Read(end - pos))
     }
 
     fn control(
@@ -276,7 +301,7 @@ impl FrameReader {
         opcode: u8,
         src: &[u8],
         key: Option<[u8; 4]>,
-        events: &Bound<'_, PyList>,
+        events: Events,
     ) -> PyResult<()> {
         let mut payload = [0u8; 125];
         let payload = &mut payload[..src.len()];
@@ -298,23 +323,20 @@ impl FrameReader {
         }
         if payload.len() == 1 {
             let reason = "close frame with a 1-byte payload";
-            events.append((EVENT_FAIL_IN_CLOSE, 1002u16, reason))?;
-            return Ok(());
+            return self.fail(events, EVENT_FAIL_IN_CLOSE, 1002, reason);
         }
         let code = u16::from_be_bytes([payload[0], payload[1]]);
         if !close_allowed(code) {
             let reason = format!("close code {code} may not be sent");
-            events.append((EVENT_FAIL_IN_CLOSE, 1002u16, reason))?;
-            return Ok(());
+            return self.fail(events, EVENT_FAIL_IN_CLOSE, 1002, &reason);
         }
         match std::str::from_utf8(&payload[2..]) {
-            Ok(reason) => events.append((OP_CLOSE, code, reason))?,
+            Ok(reason) => events.append((OP_CLOSE, code, reason)),
             Err(_) => {
                 let reason = "close reason is not UTF-8";
-                events.append((EVENT_FAIL_IN_CLOSE, 1007u16, reason))?
+                self.fail(events, EVENT_FAIL_IN_CLOSE, 1007, reason)
             }
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -326,7 +348,7 @@ impl FrameReader {
         compressed: bool,
         src: &[u8],
         key: Option<[u8; 4]>,
-        events: &Bound<'_, PyList>,
+        events: Events,
     ) -> PyResult<()> {
         if self.message.is_none() {
             if fin {
@@ -339,17 +361,9 @@ impl FrameReader {
                     Ok(())
                 })?;
                 if opcode == OP_TEXT && !compressed && !utf8::is_valid(payload.as_bytes()) {
-                    self.fail(
-                        py,
-                        events,
-                        EVENT_FAIL,
-                        1007,
-                        "invalid UTF-8 in a text message",
-                    )?;
-                    return Ok(());
+                    return self.fail(events, EVENT_FAIL, 1007, "invalid UTF-8 in a text message");
                 }
-                events.append((opcode, payload, compressed))?;
-                return Ok(());
+                return events.append((opcode, payload, compressed));
             }
             self.message = Some(Vec::new());
             self.opcode = opcode;
@@ -369,14 +383,7 @@ impl FrameReader {
         }
         if let Some(validator) = self.utf8.as_mut() {
             if !validator.feed(&message[at..]) {
-                self.fail(
-                    py,
-                    events,
-                    EVENT_FAIL,
-                    1007,
-                    "invalid UTF-8 in a text message",
-                )?;
-                return Ok(());
+                return self.fail(events, EVENT_FAIL, 1007, "invalid UTF-8 in a text message");
             }
         }
         if !fin {
@@ -385,13 +392,11 @@ impl FrameReader {
         if let Some(validator) = self.utf8.as_ref() {
             if !validator.finish() {
                 let reason = "text message ends inside a character";
-                self.fail(py, events, EVENT_FAIL, 1007, reason)?;
-                return Ok(());
+                return self.fail(events, EVENT_FAIL, 1007, reason);
             }
         }
         let message = self.message.take().expect("a message is being read");
         self.utf8 = None;
-        events.append((self.opcode, PyBytes::new(py, &message), self.compressed))?;
-        Ok(())
+        events.append((self.opcode, PyBytes::new(py, &message), self.compressed))
     }
 }

@@ -33,13 +33,16 @@ from ..constants import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
+    EVENT_FAIL,
+    EVENT_FAIL_IN_CLOSE,
+    OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
     SLOW_CONSUMER,
 )
-from ..sansio.deflate import Compressor, Inflater
+from ..sansio.deflate import RSV_COMPRESSED, Compressor, Inflater
 from ..sansio.framing import (
     FrameViolation,
     InflatingAssembler,
@@ -523,19 +526,61 @@ class Endpoint(WSListener):  # type: ignore[misc]
             self.close(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame", wait=False)
             return
         try:
-            self._close_received = parse_close(frame.get_payload_as_bytes())
+            code, reason = parse_close(frame.get_payload_as_bytes())
         except FrameViolation as violation:
             self._failed = True  # the peer is closing anyway: answer and hang up
             self.close(violation.code, violation.reason, wait=False)
             return
+        self._on_close(code, reason)
+
+    def _on_close(self, code: int, reason: str) -> None:
+        """The peer's valid Close frame: answered, then TCP closed (a server's side)."""
+        self._close_received = (code, reason)
         if self._close_sent is None:  # echo the peer's close, as the reference does
-            code, reason = self._close_received
             self._send_close(code, reason)
         if not self.client_side:
             assert self.transport is not None
             self.transport.disconnect()  # RFC 6455 §7.1.1: the server closes TCP first
         self._arm_timer()  # bounds both: a server's flush to a peer that stopped reading,
         # and a client's wait for the server to hang up
+
+    def on_events(self, events: list[tuple[int, Any, Any]]) -> None:
+        """What one read of the socket completed (see :class:`wse_fast.codec.FrameReader`,
+        which has applied every framing rule): messages reach the handler in order, pings
+        are answered, a Close is answered, a failure closes the connection."""
+        self._quiet_since = None  # heard from the peer (see Keepalive)
+        handler = self.handler
+        for kind, first, second in events:
+            if kind == OP_TEXT or kind == OP_BINARY:
+                # data sent before the peer saw our Close is still delivered; nothing after
+                # a failure (the reader stops after the peer's Close by itself)
+                if self._failed:
+                    continue
+                if second:  # compressed (RSV1), only where permessage-deflate was agreed
+                    first = self._inflated(kind, first)
+                    if first is None:
+                        continue
+                try:
+                    handler.on_message(kind == OP_BINARY, first)
+                except Exception:
+                    _log.exception("endpoint handler failed in on_message")
+                    self._fail(CLOSE_INTERNAL_ERROR, "")
+            elif kind == OP_PING:
+                if not self._failed:  # write() takes nothing once a Close is sent
+                    self.write(codec.build_frame(OP_PONG, first, mask=self.client_side))
+            elif kind == OP_CLOSE:
+                self._on_close(first, second)
+            elif kind == EVENT_FAIL_IN_CLOSE:
+                self._failed = True  # the peer is closing anyway: answer and hang up
+                self.close(first, second, wait=False)
+            elif kind == EVENT_FAIL:
+                self._fail(first, second)
+
+    def _inflated(self, kind: int, payload: bytes) -> bytes | None:
+        """A compressed message inflated; None after failing the connection (only a
+        :class:`DeflateEndpoint` agrees to compression)."""
+        self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
+        return None
 
     def _on_ping_or_pong(self, frame: WSFrame) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
@@ -617,6 +662,16 @@ class DeflateEndpoint(Endpoint):
         assert isinstance(self._assembler, InflatingAssembler)
         self._assembler.inflate_limit = max_message_size
         self._assembler.inflate_budget = None
+
+    def _inflated(self, kind: int, payload: bytes) -> bytes | None:
+        assert isinstance(self._assembler, InflatingAssembler)
+        try:
+            message = self._assembler.feed(kind, True, RSV_COMPRESSED, payload)
+        except FrameViolation as violation:
+            self._fail(violation.code, violation.reason)
+            return None
+        assert message is not None  # a whole message
+        return bytes(message[1])
 
     def write(self, frame: bytes) -> None:
         """Queues one complete unmasked frame, compressed when it is a data frame over the
