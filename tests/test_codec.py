@@ -96,6 +96,8 @@ STUB_METHODS = {
     if isinstance(cls, ast.ClassDef)
     for node in cls.body
     if isinstance(node, ast.FunctionDef) and node.name != "__init__"
+    # properties are attributes, not calls
+    and not any(isinstance(d, ast.Name) and d.id == "property" for d in node.decorator_list)
 }
 
 
