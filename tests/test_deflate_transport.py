@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as websockets_connect
-from wse_fast import listener
-from wse_fast import ConnectionFailed, WseServer, codec
+from wse_fast import ConnectionFailed, WseServer, codec, listener
 from wse_fast.sansio.deflate import RSV_COMPRESSED, SYNC_TAIL, Agreement
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, url_of

@@ -4,6 +4,7 @@ against its pure-Python reference (hypothesis)."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -94,7 +95,9 @@ def test_compressed_messages_only_where_agreed(impl: Any) -> None:
     fail(1002, events)
     # RSV1 on a continuation, RSV2 or RSV3 anywhere: never
     _, events = read(
-        impl, frame(OP_TEXT, b"a", fin=False, rsv=4) + frame(OP_CONTINUATION, b"b", rsv=4), compression=True
+        impl,
+        frame(OP_TEXT, b"a", fin=False, rsv=4) + frame(OP_CONTINUATION, b"b", rsv=4),
+        compression=True,
     )
     fail(1002, events)
     _, events = read(impl, frame(OP_TEXT, b"a", rsv=2), compression=True)
@@ -327,7 +330,7 @@ def test_rust_reads_as_the_reference(
 ) -> None:
     stream = b"".join(pieces)
     bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
-    reads = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     readers = [impl.FrameReader(max_size, compression=compression) for impl in (rust, pure)]
     for data in reads:
         got = [reader.feed(data) for reader in readers]

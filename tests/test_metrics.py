@@ -23,8 +23,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
-from wse_fast import listener
-from wse_fast import WSE_ERROR, RpcError, WseError, WseServer
+from wse_fast import WSE_ERROR, RpcError, WseError, WseServer, listener
 from wse_fast.cluster.local_nats import LocalNats
 from wse_fast.sansio import session as WseEvents
 

@@ -20,7 +20,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -79,6 +79,27 @@ _PONG = WSMsgType(OP_PONG)
 #: types the attribute as a mutable CIMultiDict).
 _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict[str]())
 _log = logging.getLogger(__name__)
+
+
+class SocketTransport(Protocol):
+    """What an endpoint uses of the transport under it: picows's ``WSTransport`` (clients),
+    or the server's own sockets (:class:`~.server_socket.ServerSocket`)."""
+
+    @property
+    def underlying_transport(self) -> Any: ...
+
+    @property
+    def request(self) -> Any: ...
+
+    @property
+    def is_close_frame_sent(self) -> bool: ...
+
+    @property
+    def is_disconnected(self) -> bool: ...
+
+    def send_close(self, close_code: Any = ..., close_message: Any = None) -> None: ...
+
+    def disconnect(self, graceful: bool = True) -> None: ...
 
 
 class Keepalive:
@@ -189,7 +210,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._close_received: tuple[int, str] | None = None
         self._failed = False  # the peer broke the protocol: nothing more is taken from it
         self._timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
-        self.transport: WSTransport | None = None
+        self.transport: SocketTransport | None = None
         self.under: Any = None  # the uvloop transport under picows, once connected
         self.keepalive: Keepalive | None = None
         # Keepalive state, kept by the sweep: None in _quiet_since means a frame arrived since
@@ -200,7 +221,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     # ---- picows callbacks ------------------------------------------------------------------
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
+    def on_ws_connected(self, transport: SocketTransport) -> None:
         self.transport = transport
         request = transport.request
         if request is not None:
@@ -367,7 +388,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
                 _log.exception("endpoint handler failed in on_message")
                 self._fail(CLOSE_INTERNAL_ERROR, "")
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
+    def on_ws_disconnected(self, transport: SocketTransport) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -551,7 +572,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._quiet_since = None  # heard from the peer (see Keepalive)
         handler = self.handler
         for kind, first, second in events:
-            if kind == OP_TEXT or kind == OP_BINARY:
+            if kind in (OP_TEXT, OP_BINARY):
                 # data sent before the peer saw our Close is still delivered; nothing after
                 # a failure (the reader stops after the peer's Close by itself)
                 if self._failed:

@@ -22,8 +22,8 @@ import socket
 import ssl as ssl_module
 import struct
 import sys
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -285,13 +285,13 @@ class ServerSocket(asyncio.BufferedProtocol):
     def is_disconnected(self) -> bool:
         return self._transport is None or self._transport.is_closing()
 
-    def send_close(self, code: int, reason: bytes = b"") -> None:
+    def send_close(self, close_code: Any = CLOSE_NORMAL, close_message: Any = None) -> None:
         """Writes the one Close frame (a status code always: 1005 is sent as 1000)."""
         if self.is_close_frame_sent or self.is_disconnected:
             return
         self.is_close_frame_sent = True
-        status = CLOSE_NORMAL if code == CLOSE_NO_STATUS else int(code)
-        body = struct.pack("!H", status) + reason
+        status = CLOSE_NORMAL if close_code == CLOSE_NO_STATUS else int(close_code)
+        body = struct.pack("!H", status) + bytes(close_message or b"")
         self._transport.write(codec.build_frame(OP_CLOSE, body))
 
     def disconnect(self, graceful: bool = True) -> None:

@@ -1,0 +1,111 @@
+"""wse-fast's own server sockets (transport/server_socket.py) over real TCP: what arrives
+with the upgrade request is read, a connection keeps no read bytes when idle or after a
+large message, and every socket of a loop reads into one buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from typing import Any
+
+from wse_fast import codec
+from wse_fast.constants import OP_PING, OP_PONG, OP_TEXT
+from wse_fast.server import WseServer
+
+from tests.conftest import ServerFactory
+from tests.test_framing import HI, RawPeer
+
+
+def upgrade_request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+    ).encode()
+
+
+async def welcomed_with_the_request(port: int) -> RawPeer:
+    """A peer whose upgrade request and hi leave in one write (one segment, one read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade_request(port) + codec.build_frame(OP_TEXT, HI, mask=True))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    peer = RawPeer(reader, writer)
+    opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    assert (opcode, json.loads(body)[0]) == (OP_TEXT, "~wse:welcome")
+    return peer
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server()
+    peer = await welcomed_with_the_request(server.port)
+    peer.writer.close()
+
+
+async def test_frames_sent_with_a_request_an_async_hook_held_are_read(
+    make_server: ServerFactory,
+) -> None:
+    decided = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def on_upgrade(request: Any) -> None:
+        asked.set()
+        await decided.wait()
+
+    server = await make_server(on_upgrade=on_upgrade)
+    waiting = asyncio.ensure_future(welcomed_with_the_request(server.port))
+    await asyncio.wait_for(asked.wait(), 5)  # the request (and the hi after it) is held
+    decided.set()
+    peer = await asyncio.wait_for(waiting, 5)
+    peer.writer.close()
+
+
+def socket_of(server: WseServer) -> Any:
+    """The one connection's socket protocol (what its endpoint writes through)."""
+    [conn] = server.connections.values()
+    assert conn.endpoint is not None
+    return conn.endpoint.transport
+
+
+async def test_a_connection_keeps_no_read_bytes_idle_or_after_a_large_message(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(max_message_size=2 << 20)
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    sock = socket_of(server)
+    assert sock.buffered == 0  # idle
+    # a 1 MiB message of a type nobody listens to, in many reads, then a ping: its pong
+    # comes once everything before it was read
+    message = json.dumps(["nobody-listens", "m" * (1 << 20)]).encode()
+    frame = codec.build_frame(OP_TEXT, message, mask=True)
+    for at in range(0, len(frame), 50_000):
+        peer.writer.write(frame[at : at + 50_000])
+        await peer.writer.drain()
+    peer.send(OP_PING, b"after")
+    assert await asyncio.wait_for(peer.recv(), 5) == (OP_PONG, b"after")
+    assert sock.buffered == 0  # the megabyte is given back with the message
+    peer.writer.close()
+
+
+async def test_every_socket_of_a_loop_reads_into_one_buffer(make_server: ServerFactory) -> None:
+    server = await make_server()
+    first = await RawPeer.connect(server.port)
+    second = await RawPeer.connect(server.port)
+    sockets = [conn.endpoint.transport for conn in server.connections.values()]  # type: ignore[union-attr]
+    assert len(sockets) == 2
+    assert sockets[0].get_buffer(-1) is sockets[1].get_buffer(-1)
+    # and what one leaves there is not another's: each still reads its own frames
+    ping = codec.build_frame(OP_PING, b"one", mask=True)
+    first.writer.write(ping[:4])  # unfinished: its connection keeps these bytes
+    second.send(OP_PING, b"two")
+    assert await asyncio.wait_for(second.recv(), 5) == (OP_PONG, b"two")
+    first.writer.write(ping[4:])
+    assert await asyncio.wait_for(first.recv(), 5) == (OP_PONG, b"one")
+    first.writer.close()
+    second.writer.close()
