@@ -8,6 +8,9 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 from wse_fast import codec
@@ -109,3 +112,32 @@ async def test_every_socket_of_a_loop_reads_into_one_buffer(make_server: ServerF
     assert await asyncio.wait_for(first.recv(), 5) == (OP_PONG, b"one")
     first.writer.close()
     second.writer.close()
+
+
+def test_the_server_path_does_not_import_picows_private_protocol() -> None:
+    # A server that accepts a connection and answers a message, in a fresh interpreter: the
+    # module that builds picows's private WSProtocol is never imported.
+    program = textwrap.dedent(
+        """
+        import asyncio, sys
+        from wse_fast import WseClient, WseServer
+
+        async def main():
+            server = WseServer(lambda request: request.accept(request.identity), port=0)
+            server.register("echo", lambda conn, payload: payload)
+            await server.start()
+            client = WseClient(f"ws://127.0.0.1:{server.port}")
+            await client.connect("alice")
+            assert await client.call("echo", 7) == 7
+            await client.close()
+            await server.close()
+
+        asyncio.run(main())
+        print(sorted(m for m in sys.modules if m.endswith("picows_listener")))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

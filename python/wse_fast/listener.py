@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from .transport import picows_listener, server_socket
+from .transport import server_socket
 from .transport.admission import ReadGuard, Vet
 from .transport.picows_endpoint import Endpoint
 from .transport.server_socket import ListenerOptions, kernel_backlog
 
-#: Which protocol reads the listener's sockets: wse-fast's own (``"own"``: the upgrade and the
-#: frames read here, see :mod:`.transport.server_socket`) or picows's (``"picows"``).
+#: Which protocol reads the listener's sockets: wse-fast's own (``"own"``, the default: the
+#: upgrade and the frames read by :mod:`.transport.server_socket`) or, for comparison,
+#: picows's (``"picows"``, the protocol before wse-fast read its own frames).
 SOCKETS = os.environ.get("WSE_FAST_SERVER_SOCKETS", "own")
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class Listener:
         # a server with an async on_upgrade: upgrade requests wait for it before picows
         vet: Vet | None = self._vet if any(s.upgrade_is_async for s in servers) else None
         if SOCKETS == "picows":
+            # picows's private protocol class: imported only when asked for
+            from .transport import picows_listener
+
             listen: Any = picows_listener.listen
             upgrade: Any = self._picows_upgrade
         else:

@@ -209,8 +209,9 @@ class ServerSocket(asyncio.BufferedProtocol):
         if problem is not None:
             self._refuse(*problem)
             return
-        assert self._guard is not None
-        verdict = self._upgrade(target, headers, self._guard)
+        guard, self._guard = self._guard, None  # the connection keeps it while it counts
+        assert guard is not None
+        verdict = self._upgrade(target, headers, guard)
         if isinstance(verdict[0], int):
             self._refuse(*verdict)  # type: ignore[arg-type]
             return
