@@ -28,8 +28,8 @@ fn close_allowed(code: u16) -> bool {
 enum Step {
     /// A frame reaching this many bytes on (past the input for one skipped after a failure).
     Read(usize),
-    /// The frame is not all there yet.
-    Unfinished,
+    /// The frame is not all there yet; how long it is in all, once its header tells (else 0).
+    Unfinished(usize),
     /// The reader is done.
     Done,
 }
@@ -121,22 +121,30 @@ impl FrameReader {
         while pos < size && !self.done {
             match self.frame_at(py, bytes, pos as usize, &events)? {
                 Step::Read(used) => pos += used as u64,
-                Step::Unfinished => {
-                    keep_from = Some(pos as usize);
+                Step::Unfinished(whole) => {
+                    keep_from = Some((pos as usize, whole));
                     break;
                 }
                 Step::Done => break,
             }
         }
-        if let Some(from) = keep_from {
-            // an unfinished frame: its bytes kept (moved, when they were kept already)
-            self.frame = match joined {
+        if let Some((from, whole)) = keep_from {
+            // An unfinished frame: its bytes kept (moved, when they were kept already), in
+            // room for the whole frame once its length is known, so that a large frame is
+            // one allocation of its size rather than a series of doublings.
+            let mut kept = match joined {
                 Some(mut all) => {
                     all.drain(..from);
                     all
                 }
-                None => input[from..].to_vec(),
+                None => Vec::with_capacity(whole.max(input.len() - from)),
             };
+            if kept.is_empty() {
+                kept.extend_from_slice(&input[from..]);
+            } else if whole > kept.len() {
+                kept.reserve_exact(whole - kept.len());
+            }
+            self.frame = kept;
         }
         if pos > size {
             self.skip = pos - size; // a skipped frame goes on in the next reads
@@ -223,7 +231,7 @@ impl FrameReader {
             }
         }
         if pos + 1 >= size {
-            return Ok(Step::Unfinished);
+            return Ok(Step::Unfinished(0));
         }
         let second = view[pos + 1];
         let masked = second & 0x80 != 0;
@@ -240,13 +248,13 @@ impl FrameReader {
         }
         if length == 126 {
             if size < start + 2 {
-                return Ok(Step::Unfinished);
+                return Ok(Step::Unfinished(0));
             }
             length = u16::from_be_bytes([view[start], view[start + 1]]) as u64;
             start += 2;
         } else if length == 127 {
             if size < start + 8 {
-                return Ok(Step::Unfinished);
+                return Ok(Step::Unfinished(0));
             }
             let mut be = [0u8; 8];
             be.copy_from_slice(&view[start..start + 8]);
@@ -267,7 +275,7 @@ impl FrameReader {
         let mut key = None;
         if masked {
             if size < start + 4 {
-                return Ok(Step::Unfinished);
+                return Ok(Step::Unfinished(0));
             }
             key = Some([
                 view[start],
@@ -283,7 +291,8 @@ impl FrameReader {
             return Ok(Step::Read(reach.min(usize::MAX as u64) as usize));
         }
         if ((size - start) as u64) < length {
-            return Ok(Step::Unfinished);
+            // bounded: a data frame's length was checked against max_message_size above
+            return Ok(Step::Unfinished(start - pos + length as usize));
         }
         let end = start + length as usize;
         let src = &view[start..end];

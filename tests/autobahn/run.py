@@ -34,6 +34,8 @@ VIRTUALENV = "virtualenv==20.15.1"
 AGENT = "wse-fast"
 GOOD = {"OK", "NON-STRICT", "INFORMATIONAL"}
 GOOD_CLOSE = {"OK", "INFORMATIONAL"}
+
+
 def python2() -> str:
     candidates = [
         os.environ.get("AUTOBAHN_PYTHON2", ""),
