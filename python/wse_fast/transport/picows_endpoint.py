@@ -1,10 +1,14 @@
-"""One WebSocket connection on picows, either side: frames in, messages and a close out.
+"""One WebSocket connection, either side: frames in, messages and a close out.
 
-picows parses frames; this listener does the rest of RFC 6455 that picows leaves to its user:
-reassembly and validation (through the sans-I/O assembler), answering pings, checking close
-frames, the close handshake with ``close_timeout`` on every way a connection ends, and, on the
-client side, masking with keys from the OS CSPRNG (picows's own client masking draws keys from
-an unseeded ``rand()``, so every frame the client endpoint sends is written here).
+On the server's own sockets (:mod:`.server_socket`) each read arrives as one batch of events
+from :class:`wse_fast.codec.FrameReader`, which has applied every framing rule
+(:meth:`Endpoint.on_events`); on picows (the client, or the server with
+``WSE_FAST_SERVER_SOCKETS=picows``) frames arrive one by one (:meth:`Endpoint.on_ws_frame`),
+and the endpoint does the rest of RFC 6455 that picows leaves to its user: reassembly and
+validation (through the sans-I/O assembler) and checking close frames. Either way it answers
+pings, runs the close handshake with ``close_timeout`` on every way a connection ends and, on
+the client side, masks with keys from the OS CSPRNG (picows's own client masking draws keys
+from an unseeded ``rand()``, so every frame the client endpoint sends is written here).
 
 Invariants: one Close frame per connection, and nothing written after it (no data, no pong);
 no user code runs while frames are being written (a handler called from inside a flush could
@@ -128,7 +132,8 @@ class Keepalive:
 
 
 class Endpoint(WSListener):  # type: ignore[misc]
-    """One connection: give it to picows as the listener; ``handler`` gets its events.
+    """One connection: a server socket's, or given to picows as the listener; ``handler``
+    gets its events.
 
     Server-side endpoints are made with picows's automatic pongs off (``auto_pong=False``):
     pings are answered here, where a Close already sent or a failed connection is known.
