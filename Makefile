@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_QUIET := 1
 
-.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain bench-scale
+.PHONY: setup browser-setup nginx-setup docs demo test lint test-rust test-py test-pure test-sendloop wheel-check conformance conformance-deflate fuzz bench-setup bench-codec bench bench-full bench-cluster bench-rpc bench-memory bench-compression clean bench-storm sdist-check bench-drain bench-scale
 
 LOADGEN_GO := benches/.bin/loadgen_go
 
@@ -98,6 +98,10 @@ test: browser-setup nginx-setup lint test-rust test-py test-pure test-sendloop w
 # Fails on any case that is not OK, NON-STRICT or INFORMATIONAL.
 conformance: setup
 	$(PY) tests/autobahn/run.py
+
+# Groups 12 and 13 (permessage-deflate) against the echo server with compression on (~20 min).
+conformance-deflate: setup
+	$(PY) tests/autobahn/run.py --deflate
 
 FUZZ_TIME ?= 600
 

@@ -39,8 +39,9 @@ from loadgen import frame_end  # noqa: E402
 from wire import PROTOCOL, mask_frame, rss_bytes, upgrade_request  # noqa: E402
 
 SERVER_CORE, LOADGEN_CORE = "0", "1"
-STEP = 5_000
-STEPS = 3
+STEP = 5_000  # connections per load-generator process (--step)
+STEPS = 3  # how many of them (--steps)
+BASELINE = "wse-fast baseline, defaults"
 META = {"device": "phone", "app": "4.2.0", "lang": "en"}  # a small meta, as apps send
 
 #: wse-fast with each keepalive and write-limit choice, in this process's ``--serve`` mode.
@@ -83,6 +84,7 @@ class Holder(asyncio.Protocol):
         self.buffer = b""
         self.upgraded = self.welcomed = False
         self.transport: asyncio.Transport | None = None
+        self.ponged: asyncio.Future[None] | None = None  # waits for the pong after a message
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -104,7 +106,9 @@ class Holder(asyncio.Protocol):
         while (end := frame_end(self.buffer)) is not None:
             frame, self.buffer = self.buffer[:end], self.buffer[end:]
             body = frame[2:] if frame[1] & 0x7F < 126 else frame[4:]  # unmasked, < 64 KiB
-            if frame[0] == 0x89:  # ping: a masked pong with the same body (RFC 6455, 5.5.3)
+            if frame[0] == 0x8A and self.ponged is not None and not self.ponged.done():
+                self.ponged.set_result(None)  # everything sent before the ping was read
+            elif frame[0] == 0x89:  # ping: a masked pong with the same body (RFC 6455, 5.5.3)
                 key = os.urandom(4)
                 masked = bytes(b ^ key[i % 4] for i, b in enumerate(body))
                 self.transport.write(bytes([0x8A, 0x80 | len(body)]) + key + masked)
@@ -146,7 +150,25 @@ async def hold(port: int, n: int, first: int) -> None:
 
     await asyncio.gather(*(one(first + i) for i in range(n)))
     print("READY", flush=True)
-    await loop.run_in_executor(None, sys.stdin.readline)
+    command = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+    if command and command[0] == "SEND":
+        # each connection sends one message of a type nobody listens to, then a ping: its
+        # pong comes once the server has read the message
+        size = int(command[1])
+        body = json.dumps(["nobody-listens", "m" * (size - 21)]).encode()
+        frame = mask_frame(body)  # one masking for all: the server unmasks each anyway
+        ping = bytes([0x89, 0x80]) + os.urandom(4)
+        for holder in held:
+            holder.ponged = loop.create_future()
+        for batch in range(0, len(held), 50):  # a few at a time: loopback buffers are finite
+            waiting = []
+            for holder in held[batch : batch + 50]:
+                assert holder.transport is not None and holder.ponged is not None
+                holder.transport.write(frame + ping)
+                waiting.append(holder.ponged)
+            await asyncio.wait_for(asyncio.gather(*waiting), 120)
+        print("SENT", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
 
 
 @dataclass
@@ -154,6 +176,7 @@ class Measure:
     server: str
     rss: list[int]  # before the first connection, then after each step
     connect_seconds: float
+    after_message: int | None = None  # RSS once each connection has sent one message
 
     def average(self, at: int) -> float:
         return (self.rss[at // STEP] - self.rss[0]) / at
@@ -162,8 +185,10 @@ class Measure:
         return (self.rss[high // STEP] - self.rss[low // STEP]) / (high - low)
 
 
-def measure(name: str, command: list[str]) -> Measure:
-    """One fresh server; connections in steps, one load-generator process per step."""
+def measure(name: str, command: list[str], message: int = 0) -> Measure:
+    """One fresh server; connections in steps, one load-generator process per step; with
+    ``message``, then one message of that many bytes from every connection, and the RSS 3 s
+    after the last was read."""
     server = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, *command], stdout=subprocess.PIPE, text=True
     )
@@ -187,7 +212,18 @@ def measure(name: str, command: list[str]) -> Measure:
             if holder.stdout.readline().strip() != "READY":
                 raise RuntimeError(f"{name}: step {step + 1} did not connect")
             rss.append(rss_bytes(server.pid))
-        return Measure(name, rss, time.perf_counter() - start)
+        took = time.perf_counter() - start
+        after = None
+        if message:
+            for holder in holders:
+                assert holder.stdin is not None and holder.stdout is not None
+                holder.stdin.write(f"SEND {message}\n")
+                holder.stdin.flush()
+                if holder.stdout.readline().strip() != "SENT":
+                    raise RuntimeError(f"{name}: the messages were not all read")
+            time.sleep(3)  # as measured for the issue: 3 s after
+            after = rss_bytes(server.pid)
+        return Measure(name, rss, took, after)
     finally:
         for holder in holders:
             assert holder.stdin is not None
@@ -202,21 +238,32 @@ def main(args: argparse.Namespace) -> None:
         name: [sys.executable, __file__, "--serve", json.dumps(limits)]
         for name, limits in WSE_FAST_CONFIGS.items()
     }
+    if args.baseline:
+        # another checkout of wse-fast (set up with make setup), at its defaults, measured
+        # beside this one in the same run: the before and after of a change
+        base = Path(args.baseline).resolve()
+        servers[BASELINE] = [
+            str(base / ".venv/bin/python"), str(base / "benches/memory.py"), "--serve", "{}"
+        ]  # fmt: skip
     servers.update(OTHERS)
     if args.only:
         servers = {k: v for k, v in servers.items() if any(o in k for o in args.only)}
     rows: dict[str, list[Measure]] = {name: [] for name in servers}
     for _ in range(args.runs):  # servers alternate run by run
         for name, command in servers.items():
-            m = measure(name, command)
+            m = measure(name, command, args.message)
             rows[name].append(m)
-            print(
-                f"  {name:55} average at 15 000 {m.average(15_000) / 1024:5.2f} KiB, "
-                f"slope 5 000 -> 10 000 {m.slope(5_000, 10_000) / 1024:5.2f} KiB, "
-                f"10 000 -> 15 000 {m.slope(10_000, 15_000) / 1024:5.2f} KiB "
-                f"(start {m.rss[0] / 2**20:.1f} MiB)",
-                flush=True,
+            total = STEP * STEPS
+            line = (
+                f"  {name:55} average at {total:,} {m.average(total) / 1024:5.2f} KiB, "
+                f"slope {STEP:,} -> {2 * STEP:,} {m.slope(STEP, 2 * STEP) / 1024:5.2f} KiB"
             )
+            if STEPS > 2:
+                line += f", {2 * STEP:,} -> {total:,} {m.slope(2 * STEP, total) / 1024:5.2f} KiB"
+            if m.after_message is not None:
+                after = (m.after_message - m.rss[0]) / total
+                line += f"; after a {args.message:,} B message each {after / 1024:5.2f} KiB"
+            print(f"{line} (start {m.rss[0] / 2**20:.1f} MiB)", flush=True)
     if args.out is None:
         return
     lines = [
@@ -225,13 +272,13 @@ def main(args: argparse.Namespace) -> None:
         f"median of {args.runs} fresh server processes. Each connection says hi with its own "
         f"identity and the meta {json.dumps(META)}, is its own user, answers pings, and idles.",
         "",
-        "| server | average per connection at 15 000 | slope 5 000 → 10 000 | slope 10 000 → 15 000 | RSS before the first connection |",
+        f"| server | average per connection at {STEP * STEPS:,} | slope {STEP:,} → {2 * STEP:,} | slope {2 * STEP:,} → {STEP * STEPS:,} | RSS before the first connection |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, ms in rows.items():
-        avg = statistics.median(m.average(15_000) for m in ms)
-        s1 = statistics.median(m.slope(5_000, 10_000) for m in ms)
-        s2 = statistics.median(m.slope(10_000, 15_000) for m in ms)
+        avg = statistics.median(m.average(STEP * STEPS) for m in ms)
+        s1 = statistics.median(m.slope(STEP, 2 * STEP) for m in ms)
+        s2 = statistics.median(m.slope(2 * STEP, STEP * STEPS) for m in ms)
         start = statistics.median(m.rss[0] for m in ms)
         lines.append(
             f"| {name} | {avg / 1024:.2f} KiB ({avg / 1000:.1f} KB) | {s1 / 1024:.2f} KiB "
@@ -254,10 +301,20 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--out", help="a Markdown file for the table (and .json beside it)")
     parser.add_argument("--only", nargs="*", help="servers whose name contains any of these")
+    parser.add_argument("--baseline", help="another wse-fast checkout to measure beside")
+    parser.add_argument("--step", type=int, default=STEP, help="connections per step")
+    parser.add_argument("--steps", type=int, default=STEPS, help="how many steps")
+    parser.add_argument(
+        "--message",
+        type=int,
+        default=0,
+        help="then one message of this many bytes from each connection, and the RSS after",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # JSON of ServerLimits overrides
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)  # of --serve
     parser.add_argument("--hold", nargs=3, help=argparse.SUPPRESS)  # port count first-identity
     args = parser.parse_args()
+    STEP, STEPS = args.step, args.steps
     if args.serve is not None:
         raise_file_limit()
         uvloop.run(serve(json.loads(args.serve), args.port))

@@ -10,7 +10,10 @@ so it reaches the error paths and the odd-but-valid inputs that generators do no
   (``TypeError``), and packed it unpacks to the same value;
 - ``validate_utf8`` and ``Utf8Validator`` (fed in pieces, then reset and fed whole) agree with
   Python's decoder, failing as soon as no valid text can start with what was fed;
-- ``parse_frame_header``, ``mask`` and ``build_frame`` return the same.
+- ``parse_frame_header``, ``mask`` and ``build_frame`` return the same;
+- ``FrameReader`` fed the bytes as a client's stream (cut into reads where the input says)
+  reports the same events and keeps the same state in both, and never more buffered bytes
+  than it was fed.
 
 Run: ``python fuzz/codec_differential.py [CORPUS_DIR] [libFuzzer flags]``; see fuzz/README.md.
 """
@@ -152,11 +155,33 @@ def check_frames(data: bytes) -> None:
         raise Finding(f"build_frame({opcode}, {body!r}, {fin}, rsv={rsv})")
 
 
+def check_reader(data: bytes) -> None:
+    if not data:
+        return
+    # the first byte: the message size limit (small ones reach 1009) and compression
+    settings, stream = data[0], data[1:]
+    max_size = (16, 200, 1 << 20)[settings % 3]
+    compression = bool(settings & 4)
+    readers = [impl.FrameReader(max_size, compression=compression) for impl in IMPLEMENTATIONS]
+    fed = at = 0
+    for size in piece_sizes(stream):
+        piece = stream[at : at + size]
+        at += size
+        fed += len(piece)
+        events = [reader.feed(piece) for reader in readers]
+        if events[0] != events[1]:
+            raise Finding(f"FrameReader events after {stream[:at]!r}: {events}")
+        states = [(r.failed, r.done, r.buffered) for r in readers]
+        if states[0] != states[1] or states[0][2] > fed:
+            raise Finding(f"FrameReader state after {stream[:at]!r}: {states}")
+
+
 def one_input(data: bytes) -> None:
     check_envelopes(data, "json")
     check_envelopes(data, "msgpack")
     check_utf8(data)
     check_frames(data)
+    check_reader(data)
 
 
 def seeds() -> dict[str, bytes]:
@@ -176,6 +201,12 @@ def seeds() -> dict[str, bytes]:
         "utf8-overlong": b"a\xe0\x80\xaf",
         "utf8-truncated": b"a\xe2\x82",
         "frame": pure.build_frame(0x1, b"hello", mask=True),
+        "frames": b"\x02"
+        + pure.build_frame(0x1, "é".encode()[:1], fin=False, mask=True)
+        + pure.build_frame(0x9, b"p", mask=True)
+        + pure.build_frame(0x0, "é".encode()[1:], mask=True)
+        + pure.build_frame(0x2, b"x" * 300, mask=True)
+        + pure.build_frame(0x8, b"\x03\xe8bye", mask=True),
     }
 
 

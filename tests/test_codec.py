@@ -95,7 +95,10 @@ STUB_METHODS = {
     for cls in STUB.body
     if isinstance(cls, ast.ClassDef)
     for node in cls.body
-    if isinstance(node, ast.FunctionDef) and node.name != "__init__"
+    if isinstance(node, ast.FunctionDef)
+    and node.name != "__init__"
+    # properties are attributes, not calls
+    and not any(isinstance(d, ast.Name) and d.id == "property" for d in node.decorator_list)
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as websockets_connect
-from wse_fast import ConnectionFailed, WseServer, codec
+from wse_fast import ConnectionFailed, WseServer, codec, listener
 from wse_fast.sansio.deflate import RSV_COMPRESSED, SYNC_TAIL, Agreement
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, url_of
@@ -150,8 +150,10 @@ async def test_answers_are_one_shared_response_each(make_server: ServerFactory) 
         assert answer + b"client_no_context_takeover\r\n" in first.head
         assert answer + b"client_no_context_takeover\r\n" in second.head
         assert b"server_max_window_bits=9" in limited.head
-        # two agreements, two cached responses: not one per connection
-        assert len(server._deflate_responses) == 2
+        # picows's sockets: two agreements, two cached responses, not one per connection
+        # (wse-fast's own write each 101 and keep nothing of it)
+        expected = 2 if listener.SOCKETS == "picows" else 0
+        assert len(server._deflate_responses) == expected
     finally:
         for peer in (first, second, limited):
             peer.close()

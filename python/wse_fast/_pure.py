@@ -315,3 +315,279 @@ class CallAnswerer:
             except TypeError:
                 pass
         return name, payload, stamp, result
+
+
+# ---- the peer's frames, read once (rust/src/reader.rs) ------------------------------------
+
+_EVENT_FAIL = 0x00
+_EVENT_FAIL_IN_CLOSE = 0x18
+_EMPTY = b""
+
+
+def _close_allowed(code: int) -> bool:
+    # RFC 6455 §7.4: 1000-1003 and 1007-1014 (1012-1014 registered later with IANA) and
+    # 3000-4999 may be sent; 1004-1006, 1015 and everything else may not.
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class FrameReader:
+    """The peer's side of one WebSocket connection, sans I/O: the bytes of each read in,
+    everything they completed out (see ``feed``), every RFC 6455 receiving rule applied once.
+
+    ``client_frames``: the peer is a client, whose frames must be masked (a server's must
+    not be); ``compression``: permessage-deflate was agreed, so RSV1 may mark a message's
+    first frame as compressed (RFC 7692 §6; the caller inflates it). ``max_message_size``
+    bounds a message (its payload as sent, compressed or not), checked from each frame's
+    header before any of its payload is kept.
+
+    After a failure (``failed``) the reader only looks for the peer's Close, which answers
+    the one the failure sends (RFC 6455 §7.1.7), skipping every other frame without keeping
+    its payload; once it has a Close, or cannot tell frames apart any more (a reserved
+    opcode, a frame masked the wrong way, a control frame over 125 bytes or fragmented), it
+    is ``done`` and reads nothing more.
+
+    Memory: only the bytes of an unfinished frame and of an unfinished fragmented message,
+    given back as soon as they complete; an idle reader holds no buffer.
+    """
+
+    __slots__ = (
+        "_compressed",
+        "_frame",
+        "_message",
+        "_opcode",
+        "_skip",
+        "_utf8",
+        "client_frames",
+        "compression",
+        "done",
+        "failed",
+        "max_message_size",
+    )
+
+    def __init__(
+        self, max_message_size: int, client_frames: bool = True, compression: bool = False
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.client_frames = client_frames
+        self.compression = compression
+        self._frame: bytearray | None = None  # an unfinished frame's bytes so far
+        self._skip = 0  # bytes of a frame skipped after a failure still to come
+        self._message: bytearray | None = None  # a fragmented message's payload so far
+        self._opcode = 0  # the fragmented message's opcode
+        self._compressed = False  # ... and whether RSV1 was set on its first frame
+        self._utf8: Utf8Validator | None = None  # ... its text so far, when plain text
+        #: A failure has been reported: only a Close is still looked for.
+        self.failed = False
+        #: A Close has been read, or frames cannot be told apart: nothing more is read.
+        self.done = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished frame or message."""
+        return (0 if self._frame is None else len(self._frame)) + (
+            0 if self._message is None else len(self._message)
+        )
+
+    def feed(self, data: _Buffer) -> list[tuple[int, Any, Any]]:
+        """What the bytes of one read completed, in order: ``(opcode, payload, compressed)``
+        for a message (text or binary, the payload unmasked bytes; a compressed one as sent),
+        ``(OP_PING or OP_PONG, payload, False)``, ``(OP_CLOSE, code, reason)`` (1005 and ""
+        for a Close without a status), or a failure ``(EVENT_FAIL or EVENT_FAIL_IN_CLOSE,
+        code, reason)``: at most one, and after it only a failure found in the peer's Close."""
+        events: list[tuple[int, Any, Any]] = []
+        if self.done or not data:
+            return events
+        view = memoryview(data)
+        size = len(view)
+        pos = self._skip
+        if pos:
+            if pos >= size:
+                self._skip = pos - size
+                return events
+            self._skip = 0
+        joined = self._frame
+        if joined is not None:  # an unfinished frame: its bytes and what came now
+            self._frame = None
+            joined += view[pos:]
+            view = memoryview(joined)
+            size = len(view)
+            pos = 0
+        while pos < size and not self.done:
+            used = self._frame_at(view, pos, size, events)
+            if used == 0:  # unfinished: its bytes kept (a copy: data is the caller's)
+                if joined is None:
+                    self._frame = bytearray(view[pos:])
+                else:
+                    view.release()
+                    del joined[:pos]
+                    self._frame = joined
+                break
+            if used < 0:
+                break
+            pos += used
+        if pos > size:  # a skipped frame goes on in the next reads
+            self._skip = pos - size
+        return events
+
+    def _fail(self, events: list[tuple[int, Any, Any]], code: int, reason: str) -> None:
+        """The first failure: reported, then only a Close is looked for."""
+        self.failed = True
+        self._message = self._utf8 = None
+        events.append((_EVENT_FAIL, code, reason))
+
+    def _lost(self, events: list[tuple[int, Any, Any]], reason: str) -> int:
+        """Frames cannot be told apart any more: a failure (if none was reported), and done."""
+        if not self.failed:
+            self._fail(events, 1002, reason)
+        self.done = True
+        self._frame = self._message = self._utf8 = None
+        return -1
+
+    def _frame_at(
+        self, view: memoryview, pos: int, size: int, events: list[tuple[int, Any, Any]]
+    ) -> int:
+        """Reads the frame at ``pos``: how far it reaches (past ``size`` for a frame skipped
+        after a failure), 0 if it is not all there yet, -1 once done."""
+        failed = self.failed
+        first = view[pos]
+        opcode = first & 0x0F
+        fin = first & 0x80
+        rsv = first & 0x70
+        # what the first byte alone tells (RFC 6455 §5.2, §5.4, §5.5; RFC 7692 §6)
+        if opcode >= 0x8:
+            if opcode > 0xA:
+                return self._lost(events, f"reserved opcode {opcode:#x}")
+            if not fin:
+                return self._lost(events, "fragmented control frame")
+            if rsv and not failed:
+                if opcode == 0x8:  # the peer is closing anyway: nothing more to look for
+                    self._close_failed(events, 1002, "reserved bits set on a control frame")
+                    self.done = True
+                    self._frame = None
+                    return -1
+                self._fail(events, 1002, "reserved bits set on a control frame")
+                return self._frame_at(view, pos, size, events)
+        elif opcode > 0x2:
+            return self._lost(events, f"reserved opcode {opcode:#x}")
+        elif not failed:
+            problem = None
+            if opcode == 0x0:
+                if self._message is None:
+                    problem = "continuation frame without a message"
+                elif rsv:
+                    problem = "reserved bits set on a continuation frame"
+            elif self._message is not None:
+                problem = "new message inside a fragmented one"
+            elif rsv and (rsv != 0x40 or not self.compression):
+                problem = "reserved bits set without an extension"
+            if problem is not None:
+                self._fail(events, 1002, problem)
+                return self._frame_at(view, pos, size, events)
+        if pos + 1 >= size:
+            return 0
+        second = view[pos + 1]
+        masked = second & 0x80
+        if masked and not self.client_frames:
+            return self._lost(events, "masked frame from a server")
+        if not masked and self.client_frames:
+            return self._lost(events, "unmasked frame from a client")
+        length = second & 0x7F
+        start = pos + 2
+        if opcode >= 0x8 and length > 125:
+            return self._lost(events, "control frame payload over 125 bytes")
+        if length == 126:
+            if size < start + 2:
+                return 0
+            length = int.from_bytes(view[start : start + 2], "big")
+            start += 2
+        elif length == 127:
+            if size < start + 8:
+                return 0
+            length = int.from_bytes(view[start : start + 8], "big")
+            if length >> 63:
+                return self._lost(events, "frame length over 2**63")
+            start += 8
+        if opcode < 0x8 and not failed:
+            so_far = 0 if self._message is None else len(self._message)
+            if so_far + length > self.max_message_size:  # before a byte of it is kept
+                self._fail(events, 1009, "message too big")
+                return self._frame_at(view, pos, size, events)
+        if masked:
+            if size < start + 4:
+                return 0
+            start += 4
+        end = start + length
+        if failed and opcode != 0x8:
+            return end - pos  # skipped, without waiting for (or keeping) its payload
+        if size < end:
+            return 0
+        payload = view[start:end]
+        payload_bytes = mask(payload, view[start - 4 : start]) if masked else bytes(payload)
+        if opcode >= 0x8:
+            self._control(opcode, payload_bytes, events)
+        else:
+            self._data(opcode, bool(fin), bool(rsv), payload_bytes, events)
+        return end - pos
+
+    def _control(self, opcode: int, payload: bytes, events: list[tuple[int, Any, Any]]) -> None:
+        if opcode != 0x8:
+            events.append((opcode, payload, False))
+            return
+        self.done = True
+        self._frame = self._message = self._utf8 = None
+        if not payload:
+            events.append((0x8, 1005, ""))
+            return
+        if len(payload) == 1:
+            self._close_failed(events, 1002, "close frame with a 1-byte payload")
+            return
+        code = int.from_bytes(payload[:2], "big")
+        if not _close_allowed(code):
+            self._close_failed(events, 1002, f"close code {code} may not be sent")
+            return
+        try:
+            reason = payload[2:].decode()
+        except UnicodeDecodeError:
+            self._close_failed(events, 1007, "close reason is not UTF-8")
+            return
+        events.append((0x8, code, reason))
+
+    def _close_failed(self, events: list[tuple[int, Any, Any]], code: int, reason: str) -> None:
+        """A Close that breaks the rules (reported even after a first failure: the peer's
+        answer, which ends the connection all the same)."""
+        self.failed = True
+        self._message = self._utf8 = None
+        events.append((_EVENT_FAIL_IN_CLOSE, code, reason))
+
+    def _data(
+        self,
+        opcode: int,
+        fin: bool,
+        compressed: bool,
+        payload: bytes,
+        events: list[tuple[int, Any, Any]],
+    ) -> None:
+        message = self._message
+        if message is None:
+            if fin:  # the common case: one frame, one message
+                if opcode == OP_TEXT and not compressed and not validate_utf8(payload):
+                    self._fail(events, 1007, "invalid UTF-8 in a text message")
+                    return
+                events.append((opcode, payload, compressed))
+                return
+            message = self._message = bytearray()
+            self._opcode = opcode
+            self._compressed = compressed
+            self._utf8 = Utf8Validator() if opcode == OP_TEXT and not compressed else None
+        utf8 = self._utf8
+        if utf8 is not None and not utf8.feed(payload):
+            self._fail(events, 1007, "invalid UTF-8 in a text message")
+            return
+        message += payload
+        if not fin:
+            return
+        if utf8 is not None and not utf8.finish():
+            self._fail(events, 1007, "text message ends inside a character")
+            return
+        self._message = self._utf8 = None
+        events.append((self._opcode, bytes(message), self._compressed))

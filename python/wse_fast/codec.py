@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 EXPORTS = (
     "CallAnswerer",
     "EnvelopeError",
+    "FrameReader",
     "Utf8Validator",
     "build_frame",
     "mask",

@@ -57,6 +57,13 @@ OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
 
+# What codec.FrameReader.feed reports, each as ``(kind, a, b)``: a message or control frame
+# under its opcode (``a`` its payload; ``b`` for a message: whether RSV1 says compressed), a
+# Close received (``a``, ``b``: its code and reason), or a failure (``a``, ``b``: the code and
+# reason to close with), found in a Close frame (the peer is closing anyway) or elsewhere.
+EVENT_FAIL: Final = 0x00
+EVENT_FAIL_IN_CLOSE: Final = 0x18
+
 # RFC 6455 §7.4.1 close codes used here.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001

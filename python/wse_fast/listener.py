@@ -18,6 +18,7 @@ server applies its own message limits once the path has chosen it).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Mapping
@@ -26,8 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from .transport import server_socket
 from .transport.admission import ReadGuard, Vet
-from .transport.picows_listener import ListenerOptions, kernel_backlog, listen
+from .transport.picows_endpoint import Endpoint
+from .transport.server_socket import ListenerOptions, kernel_backlog
+
+#: Which protocol reads the listener's sockets: wse-fast's own (``"own"``, the default: the
+#: upgrade and the frames read by :mod:`.transport.server_socket`) or, for comparison,
+#: picows's (``"picows"``, the protocol before wse-fast read its own frames).
+SOCKETS = os.environ.get("WSE_FAST_SERVER_SOCKETS", "own")
 
 if TYPE_CHECKING:
     from .server import WseServer
@@ -70,8 +78,16 @@ class Listener:
         )
         # a server with an async on_upgrade: upgrade requests wait for it before picows
         vet: Vet | None = self._vet if any(s.upgrade_is_async for s in servers) else None
+        if SOCKETS == "picows":
+            # picows's private protocol class: imported only when asked for
+            from .transport import picows_listener
+
+            listen: Any = picows_listener.listen
+            upgrade: Any = self._picows_upgrade
+        else:
+            listen, upgrade = server_socket.listen, self._upgrade
         self._server = await listen(
-            self._upgrade,
+            upgrade,
             first.admission,
             options,
             host=self.host,
@@ -111,7 +127,15 @@ class Listener:
             return None  # nothing to wait for: picows reads the request at once
         return server.vet_upgrade(target, headers, guard, guard.peer)
 
-    def _upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+    def _upgrade(
+        self, target: str, headers: Any, guard: ReadGuard
+    ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]:
+        server = self._route(target)
+        if server is None:
+            return HTTPStatus.NOT_FOUND, ""
+        return server.upgrade(target, headers, guard)
+
+    def _picows_upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
         server = self._route(request.path.decode("latin-1"))
         if server is None:
             response = WSUpgradeResponse.create_error_response(HTTPStatus.NOT_FOUND, b"")

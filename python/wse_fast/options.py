@@ -27,7 +27,9 @@ class Limits:
     - ``ping_interval`` / ``ping_timeout``: keepalive, a ping after this long without hearing
       from the peer and a drop when no pong comes within the timeout; None turns it off;
     - ``close_timeout``: how long a close handshake may take before the socket is aborted;
-    - ``read_buffer_size``: picows's initial read buffer per connection;
+    - ``read_buffer_size``: picows's initial read buffer per connection (the client's; on
+      the server only with ``WSE_FAST_SERVER_SOCKETS=picows``: its own sockets share one
+      read buffer per event loop);
     - ``compression``: permessage-deflate (RFC 7692), off by default as in Node.js ``ws``.
       A server agrees to a client's offer, a client offers it. Without takeover every
       message is compressed on its own: a broadcast is compressed once and the same frame

@@ -651,9 +651,33 @@ class WseServer(Peer[ServerEvents]):
         }
 
     def picows_upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
-        """An upgrade on wse-fast's own listener: :meth:`admit`, answered as picows's
-        listener factory."""
-        headers = request.headers
+        """An upgrade on wse-fast's listener with picows's protocol: :meth:`upgrade`,
+        answered as picows's listener factory."""
+        verdict = self.upgrade(
+            request.path.decode("latin-1"), request.headers, guard, request, picows=True
+        )
+        if isinstance(verdict[0], int):
+            return _refusal(*verdict)  # type: ignore[arg-type]
+        endpoint, response = verdict
+        if response is None:
+            return endpoint
+        return WSUpgradeResponseWithListener(response, endpoint)
+
+    def upgrade(
+        self,
+        target: str,
+        headers: Any,
+        guard: ReadGuard,
+        native: Any = None,
+        *,
+        picows: bool = False,
+    ) -> tuple[int, str] | tuple[Endpoint, Any]:
+        """An upgrade on wse-fast's own listener: :meth:`admit` (or what an async
+        ``on_upgrade`` answered before, the guard's ``vetted``), then the connection's
+        endpoint and the 101 response's headers besides the handshake's own
+        (``Sec-WebSocket-Accept``, ``Upgrade``, ``Connection``), or the HTTP status and body
+        that refuse it. ``picows``: the 101 response as picows's response object, shared
+        where nothing is added to it (None: picows's own)."""
         offered = [
             p.strip()
             for line in headers.getall("Sec-WebSocket-Protocol", ())
@@ -661,16 +685,14 @@ class WseServer(Peer[ServerEvents]):
         ]
         vetted = guard.vetted  # what vet_upgrade answered, with an async on_upgrade
         if vetted is None:
-            verdict = self.admit(
-                request.path.decode("latin-1"), headers, guard.peer, guard, offered, request
-            )
+            verdict = self.admit(target, headers, guard.peer, guard, offered, native)
         elif isinstance(vetted, HandshakeRequest):
-            vetted.native = request
+            vetted.native = native
             verdict = self._open(vetted, guard, offered)
         else:
             verdict = vetted
         if isinstance(verdict, tuple):
-            return _refusal(*verdict)
+            return verdict
         assert verdict.handshake is not None
         added = verdict.handshake.response_headers  # on_upgrade's, most often none
         limits = self.limits
@@ -687,33 +709,31 @@ class WseServer(Peer[ServerEvents]):
             limits.max_pending_bytes,
             limits.receive_buffer,
         )
+        endpoint: Endpoint
         if agreement is None:
             endpoint = Endpoint(*options)
-            if added:  # a response of its own; the handshake's headers first
-                # (no subprotocol for a client that did not offer this server's)
-                own = self._upgrade_headers() if verdict.offered_protocols is None else []
-                response = WSUpgradeResponse.create_101_response(extra_headers=[*own, *added])
-                return WSUpgradeResponseWithListener(response, endpoint)
-            if verdict.offered_protocols is None:
-                return WSUpgradeResponseWithListener(self._upgrade_response, endpoint)
-            return endpoint
-        assert self.deflate is not None
-        endpoint = DeflateEndpoint(
-            *options,
-            compressor=self.deflate.compressor(agreement, client_side=False),
-            inflater=self.deflate.inflater(agreement, client_side=False),
-            # a stranger's compressed message inflates no further than a plain one may be,
-            # and all of them together no further than it may send in all
-            inflate_limit=limits.auth_max_message_size,
-            inflate_budget=self.stranger_budget,
-        )
-        if added:
-            response = WSUpgradeResponse.create_101_response(
-                extra_headers=[*self._upgrade_headers(agreement), *added]
-            )
         else:
-            response = self._deflate_response(agreement)
-        return WSUpgradeResponseWithListener(response, endpoint)
+            assert self.deflate is not None
+            endpoint = DeflateEndpoint(
+                *options,
+                compressor=self.deflate.compressor(agreement, client_side=False),
+                inflater=self.deflate.inflater(agreement, client_side=False),
+                # a stranger's compressed message inflates no further than a plain one may
+                # be, and all of them together no further than it may send in all
+                inflate_limit=limits.auth_max_message_size,
+                inflate_budget=self.stranger_budget,
+            )
+        # (no subprotocol for a client that did not offer this server's)
+        own = self._upgrade_headers(agreement) if verdict.offered_protocols is None else []
+        if not picows:
+            return endpoint, [*own, *added]
+        if added:  # a response of its own; the handshake's headers first
+            return endpoint, WSUpgradeResponse.create_101_response(extra_headers=[*own, *added])
+        if agreement is not None:
+            return endpoint, self._deflate_response(agreement)
+        if verdict.offered_protocols is None:
+            return endpoint, self._upgrade_response
+        return endpoint, None
 
     def _upgrade_headers(self, agreement: Agreement | None = None) -> list[tuple[str, str]]:
         """The headers of this server's 101 response besides picows's own."""

@@ -13,6 +13,7 @@ mod envelope;
 mod frame;
 mod json;
 mod masking;
+mod reader;
 mod utf8;
 
 create_exception!(
@@ -209,6 +210,7 @@ fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mask, m)?)?;
     m.add_function(wrap_pyfunction!(validate_utf8, m)?)?;
     m.add_class::<Utf8Validator>()?;
+    m.add_class::<reader::FrameReader>()?;
     m.add_class::<envelope::CallAnswerer>()?;
     m.add_function(wrap_pyfunction!(build_frame, m)?)?;
     #[cfg(unix)]

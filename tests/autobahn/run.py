@@ -1,15 +1,15 @@
 """RFC 6455 conformance: the Autobahn fuzzing client against examples/echo_server.py.
 
-Usage: .venv/bin/python tests/autobahn/run.py [CASE ...]   (default: the cases in
-fuzzingclient.json, groups 1-7, 9 and 10)
+Usage: .venv/bin/python tests/autobahn/run.py [--deflate] [CASE ...]   (default: the cases
+in fuzzingclient.json, groups 1-7, 9 and 10; with ``--deflate``, the echo server agrees to
+permessage-deflate and the default cases are groups 12 and 13, compressed messages)
 
 The fuzzing client is Python 2.7 software. On first use it is installed, with the pinned
 versions of requirements-py27.txt, into tests/autobahn/.env/ (git-ignored; remade when the
 pins change) with a CPython 2.7 found as $AUTOBAHN_PYTHON2, pyenv's 2.7.18 or python2.7.
 The echo server runs on 127.0.0.1 on a free port; the report goes to tests/autobahn/reports/.
 A case fails unless its behaviour is OK, NON-STRICT or INFORMATIONAL and its close behaviour
-OK or INFORMATIONAL. Failures whose cause lies inside picows are listed in PICOWS_LIMITS, so
-that the report says why; they still count as failures. Exit status 0 only when no case failed.
+OK or INFORMATIONAL. Exit status 0 only when no case failed.
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ VIRTUALENV = "virtualenv==20.15.1"
 AGENT = "wse-fast"
 GOOD = {"OK", "NON-STRICT", "INFORMATIONAL"}
 GOOD_CLOSE = {"OK", "INFORMATIONAL"}
-#: Cases that fail because of picows itself, with why. Reported, not counted as failures; a
-#: listed case that passes fails the run, so that this list cannot outlive the limitation.
-PICOWS_LIMITS = {
-    "7.1.2": (
-        "two Close frames in one read: picows 2.3.1 parses the second before it hands over the"
-        " first, takes it as a protocol error and sends Close 1002 itself, so the answer to the"
-        " first cannot be 1000 (the fix is upstream: hand a frame over before parsing the next)"
-    ),
-}
 
 
 def python2() -> str:
@@ -86,10 +77,15 @@ def free_port() -> int:
         return port
 
 
-def start_echo_server(port: int) -> subprocess.Popen[str]:
-    log = (REPORTS / "echo_server.log").open("w")  # picows logs each protocol error it sees
+def start_echo_server(port: int, deflate: bool) -> subprocess.Popen[str]:
+    log = (REPORTS / "echo_server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples/echo_server.py"), str(port)],
+        [
+            sys.executable,
+            str(ROOT / "examples/echo_server.py"),
+            str(port),
+            *(["--deflate"] if deflate else []),
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -103,28 +99,27 @@ def start_echo_server(port: int) -> subprocess.Popen[str]:
 
 
 def judge(index: dict[str, dict[str, dict[str, object]]]) -> tuple[int, list[str]]:
-    """How many cases the report holds, and a line for each failure (with its known cause)."""
+    """How many cases the report holds, and a line for each failure."""
     cases = index[AGENT]
     bad = []
     for case_id, result in sorted(cases.items(), key=lambda kv: [int(p) for p in kv[0].split(".")]):
         behavior, close = result["behavior"], result["behaviorClose"]
         passed = behavior in GOOD and close in GOOD_CLOSE
-        line = f"{case_id}: behavior {behavior}, close {close} ({result['reportfile']})"
-        if case_id in PICOWS_LIMITS:
-            if passed:
-                bad.append(f"{line}: passes now, remove it from PICOWS_LIMITS")
-            else:
-                bad.append(f"{line}: {PICOWS_LIMITS[case_id]}")
-        elif not passed:
-            bad.append(line)
+        if not passed:
+            bad.append(f"{case_id}: behavior {behavior}, close {close} ({result['reportfile']})")
     return len(cases), bad
 
 
 def main() -> int:
     wstest = ensure_wstest()
     config = json.loads((HERE / "fuzzingclient.json").read_text())
-    if len(sys.argv) > 1:
-        config["cases"] = sys.argv[1:]
+    args = sys.argv[1:]
+    deflate = "--deflate" in args
+    cases = [arg for arg in args if arg != "--deflate"]
+    if cases:
+        config["cases"] = cases
+    elif deflate:
+        config["cases"] = ["12.*", "13.*"]
     port = free_port()
     shutil.rmtree(REPORTS, ignore_errors=True)
     REPORTS.mkdir()
@@ -133,7 +128,7 @@ def main() -> int:
     spec = REPORTS / "fuzzingclient.json"
     spec.write_text(json.dumps(config, indent=2))
 
-    server = start_echo_server(port)
+    server = start_echo_server(port, deflate)
     started = time.monotonic()
     try:
         subprocess.run(

@@ -1,10 +1,14 @@
-"""One WebSocket connection on picows, either side: frames in, messages and a close out.
+"""One WebSocket connection, either side: frames in, messages and a close out.
 
-picows parses frames; this listener does the rest of RFC 6455 that picows leaves to its user:
-reassembly and validation (through the sans-I/O assembler), answering pings, checking close
-frames, the close handshake with ``close_timeout`` on every way a connection ends, and, on the
-client side, masking with keys from the OS CSPRNG (picows's own client masking draws keys from
-an unseeded ``rand()``, so every frame the client endpoint sends is written here).
+On the server's own sockets (:mod:`.server_socket`) each read arrives as one batch of events
+from :class:`wse_fast.codec.FrameReader`, which has applied every framing rule
+(:meth:`Endpoint.on_events`); on picows (the client, or the server with
+``WSE_FAST_SERVER_SOCKETS=picows``) frames arrive one by one (:meth:`Endpoint.on_ws_frame`),
+and the endpoint does the rest of RFC 6455 that picows leaves to its user: reassembly and
+validation (through the sans-I/O assembler) and checking close frames. Either way it answers
+pings, runs the close handshake with ``close_timeout`` on every way a connection ends and, on
+the client side, masks with keys from the OS CSPRNG (picows's own client masking draws keys
+from an unseeded ``rand()``, so every frame the client endpoint sends is written here).
 
 Invariants: one Close frame per connection, and nothing written after it (no data, no pong);
 no user code runs while frames are being written (a handler called from inside a flush could
@@ -20,7 +24,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -33,13 +37,16 @@ from ..constants import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
+    EVENT_FAIL,
+    EVENT_FAIL_IN_CLOSE,
+    OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
     SLOW_CONSUMER,
 )
-from ..sansio.deflate import Compressor, Inflater
+from ..sansio.deflate import RSV_COMPRESSED, Compressor, Inflater
 from ..sansio.framing import (
     FrameViolation,
     InflatingAssembler,
@@ -78,6 +85,27 @@ _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict[str]())
 _log = logging.getLogger(__name__)
 
 
+class SocketTransport(Protocol):
+    """What an endpoint uses of the transport under it: picows's ``WSTransport`` (clients),
+    or the server's own sockets (:class:`~.server_socket.ServerSocket`)."""
+
+    @property
+    def underlying_transport(self) -> Any: ...
+
+    @property
+    def request(self) -> Any: ...
+
+    @property
+    def is_close_frame_sent(self) -> bool: ...
+
+    @property
+    def is_disconnected(self) -> bool: ...
+
+    def send_close(self, close_code: Any = ..., close_message: Any = None) -> None: ...
+
+    def disconnect(self, graceful: bool = True) -> None: ...
+
+
 class Keepalive:
     """Keepalive for a listener's connections, kept by one sweep per event loop instead of a
     timer or task per connection (picows's own keepalive is a task per connection, about
@@ -104,7 +132,8 @@ class Keepalive:
 
 
 class Endpoint(WSListener):  # type: ignore[misc]
-    """One connection: give it to picows as the listener; ``handler`` gets its events.
+    """One connection: a server socket's, or given to picows as the listener; ``handler``
+    gets its events.
 
     Server-side endpoints are made with picows's automatic pongs off (``auto_pong=False``):
     pings are answered here, where a Close already sent or a failed connection is known.
@@ -186,7 +215,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._close_received: tuple[int, str] | None = None
         self._failed = False  # the peer broke the protocol: nothing more is taken from it
         self._timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
-        self.transport: WSTransport | None = None
+        self.transport: SocketTransport | None = None
         self.under: Any = None  # the uvloop transport under picows, once connected
         self.keepalive: Keepalive | None = None
         # Keepalive state, kept by the sweep: None in _quiet_since means a frame arrived since
@@ -197,7 +226,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     # ---- picows callbacks ------------------------------------------------------------------
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
+    def on_ws_connected(self, transport: SocketTransport) -> None:
         self.transport = transport
         request = transport.request
         if request is not None:
@@ -364,7 +393,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
                 _log.exception("endpoint handler failed in on_message")
                 self._fail(CLOSE_INTERNAL_ERROR, "")
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
+    def on_ws_disconnected(self, transport: SocketTransport) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -523,19 +552,61 @@ class Endpoint(WSListener):  # type: ignore[misc]
             self.close(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame", wait=False)
             return
         try:
-            self._close_received = parse_close(frame.get_payload_as_bytes())
+            code, reason = parse_close(frame.get_payload_as_bytes())
         except FrameViolation as violation:
             self._failed = True  # the peer is closing anyway: answer and hang up
             self.close(violation.code, violation.reason, wait=False)
             return
+        self._on_close(code, reason)
+
+    def _on_close(self, code: int, reason: str) -> None:
+        """The peer's valid Close frame: answered, then TCP closed (a server's side)."""
+        self._close_received = (code, reason)
         if self._close_sent is None:  # echo the peer's close, as the reference does
-            code, reason = self._close_received
             self._send_close(code, reason)
         if not self.client_side:
             assert self.transport is not None
             self.transport.disconnect()  # RFC 6455 §7.1.1: the server closes TCP first
         self._arm_timer()  # bounds both: a server's flush to a peer that stopped reading,
         # and a client's wait for the server to hang up
+
+    def on_events(self, events: list[tuple[int, Any, Any]]) -> None:
+        """What one read of the socket completed (see :class:`wse_fast.codec.FrameReader`,
+        which has applied every framing rule): messages reach the handler in order, pings
+        are answered, a Close is answered, a failure closes the connection."""
+        self._quiet_since = None  # heard from the peer (see Keepalive)
+        handler = self.handler
+        for kind, first, second in events:
+            if kind in (OP_TEXT, OP_BINARY):
+                # data sent before the peer saw our Close is still delivered; nothing after
+                # a failure (the reader stops after the peer's Close by itself)
+                if self._failed:
+                    continue
+                if second:  # compressed (RSV1), only where permessage-deflate was agreed
+                    first = self._inflated(kind, first)
+                    if first is None:
+                        continue
+                try:
+                    handler.on_message(kind == OP_BINARY, first)
+                except Exception:
+                    _log.exception("endpoint handler failed in on_message")
+                    self._fail(CLOSE_INTERNAL_ERROR, "")
+            elif kind == OP_PING:
+                if not self._failed:  # write() takes nothing once a Close is sent
+                    self.write(codec.build_frame(OP_PONG, first, mask=self.client_side))
+            elif kind == OP_CLOSE:
+                self._on_close(first, second)
+            elif kind == EVENT_FAIL_IN_CLOSE:
+                self._failed = True  # the peer is closing anyway: answer and hang up
+                self.close(first, second, wait=False)
+            elif kind == EVENT_FAIL:
+                self._fail(first, second)
+
+    def _inflated(self, kind: int, payload: bytes) -> bytes | None:
+        """A compressed message inflated; None after failing the connection (only a
+        :class:`DeflateEndpoint` agrees to compression)."""
+        self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
+        return None
 
     def _on_ping_or_pong(self, frame: WSFrame) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
@@ -617,6 +688,16 @@ class DeflateEndpoint(Endpoint):
         assert isinstance(self._assembler, InflatingAssembler)
         self._assembler.inflate_limit = max_message_size
         self._assembler.inflate_budget = None
+
+    def _inflated(self, kind: int, payload: bytes) -> bytes | None:
+        assert isinstance(self._assembler, InflatingAssembler)
+        try:
+            message = self._assembler.feed(kind, True, RSV_COMPRESSED, payload)
+        except FrameViolation as violation:
+            self._fail(violation.code, violation.reason)
+            return None
+        assert message is not None  # a whole message
+        return bytes(message[1])
 
     def write(self, frame: bytes) -> None:
         """Queues one complete unmasked frame, compressed when it is a data frame over the

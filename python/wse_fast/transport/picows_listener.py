@@ -12,9 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from picows import WSAutoPingStrategy, WSUpgradeRequest, WSUpgradeResponseWithListener
@@ -22,6 +20,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in pic
 
 from .admission import Admission, ReadGuard, Vet
 from .picows_endpoint import Endpoint, Keepalive
+from .server_socket import ListenerOptions
 
 
 class PicowsLog(logging.LoggerAdapter[logging.Logger]):
@@ -60,34 +59,6 @@ class PicowsLog(logging.LoggerAdapter[logging.Logger]):
 _PICOWS_LOG = PicowsLog()
 
 Upgrade = Callable[[WSUpgradeRequest, ReadGuard], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerOptions:
-    max_frame_size: int
-    handshake_timeout: float | None
-    ping_interval: float | None
-    ping_timeout: float
-    read_buffer_size: int
-    auto_pong: bool  # picows answers pings itself (else the endpoint does)
-    stranger_budget: int  # bytes a socket may send before it is accepted
-    backlog: int  # the accept queue's length (listen(2))
-
-
-#: The accept queue where the kernel's bound cannot be read: Linux's ``somaxconn`` since 5.4.
-FALLBACK_BACKLOG = 4096
-
-
-def kernel_backlog() -> int:
-    """The longest accept queue the kernel grants (``listen(2)`` silently caps a larger
-    backlog): Linux's ``net.core.somaxconn``, else :data:`FALLBACK_BACKLOG`."""
-    if sys.platform == "linux":
-        try:
-            with open("/proc/sys/net/core/somaxconn", encoding="ascii") as file:
-                return int(file.read())
-        except (OSError, ValueError):
-            pass
-    return FALLBACK_BACKLOG
 
 
 async def listen(

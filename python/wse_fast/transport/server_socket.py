@@ -1,0 +1,415 @@
+"""One accepted socket of wse-fast's own listener, from its HTTP upgrade to its end, without
+picows: the upgrade request is read and answered here, then the same socket carries the
+WebSocket, whose frames :class:`wse_fast.codec.FrameReader` reads.
+
+Reads go into one buffer per event loop (:func:`shared_read_buffer`), not one per
+connection: what a read brings is handed to the connection's reader at once, which keeps
+only the bytes of an unfinished frame or message (and gives them back once complete), so an
+idle connection holds no read buffer, and one that received a large message keeps nothing of
+it. Each read is one call into the reader, and its events reach the endpoint as one batch.
+
+Before the connection is accepted it sits behind a :class:`~.admission.ReadGuard`, which
+counts it as a stranger, bounds its bytes and holds an upgrade an ``async`` ``on_upgrade``
+must decide; the guard then steps aside and uvloop calls this protocol directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import hashlib
+import os
+import platform
+import socket
+import ssl as ssl_module
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from multidict import CIMultiDictProxy
+
+from .. import codec
+from ..constants import CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, OP_CLOSE
+from .admission import HTTP_REQUEST_MAX, Admission, ReadGuard, Vet, parse_request_head
+from .picows_endpoint import DeflateEndpoint, Endpoint, Keepalive
+
+#: The size of each event loop's read buffer: what one read can take (a larger frame is
+#: read in several, its bytes kept by its connection's reader until it is whole).
+READ_BUFFER_SIZE = 256 * 1024
+#: RFC 6455 §1.3: appended to the client's key before hashing it into the accept value.
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: Answers an upgrade: ``upgrade(target, headers, guard)`` gives the connection's endpoint
+#: and the 101 response's added headers, or the HTTP status and body that refuse it.
+Upgrade = Callable[
+    [str, CIMultiDictProxy[str], ReadGuard],
+    "tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]",
+]
+
+_buffers: dict[asyncio.AbstractEventLoop, memoryview] = {}
+
+
+def shared_read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """The read buffer every socket of ``loop`` reads into (only one runs at a time)."""
+    buffer = _buffers.get(loop)
+    if buffer is None:
+        for closed in [other for other in _buffers if other.is_closed()]:
+            del _buffers[closed]  # forget buffers with their loops
+        buffer = _buffers[loop] = memoryview(bytearray(READ_BUFFER_SIZE))
+    return buffer
+
+
+#: glibc's ``mallopt`` parameter for the size from which blocks are mapped on their own.
+_M_MMAP_THRESHOLD = -3
+#: Blocks from this size on go back to the OS when freed (glibc's initial threshold).
+LARGE_BLOCK = 128 * 1024
+_large_blocks_fixed = False
+
+
+def give_large_blocks_back() -> bool:
+    """Fixes glibc's threshold from which ``malloc`` maps a block on its own (and unmaps it
+    when freed) at :data:`LARGE_BLOCK`; True when it is fixed (now or before).
+
+    glibc starts there but raises the threshold, up to 32 MiB, each time such a block is
+    freed: after one connection's large message, the next ones come from the heap, which
+    keeps what they freed. Measured with ``benches/memory.py --step 1000 --steps 2
+    --message 1000000``: RSS per connection after each sent one 1 MB message 4.8 KiB, twice
+    its idle 2.5 KiB, and 2.5 KiB with the threshold fixed. Once per process, on glibc only,
+    and not when ``MALLOC_MMAP_THRESHOLD_`` in the environment has chosen one already.
+    """
+    global _large_blocks_fixed
+    if _large_blocks_fixed:
+        return True
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    _large_blocks_fixed = bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK))
+    return _large_blocks_fixed
+
+
+def accept_value(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for the client's ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("latin-1") + _GUID).digest()).decode()
+
+
+def handshake_problem(headers: CIMultiDictProxy[str]) -> tuple[int, str] | None:
+    """Why an HTTP request is not a WebSocket upgrade (RFC 6455 §4.2.1), as the status and
+    body to refuse it with; None when it is one."""
+    if headers.get("Upgrade", "").strip().lower() != "websocket":
+        return HTTPStatus.UPGRADE_REQUIRED, "a WebSocket upgrade is required"
+    connection = headers.get("Connection", "")
+    if "upgrade" not in (token.strip().lower() for token in connection.split(",")):
+        return HTTPStatus.BAD_REQUEST, "Connection: Upgrade is missing"
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        return HTTPStatus.UPGRADE_REQUIRED, "Sec-WebSocket-Version 13 is required"
+    key = headers.get("Sec-WebSocket-Key", "").strip()
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid_key = False
+    if not valid_key:
+        return HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Key is not a 16-byte nonce"
+    return None
+
+
+def refusal_response(status: int, body: str) -> bytes:
+    """A complete HTTP response refusing an upgrade; the socket is closed after it."""
+    content = body.encode()
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(content)}\r\n\r\n"
+    ).encode("latin-1") + content
+
+
+class ServerSocket(asyncio.BufferedProtocol):
+    """The protocol of one accepted socket: the upgrade, then the WebSocket.
+
+    To its endpoint it is what picows's transport was (``send_close``, ``disconnect``,
+    ``is_close_frame_sent``, ``is_disconnected``, ``underlying_transport``), so the endpoint
+    works the same on either.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_endpoint",
+        "_guard",
+        "_head",
+        "_head_timeout",
+        "_head_timer",
+        "_reader",
+        "_transport",
+        "_upgrade",
+        "is_close_frame_sent",
+        "request",
+    )
+
+    def __init__(self, upgrade: Upgrade, head_timeout: float | None) -> None:
+        self._upgrade = upgrade
+        self._guard: ReadGuard | None = None  # set by the listener
+        self._transport: Any = None
+        self._buffer: memoryview | None = None
+        # the upgrade request so far, until its head is whole; then None
+        self._head: bytearray | None = bytearray()
+        self._head_timeout = head_timeout  # None: the guard keeps it (see listen)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._reader: Any = None  # codec.FrameReader, once the WebSocket is open
+        self._endpoint: Endpoint | None = None
+        self.is_close_frame_sent = False
+        self.request = None  # picows's transport has one; nothing is kept here
+
+    def bind(self, guard: ReadGuard) -> None:
+        """The guard this socket sits behind until it is accepted (what the upgrade counts
+        and bounds the stranger with)."""
+        self._guard = guard
+
+    # ---- what uvloop calls ------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        self._buffer = shared_read_buffer(loop)
+        if self._head_timeout is not None:
+            self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        assert self._buffer is not None
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._buffer is not None
+        reader = self._reader
+        if reader is not None:
+            events = reader.feed(self._buffer[:nbytes])
+            if events:
+                self._dispatch(events)
+        elif self._head is not None:
+            self._head_read(self._buffer[:nbytes])
+        # else: refused, or the WebSocket failed at once: nothing more is read
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is gone for reading: close (as picows does)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self._head = None
+        self._reader = None
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            endpoint.on_ws_disconnected(self)
+
+    def pause_writing(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.resume_writing()
+
+    # ---- the upgrade ------------------------------------------------------------------------
+
+    def _head_read(self, data: memoryview) -> None:
+        head = self._head
+        assert head is not None
+        start = max(len(head) - 3, 0)
+        head += data
+        end = head.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(head) > HTTP_REQUEST_MAX:
+                self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "")
+            return
+        if end > HTTP_REQUEST_MAX:
+            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "")
+            return
+        self._head = None
+        self._cancel_head_timer()
+        rest = bytes(head[end + 4 :])  # what the client sent after its request: frames
+        parsed = parse_request_head(bytes(head[:end]))
+        if parsed is None:
+            self._refuse(HTTPStatus.BAD_REQUEST, "malformed upgrade request")
+            return
+        target, headers = parsed
+        problem = handshake_problem(headers)
+        if problem is not None:
+            self._refuse(*problem)
+            return
+        guard, self._guard = self._guard, None  # the connection keeps it while it counts
+        assert guard is not None
+        verdict = self._upgrade(target, headers, guard)
+        if isinstance(verdict[0], int):
+            self._refuse(*verdict)  # type: ignore[arg-type]
+            return
+        endpoint, added = verdict
+        self._open(endpoint, accept_value(headers["Sec-WebSocket-Key"].strip()), added, rest)
+
+    def _open(
+        self, endpoint: Endpoint, accept: str, added: list[tuple[str, str]], rest: bytes
+    ) -> None:
+        """Answers 101 and opens the WebSocket; ``rest``: bytes that came after the request."""
+        lines = [
+            "HTTP/1.1 101 Switching Protocols",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Accept: {accept}",
+            *(f"{name}: {value}" for name, value in added),
+        ]
+        self._transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self._reader = codec.FrameReader(
+            endpoint.max_message_size,
+            client_frames=True,
+            compression=isinstance(endpoint, DeflateEndpoint),
+        )
+        self._endpoint = endpoint
+        endpoint.on_ws_connected(self)
+        if rest and self._reader is not None and not self._transport.is_closing():
+            events = self._reader.feed(rest)
+            if events:
+                self._dispatch(events)
+
+    def _dispatch(self, events: list[tuple[int, Any, Any]]) -> None:
+        """Hands what one read completed to the endpoint, as one batch."""
+        endpoint = self._endpoint
+        assert endpoint is not None
+        endpoint.on_events(events)
+        reader = self._reader
+        if reader is not None and reader.done:
+            # No Close can be read any more (the peer's came, or its frames cannot be told
+            # apart after a failure): TCP is closed once the Close frame has left.
+            endpoint.close(CLOSE_PROTOCOL_ERROR, wait=False)
+
+    def _refuse(self, status: int, body: str) -> None:
+        self._head = None
+        self._cancel_head_timer()
+        self._transport.write(refusal_response(status, body))
+        self._transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head is not None and self._transport is not None:
+            self._head = None
+            self._transport.abort()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    # ---- what the endpoint calls (as it would picows's transport) ---------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes the socket holds of unfinished frames and messages (0 between messages)."""
+        reader = self._reader
+        return 0 if reader is None else int(reader.buffered)
+
+    @property
+    def underlying_transport(self) -> Any:
+        return self._transport
+
+    @property
+    def is_disconnected(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def send_close(self, close_code: Any = CLOSE_NORMAL, close_message: Any = None) -> None:
+        """Writes the one Close frame (a status code always: 1005 is sent as 1000)."""
+        if self.is_close_frame_sent or self.is_disconnected:
+            return
+        self.is_close_frame_sent = True
+        status = CLOSE_NORMAL if close_code == CLOSE_NO_STATUS else int(close_code)
+        body = struct.pack("!H", status) + bytes(close_message or b"")
+        self._transport.write(codec.build_frame(OP_CLOSE, body))
+
+    def disconnect(self, graceful: bool = True) -> None:
+        """Closes TCP once what is written has left (``graceful``), or at once."""
+        transport = self._transport
+        if transport is None:
+            return
+        if graceful:
+            transport.close()
+        else:
+            transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerOptions:
+    max_frame_size: int
+    handshake_timeout: float | None
+    ping_interval: float | None
+    ping_timeout: float
+    read_buffer_size: int
+    auto_pong: bool  # picows answers pings itself (else the endpoint does)
+    stranger_budget: int  # bytes a socket may send before it is accepted
+    backlog: int  # the accept queue's length (listen(2))
+
+
+#: The accept queue where the kernel's bound cannot be read: Linux's ``somaxconn`` since 5.4.
+FALLBACK_BACKLOG = 4096
+
+
+def kernel_backlog() -> int:
+    """The longest accept queue the kernel grants (``listen(2)`` silently caps a larger
+    backlog): Linux's ``net.core.somaxconn``, else :data:`FALLBACK_BACKLOG`."""
+    if sys.platform == "linux":
+        try:
+            with open("/proc/sys/net/core/somaxconn", encoding="ascii") as file:
+                return int(file.read())
+        except (OSError, ValueError):
+            pass
+    return FALLBACK_BACKLOG
+
+
+async def listen(
+    upgrade: Upgrade,
+    admission: Admission,
+    options: ListenerOptions,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    vet: Vet | None = None,
+) -> asyncio.Server:
+    """Serves WebSocket upgrades on ``host:port`` (or ``sock``), each socket a
+    :class:`ServerSocket` behind a :class:`ReadGuard`; ``upgrade`` answers each request.
+    ``vet``: what may decide an upgrade before it is answered, asynchronously (see
+    :class:`ReadGuard`, which then keeps the handshake timeout).
+
+    Keepalive is the endpoints' sweep (:class:`Keepalive`): one per event loop.
+    """
+    loop = asyncio.get_running_loop()
+    give_large_blocks_back()  # a large message's memory goes back once it is read
+    keepalive = (
+        None
+        if options.ping_interval is None
+        else Keepalive(options.ping_interval, options.ping_timeout)
+    )
+
+    def route(
+        target: str, headers: CIMultiDictProxy[str], guard: ReadGuard
+    ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]:
+        answer = upgrade(target, headers, guard)
+        if isinstance(answer[0], Endpoint):
+            answer[0].keepalive = keepalive
+        return answer
+
+    def protocol() -> ReadGuard:
+        inner = ServerSocket(route, options.handshake_timeout if vet is None else None)
+        guard = ReadGuard(inner, admission, options.stranger_budget, vet, options.handshake_timeout)
+        inner.bind(guard)
+        return guard
+
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    if ssl is not None and options.handshake_timeout is not None:
+        # uvloop reports a TLS socket only once its TLS handshake is done: bound that too
+        where["ssl_handshake_timeout"] = options.handshake_timeout
+    return await loop.create_server(protocol, ssl=ssl, backlog=options.backlog, **where)

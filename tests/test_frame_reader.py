@@ -1,0 +1,339 @@
+"""codec.FrameReader without sockets: every RFC 6455 receiving rule, on both implementations,
+fed whole, split at every offset and byte by byte; the memory it keeps; and the Rust reader
+against its pure-Python reference (hypothesis)."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wse_fast import _codec as rust
+from wse_fast import _pure as pure
+from wse_fast.codec import build_frame
+from wse_fast.constants import (
+    EVENT_FAIL,
+    EVENT_FAIL_IN_CLOSE,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+)
+
+IMPLS = [pytest.param(rust, id="rust"), pytest.param(pure, id="pure")]
+Event = tuple[int, Any, Any]
+
+
+def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0) -> bytes:
+    """A client's frame (masked)."""
+    return build_frame(opcode, payload, fin=fin, mask=True, rsv=rsv)
+
+
+def close_body(code: int, reason: bytes = b"") -> bytes:
+    return struct.pack("!H", code) + reason
+
+
+def read(impl: Any, data: bytes, *, max_size: int = 1 << 20, compression: bool = False) -> Any:
+    reader = impl.FrameReader(max_size, compression=compression)
+    return reader, reader.feed(data)
+
+
+def fail(code: int, events: list[Event]) -> None:
+    """``events`` end in a failure with ``code``."""
+    assert events[-1][0] == EVENT_FAIL and events[-1][1] == code, events
+
+
+# ---- messages ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_messages_and_control_frames_in_one_read(impl: Any) -> None:
+    stream = (
+        frame(OP_TEXT, "héllo".encode())
+        + frame(OP_BINARY, b"\x00\xff")
+        + frame(OP_PING, b"p")
+        + frame(OP_PONG, b"q")
+        + frame(OP_TEXT, b"")
+    )
+    reader, events = read(impl, stream)
+    assert events == [
+        (OP_TEXT, "héllo".encode(), False),
+        (OP_BINARY, b"\x00\xff", False),
+        (OP_PING, b"p", False),
+        (OP_PONG, b"q", False),
+        (OP_TEXT, b"", False),
+    ]
+    assert not reader.failed and not reader.done and reader.buffered == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_fragmented_message_with_a_ping_between_its_fragments(impl: Any) -> None:
+    stream = (
+        frame(OP_TEXT, b"ab", fin=False)
+        + frame(OP_PING, b"mid")
+        + frame(OP_CONTINUATION, b"cd", fin=False)
+        + frame(OP_CONTINUATION, b"ef")
+    )
+    _, events = read(impl, stream)
+    assert events == [(OP_PING, b"mid", False), (OP_TEXT, b"abcdef", False)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compressed_messages_only_where_agreed(impl: Any) -> None:
+    _, events = read(impl, frame(OP_BINARY, b"zz", rsv=4), compression=True)
+    assert events == [(OP_BINARY, b"zz", True)]
+    # not UTF-8 checked: the caller checks the inflated text
+    stream = frame(OP_TEXT, b"\xff", fin=False, rsv=4) + frame(OP_CONTINUATION, b"\xfe")
+    _, events = read(impl, stream, compression=True)
+    assert events == [(OP_TEXT, b"\xff\xfe", True)]
+    _, events = read(impl, frame(OP_BINARY, b"zz", rsv=4))
+    fail(1002, events)
+    # RSV1 on a continuation, RSV2 or RSV3 anywhere: never
+    _, events = read(
+        impl,
+        frame(OP_TEXT, b"a", fin=False, rsv=4) + frame(OP_CONTINUATION, b"b", rsv=4),
+        compression=True,
+    )
+    fail(1002, events)
+    _, events = read(impl, frame(OP_TEXT, b"a", rsv=2), compression=True)
+    fail(1002, events)
+
+
+# ---- what fails the connection -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rsv", [1, 2, 4])
+def test_reserved_bits_without_an_extension_fail_1002(impl: Any, rsv: int) -> None:
+    fail(1002, read(impl, frame(OP_TEXT, b"x", rsv=rsv))[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF])
+def test_reserved_opcodes_fail_1002_and_end_reading(impl: Any, opcode: int) -> None:
+    reader, events = read(impl, frame(opcode, b"x") + frame(OP_CLOSE, close_body(1000)))
+    fail(1002, events)
+    assert reader.done  # frames cannot be told apart any more: no Close is looked for
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_unmasked_client_frame_fails_1002(impl: Any) -> None:
+    reader, events = read(impl, build_frame(OP_TEXT, b"x"))
+    fail(1002, events)
+    assert reader.done
+    # a client's reader (the peer is a server) refuses the opposite
+    client = impl.FrameReader(100, client_frames=False)
+    assert client.feed(build_frame(OP_TEXT, b"x")) == [(OP_TEXT, b"x", False)]
+    fail(1002, client.feed(frame(OP_TEXT, b"x")))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
+def test_control_frames_over_125_bytes_or_fragmented_fail_1002(impl: Any, opcode: int) -> None:
+    fail(1002, read(impl, frame(opcode, b"x" * 126))[1])
+    fail(1002, read(impl, frame(opcode, b"x", fin=False))[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_reserved_bits_on_control_frames(impl: Any) -> None:
+    fail(1002, read(impl, frame(OP_PING, b"", rsv=4))[1])
+    reader, events = read(impl, frame(OP_CLOSE, close_body(1000), rsv=2))
+    assert events == [(EVENT_FAIL_IN_CLOSE, 1002, "reserved bits set on a control frame")]
+    assert reader.done
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fragmentation_rules(impl: Any) -> None:
+    fail(1002, read(impl, frame(OP_CONTINUATION, b"x"))[1])
+    fail(1002, read(impl, frame(OP_TEXT, b"a", fin=False) + frame(OP_TEXT, b"b"))[1])
+    fail(1002, read(impl, frame(OP_BINARY, b"a", fin=False) + frame(OP_BINARY, b"b"))[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_utf8_fails_at_the_first_bad_fragment(impl: Any) -> None:
+    fail(1007, read(impl, frame(OP_TEXT, b"\xc3"))[1])
+    # "é" split across fragments is fine
+    _, events = read(impl, frame(OP_TEXT, b"\xc3", fin=False) + frame(OP_CONTINUATION, b"\xa9"))
+    assert events == [(OP_TEXT, "é".encode(), False)]
+    # ED A0 can never become valid: the first fragment fails, before any continuation
+    reader = impl.FrameReader(100)
+    fail(1007, reader.feed(frame(OP_TEXT, b"ok\xed\xa0", fin=False)))
+    # a text message that ends inside a character
+    stream = frame(OP_TEXT, b"\xe2\x82", fin=False) + frame(OP_CONTINUATION, b"")
+    fail(1007, read(impl, stream)[1])
+    # binary messages are not text
+    assert read(impl, frame(OP_BINARY, b"\xff"))[1] == [(OP_BINARY, b"\xff", False)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_max_message_size_is_checked_from_the_header(impl: Any) -> None:
+    whole = frame(OP_BINARY, b"x" * 1001)
+    reader = impl.FrameReader(1000)
+    events = reader.feed(whole[:8])  # the header alone (2 + 2 + 4 bytes)
+    fail(1009, events)
+    assert reader.buffered == 0  # nothing of the frame was kept
+    assert read(impl, frame(OP_BINARY, b"x" * 1000), max_size=1000)[1][0][1] == b"x" * 1000
+    # fragments count together
+    stream = frame(OP_TEXT, b"x" * 600, fin=False) + frame(OP_CONTINUATION, b"x" * 401)
+    fail(1009, read(impl, stream, max_size=1000)[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_length_over_2_63_fails_1002(impl: Any) -> None:
+    header = bytes([0x82, 0x80 | 127]) + (1 << 63).to_bytes(8, "big") + b"abcd"
+    fail(1002, read(impl, header, max_size=1 << 62)[1])
+
+
+# ---- close frames ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"", (OP_CLOSE, 1005, "")),
+        (close_body(1000), (OP_CLOSE, 1000, "")),
+        (close_body(1001, "bye ☺".encode()), (OP_CLOSE, 1001, "bye ☺")),
+        (close_body(1014), (OP_CLOSE, 1014, "")),
+        (close_body(3000), (OP_CLOSE, 3000, "")),
+        (close_body(4999), (OP_CLOSE, 4999, "")),
+        (b"\x03", (EVENT_FAIL_IN_CLOSE, 1002, "close frame with a 1-byte payload")),
+        (close_body(999), (EVENT_FAIL_IN_CLOSE, 1002, "close code 999 may not be sent")),
+        (close_body(1004), (EVENT_FAIL_IN_CLOSE, 1002, "close code 1004 may not be sent")),
+        (close_body(1005), (EVENT_FAIL_IN_CLOSE, 1002, "close code 1005 may not be sent")),
+        (close_body(1006), (EVENT_FAIL_IN_CLOSE, 1002, "close code 1006 may not be sent")),
+        (close_body(1015), (EVENT_FAIL_IN_CLOSE, 1002, "close code 1015 may not be sent")),
+        (close_body(2999), (EVENT_FAIL_IN_CLOSE, 1002, "close code 2999 may not be sent")),
+        (close_body(5000), (EVENT_FAIL_IN_CLOSE, 1002, "close code 5000 may not be sent")),
+        (close_body(1000, b"\xff"), (EVENT_FAIL_IN_CLOSE, 1007, "close reason is not UTF-8")),
+    ],
+)
+def test_close_frames(impl: Any, body: bytes, expected: Event) -> None:
+    reader, events = read(impl, frame(OP_CLOSE, body) + frame(OP_TEXT, b"after"))
+    assert events == [expected]  # nothing after a Close is read
+    assert reader.done and reader.feed(frame(OP_PING)) == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_after_a_failure_only_the_peers_close_is_read(impl: Any) -> None:
+    reader = impl.FrameReader(1000)
+    events = reader.feed(
+        frame(OP_TEXT, b"x", rsv=2)  # fails
+        + frame(OP_PING, b"late")  # not reported: no pong goes after a failure
+        + frame(OP_TEXT, b"\xff")  # not checked
+    )
+    assert events == [(EVENT_FAIL, 1002, "reserved bits set without an extension")]
+    # a frame too large to keep is skipped as it arrives, without keeping a byte of it
+    big = frame(OP_BINARY, b"y" * 5000)
+    assert reader.feed(big[:3000]) == []
+    assert reader.buffered == 0
+    assert reader.feed(big[3000:] + frame(OP_CLOSE, close_body(1002))) == [(OP_CLOSE, 1002, "")]
+    assert reader.done
+
+
+# ---- reads split anywhere ----------------------------------------------------------------------
+
+STREAM = (
+    frame(OP_TEXT, "ünïcode".encode())
+    + frame(OP_BINARY, bytes(range(256)) * 3)  # a 16-bit length
+    + frame(OP_TEXT, "€".encode()[:2], fin=False)
+    + frame(OP_PING, b"between")
+    + frame(OP_CONTINUATION, "€".encode()[2:])
+    + frame(OP_BINARY, b"z" * 70000)  # a 64-bit length
+    + frame(OP_CLOSE, close_body(1000, b"done"))
+)
+
+
+def feed_all(reader: Any, pieces: list[bytes]) -> list[Event]:
+    events: list[Event] = []
+    for piece in pieces:
+        events += reader.feed(piece)
+    return events
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_stream_split_at_every_offset_reads_the_same(impl: Any) -> None:
+    expected = impl.FrameReader(1 << 20).feed(STREAM)
+    assert [e[0] for e in expected] == [OP_TEXT, OP_BINARY, OP_PING, OP_TEXT, OP_BINARY, OP_CLOSE]
+    small = STREAM[: len(STREAM) - 70014 - 8]  # without the large frame: every offset is cheap
+    small_expected = impl.FrameReader(1 << 20).feed(small)
+    for cut in range(1, len(small)):
+        assert feed_all(impl.FrameReader(1 << 20), [small[:cut], small[cut:]]) == small_expected
+    for cut in range(len(STREAM) - 70100, len(STREAM), 7):  # across the large frame's end
+        assert feed_all(impl.FrameReader(1 << 20), [STREAM[:cut], STREAM[cut:]]) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_stream_fed_byte_by_byte_reads_the_same(impl: Any) -> None:
+    stream = STREAM.replace(frame(OP_BINARY, b"z" * 70000), frame(OP_BINARY, b"z" * 300))
+    expected = impl.FrameReader(1 << 20).feed(stream)
+    reader = impl.FrameReader(1 << 20)
+    assert feed_all(reader, [stream[i : i + 1] for i in range(len(stream))]) == expected
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_only_unfinished_bytes_are_kept_and_given_back(impl: Any) -> None:
+    reader = impl.FrameReader(2 << 20)
+    assert reader.buffered == 0  # idle: no buffer
+    message = frame(OP_BINARY, b"m" * (1 << 20))
+    events: list[Event] = []
+    for at in range(0, len(message), 65536):  # as 64 KiB reads bring it
+        events += reader.feed(message[at : at + 65536])
+        if at + 65536 < len(message):
+            assert reader.buffered == at + 65536  # what has come of the frame, no more
+    assert events == [(OP_BINARY, b"m" * (1 << 20), False)]
+    assert reader.buffered == 0  # the 1 MiB is given back with the message
+    # a fragmented message: its payload so far, then nothing
+    reader.feed(frame(OP_TEXT, b"a" * 1000, fin=False))
+    assert reader.buffered == 1000
+    assert reader.feed(frame(OP_CONTINUATION, b"b")) == [(OP_TEXT, b"a" * 1000 + b"b", False)]
+    assert reader.buffered == 0
+
+
+# ---- the Rust reader against its reference -----------------------------------------------------
+
+_frames = st.tuples(
+    st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]),  # opcodes, some reserved
+    st.binary(max_size=300),
+    st.booleans(),  # fin
+    st.sampled_from([0, 0, 0, 4, 2]),  # rsv
+    st.booleans(),  # masked
+).map(lambda f: build_frame(f[0], f[1], fin=f[2], rsv=f[3], mask=f[4]))
+_texts = st.text(max_size=40).map(lambda t: t.encode())
+_valid = st.one_of(
+    _texts.map(lambda b: frame(OP_TEXT, b)),
+    st.tuples(_texts, st.integers(0, 40)).map(
+        lambda t: frame(OP_TEXT, t[0][: t[1]], fin=False) + frame(OP_CONTINUATION, t[0][t[1] :])
+    ),
+    st.binary(max_size=200).map(lambda b: frame(OP_BINARY, b)),
+    st.binary(max_size=125).map(lambda b: frame(OP_PING, b)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(st.one_of(_valid, _valid, _frames, st.binary(max_size=20)), max_size=12),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+    max_size=st.sampled_from([50, 400, 1 << 20]),
+    compression=st.booleans(),
+)
+def test_rust_reads_as_the_reference(
+    pieces: list[bytes], cuts: list[int], max_size: int, compression: bool
+) -> None:
+    stream = b"".join(pieces)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    readers = [impl.FrameReader(max_size, compression=compression) for impl in (rust, pure)]
+    for data in reads:
+        got = [reader.feed(data) for reader in readers]
+        assert got[0] == got[1]
+        states = [(r.failed, r.done, r.buffered) for r in readers]
+        assert states[0] == states[1]

@@ -1,0 +1,217 @@
+"""wse-fast's own server sockets (transport/server_socket.py) over real TCP: what arrives
+with the upgrade request is read, a connection keeps no read bytes when idle or after a
+large message, and every socket of a loop reads into one buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+from wse_fast import codec
+from wse_fast.constants import OP_PING, OP_PONG, OP_TEXT
+from wse_fast.server import WseServer
+
+from tests.conftest import ServerFactory
+from tests.test_framing import HI, RawPeer
+
+
+def upgrade_request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+    ).encode()
+
+
+async def welcomed_with_the_request(port: int) -> RawPeer:
+    """A peer whose upgrade request and hi leave in one write (one segment, one read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade_request(port) + codec.build_frame(OP_TEXT, HI, mask=True))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    peer = RawPeer(reader, writer)
+    opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    assert (opcode, json.loads(body)[0]) == (OP_TEXT, "~wse:welcome")
+    return peer
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server()
+    peer = await welcomed_with_the_request(server.port)
+    peer.writer.close()
+
+
+async def test_frames_sent_with_a_request_an_async_hook_held_are_read(
+    make_server: ServerFactory,
+) -> None:
+    decided = asyncio.Event()
+    asked = asyncio.Event()
+
+    async def on_upgrade(request: Any) -> None:
+        asked.set()
+        await decided.wait()
+
+    server = await make_server(on_upgrade=on_upgrade)
+    waiting = asyncio.ensure_future(welcomed_with_the_request(server.port))
+    await asyncio.wait_for(asked.wait(), 5)  # the request (and the hi after it) is held
+    decided.set()
+    peer = await asyncio.wait_for(waiting, 5)
+    peer.writer.close()
+
+
+def socket_of(server: WseServer) -> Any:
+    """The one connection's socket protocol (what its endpoint writes through)."""
+    [conn] = server.connections.values()
+    assert conn.endpoint is not None
+    return conn.endpoint.transport
+
+
+async def test_a_connection_keeps_no_read_bytes_idle_or_after_a_large_message(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(max_message_size=2 << 20)
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    sock = socket_of(server)
+    assert sock.buffered == 0  # idle
+    # a 1 MiB message of a type nobody listens to, in many reads, then a ping: its pong
+    # comes once everything before it was read
+    message = json.dumps(["nobody-listens", "m" * (1 << 20)]).encode()
+    frame = codec.build_frame(OP_TEXT, message, mask=True)
+    for at in range(0, len(frame), 50_000):
+        peer.writer.write(frame[at : at + 50_000])
+        await peer.writer.drain()
+    peer.send(OP_PING, b"after")
+    assert await asyncio.wait_for(peer.recv(), 5) == (OP_PONG, b"after")
+    assert sock.buffered == 0  # the megabyte is given back with the message
+    peer.writer.close()
+
+
+async def test_every_socket_of_a_loop_reads_into_one_buffer(make_server: ServerFactory) -> None:
+    server = await make_server()
+    first = await RawPeer.connect(server.port)
+    second = await RawPeer.connect(server.port)
+    sockets = [conn.endpoint.transport for conn in server.connections.values()]  # type: ignore[union-attr]
+    assert len(sockets) == 2
+    assert sockets[0].get_buffer(-1) is sockets[1].get_buffer(-1)
+    # and what one leaves there is not another's: each still reads its own frames
+    ping = codec.build_frame(OP_PING, b"one", mask=True)
+    first.writer.write(ping[:4])  # unfinished: its connection keeps these bytes
+    second.send(OP_PING, b"two")
+    assert await asyncio.wait_for(second.recv(), 5) == (OP_PONG, b"two")
+    first.writer.write(ping[4:])
+    assert await asyncio.wait_for(first.recv(), 5) == (OP_PONG, b"one")
+    first.writer.close()
+    second.writer.close()
+
+
+def test_the_server_path_does_not_import_picows_private_protocol() -> None:
+    # A server that accepts a connection and answers a message, in a fresh interpreter: the
+    # module that builds picows's private WSProtocol is never imported.
+    program = textwrap.dedent(
+        """
+        import asyncio, sys
+        from wse_fast import WseClient, WseServer
+
+        async def main():
+            server = WseServer(lambda request: request.accept(request.identity), port=0)
+            server.register("echo", lambda conn, payload: payload)
+            await server.start()
+            client = WseClient(f"ws://127.0.0.1:{server.port}")
+            await client.connect("alice")
+            assert await client.call("echo", 7) == 7
+            await client.close()
+            await server.close()
+
+        asyncio.run(main())
+        print(sorted(m for m in sys.modules if m.endswith("picows_listener")))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+async def http_answer(port: int, request: bytes) -> bytes:
+    """What the server answers ``request`` with, up to the end of its response head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+
+
+async def test_requests_that_are_not_websocket_upgrades_are_refused(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server()
+    port = server.port
+    good = upgrade_request(port)
+    plain_get = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    assert (await http_answer(port, plain_get)).startswith(b"HTTP/1.1 426")
+    old_version = good.replace(b"Version: 13", b"Version: 8")
+    assert (await http_answer(port, old_version)).startswith(b"HTTP/1.1 426")
+    no_connection = good.replace(b"Connection: Upgrade\r\n", b"")
+    assert (await http_answer(port, no_connection)).startswith(b"HTTP/1.1 400")
+    short_key = good.replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: AAAA")
+    assert (await http_answer(port, short_key)).startswith(b"HTTP/1.1 400")
+    post = good.replace(b"GET / ", b"POST / ")
+    assert (await http_answer(port, post)).startswith(b"HTTP/1.1 400")
+    huge = good.replace(b"\r\n\r\n", b"\r\nX-Big: " + b"x" * (20 << 10) + b"\r\n\r\n")
+    assert (await http_answer(port, huge)).startswith(b"HTTP/1.1 431")
+    # and the accept value is RFC 6455's (its section 1.3 example)
+    key_example = b"dGhlIHNhbXBsZSBub25jZQ=="
+    [original] = [line for line in good.split(b"\r\n") if line.startswith(b"Sec-WebSocket-Key")]
+    head = await http_answer(port, good.replace(original, b"Sec-WebSocket-Key: " + key_example))
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+
+
+def mapped_blocks_while_a_second_large_block_lives(fix: bool) -> int:
+    """In a fresh interpreter (glibc): a 1 MiB block allocated and freed, then another; how
+    many more blocks glibc has mapped on their own while the second lives."""
+    program = textwrap.dedent(
+        f"""
+        import ctypes
+        from wse_fast.transport.server_socket import give_large_blocks_back
+
+        class Info(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in (
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+            ).split()]
+
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = Info
+        if {fix}:
+            assert give_large_blocks_back()
+        before = libc.mallinfo2().hblks
+        first = bytearray(1 << 20)
+        del first
+        second = bytearray(1 << 20)
+        print(libc.mallinfo2().hblks - before)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_large_blocks_go_back_to_the_os_once_the_listener_runs() -> None:
+    # glibc's own threshold rises when the first block is freed: the second comes from the
+    # heap, which keeps it when freed; fixed, the second is mapped (and unmapped) too
+    assert mapped_blocks_while_a_second_large_block_lives(fix=False) == 0
+    assert mapped_blocks_while_a_second_large_block_lives(fix=True) == 1
