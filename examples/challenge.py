@@ -15,7 +15,7 @@ async def identify(req):
 
 
 async def connect(port, user, key):
-    client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+    client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
     client.challenge(hmac_solver(key))
     try:
         print(user, "->", await client.connect(user))

@@ -11,12 +11,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, assert_type
 
+import wse_fast
 from wse_fast import (
+    Channel,
+    Cid,
     Client,
+    ClientEvents,
+    ClusterOptions,
+    Compression,
     Connection,
     HandshakeRequest,
+    Limits,
     NotAuthorized,
+    Reconnect,
     RpcError,
+    ServerEvents,
+    ServerLimits,
     WseClient,
     WseError,
     WseServer,
@@ -260,3 +270,36 @@ async def lifetimes() -> None:
         assert_type(running, WseServer)
     async with WseClient("ws://127.0.0.1:1") as connected_client:
         assert_type(connected_client, WseClient)
+
+
+# ---- option objects, exported types and Cid ------------------------------------------------
+
+backoff = Reconnect(delay=0.1, jitter=0.0, codes={1006}, keep_trying=True)
+assert_type(backoff.wait(0), float)
+WseClient("ws://127.0.0.1:1", reconnect=backoff)
+WseClient("ws://127.0.0.1:1", reconnect=None)
+WseClient("ws://127.0.0.1:1", reconnect=True)  # E: arg-type
+WseClient("ws://127.0.0.1:1", reconnect_delay=0.5)  # E: call-arg
+Reconnect(delay="1s")  # E: arg-type
+
+assert_type(Limits(compression=Compression(level=1)).compression, Compression | None)
+ServerLimits(compression=Compression(takeover=True, window_bits=10))
+Limits(compression=True)  # E: arg-type
+Limits(compression_level=1)  # E: call-arg
+
+server.join_cluster("nats://127.0.0.1:4222")
+server.join_cluster(["nats://127.0.0.1:4222"], ClusterOptions(node="a", nats_options={}))
+server.join_cluster("nats://127.0.0.1:4222", node="a")  # E: call-arg
+
+events: ServerEvents = server.when
+client_events: ClientEvents = client.when
+server_channel: Channel[ServerEvents] = server.channel
+client_channel: Channel[ClientEvents] = client.channel
+user: Cid = "alice"
+server.send(user, "hello")
+server.send(("tenant", 7), "hello")
+server.send(["not", "hashable"], "hello")  # E: arg-type
+
+# the lazy __init__ still types every name, and a misspelt one is an error, not Any
+assert_type(wse_fast.Reconnect, type[Reconnect])
+misspelt = wse_fast.Reconect  # E: attr-defined

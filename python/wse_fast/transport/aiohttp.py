@@ -99,7 +99,7 @@ async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
         max_msg_size=server.limits.max_message_size,
         heartbeat=server.limits.ping_interval,
         timeout=server.limits.close_timeout,
-        compress=server.limits.compression,
+        compress=server.limits.compression is not None,
         autoclose=False,
     )
     if not ws.can_prepare(request).ok:
