@@ -1,7 +1,7 @@
 # examples/challenge.py: challenge-response authentication with a shared key (HMAC-SHA256).
 import uvloop
 from wse_fast import WSE_ERROR, WseClient, WseError, WseServer
-from wse_fast.auth import HmacChallenge, hmac_solver
+from wse_fast.hmac_challenge import HmacChallenge, hmac_solver
 
 KEYS = {"alice": b"alice's key"}  # the server's copy of each user's key
 auth = HmacChallenge(KEYS.get)  # single-use nonces, expiry, no user enumeration

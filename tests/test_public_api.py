@@ -70,3 +70,11 @@ def test_option_objects_check_their_values_when_made() -> None:
     with pytest.raises(ValueError):
         ClusterOptions(node_ttl=0)
     assert Limits(compression=Compression()).compression == Compression()
+
+
+def test_the_server_side_user_is_user_and_client_a_deprecated_alias() -> None:
+    from wse_fast.registry import User
+
+    assert wse_fast.User is User and "Client" not in wse_fast.__all__
+    with pytest.warns(DeprecationWarning, match=r"wse_fast\.Client is now wse_fast\.User"):
+        assert wse_fast.Client is User

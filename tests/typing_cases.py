@@ -15,7 +15,6 @@ import wse_fast
 from wse_fast import (
     Channel,
     Cid,
-    Client,
     ClientEvents,
     ClusterOptions,
     Compression,
@@ -27,6 +26,7 @@ from wse_fast import (
     RpcError,
     ServerEvents,
     ServerLimits,
+    User,
     WseClient,
     WseError,
     WseServer,
@@ -99,11 +99,11 @@ assert_type(client.register("echo", on_score), Callable[[float], float])
 
 
 @server.when.joined
-def joined(user: Client, meta: dict[str, Any], /) -> None: ...
+def joined(user: User, meta: dict[str, Any], /) -> None: ...
 
 
 @server.when.left
-def left(user: Client, code: int, reason: str, /) -> None: ...
+def left(user: User, code: int, reason: str, /) -> None: ...
 
 
 @server.when.connected
@@ -122,8 +122,8 @@ def server_ignored(conn: Connection, type: str, payload: Any, /) -> None: ...
 def server_error(err: Exception, conn: Connection | None, /) -> None: ...  # a wider type is fine
 
 
-assert_type(joined, Callable[[Client, dict[str, Any]], None])
-assert_type(left, Callable[[Client, int, str], None])
+assert_type(joined, Callable[[User, dict[str, Any]], None])
+assert_type(left, Callable[[User, int, str], None])
 assert_type(connected, Callable[[Connection], Coroutine[Any, Any, None]])
 assert_type(disconnected, Callable[[Connection, int, str], None])
 assert_type(server_ignored, Callable[[Connection, str, Any], None])
@@ -179,19 +179,19 @@ client.channel.off("news")
 
 
 @server.when.once.joined
-def first_joined(user: Client, meta: dict[str, Any], /) -> None: ...
+def first_joined(user: User, meta: dict[str, Any], /) -> None: ...
 
 
 @client.when.once.ready
 async def first_ready(welcome: Any, /) -> None: ...
 
 
-assert_type(first_joined, Callable[[Client, dict[str, Any]], None])
+assert_type(first_joined, Callable[[User, dict[str, Any]], None])
 assert_type(first_ready, Callable[[Any], Coroutine[Any, Any, None]])
 assert_type(server.channel.listeners("chat"), tuple[Callable[..., Any], ...])
 
 
-async def waits(conn: Connection, user: Client) -> None:
+async def waits(conn: Connection, user: User) -> None:
     assert_type(await client.when.wait("ready"), tuple[Any, ...])
     assert_type(await server.when.wait("joined", lambda user, meta: True), tuple[Any, ...])
     assert_type(conn.state, dict[str, Any])

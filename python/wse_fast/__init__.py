@@ -13,10 +13,10 @@ program that only uses the sans-I/O core stays light. Type checkers see the impo
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .auth import HmacChallenge, hmac_answer, hmac_solver
     from .authentication import Challenge, IdentifyRequest
     from .client import WseClient
     from .connection import Connection
@@ -34,19 +34,21 @@ if TYPE_CHECKING:
     )
     from .events import Channel, ClientEvents, ClientHandler, ServerEvents, ServerHandler
     from .handshake import HandshakeRequest
+    from .hmac_challenge import HmacChallenge, hmac_answer, hmac_solver
     from .listener import Listener
     from .options import ClusterOptions, Compression, Limits, Reconnect, ServerLimits
     from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
-    from .registry import Client
+    from .registry import Client as Client  # deprecated: User
+    from .registry import User
     from .server import WseServer
 
 __version__ = "0.1.0"
 
 #: Where each public name lives: the module is imported when the name is first read.
 _HOMES: dict[str, str] = {
-    "HmacChallenge": "auth",
-    "hmac_answer": "auth",
-    "hmac_solver": "auth",
+    "HmacChallenge": "hmac_challenge",
+    "hmac_answer": "hmac_challenge",
+    "hmac_solver": "hmac_challenge",
     "Challenge": "authentication",
     "IdentifyRequest": "authentication",
     "WseClient": "client",
@@ -80,7 +82,7 @@ _HOMES: dict[str, str] = {
     "JsonProtocol": "protocols",
     "MsgpackProtocol": "protocols",
     "WireProtocol": "protocols",
-    "Client": "registry",
+    "User": "registry",
     "WseServer": "server",
 }
 
@@ -92,7 +94,6 @@ __all__ = [
     "Challenge",
     "Channel",
     "Cid",
-    "Client",
     "ClientEvents",
     "ClientHandler",
     "ClusterOptions",
@@ -117,6 +118,7 @@ __all__ = [
     "ServerEvents",
     "ServerHandler",
     "ServerLimits",
+    "User",
     "WireProtocol",
     "WseClient",
     "WseError",
@@ -126,9 +128,21 @@ __all__ = [
 ]
 
 
+#: 0.1's names, still importable for one release with a DeprecationWarning: old name to
+#: (module, new name).
+_DEPRECATED: dict[str, tuple[str, str]] = {
+    "Client": ("registry", "User"),  # a user on the server, easily taken for WseClient
+}
+
 if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an error, not Any
 
     def __getattr__(name: str) -> Any:
+        if name in _DEPRECATED:
+            module, new = _DEPRECATED[name]
+            warnings.warn(
+                f"wse_fast.{name} is now wse_fast.{new}", DeprecationWarning, stacklevel=2
+            )
+            return getattr(importlib.import_module(f".{module}", __name__), new)
         home = _HOMES.get(name)
         if home is None:
             raise AttributeError(f"module 'wse_fast' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from .errors import ConnectionNotReady
 from .rpc import PendingCalls
 
 if TYPE_CHECKING:
-    from .registry import Client
+    from .registry import User
     from .sansio.session import ServerSession
     from .server import WseServer
     from .transport.base import Transport
@@ -55,7 +55,7 @@ class Connection:
         self.cid: Any = None
         self.identity: Any = None
         self.meta: dict[str, Any] = {}
-        self.client: Client | None = None
+        self.client: User | None = None
         self.endpoint: Transport | None = None
         self.forwarded_addr: tuple[str, int] | None = None  # the client, as a trusted proxy says
         self._pending: PendingCalls | None = None  # made by the first server-to-client call

@@ -38,9 +38,11 @@ def cid_from_text(text: str) -> Any:
     return json.loads(text[1:]) if text.startswith(_ENCODED) else text
 
 
-class Client:
-    """A user (``cid``, as identify gave it to accept: any hashable value) and its open
-    connections, oldest first; ``state`` is the application's own data for the user."""
+class User:
+    """A user on the server (``cid``, as identify gave it to accept: any hashable value) and
+    its open connections, oldest first; ``state`` is the application's own data for the user.
+    (0.1 called it ``Client``, beside the unrelated ``WseClient``; that name stays as a
+    deprecated alias for one release.)"""
 
     __slots__ = ("_conns", "_registry", "_state", "cid", "meta")
 
@@ -55,7 +57,7 @@ class Client:
         self._conns: tuple[Connection, ...] = (first,)
 
     def __repr__(self) -> str:
-        return f"<Client {self.cid!r} conns={len(self._conns)}>"
+        return f"<User {self.cid!r} conns={len(self._conns)}>"
 
     @property
     def state(self) -> dict[str, Any]:
@@ -100,7 +102,7 @@ class Client:
 
 
 class UserRegistry:
-    """``clients``: cid to :class:`Client`, for users with at least one open connection."""
+    """``clients``: cid to :class:`User`, for users with at least one open connection."""
 
     __slots__ = ("clients", "conn_per_user", "encode", "metrics")
 
@@ -133,3 +135,7 @@ class UserRegistry:
             return None
         del self.clients[client.cid]
         return client
+
+
+#: Deprecated: 0.1's name of :class:`User` (a user on the server, not a :class:`WseClient`).
+Client = User

@@ -27,7 +27,7 @@ from .metrics import ServerMetrics
 from .options import ClusterOptions, ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
-from .registry import Client, UserRegistry
+from .registry import User, UserRegistry
 from .sansio.deflate import Agreement, PerMessageDeflate
 from .server_connection import ServerConnection
 from .transport.admission import (
@@ -127,7 +127,7 @@ class WseServer(Peer[ServerEvents]):
 
         self.when = ServerEvents()
         self.registry = UserRegistry(self.encode, conn_per_user)
-        self.clients: dict[Any, Client] = self.registry.clients  # users with open connections
+        self.clients: dict[Any, User] = self.registry.clients  # users with open connections
         # every open socket, authenticated or not
         self.connections: dict[str, ServerConnection] = {}
         self.challenger: Callable[..., Any] | None = None
