@@ -299,3 +299,29 @@ async def test_an_awaitable_from_a_plain_function_is_refused_on_the_own_listener
         assert "declare it with async def" in caplog.text
     finally:
         await server.close()
+
+
+async def test_an_upgrade_whose_hook_answers_while_the_server_closes_gets_503(
+    make_server: ServerFactory,
+) -> None:
+    """close() looks at the connections once, when it begins: one that the hook let in after
+    that would outlive the close (open, not drained, never dropped)."""
+    asked, release = asyncio.Event(), asyncio.Event()
+
+    async def on_upgrade(request: HandshakeRequest) -> Any:
+        asked.set()
+        await release.wait()
+
+    server = await make_server(on_upgrade=on_upgrade)
+    upgrading = asyncio.ensure_future(upgrade_to(server))
+    async with asyncio.timeout(5):
+        await asked.wait()
+    closing = asyncio.ensure_future(server.close(grace=10))
+    await asyncio.sleep(0.05)
+    release.set()
+    async with asyncio.timeout(5):
+        _, writer, head = await upgrading
+        await closing
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 503"), head
+    assert server.connections == {}

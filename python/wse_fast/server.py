@@ -560,7 +560,7 @@ class WseServer(Peer[ServerEvents]):
         client that a trusted proxy names; none while the server drains (see :meth:`close`):
         a client comes back to another server."""
         if self.closing:
-            return HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down"
+            return _SHUTTING_DOWN
         if self.origins is not None and headers.get("Origin") not in self.origins:
             return HTTPStatus.FORBIDDEN, "origin not allowed"
         remote = client_address(peer, headers, self.trusted_proxies)
@@ -588,6 +588,10 @@ class WseServer(Peer[ServerEvents]):
                         raise  # the hook's own timeout: a failure like any other
                     log.warning("on_upgrade did not answer in time; the upgrade is refused")
                     return HTTPStatus.SERVICE_UNAVAILABLE, ""
+                if self.closing:
+                    # close() began while the hook ran: its drain has already looked at the
+                    # connections, so one opened now would outlive the close
+                    return _SHUTTING_DOWN
         except Exception:
             log.exception("on_upgrade failed; the upgrade is refused")
             return HTTPStatus.INTERNAL_SERVER_ERROR, ""
@@ -635,6 +639,8 @@ class WseServer(Peer[ServerEvents]):
             verdict = self.admit(
                 request.path.decode("latin-1"), headers, guard.peer, guard, offered, request
             )
+        elif self.closing:  # close() began after the hook answered, before this
+            verdict = _SHUTTING_DOWN
         elif isinstance(vetted, HandshakeRequest):
             vetted.native = request
             verdict = self._open(vetted, guard, offered)
@@ -801,6 +807,10 @@ class WseServer(Peer[ServerEvents]):
                 self.when.emit("offline", left.cid)
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
+
+
+#: The refusal of an upgrade while the server closes: a client comes back to another server.
+_SHUTTING_DOWN = (HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down")
 
 
 def _forwarded(remote: tuple[str, int], peer: Any) -> bool:
