@@ -325,3 +325,40 @@ async def test_an_upgrade_whose_hook_answers_while_the_server_closes_gets_503(
     writer.close()
     assert head.startswith(b"HTTP/1.1 503"), head
     assert server.connections == {}
+
+
+async def test_everything_held_after_the_head_reaches_picows_when_its_first_frame_accepts(
+    log: EventLog,
+) -> None:
+    # A synchronous identify accepts the connection while picows reads the held bytes, and
+    # the guard steps aside then: the call held after the identify (more than picows reads
+    # at once) still reaches the server, whole.
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        log.hook("asked")()
+        await asyncio.sleep(0)
+
+    server = WseServer(accept_identity, port=0, on_upgrade=on_upgrade)
+    server.register("size", lambda conn, payload: len(payload))
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+        ).encode()
+        call = json.dumps(["size", "x" * 10_000, "1"]).encode()
+        hi = codec.build_frame(0x1, HI, fin=True, mask=True)
+        writer.write(request + hi + codec.build_frame(0x1, call, fin=True, mask=True))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        peer = RawPeer(reader, writer)
+        _, welcome = await asyncio.wait_for(peer.recv(), 5)
+        assert json.loads(welcome)[0] == "~wse:welcome"
+        _, answer = await asyncio.wait_for(peer.recv(), 5)
+        assert json.loads(answer) == ["~wse:response", 10_000, "1"]
+        assert log.of("asked") == [()]
+        writer.close()
+    finally:
+        await server.close()

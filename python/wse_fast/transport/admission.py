@@ -306,12 +306,16 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         held = memoryview(head)[:length]
-        while held and self._inner is not None and not self._transport.is_closing():
-            buffer = self._inner.get_buffer(-1)
+        # Fed to picows to the end, also once a message in it got the connection accepted
+        # (the guard then stepped aside, and picows is the socket's protocol): what the
+        # client sent after that message must not be lost.
+        inner, transport = self._inner, self._transport
+        while held and inner is not None and transport is not None and not transport.is_closing():
+            buffer = inner.get_buffer(-1)
             n = min(len(buffer), len(held))
             buffer[:n] = held[:n]
             held = held[n:]
-            self._inner.buffer_updated(n)
+            inner.buffer_updated(n)
 
     def _exhausted(self) -> None:
         transport = self._transport
