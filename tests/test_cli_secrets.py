@@ -25,7 +25,7 @@ import nats
 import nats.errors
 import pytest
 from wse_fast import Connection, IdentifyRequest, WseClient, WseServer
-from wse_fast.cluster.local_nats import LocalNats
+from wse_fast.cluster.local_nats import LocalNats, without_credentials
 
 from tests.conftest import EventLog, ServerFactory, url_of
 from tests.test_cli import COMMAND, ROOT, Served, exited, tell_across
@@ -210,6 +210,21 @@ async def test_no_cluster_on_the_command_line_beats_the_environment() -> None:
     finally:
         status, output = await served.terminate()
     assert status == 0, output
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://user:secret@10.0.0.1:4222", "nats://10.0.0.1:4222"),
+        ("tls://token@nats.example.com", "tls://nats.example.com"),
+        # nats-py's URLs without a scheme (it puts nats:// in front) carry credentials too
+        ("user:secret@10.0.0.1:4222", "10.0.0.1:4222"),
+        ("secret@nats.example.com", "nats.example.com"),
+        ("10.0.0.1:4222", "10.0.0.1:4222"),
+    ],
+)
+def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
+    assert without_credentials(url) == shown
 
 
 # ---- the application's directory ---------------------------------------------------------
