@@ -65,6 +65,13 @@ log = logging.getLogger("wse_fast.cli")
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: What ``/metrics`` imports at its first scrape (see ``serve_one``).
+PROMETHEUS_MODULES = (
+    "prometheus_client",
+    "prometheus_client.core",
+    "prometheus_client.exposition",
+    "prometheus_client.registry",
+)
 #: ``serve --cluster``'s environment variable: how the workers get their cluster's URLs
 #: (credentials included), and how a user gives a URL with a password without argv.
 CLUSTER_ENV = "WSE_FAST_CLUSTER"
@@ -241,6 +248,11 @@ async def serve_one(
         # imported before load_server puts the application's directory first on sys.path,
         # where a nats.py would otherwise be imported by join_cluster in its place
         importlib.import_module("wse_fast.cluster.nats_cluster")
+    if metrics_at is not None and prometheus_installed():
+        # the same for what the first scrape of /metrics imports (a prometheus_client.py
+        # there would run then, at a request from the network)
+        for name in PROMETHEUS_MODULES:
+            importlib.import_module(name)
     if group_fds is not None:
         lifeline = group_fds[1]
 
@@ -609,7 +621,10 @@ async def serve_group(
                 raise click.ClickException(str(exc)) from None
             cluster = [local_nats.url]
             log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.address)
-        command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
+        # -P: "-m" would put the working directory first on sys.path before anything is
+        # imported, where an orjson.py or msgpack.py would replace the server's own (the
+        # worker's load_server puts it there once they are imported, as a single serve does)
+        command = [sys.executable, "-P", "-m", "wse_fast", "serve", spec, "--host", host]
         command += ["--port", str(port), "--log-level", log_level, *ssl_options]
         command += ["--graceful-timeout", str(grace)]
         if node_prefix is not None:
