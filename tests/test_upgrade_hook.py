@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from wse_fast import Listener, WseServer, codec
+from wse_fast import Listener, ServerLimits, WseServer, codec
 from wse_fast.handshake import HandshakeRequest
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
@@ -362,3 +362,50 @@ async def test_everything_held_after_the_head_reaches_picows_when_its_first_fram
         writer.close()
     finally:
         await server.close()
+
+
+async def test_flow_control_paused_by_what_was_held_stays_paused(log: EventLog) -> None:
+    # The held bytes bring the identify and more calls than max_in_flight: the connection
+    # pauses reading while picows reads them. The guard, which paused reading for the hook,
+    # must not resume it after: the client would then be read without bound (each message
+    # kept, copied, until a handler ends).
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        await asyncio.sleep(0)
+
+    server = WseServer(
+        accept_identity, port=0, on_upgrade=on_upgrade, limits=ServerLimits(max_in_flight=2)
+    )
+    never = asyncio.Event()
+
+    @server.register("hold")
+    async def hold(conn: Any, payload: Any) -> None:
+        await never.wait()
+
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+        ).encode()
+
+        def call(n: int) -> bytes:
+            body = json.dumps(["hold", n, str(n)]).encode()
+            return codec.build_frame(0x1, body, fin=True, mask=True)
+
+        hi = codec.build_frame(0x1, HI, fin=True, mask=True)
+        writer.write(request + hi + b"".join(call(n) for n in range(3)))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        await eventually(lambda: server.tasks_running == 2)
+        (conn,) = server.connections.values()
+        for n in range(3, 2003):  # while the two calls run, none of this is read
+            writer.write(call(n))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        assert len(conn._backlog or ()) <= 1
+        writer.close()
+    finally:
+        await server.close(grace=0)

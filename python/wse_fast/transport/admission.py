@@ -273,11 +273,14 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._transport.abort()
             return
         self.vetted = vetting.result()
+        # Reading resumes before picows reads what was held (nothing is read in between: it
+        # is all in this callback), so that a pause the connection asks for meanwhile (flow
+        # control, with more calls held than max_in_flight) holds: the endpoint pauses only
+        # a transport that reads, and resuming after would undo its pause.
         transport = self._transport
-        self._pass_head()
-        # even when what was held got the connection accepted (the guard then stepped aside)
         if not transport.is_closing():
             transport.resume_reading()
+        self._pass_head()
 
     def _head_timed_out(self) -> None:
         """The handshake timeout, while the request is held: a client that has not sent its
