@@ -409,3 +409,25 @@ async def test_flow_control_paused_by_what_was_held_stays_paused(log: EventLog) 
         writer.close()
     finally:
         await server.close(grace=0)
+
+
+async def test_a_hook_cancelled_from_within_ends_its_socket_without_a_handshake_timeout() -> None:
+    # (a hook awaiting something that was cancelled): with no handshake timeout, nothing
+    # else would ever end the socket, paused and counted as a stranger
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        raise asyncio.CancelledError
+
+    limits = ServerLimits(handshake_timeout=None)
+    server = WseServer(accept_identity, port=0, on_upgrade=on_upgrade, limits=limits)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # ended, not held for ever
+        writer.close()
+        await eventually(lambda: server.admission.total == 0)
+    finally:
+        await server.close()

@@ -265,8 +265,14 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     def _vet_done(self, vetting: asyncio.Future[Any]) -> None:
         self._vetting = None
-        if self._inner is None or vetting.cancelled():
+        if self._inner is None:
             return  # the socket is gone
+        if vetting.cancelled():
+            # by the handshake timeout (which answered and closed), or from within the hook:
+            # then nothing else would end the socket, which holds a stranger's place
+            if not self._transport.is_closing():
+                self._transport.abort()
+            return
         exc = vetting.exception()
         if exc is not None:
             log.error("an upgrade could not be vetted", exc_info=exc)
