@@ -472,11 +472,14 @@ class NatsCluster:
         key: str,
         change: Callable[[list[list[str]]], list[list[str]]],
         guess_new: bool = False,
+        recheck: frozenset[str] = frozenset(),
     ) -> tuple[list[list[str]], list[list[str]]]:
         """Applies ``change`` to the list under ``key`` by compare-and-set: the list it read
         and the list it wrote, in the change that took (nothing is written when ``change``
         leaves the list as it was). ``guess_new``: try first as if the user had no list
-        (most users have one connection), which saves a round trip when so."""
+        (most users have one connection), which saves a round trip when so. ``recheck``:
+        nodes looked up in the bucket whenever the list names them, even if found dead a
+        moment ago (see :meth:`_learn_nodes`)."""
         users = self._require(self._users)
         async with self._change_slots:
             for attempt in range(_CAS_ATTEMPTS):
@@ -489,7 +492,8 @@ class NatsCluster:
                         revision, entries = entry.revision, _decode_entries(entry.value)
                     except (KeyNotFoundError, KeyDeletedError):
                         revision, entries = None, []
-                await self._learn_nodes(entries)  # never forget a node only this one thinks dead
+                # never forget a node only this one thinks dead
+                await self._learn_nodes(entries, recheck)
                 after = change(entries)
                 if after == entries and not (guess_new and attempt == 0):
                     return entries, after
@@ -653,9 +657,16 @@ class NatsCluster:
             # alive again (a paused node that resumed, a restart under its name): kept
             return [e for e in entries if e[0] not in claimed or e[0] in self.alive]
 
+        # A swept node may come back meanwhile (paused longer than its TTL, or NATS frozen so
+        # long that every key expired at once): it writes its key, then its entries again.
+        # Each list that names it looks it up afresh, never from a recent "dead" (the CAS
+        # retries a list it wrote meanwhile), so that its entries written since stay.
+        recheck = frozenset(claimed)
         for start in range(0, len(keys), _CHANGES_AT_ONCE):
             chunk = keys[start : start + _CHANGES_AT_ONCE]
-            await asyncio.gather(*(self._change(key, without_dead) for key in chunk))
+            await asyncio.gather(
+                *(self._change(key, without_dead, recheck=recheck) for key in chunk)
+            )
         log.info("cluster node %s: swept the entries of %s", self.node, ", ".join(sorted(claimed)))
 
     def _swept(self, task: asyncio.Task[None]) -> None:
@@ -913,13 +924,18 @@ class NatsCluster:
             return False
         return True
 
-    async def _learn_nodes(self, entries: list[list[str]]) -> None:
+    async def _learn_nodes(
+        self, entries: list[list[str]], recheck: frozenset[str] = frozenset()
+    ) -> None:
         """Nodes in ``entries`` that this node does not know alive are looked up: one that
         joined since the last renewal is alive although this node has not seen it yet. A node
-        found dead is not looked up again for a third of ``node_ttl``."""
+        found dead is not looked up again for a third of ``node_ttl``, unless in
+        ``recheck``."""
         now = time.monotonic()
         unknown = {node for node, _ in entries} - self.alive - {self.node}
-        unknown = {node for node in unknown if self._not_alive.get(node, 0.0) <= now}
+        unknown = {
+            node for node in unknown if node in recheck or self._not_alive.get(node, 0.0) <= now
+        }
         found = []
         for node in unknown:
             if await self._exists(f"n.{node}"):
