@@ -589,7 +589,7 @@ class WseServer(Peer[ServerEvents]):
         client that a trusted proxy names; none while the server drains (see :meth:`close`):
         a client comes back to another server."""
         if self.closing:
-            return HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down"
+            return _SHUTTING_DOWN
         if self.origins is not None and headers.get("Origin") not in self.origins:
             return HTTPStatus.FORBIDDEN, "origin not allowed"
         remote = client_address(peer, headers, self.trusted_proxies)
@@ -617,6 +617,10 @@ class WseServer(Peer[ServerEvents]):
                         raise  # the hook's own timeout: a failure like any other
                     log.warning("on_upgrade did not answer in time; the upgrade is refused")
                     return HTTPStatus.SERVICE_UNAVAILABLE, ""
+                if self.closing:
+                    # close() began while the hook ran: its drain has already looked at the
+                    # connections, so one opened now would outlive the close
+                    return _SHUTTING_DOWN
         except Exception:
             log.exception("on_upgrade failed; the upgrade is refused")
             return HTTPStatus.INTERNAL_SERVER_ERROR, ""
@@ -686,6 +690,8 @@ class WseServer(Peer[ServerEvents]):
         vetted = guard.vetted  # what vet_upgrade answered, with an async on_upgrade
         if vetted is None:
             verdict = self.admit(target, headers, guard.peer, guard, offered, native)
+        elif self.closing:  # close() began after the hook answered, before this
+            verdict = _SHUTTING_DOWN
         elif isinstance(vetted, HandshakeRequest):
             vetted.native = native
             verdict = self._open(vetted, guard, offered)
@@ -844,6 +850,10 @@ class WseServer(Peer[ServerEvents]):
             self.presence.removed(conn.cid, conn.conn_id, left is not None)  # and offline
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
+
+
+#: The refusal of an upgrade while the server closes: a client comes back to another server.
+_SHUTTING_DOWN = (HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down")
 
 
 def _forwarded(remote: tuple[str, int], peer: Any) -> bool:

@@ -265,19 +265,28 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     def _vet_done(self, vetting: asyncio.Future[Any]) -> None:
         self._vetting = None
-        if self._inner is None or vetting.cancelled():
+        if self._inner is None:
             return  # the socket is gone
+        if vetting.cancelled():
+            # by the handshake timeout (which answered and closed), or from within the hook:
+            # then nothing else would end the socket, which holds a stranger's place
+            if not self._transport.is_closing():
+                self._transport.abort()
+            return
         exc = vetting.exception()
         if exc is not None:
             log.error("an upgrade could not be vetted", exc_info=exc)
             self._transport.abort()
             return
         self.vetted = vetting.result()
+        # Reading resumes before picows reads what was held (nothing is read in between: it
+        # is all in this callback), so that a pause the connection asks for meanwhile (flow
+        # control, with more calls held than max_in_flight) holds: the endpoint pauses only
+        # a transport that reads, and resuming after would undo its pause.
         transport = self._transport
-        self._pass_head()
-        # even when what was held got the connection accepted (the guard then stepped aside)
         if not transport.is_closing():
             transport.resume_reading()
+        self._pass_head()
 
     def _head_timed_out(self) -> None:
         """The handshake timeout, while the request is held: a client that has not sent its
@@ -306,12 +315,16 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         held = memoryview(head)[:length]
-        while held and self._inner is not None and not self._transport.is_closing():
-            buffer = self._inner.get_buffer(-1)
+        # Fed to picows to the end, also once a message in it got the connection accepted
+        # (the guard then stepped aside, and picows is the socket's protocol): what the
+        # client sent after that message must not be lost.
+        inner, transport = self._inner, self._transport
+        while held and inner is not None and transport is not None and not transport.is_closing():
+            buffer = inner.get_buffer(-1)
             n = min(len(buffer), len(held))
             buffer[:n] = held[:n]
             held = held[n:]
-            self._inner.buffer_updated(n)
+            inner.buffer_updated(n)
 
     def _exhausted(self) -> None:
         transport = self._transport

@@ -279,6 +279,14 @@ class Endpoint(WSListener):  # type: ignore[misc]
         held = self._held
         if held is None:
             return
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            self._held, self._held_bytes = None, 0
+            return
+        if transport.is_close_frame_sent:
+            # picows failed the connection by itself meanwhile: nothing after its Close
+            self._closed_by_picows()
+            return
         self._held = None  # writes go straight to the transport again...
         while held:
             # about one high-water mark's worth per write: one system call for many frames
