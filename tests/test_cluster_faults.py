@@ -344,9 +344,9 @@ async def test_a_sweep_keeps_the_entries_of_a_swept_node_that_came_back(
         await nodes.put("n.b", b"b")  # b renewed its key...
         key = "u." + "0" * 40
         await users.put(key, msgpack.packb([["b", "b-instance:1"]]))  # ... then its entries
-        cluster.alive = cluster.alive - {"b"}  # a's view from before b came back
-        cluster._not_alive["b"] = time.monotonic() + 100
-        await cluster._sweep(["b"])
+        cluster.link.alive = cluster.link.alive - {"b"}  # a's view from before b came back
+        cluster.link._not_alive["b"] = time.monotonic() + 100
+        await cluster.presence._sweep(["b"])
         entry = await users.get(key)
         assert msgpack.unpackb(entry.value) == [["b", "b-instance:1"]]
     finally:
