@@ -13,7 +13,6 @@ import click
 from ..metrics import prometheus_installed
 from ..server import WseServer
 
-
 #: What ``/metrics`` imports at its first scrape.
 PROMETHEUS_MODULES = (
     "prometheus_client",
