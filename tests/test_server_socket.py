@@ -215,3 +215,35 @@ def test_large_blocks_go_back_to_the_os_once_the_listener_runs() -> None:
     # heap, which keeps it when freed; fixed, the second is mapped (and unmapped) too
     assert mapped_blocks_while_a_second_large_block_lives(fix=False) == 0
     assert mapped_blocks_while_a_second_large_block_lives(fix=True) == 1
+
+
+def virtual_memory() -> int:
+    """This process's virtual size (VmSize), in bytes: what is reserved, touched or not."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize in /proc/self/status")
+
+
+async def test_strangers_declaring_large_frames_reserve_only_what_they_sent(
+    make_server: ServerFactory,
+) -> None:
+    # Each stranger declares a 1 MB frame and sends 1 KiB of it: the server may keep that
+    # KiB, not room for the megabyte (2 048 strangers would reserve 2 GiB, which an address
+    # space limit or strict overcommit turns into an allocation failure, and Rust aborts).
+    strangers = 128
+    server = await make_server()
+    peers = [await RawPeer.connect(server.port) for _ in range(strangers)]
+    before = virtual_memory()
+    declared = codec.build_frame(OP_TEXT, b"x" * 1_000_000, mask=True)
+    for peer in peers:
+        peer.writer.write(declared[:1024])
+    sockets = [conn.endpoint.transport for conn in server.connections.values()]  # type: ignore[union-attr]
+    async with asyncio.timeout(5):  # every socket has read its KiB
+        while sum(sock.buffered for sock in sockets) < strangers * 1024:
+            await asyncio.sleep(0.005)
+    growth = virtual_memory() - before
+    assert growth < strangers * 64 * 1024, f"{growth >> 20} MiB reserved for {strangers} KiB"
+    for peer in peers:
+        peer.writer.close()
