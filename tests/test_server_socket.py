@@ -178,9 +178,13 @@ async def test_requests_that_are_not_websocket_upgrades_are_refused(
     assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
 
 
-def mapped_blocks_while_a_second_large_block_lives(fix: bool) -> int:
-    """In a fresh interpreter (glibc): a 1 MiB block allocated and freed, then another; how
-    many more blocks glibc has mapped on their own while the second lives."""
+def mapped_blocks_while_a_second_large_block_lives(
+    fix: bool, **environment: str
+) -> tuple[bool, int]:
+    """In a fresh interpreter (glibc) with ``environment`` added: whether
+    give_large_blocks_back fixed the threshold (when ``fix``), and, a 1 MiB block allocated
+    and freed, then another, how many more blocks glibc has mapped on their own while the
+    second lives."""
     program = textwrap.dedent(
         f"""
         import ctypes
@@ -193,28 +197,54 @@ def mapped_blocks_while_a_second_large_block_lives(fix: bool) -> int:
 
         libc = ctypes.CDLL(None)
         libc.mallinfo2.restype = Info
-        if {fix}:
-            assert give_large_blocks_back()
+        fixed = give_large_blocks_back() if {fix} else False
         before = libc.mallinfo2().hblks
         first = bytearray(1 << 20)
         del first
         second = bytearray(1 << 20)
-        print(libc.mallinfo2().hblks - before)
+        print(fixed, libc.mallinfo2().hblks - before)
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "WSE_FAST_MMAP_THRESHOLD")
+    }
     done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **environment},
     )
     assert done.returncode == 0, done.stderr
-    return int(done.stdout)
+    fixed, mapped = done.stdout.split()
+    return fixed == "True", int(mapped)
 
 
 def test_large_blocks_go_back_to_the_os_once_the_listener_runs() -> None:
     # glibc's own threshold rises when the first block is freed: the second comes from the
     # heap, which keeps it when freed; fixed, the second is mapped (and unmapped) too
-    assert mapped_blocks_while_a_second_large_block_lives(fix=False) == 0
-    assert mapped_blocks_while_a_second_large_block_lives(fix=True) == 1
+    assert mapped_blocks_while_a_second_large_block_lives(fix=False) == (False, 0)
+    assert mapped_blocks_while_a_second_large_block_lives(fix=True) == (True, 1)
+
+
+def test_the_threshold_is_left_alone_where_the_operator_chose_one() -> None:
+    # glibc's tunable (here 4 MiB: a 1 MiB block comes from the heap) stays as chosen
+    tunable = "glibc.malloc.mmap_threshold=4194304"
+    assert mapped_blocks_while_a_second_large_block_lives(True, GLIBC_TUNABLES=tunable) == (
+        False,
+        0,
+    )
+    # off: glibc's dynamic threshold, as without the listener
+    assert mapped_blocks_while_a_second_large_block_lives(True, WSE_FAST_MMAP_THRESHOLD="off") == (
+        False,
+        0,
+    )
+    # a threshold of the operator's own
+    assert mapped_blocks_while_a_second_large_block_lives(
+        True, WSE_FAST_MMAP_THRESHOLD=str(2 << 20)
+    ) == (True, 0)
 
 
 def virtual_memory() -> int:

@@ -67,7 +67,22 @@ def shared_read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
 _M_MMAP_THRESHOLD = -3
 #: Blocks from this size on go back to the OS when freed (glibc's initial threshold).
 LARGE_BLOCK = 128 * 1024
+#: The environment variable that sets the threshold :func:`give_large_blocks_back` fixes
+#: (bytes), or ``off`` to leave glibc's own (dynamic) threshold alone.
+MMAP_THRESHOLD_ENV = "WSE_FAST_MMAP_THRESHOLD"
 _large_blocks_fixed = False
+
+
+def _threshold_chosen_for_glibc() -> bool:
+    """Whether the environment gave glibc a threshold of its own: ``MALLOC_MMAP_THRESHOLD_``
+    or the ``glibc.malloc.mmap_threshold`` tunable (``GLIBC_TUNABLES``, glibc 2.26+)."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return True
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(
+        item.split("=", 1)[0].strip() == "glibc.malloc.mmap_threshold"
+        for item in tunables.split(":")
+    )
 
 
 def give_large_blocks_back() -> bool:
@@ -78,19 +93,26 @@ def give_large_blocks_back() -> bool:
     freed: after one connection's large message, the next ones come from the heap, which
     keeps what they freed. Measured with ``benches/memory.py --step 1000 --steps 2
     --message 1000000``: RSS per connection after each sent one 1 MB message 4.8 KiB, twice
-    its idle 2.5 KiB, and 2.5 KiB with the threshold fixed. Once per process, on glibc only,
-    and not when ``MALLOC_MMAP_THRESHOLD_`` in the environment has chosen one already.
+    its idle 2.5 KiB, and 2.5 KiB with the threshold fixed.
+
+    It is process-wide (every thread, every library): each block from the threshold on then
+    costs an ``mmap``/``munmap`` and page faults. So it is done once per process, on glibc
+    only, and not when the environment has chosen a threshold for glibc already
+    (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N``), nor when
+    :data:`MMAP_THRESHOLD_ENV` is ``off``; that variable may also give the threshold in bytes.
     """
     global _large_blocks_fixed
     if _large_blocks_fixed:
         return True
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
+    choice = os.environ.get(MMAP_THRESHOLD_ENV, "").strip().lower()
+    if choice == "off" or _threshold_chosen_for_glibc() or platform.libc_ver()[0] != "glibc":
         return False
+    threshold = int(choice) if choice else LARGE_BLOCK
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    _large_blocks_fixed = bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK))
+    _large_blocks_fixed = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
     return _large_blocks_fixed
 
 
