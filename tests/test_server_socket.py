@@ -178,6 +178,34 @@ async def test_requests_that_are_not_websocket_upgrades_are_refused(
     assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
 
 
+async def test_upgrade_requests_that_could_be_read_two_ways_are_refused(
+    make_server: ServerFactory,
+) -> None:
+    # what a proxy in front could read otherwise than the server: refused, not guessed at
+    server = await make_server()
+    port = server.port
+    good = upgrade_request(port)
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    [key] = [line for line in good.split(b"\r\n") if line.startswith(b"Sec-WebSocket-Key")]
+    ambiguous = {
+        "no Host": good.replace(host, b""),
+        "two Hosts": good.replace(host, host + b"Host: elsewhere\r\n"),
+        "two keys": good.replace(key, key + b"\r\n" + key.replace(b": ", b": x")),
+        "a bare LF": good.replace(host, host[:-2] + b"\nX-Forwarded-For: 10.0.0.1\r\n"),
+        "a bare CR": good.replace(host, host[:-2] + b"\rX-Forwarded-For: 10.0.0.1\r\n"),
+        "a NUL": good.replace(host, host[:-2] + b"\x00\r\n"),
+        "a name that is not a token": good.replace(host, host + b"X Forwarded For: a\r\n"),
+    }
+    for what, request in ambiguous.items():
+        answer = await http_answer(port, request)
+        assert answer.startswith(b"HTTP/1.1 400"), (what, answer)
+    # Connection is a list, in one field line or several
+    split = good.replace(
+        b"Connection: Upgrade\r\n", b"Connection: keep-alive\r\nConnection: Upgrade\r\n"
+    )
+    assert (await http_answer(port, split)).startswith(b"HTTP/1.1 101")
+
+
 def mapped_blocks_while_a_second_large_block_lives(
     fix: bool, **environment: str
 ) -> tuple[bool, int]:

@@ -126,12 +126,21 @@ def handshake_problem(headers: CIMultiDictProxy[str]) -> tuple[int, str] | None:
     body to refuse it with; None when it is one."""
     if headers.get("Upgrade", "").strip().lower() != "websocket":
         return HTTPStatus.UPGRADE_REQUIRED, "a WebSocket upgrade is required"
-    connection = headers.get("Connection", "")
-    if "upgrade" not in (token.strip().lower() for token in connection.split(",")):
+    # RFC 9110 §7.6.1: Connection is a list, which may come in several field lines
+    tokens = (
+        t.strip().lower() for line in headers.getall("Connection", ()) for t in line.split(",")
+    )
+    if "upgrade" not in tokens:
         return HTTPStatus.BAD_REQUEST, "Connection: Upgrade is missing"
+    if len(headers.getall("Host", ())) != 1:
+        # RFC 9112 §3.2: an HTTP/1.1 request with no Host, or more than one, is refused
+        return HTTPStatus.BAD_REQUEST, "exactly one Host is required"
     if headers.get("Sec-WebSocket-Version", "").strip() != "13":
         return HTTPStatus.UPGRADE_REQUIRED, "Sec-WebSocket-Version 13 is required"
-    key = headers.get("Sec-WebSocket-Key", "").strip()
+    keys = headers.getall("Sec-WebSocket-Key", ())
+    if len(keys) > 1:  # RFC 6455 §11.3.1: it must not appear more than once
+        return HTTPStatus.BAD_REQUEST, "more than one Sec-WebSocket-Key"
+    key = keys[0].strip() if keys else ""
     try:
         valid_key = len(base64.b64decode(key, validate=True)) == 16
     except ValueError:
