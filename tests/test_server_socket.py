@@ -162,7 +162,11 @@ async def test_requests_that_are_not_websocket_upgrades_are_refused(
     plain_get = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     assert (await http_answer(port, plain_get)).startswith(b"HTTP/1.1 426")
     old_version = good.replace(b"Version: 13", b"Version: 8")
-    assert (await http_answer(port, old_version)).startswith(b"HTTP/1.1 426")
+    refused = await http_answer(port, old_version)
+    assert refused.startswith(b"HTTP/1.1 426")
+    # what to upgrade to, and the version spoken (RFC 9110 §15.5.22, RFC 6455 §4.2.2)
+    assert b"\r\nUpgrade: websocket\r\n" in refused
+    assert b"\r\nSec-WebSocket-Version: 13\r\n" in refused
     no_connection = good.replace(b"Connection: Upgrade\r\n", b"")
     assert (await http_answer(port, no_connection)).startswith(b"HTTP/1.1 400")
     short_key = good.replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: AAAA")

@@ -157,9 +157,16 @@ def refusal_response(status: int, body: str) -> bytes:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = ""
+    # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to; RFC 6455 §4.2.2: and a
+    # refused WebSocket upgrade the versions the server speaks
+    upgrade = (
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        if status == HTTPStatus.UPGRADE_REQUIRED
+        else ""
+    )
     return (
-        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(content)}\r\n\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\n{upgrade}"
+        f"Content-Type: text/plain\r\nContent-Length: {len(content)}\r\n\r\n"
     ).encode("latin-1") + content
 
 
