@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -56,18 +57,27 @@ Vet = Callable[[str, "CIMultiDictProxy[str]", "ReadGuard"], Awaitable[Any] | Non
 MALFORMED = (HTTPStatus.BAD_REQUEST, "malformed upgrade request")
 
 
+#: RFC 9110 §5.1: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def parse_request_head(head: bytes) -> tuple[str, CIMultiDictProxy[str]] | None:
     """The target and headers of an HTTP/1.1 request head (without its blank line), or None
     when it is not one that an upgrade can be (RFC 9112 §3 and §5; no obsolete line
-    folding)."""
-    lines = head.decode("latin-1").split("\r\n")
+    folding). A CR, LF or NUL anywhere but in the CRLF that ends each line refuses the
+    request (RFC 9112 §2.2, RFC 9110 §5.5): a proxy in front that splits lines at a bare LF
+    would otherwise see other headers than the server does."""
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    if any("\r" in line or "\n" in line or "\x00" in line for line in lines):
+        return None
     request_line = lines[0].split(" ")
     if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1":
         return None
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or line[0] in " \t":
+        if not colon or _FIELD_NAME.fullmatch(name) is None:
             return None
         headers.add(name, value.strip(" \t"))
     return request_line[1], CIMultiDictProxy(headers)
