@@ -11,7 +11,6 @@ from typing import Any, Final, Self
 
 from picows import WSError, WSTransport, ws_connect
 
-from .connection import deadline
 from .constants import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
@@ -39,7 +38,7 @@ from .events import ClientEvents, run_handler
 from .options import Limits
 from .peer import Peer
 from .protocols import FrameEncoder, WireProtocol
-from .rpc import PendingCalls
+from .rpc import PendingCalls, deadline
 from .sansio import session as ev
 from .sansio.deflate import Compressor, PerMessageDeflate
 from .sansio.framing import unframe
