@@ -157,6 +157,11 @@ class Endpoint(WSListener):  # type: ignore[misc]
     close handshake then takes at most ``close_timeout``. (The kernel's buffers, both sides'
     together several MiB on a fast link, are not counted: nothing can be taken back from
     them.)
+
+    Shared with the loop's flusher (:mod:`.flush`), :func:`write_all` and the sweep, which
+    read and write them in place on their hot paths (no call per endpoint): ``queue_head``
+    and ``queue_tail`` (what waits for this turn's flush), ``close_sent``, ``close_timer``,
+    ``quiet_since`` and ``pinged_at`` (keepalive), ``flusher``, and ``closed_by_picows()``.
     """
 
     __slots__ = (
