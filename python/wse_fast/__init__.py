@@ -8,7 +8,7 @@ compatible with JavaScript WSE 4.x) and MessagePack protocols.
 from .auth import HmacChallenge, hmac_answer, hmac_solver
 from .authentication import Challenge, IdentifyRequest
 from .client import WseClient
-from .connection import Connection
+from .connection import Client, Connection
 from .constants import WSE_ERROR, WSE_REASON, WSE_STATUS
 from .errors import (
     AlreadyConnected,
@@ -25,7 +25,6 @@ from .handshake import HandshakeRequest
 from .listener import Listener
 from .options import Limits, ServerLimits
 from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
-from .registry import Client
 from .server import WseServer
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequen
 
 from ..constants import WSE_REASON
 from ..errors import WseError
-from ..registry import cid_text
+from .broker import cid_text
 from .nats_link import CLUSTER_UNAVAILABLE, DROP_CONN, NatsLink, pack_name, required
 
 if TYPE_CHECKING:
