@@ -290,7 +290,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
             return
         if transport.is_close_frame_sent:
             # picows failed the connection by itself meanwhile: nothing after its Close
-            self._closed_by_picows()
+            self.closed_by_picows()
             return
         self._held = None  # writes go straight to the transport again...
         while held:
