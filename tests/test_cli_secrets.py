@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -25,7 +26,7 @@ import nats
 import nats.errors
 import pytest
 from wse_fast import Connection, IdentifyRequest, WseClient, WseServer
-from wse_fast.cluster.local_nats import LocalNats
+from wse_fast.cluster.local_nats import LocalNats, without_credentials
 
 from tests.conftest import EventLog, ServerFactory, url_of
 from tests.test_cli import COMMAND, ROOT, Served, exited, tell_across
@@ -212,6 +213,21 @@ async def test_no_cluster_on_the_command_line_beats_the_environment() -> None:
     assert status == 0, output
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://user:secret@10.0.0.1:4222", "nats://10.0.0.1:4222"),
+        ("tls://token@nats.example.com", "tls://nats.example.com"),
+        # nats-py's URLs without a scheme (it puts nats:// in front) carry credentials too
+        ("user:secret@10.0.0.1:4222", "10.0.0.1:4222"),
+        ("secret@nats.example.com", "nats.example.com"),
+        ("10.0.0.1:4222", "10.0.0.1:4222"),
+    ],
+)
+def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
+    assert without_credentials(url) == shown
+
+
 # ---- the application's directory ---------------------------------------------------------
 
 HOSTILE = """\
@@ -269,6 +285,40 @@ async def test_modules_in_the_applications_directory_do_not_replace_the_servers_
         finally:
             status, output = await served.terminate()
         assert status == 0, output
+    assert sorted(path.name for path in tmp_path.glob("imported-*")) == []
+
+
+async def test_modules_in_the_applications_directory_replace_nothing_in_workers_or_metrics(
+    tmp_path: Path,
+) -> None:
+    # Workers are started with "python -m", which would put the working directory first on
+    # sys.path before the server imports its own modules; and the first scrape of /metrics,
+    # from the network, imports prometheus_client after the application's directory is there.
+    for name in ("orjson", "msgpack", "prometheus_client"):
+        (tmp_path / f"{name}.py").write_text(HOSTILE.format(name=name))
+    (tmp_path / "app.py").write_text(APP)
+    served = await serve(
+        "app:server",
+        *("--port", "0", "--workers", "2", "--no-cluster", "--metrics-port", "0"),
+        cwd=tmp_path,
+    )
+    try:
+        port = await served.serving()
+        client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
+        await client.connect("alice")
+        assert await client.call("echo", {"text": "hi"}) == {"text": "hi"}
+        await client.close()
+        metrics_ports = re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/", "".join(served.output))
+        assert len(metrics_ports) == 2
+        for metrics_port in metrics_ports:
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(metrics_port))
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        status, output = await served.terminate()
+    assert status == 0, output
     assert sorted(path.name for path in tmp_path.glob("imported-*")) == []
 
 

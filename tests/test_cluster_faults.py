@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,33 @@ async def test_a_killed_nodes_entries_are_swept_out_of_every_users_list(
             held = await nodes_in_bucket(nats_server.url)
     for node in (a, c):
         assert [await node.online(cid) for cid in ("alice", "bob", "carol")] == [0, 1, 0]
+
+
+async def test_a_sweep_keeps_the_entries_of_a_swept_node_that_came_back(
+    make_node: InProcessNodes, nats_server: LocalNats
+) -> None:
+    # a claimed b's sweep for "a" (b's key had expired: a paused b, or a NATS frozen past
+    # every node's TTL). Meanwhile b is back: it wrote its key, then its entries again. a
+    # found b dead moments ago (a lookup for an earlier list, remembered for a third of the
+    # TTL): b's entries written since must stay all the same, or b's users are missing from
+    # the registry until each of them reconnects (b adds them again only once).
+    a = await make_node("a")
+    cluster = a.cluster
+    assert cluster is not None
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        nodes, users = await js.key_value("wse_nodes"), await js.key_value("wse_users")
+        await nodes.put("n.b", b"b")  # b renewed its key...
+        key = "u." + "0" * 40
+        await users.put(key, msgpack.packb([["b", "b-instance:1"]]))  # ... then its entries
+        cluster.link.alive = cluster.link.alive - {"b"}  # a's view from before b came back
+        cluster.link._not_alive["b"] = time.monotonic() + 100
+        await cluster.presence._sweep(["b"])
+        entry = await users.get(key)
+        assert msgpack.unpackb(entry.value) == [["b", "b-instance:1"]]
+    finally:
+        await nc.close()
 
 
 def test_the_default_node_ttl_drops_a_dead_node_within_ten_seconds() -> None:

@@ -113,3 +113,16 @@ def test_the_tutorial_shows_every_example() -> None:
 
 def test_the_readme_is_a_front_page() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_kubernetes_sketch_lets_only_the_servers_reach_nats() -> None:
+    # NATS access is server access (every send, every client's byte stream, every device's
+    # procedures): the sketch a team copies must not leave it open to every pod
+    import yaml
+
+    documents = list(yaml.safe_load_all((ROOT / "docs/deploy/kubernetes.yaml").read_text()))
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    guarding = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == {"app": "nats"}]
+    assert guarding, "no NetworkPolicy in front of NATS"
+    sources = [s for rule in guarding[0]["spec"]["ingress"] for s in rule["from"]]
+    assert sources == [{"podSelector": {"matchLabels": {"app": "wse-fast"}}}]

@@ -204,6 +204,43 @@ async def test_a_backlog_under_the_bound_waits_in_the_endpoint_and_arrives_in_or
     peer.writer.close()
 
 
+async def test_nothing_held_in_the_endpoint_follows_a_close_picows_sent_by_itself(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    # Frames wait in the endpoint for a slow peer; then the peer breaks the protocol (an
+    # unmasked frame) and picows fails the connection with a Close 1002 of its own. When the
+    # peer reads again, the transport asks for more: what waited must not go out after the
+    # Close (the peer would see data after the end of the stream).
+    server = await make_server(max_pending_bytes=1 << 20, ping_interval=None)
+    peer = await open_peer(server.port, rcvbuf=16384)
+    await peer.hello()
+    peer.writer.transport.pause_reading()
+    [conn] = server.clients["alice"].conns.values()
+    assert conn.endpoint is not None
+    conn.endpoint.under.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+    )
+    chunk = "x" * 1024
+    for turn in range(6):  # 384 KiB: most of it waits in the endpoint
+        for n in range(64):
+            conn.send("n", [turn * 64 + n, chunk])
+        await asyncio.sleep(0)
+    peer.writer.write(codec.build_frame(0x1, b"unmasked", fin=True, mask=False))
+    await asyncio.sleep(0.1)
+    assert conn.endpoint.transport.is_close_frame_sent
+    peer.writer.transport.resume_reading()
+    opcode, body = await peer.recv()
+    while opcode == 0x1:
+        opcode, body = await peer.recv()
+    assert (opcode, struct.unpack("!H", body[:2])[0]) == (0x8, 1002)
+    try:
+        after = await asyncio.wait_for(peer.recv(), 2)
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        after = None
+    assert after is None, after[0]
+    peer.writer.close()
+
+
 async def test_slow_wse_client_is_told_1008(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:

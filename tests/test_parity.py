@@ -28,7 +28,7 @@ from wse_fast import (
     WseError,
     WseServer,
 )
-from wse_fast.registry import cid_from_text, cid_text
+from wse_fast.cluster.broker import cid_from_text, cid_text
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, url_of
 from tests.hosts import TRANSPORTS

@@ -162,7 +162,11 @@ async def test_requests_that_are_not_websocket_upgrades_are_refused(
     plain_get = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     assert (await http_answer(port, plain_get)).startswith(b"HTTP/1.1 426")
     old_version = good.replace(b"Version: 13", b"Version: 8")
-    assert (await http_answer(port, old_version)).startswith(b"HTTP/1.1 426")
+    refused = await http_answer(port, old_version)
+    assert refused.startswith(b"HTTP/1.1 426")
+    # what to upgrade to, and the version spoken (RFC 9110 §15.5.22, RFC 6455 §4.2.2)
+    assert b"\r\nUpgrade: websocket\r\n" in refused
+    assert b"\r\nSec-WebSocket-Version: 13\r\n" in refused
     no_connection = good.replace(b"Connection: Upgrade\r\n", b"")
     assert (await http_answer(port, no_connection)).startswith(b"HTTP/1.1 400")
     short_key = good.replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: AAAA")
@@ -178,9 +182,41 @@ async def test_requests_that_are_not_websocket_upgrades_are_refused(
     assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
 
 
-def mapped_blocks_while_a_second_large_block_lives(fix: bool) -> int:
-    """In a fresh interpreter (glibc): a 1 MiB block allocated and freed, then another; how
-    many more blocks glibc has mapped on their own while the second lives."""
+async def test_upgrade_requests_that_could_be_read_two_ways_are_refused(
+    make_server: ServerFactory,
+) -> None:
+    # what a proxy in front could read otherwise than the server: refused, not guessed at
+    server = await make_server()
+    port = server.port
+    good = upgrade_request(port)
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    [key] = [line for line in good.split(b"\r\n") if line.startswith(b"Sec-WebSocket-Key")]
+    ambiguous = {
+        "no Host": good.replace(host, b""),
+        "two Hosts": good.replace(host, host + b"Host: elsewhere\r\n"),
+        "two keys": good.replace(key, key + b"\r\n" + key.replace(b": ", b": x")),
+        "a bare LF": good.replace(host, host[:-2] + b"\nX-Forwarded-For: 10.0.0.1\r\n"),
+        "a bare CR": good.replace(host, host[:-2] + b"\rX-Forwarded-For: 10.0.0.1\r\n"),
+        "a NUL": good.replace(host, host[:-2] + b"\x00\r\n"),
+        "a name that is not a token": good.replace(host, host + b"X Forwarded For: a\r\n"),
+    }
+    for what, request in ambiguous.items():
+        answer = await http_answer(port, request)
+        assert answer.startswith(b"HTTP/1.1 400"), (what, answer)
+    # Connection is a list, in one field line or several
+    split = good.replace(
+        b"Connection: Upgrade\r\n", b"Connection: keep-alive\r\nConnection: Upgrade\r\n"
+    )
+    assert (await http_answer(port, split)).startswith(b"HTTP/1.1 101")
+
+
+def mapped_blocks_while_a_second_large_block_lives(
+    fix: bool, **environment: str
+) -> tuple[bool, int]:
+    """In a fresh interpreter (glibc) with ``environment`` added: whether
+    give_large_blocks_back fixed the threshold (when ``fix``), and, a 1 MiB block allocated
+    and freed, then another, how many more blocks glibc has mapped on their own while the
+    second lives."""
     program = textwrap.dedent(
         f"""
         import ctypes
@@ -193,25 +229,83 @@ def mapped_blocks_while_a_second_large_block_lives(fix: bool) -> int:
 
         libc = ctypes.CDLL(None)
         libc.mallinfo2.restype = Info
-        if {fix}:
-            assert give_large_blocks_back()
+        fixed = give_large_blocks_back() if {fix} else False
         before = libc.mallinfo2().hblks
         first = bytearray(1 << 20)
         del first
         second = bytearray(1 << 20)
-        print(libc.mallinfo2().hblks - before)
+        print(fixed, libc.mallinfo2().hblks - before)
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "WSE_FAST_MMAP_THRESHOLD")
+    }
     done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **environment},
     )
     assert done.returncode == 0, done.stderr
-    return int(done.stdout)
+    fixed, mapped = done.stdout.split()
+    return fixed == "True", int(mapped)
 
 
 def test_large_blocks_go_back_to_the_os_once_the_listener_runs() -> None:
     # glibc's own threshold rises when the first block is freed: the second comes from the
     # heap, which keeps it when freed; fixed, the second is mapped (and unmapped) too
-    assert mapped_blocks_while_a_second_large_block_lives(fix=False) == 0
-    assert mapped_blocks_while_a_second_large_block_lives(fix=True) == 1
+    assert mapped_blocks_while_a_second_large_block_lives(fix=False) == (False, 0)
+    assert mapped_blocks_while_a_second_large_block_lives(fix=True) == (True, 1)
+
+
+def test_the_threshold_is_left_alone_where_the_operator_chose_one() -> None:
+    # glibc's tunable (here 4 MiB: a 1 MiB block comes from the heap) stays as chosen
+    tunable = "glibc.malloc.mmap_threshold=4194304"
+    assert mapped_blocks_while_a_second_large_block_lives(True, GLIBC_TUNABLES=tunable) == (
+        False,
+        0,
+    )
+    # off: glibc's dynamic threshold, as without the listener
+    assert mapped_blocks_while_a_second_large_block_lives(True, WSE_FAST_MMAP_THRESHOLD="off") == (
+        False,
+        0,
+    )
+    # a threshold of the operator's own
+    assert mapped_blocks_while_a_second_large_block_lives(
+        True, WSE_FAST_MMAP_THRESHOLD=str(2 << 20)
+    ) == (True, 0)
+
+
+def virtual_memory() -> int:
+    """This process's virtual size (VmSize), in bytes: what is reserved, touched or not."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize in /proc/self/status")
+
+
+async def test_strangers_declaring_large_frames_reserve_only_what_they_sent(
+    make_server: ServerFactory,
+) -> None:
+    # Each stranger declares a 1 MB frame and sends 1 KiB of it: the server may keep that
+    # KiB, not room for the megabyte (2 048 strangers would reserve 2 GiB, which an address
+    # space limit or strict overcommit turns into an allocation failure, and Rust aborts).
+    strangers = 128
+    server = await make_server()
+    peers = [await RawPeer.connect(server.port) for _ in range(strangers)]
+    before = virtual_memory()
+    declared = codec.build_frame(OP_TEXT, b"x" * 1_000_000, mask=True)
+    for peer in peers:
+        peer.writer.write(declared[:1024])
+    sockets = [conn.endpoint.transport for conn in server.connections.values()]  # type: ignore[union-attr]
+    async with asyncio.timeout(5):  # every socket has read its KiB
+        while sum(sock.buffered for sock in sockets) < strangers * 1024:
+            await asyncio.sleep(0.005)
+    growth = virtual_memory() - before
+    assert growth < strangers * 64 * 1024, f"{growth >> 20} MiB reserved for {strangers} KiB"
+    for peer in peers:
+        peer.writer.close()

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from wse_fast import Compression, Listener, WseServer, codec
+from wse_fast import Compression, Listener, ServerLimits, WseServer, codec
 from wse_fast.handshake import HandshakeRequest
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
@@ -297,5 +297,137 @@ async def test_an_awaitable_from_a_plain_function_is_refused_on_the_own_listener
         assert head.startswith(b"HTTP/1.1 500")
         writer.close()
         assert "declare it with async def" in caplog.text
+    finally:
+        await server.close()
+
+
+async def test_an_upgrade_whose_hook_answers_while_the_server_closes_gets_503(
+    make_server: ServerFactory,
+) -> None:
+    """close() looks at the connections once, when it begins: one that the hook let in after
+    that would outlive the close (open, not drained, never dropped)."""
+    asked, release = asyncio.Event(), asyncio.Event()
+
+    async def on_upgrade(request: HandshakeRequest) -> Any:
+        asked.set()
+        await release.wait()
+
+    server = await make_server(on_upgrade=on_upgrade)
+    upgrading = asyncio.ensure_future(upgrade_to(server))
+    async with asyncio.timeout(5):
+        await asked.wait()
+    closing = asyncio.ensure_future(server.close(grace=10))
+    await asyncio.sleep(0.05)
+    release.set()
+    async with asyncio.timeout(5):
+        _, writer, head = await upgrading
+        await closing
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 503"), head
+    assert server.connections == {}
+
+
+async def test_everything_held_after_the_head_reaches_picows_when_its_first_frame_accepts(
+    log: EventLog,
+) -> None:
+    # A synchronous identify accepts the connection while picows reads the held bytes, and
+    # the guard steps aside then: the call held after the identify (more than picows reads
+    # at once) still reaches the server, whole.
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        log.hook("asked")()
+        await asyncio.sleep(0)
+
+    server = WseServer(accept_identity, port=0, on_upgrade=on_upgrade)
+    server.register("size", lambda conn, payload: len(payload))
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+        ).encode()
+        call = json.dumps(["size", "x" * 10_000, "1"]).encode()
+        hi = codec.build_frame(0x1, HI, fin=True, mask=True)
+        writer.write(request + hi + codec.build_frame(0x1, call, fin=True, mask=True))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        peer = RawPeer(reader, writer)
+        _, welcome = await asyncio.wait_for(peer.recv(), 5)
+        assert json.loads(welcome)[0] == "~wse:welcome"
+        _, answer = await asyncio.wait_for(peer.recv(), 5)
+        assert json.loads(answer) == ["~wse:response", 10_000, "1"]
+        assert log.of("asked") == [()]
+        writer.close()
+    finally:
+        await server.close()
+
+
+async def test_flow_control_paused_by_what_was_held_stays_paused(log: EventLog) -> None:
+    # The held bytes bring the identify and more calls than max_in_flight: the connection
+    # pauses reading while picows reads them. The guard, which paused reading for the hook,
+    # must not resume it after: the client would then be read without bound (each message
+    # kept, copied, until a handler ends).
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        await asyncio.sleep(0)
+
+    server = WseServer(
+        accept_identity, port=0, on_upgrade=on_upgrade, limits=ServerLimits(max_in_flight=2)
+    )
+    never = asyncio.Event()
+
+    @server.register("hold")
+    async def hold(conn: Any, payload: Any) -> None:
+        await never.wait()
+
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+        ).encode()
+
+        def call(n: int) -> bytes:
+            body = json.dumps(["hold", n, str(n)]).encode()
+            return codec.build_frame(0x1, body, fin=True, mask=True)
+
+        hi = codec.build_frame(0x1, HI, fin=True, mask=True)
+        writer.write(request + hi + b"".join(call(n) for n in range(3)))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        await eventually(lambda: server.tasks_running == 2)
+        (conn,) = server.connections.values()
+        for n in range(3, 2003):  # while the two calls run, none of this is read
+            writer.write(call(n))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        assert len(conn._backlog or ()) <= 1
+        writer.close()
+    finally:
+        await server.close(grace=0)
+
+
+async def test_a_hook_cancelled_from_within_ends_its_socket_without_a_handshake_timeout() -> None:
+    # (a hook awaiting something that was cancelled): with no handshake timeout, nothing
+    # else would ever end the socket, paused and counted as a stranger
+    async def on_upgrade(request: HandshakeRequest) -> None:
+        raise asyncio.CancelledError
+
+    limits = ServerLimits(handshake_timeout=None)
+    server = WseServer(accept_identity, port=0, on_upgrade=on_upgrade, limits=limits)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # ended, not held for ever
+        writer.close()
+        await eventually(lambda: server.admission.total == 0)
     finally:
         await server.close()

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .authentication import Challenge, IdentifyRequest
     from .client import WseClient
-    from .connection import Connection
+    from .connection import Client as Client  # deprecated: User
+    from .connection import Connection, User
     from .constants import WSE_ERROR, WSE_REASON, WSE_STATUS, Cid
     from .errors import (
         AlreadyConnected,
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
     from .listener import Listener
     from .options import ClusterOptions, Compression, Limits, Reconnect, ServerLimits
     from .protocols import InternalTypes, JsonProtocol, MsgpackProtocol, WireProtocol
-    from .registry import Client as Client  # deprecated: User
-    from .registry import User
     from .server import WseServer
 
 __version__ = "0.1.0"
@@ -82,7 +81,7 @@ _HOMES: dict[str, str] = {
     "JsonProtocol": "protocols",
     "MsgpackProtocol": "protocols",
     "WireProtocol": "protocols",
-    "User": "registry",
+    "User": "connection",
     "WseServer": "server",
 }
 
@@ -131,7 +130,7 @@ __all__ = [
 #: 0.1's names, still importable for one release with a DeprecationWarning: old name to
 #: (module, new name).
 _DEPRECATED: dict[str, tuple[str, str]] = {
-    "Client": ("registry", "User"),  # a user on the server, easily taken for WseClient
+    "Client": ("connection", "User"),  # a user on the server, easily taken for WseClient
 }
 
 if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an error, not Any

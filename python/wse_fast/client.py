@@ -9,7 +9,6 @@ from typing import Any, Final, Self
 
 from picows import WSError, WSTransport, ws_connect
 
-from .connection import deadline
 from .constants import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
@@ -33,11 +32,11 @@ from .errors import (
     ProtocolViolation,
     WseError,
 )
-from .events import ClientEvents, run_handler
+from .events import ClientEvents, ErrorSink, run_handler
 from .options import Limits, Reconnect
 from .peer import Peer
 from .protocols import FrameEncoder, WireProtocol
-from .rpc import PendingCalls
+from .rpc import PendingCalls, deadline
 from .sansio import session as ev
 from .sansio.deflate import Compressor, PerMessageDeflate
 from .sansio.framing import unframe
@@ -63,8 +62,19 @@ HANDSHAKE_HEADERS: Final = frozenset(
 class _Link:
     """One WebSocket of the client: the session on it, its pending calls and its outcome."""
 
-    def __init__(self, client: WseClient) -> None:
+    def __init__(
+        self,
+        client: WseClient,
+        handler_failed: ErrorSink,
+        solve: Callable[[_Link, Any], None],
+        closed: Callable[[_Link, int, str], None],
+    ) -> None:
         self.client = client
+        # the client's own steps, handed in (bound once): a failed handler, a challenge to
+        # answer, this link's end
+        self.handler_failed = handler_failed
+        self.solve = solve
+        self.link_closed = closed
         self.session = ClientSession(client.wire)
         self.pending = PendingCalls(asyncio.get_running_loop())
         self.endpoint: Endpoint | None = None
@@ -83,7 +93,7 @@ class _Link:
     def on_message(self, binary: bool, data: Any) -> None:
         client = self.client
         event = self.session.receive_data(binary, data)
-        if client.route(event, (), self.reply, self.pending, client._handler_failed):
+        if client.route(event, (), self.reply, self.pending, self.handler_failed):
             return
         if isinstance(event, ev.Violation):
             client.when.emit("error", ProtocolViolation({"detail": event.detail}))
@@ -91,7 +101,7 @@ class _Link:
             if not self.welcome.done():
                 self.welcome.set_result(event.payload)
         elif isinstance(event, ev.Quest):
-            client._solve(self, event.quest)
+            self.solve(self, event.quest)
 
     def on_overflow(self) -> None:
         self.client.when.emit(
@@ -110,7 +120,7 @@ class _Link:
             self.welcome.set_exception(closed_before_welcome(code, reason))
         if not self.closed.done():
             self.closed.set_result((code, reason))
-        self.client._link_closed(self, code, reason)
+        self.link_closed(self, code, reason)
 
     def close(self, code: int, reason: str) -> None:
         """Starts this side's close handshake; ``closed`` then reports ``code`` and ``reason``
@@ -389,7 +399,7 @@ class WseClient(Peer[ClientEvents]):
         return link
 
     async def _attempt(self) -> Any:
-        link = _Link(self)
+        link = _Link(self, self._handler_failed, self._solve, self._link_closed)
         limits, deflate = self.limits, self.deflate
 
         def listener(request: Any, response: Any) -> Endpoint:

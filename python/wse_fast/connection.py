@@ -8,24 +8,18 @@ is here.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .constants import CLOSE_NORMAL, WSE_REASON
 from .errors import ConnectionNotReady
-from .rpc import PendingCalls
+from .rpc import PendingCalls, deadline
 
 if TYPE_CHECKING:
-    from .registry import User
+    from .ports import ConnectionHost, UserHost
     from .sansio.session import ServerSession
-    from .server import WseServer
     from .transport.base import Transport
-
-
-def deadline(default: float | None, timeout: float | None) -> float | None:
-    """A call's time limit in seconds, or None for none: ``timeout`` when given, else the
-    peer's ``default``; 0 (or less) means no limit, as JavaScript's ``tO: 0``."""
-    limit = default if timeout is None else timeout
-    return None if limit is None or limit <= 0 else limit
 
 
 class Connection:
@@ -47,7 +41,7 @@ class Connection:
         "session",
     )
 
-    def __init__(self, server: WseServer, conn_id: str, session: ServerSession) -> None:
+    def __init__(self, server: ConnectionHost, conn_id: str, session: ServerSession) -> None:
         self._server = server
         self.conn_id = conn_id
         self.session = session
@@ -123,3 +117,87 @@ class Connection:
         """Sends a frame the server's encoder built (one encoding for many connections)."""
         if self.endpoint is not None:
             self.endpoint.write(frame)
+
+
+class User:
+    """A user on the server (``cid``, as identify gave it to accept: any hashable value) and
+    its open connections, oldest first; ``state`` is the application's own data for the user.
+    (0.1 called it ``Client``, beside the unrelated ``WseClient``; that name stays as a
+    deprecated alias for one release.)"""
+
+    __slots__ = ("_conns", "_registry", "_state", "cid", "meta")
+
+    def __init__(self, registry: UserHost, cid: Any, first: Connection) -> None:
+        self._registry = registry
+        self.cid = cid
+        self.meta = first.meta
+        self._state: dict[str, Any] | None = None  # made when first read
+        # A tuple, not a dict or a list: most users have one or two devices, and an idle
+        # user's dict would cost more than its connection's own state (a one-item tuple is
+        # 48 bytes, a list 80). Replaced, not changed, when a device comes or goes.
+        self._conns: tuple[Connection, ...] = (first,)
+
+    def __repr__(self) -> str:
+        return f"<User {self.cid!r} conns={len(self._conns)}>"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The application's own data for this user (JavaScript handlers set properties on
+        the user object): a dict, made when first used, kept while the user has a
+        connection on this server (a user who leaves and comes back starts with a new one)."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
+
+    @property
+    def conns(self) -> Mapping[str, Connection]:
+        """The user's open connections, conn_id to :class:`Connection`, oldest first.
+
+        A read-only snapshot taken when read.
+        """
+        return MappingProxyType({conn.conn_id: conn for conn in self._conns})
+
+    def send(self, type: str, payload: Any = None) -> None:
+        """Sends to every device of this user; the frame is encoded once."""
+        registry = self._registry
+        frame = registry.encode(type, payload, None)
+        self.send_frame(frame)
+        metrics = registry.metrics
+        if metrics is not None and metrics.counting:
+            metrics.count_sent(type, len(frame), len(self._conns))
+
+    def send_frame(self, frame: bytes) -> int:
+        """Sends a frame the server's encoder built to every device of this user: to how
+        many."""
+        conns = self._conns
+        for conn in conns:
+            endpoint = conn.endpoint  # Connection.send_frame, inlined: once per device
+            if endpoint is not None:
+                endpoint.write(frame)
+        return len(conns)
+
+    def drop(self, reason: str = WSE_REASON.BY_SERVER) -> None:
+        for conn in self._conns:  # a tuple: the drops below replace it, not change it
+            conn.drop(reason)
+
+    # ---- kept by the registry alone --------------------------------------------------------
+
+    def add_connection(self, conn: Connection, limit: int) -> list[Connection]:
+        """Adds a newly accepted device: its oldest devices over ``limit`` (to drop)."""
+        conns = self._conns = (*self._conns, conn)
+        excess = len(conns) - limit
+        return list(conns[:excess]) if excess > 0 else []
+
+    def remove_connection(self, conn: Connection) -> bool | None:
+        """Takes a device off: None when it was not one of this user's, else whether the
+        user has devices left."""
+        conns = self._conns
+        if conn not in conns:
+            return None
+        conns = self._conns = tuple(c for c in conns if c is not conn)
+        return bool(conns)
+
+
+#: Deprecated: 0.1's name of :class:`User` (a user on the server, not a ``WseClient``).
+Client = User

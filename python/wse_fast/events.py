@@ -23,8 +23,7 @@ from .errors import WseError
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultedTypeVar
 
-    from .connection import Connection
-    from .registry import User
+    from .connection import Connection, User
 
 log = logging.getLogger("wse_fast")
 

@@ -25,8 +25,6 @@ from collections.abc import Awaitable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
-
 from .transport import server_socket
 from .transport.admission import ReadGuard, Vet
 from .transport.picows_endpoint import Endpoint
@@ -38,7 +36,7 @@ from .transport.server_socket import ListenerOptions, kernel_backlog
 SOCKETS = os.environ.get("WSE_FAST_SERVER_SOCKETS", "own")
 
 if TYPE_CHECKING:
-    from .server import WseServer
+    from .transport.host import ListenerHost
 
 
 class Listener:
@@ -46,7 +44,7 @@ class Listener:
 
     def __init__(
         self,
-        routes: Mapping[str | None, WseServer],
+        routes: Mapping[str | None, ListenerHost],
         *,
         host: str = "127.0.0.1",
         port: int = 4200,
@@ -59,6 +57,9 @@ class Listener:
         self.port = port
         self.ssl = ssl
         self._server: asyncio.Server | None = None
+        #: picows's sockets (``WSE_FAST_SERVER_SOCKETS=picows``): the upgrades' answers, with
+        #: the 101 responses they share; None on wse-fast's own sockets, which keep none
+        self.picows_answers: Any = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``).
@@ -83,7 +84,8 @@ class Listener:
             from .transport import picows_listener
 
             listen: Any = picows_listener.listen
-            upgrade: Any = self._picows_upgrade
+            self.picows_answers = picows_listener.Answers(self._upgrade)
+            upgrade: Any = self.picows_answers
         else:
             listen, upgrade = server_socket.listen, self._upgrade
         self._server = await listen(
@@ -114,7 +116,7 @@ class Listener:
             await self._server.wait_closed()
             self._server = None
 
-    def _route(self, target: str) -> WseServer | None:
+    def _route(self, target: str) -> ListenerHost | None:
         """The server of the request target ``target`` (None: no route)."""
         server = self.routes.get(None)
         if len(self.routes) > 1 or server is None:
@@ -128,16 +130,9 @@ class Listener:
         return server.vet_upgrade(target, headers, guard, guard.peer)
 
     def _upgrade(
-        self, target: str, headers: Any, guard: ReadGuard
+        self, target: str, headers: Any, guard: ReadGuard, native: Any = None
     ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]:
         server = self._route(target)
         if server is None:
             return HTTPStatus.NOT_FOUND, ""
-        return server.upgrade(target, headers, guard)
-
-    def _picows_upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
-        server = self._route(request.path.decode("latin-1"))
-        if server is None:
-            response = WSUpgradeResponse.create_error_response(HTTPStatus.NOT_FOUND, b"")
-            return WSUpgradeResponseWithListener(response, None)
-        return server.picows_upgrade(request, guard)
+        return server.upgrade(target, headers, guard, native)

@@ -30,8 +30,8 @@ import importlib.util
 import json
 import logging
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sized
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .constants import WSE_ERROR
 from .sansio import session as ev
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client.registry import Collector
 
-    from .server import WseServer
+    from .cluster.broker import Broker
+    from .protocols import InternalTypes
 
 log = logging.getLogger("wse_fast.metrics")
 
@@ -157,6 +158,52 @@ class ProcedureStats:
         self.answers = answers
 
 
+class HandlerNames(Protocol):
+    """Which message types have handlers (the server's ``channel``)."""
+
+    def listeners(self, type: str) -> tuple[Callable[..., Any], ...]: ...
+
+
+class ProcedureNames(Protocol):
+    """Which procedures are registered (the server's ``procedures``)."""
+
+    @property
+    def handlers(self) -> Mapping[str, Callable[..., Any]]: ...
+
+
+class MetricsSource(Protocol):
+    """What :class:`ServerMetrics` reads of the node it counts for, when asked (labels,
+    gauges, ``/health``): the node's own tables, never written here."""
+
+    @property
+    def channel(self) -> HandlerNames: ...
+
+    @property
+    def procedures(self) -> ProcedureNames: ...
+
+    @property
+    def protocol_types(self) -> InternalTypes: ...
+
+    @property
+    def connections(self) -> Sized: ...
+
+    @property
+    def clients(self) -> Sized: ...
+
+    @property
+    def cluster(self) -> Broker | None: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def tasks_running(self) -> int: ...
+
+    def accepted_connections(self) -> int: ...
+
+    async def attach(self) -> None: ...
+
+
 class ServerMetrics:
     """The counters of one :class:`~wse_fast.WseServer` (``server.metrics``), and its
     ``/metrics`` and ``/health`` endpoints.
@@ -203,7 +250,7 @@ class ServerMetrics:
         "worker",
     )
 
-    def __init__(self, server: WseServer) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self._server = server
         self.counting = _PROMETHEUS_INSTALLED
         self.received: dict[object, list[int]] = {}
@@ -342,7 +389,7 @@ class ServerMetrics:
         extra): to register in a registry of the application's own, e.g.
         ``prometheus_client.REGISTRY.register(server.metrics.collector())``. The endpoints
         here need none of that."""
-        return _make_collector(self)
+        return _make_collector(self, self._server)
 
     @property
     def registry(self) -> Any:
@@ -560,7 +607,7 @@ def _write_text(families: list[Any]) -> tuple[bytes, str]:
     return generate_latest(Collected()) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def _make_collector(metrics: ServerMetrics) -> Collector:
+def _make_collector(metrics: ServerMetrics, server: MetricsSource) -> Collector:
     """The collector of one server's series, built on ``prometheus_client`` (imported here:
     it is optional)."""
     from prometheus_client.core import (
@@ -574,7 +621,6 @@ def _make_collector(metrics: ServerMetrics) -> Collector:
 
     class ServerCollector(Collector):
         def collect(self) -> Iterator[Any]:
-            server = metrics._server
             total = len(server.connections)
             accepted = server.accepted_connections()
             yield GaugeMetricFamily(

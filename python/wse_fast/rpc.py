@@ -19,6 +19,15 @@ from .sansio.calls import CallTable
 #: The message of a failure whose details stay on the server (the reference's own wording).
 FAILED = "RPC execution failed"
 log = logging.getLogger("wse_fast")
+
+
+def deadline(default: float | None, timeout: float | None) -> float | None:
+    """A call's time limit in seconds, or None for none: ``timeout`` when given, else the
+    peer's ``default``; 0 (or less) means no limit, as JavaScript's ``tO: 0``."""
+    limit = default if timeout is None else timeout
+    return None if limit is None or limit <= 0 else limit
+
+
 CANCELLED = {"code": WSE_ERROR.RP_EXECUTION_FAILED, "message": "the call was cancelled"}
 #: What procedures mostly return: never awaitable, told without ``inspect.isawaitable``
 #: (whose check against the ``Awaitable`` ABC costs about ten times as much).

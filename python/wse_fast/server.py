@@ -13,11 +13,9 @@ from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Self
 
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
-
 from .authentication import Authentication, IdentifyRequest
 from .cluster.broker import Broker, LocalBroker
-from .connection import Connection
+from .connection import Connection, User
 from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON, Cid
 from .errors import WseError
 from .events import ServerEvents
@@ -27,7 +25,7 @@ from .metrics import ServerMetrics
 from .options import ClusterOptions, ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
-from .registry import User, UserRegistry
+from .registry import UserRegistry
 from .sansio.deflate import Agreement, PerMessageDeflate
 from .server_connection import ServerConnection
 from .transport.admission import (
@@ -126,7 +124,11 @@ class WseServer(Peer[ServerEvents]):
         self.max_tasks = limits.max_tasks
 
         self.when = ServerEvents()
-        self.registry = UserRegistry(self.encode, conn_per_user)
+        #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
+        #: Made first (it keeps the server, reads it only when asked), so that every part is
+        #: handed it whole when made.
+        self.metrics = ServerMetrics(self)
+        self.registry = UserRegistry(self.encode, conn_per_user, self.metrics)
         self.clients: dict[Any, User] = self.registry.clients  # users with open connections
         # every open socket, authenticated or not
         self.connections: dict[str, ServerConnection] = {}
@@ -148,14 +150,6 @@ class WseServer(Peer[ServerEvents]):
         #: Whether a user has a connection here (the dict's own lookup: a send asks it).
         self.has_user: Callable[[Any], bool] = self.registry.clients.__contains__
         self._asgi: AsgiApp | None = None
-        # One 101 response for every upgrade: picows sets its Sec-WebSocket-Accept header and
-        # serialises it in the same call, so sharing it is safe, and saves each connection
-        # keeping a response object and header map of its own for its whole life.
-        self._upgrade_response = WSUpgradeResponse.create_101_response(
-            extra_headers={"Sec-WebSocket-Protocol": self.protocol.name}
-        )
-        # With compression, one per distinct answer to an offer (a handful in practice).
-        self._deflate_responses: dict[Agreement, WSUpgradeResponse] = {}
         self._listener: Listener | None = None  # its own, from start()
         self._attached: asyncio.Future[None] | None = None  # the broker's link, once started
         self.use_broker(LocalBroker(self))  # alone: the in-process broker
@@ -166,9 +160,6 @@ class WseServer(Peer[ServerEvents]):
         self.closing = False  # close() has begun: /health answers 503, no new work starts
         # while closing: set once no handler task runs (none starts again until start())
         self._idle: asyncio.Event | None = None
-        #: What the server counts (see :mod:`wse_fast.metrics`): ``/metrics`` and ``/health``.
-        self.metrics = ServerMetrics(self)
-        self.registry.metrics = self.metrics
         self.saturated = False  # tasks_running has reached max_tasks (read per message)
         self._waiting_for_tasks: dict[ServerConnection, None] = {}  # paused by max_tasks, in order
 
@@ -541,7 +532,7 @@ class WseServer(Peer[ServerEvents]):
     ) -> HandshakeRequest | tuple[int, str]:
         """The own listener's first half of an upgrade with an ``async`` ``on_upgrade``, run
         while the listener holds the request back from picows: the request screened and the
-        hook awaited. :meth:`picows_upgrade` finishes it with what this answered (the guard's
+        hook awaited. :meth:`upgrade` finishes it with what this answered (the guard's
         ``vetted``)."""
         screened = self._screen(target, headers, peer, stranger, None)
         if isinstance(screened, tuple):
@@ -561,7 +552,7 @@ class WseServer(Peer[ServerEvents]):
         client that a trusted proxy names; none while the server drains (see :meth:`close`):
         a client comes back to another server."""
         if self.closing:
-            return HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down"
+            return _SHUTTING_DOWN
         if self.origins is not None and headers.get("Origin") not in self.origins:
             return HTTPStatus.FORBIDDEN, "origin not allowed"
         remote = client_address(peer, headers, self.trusted_proxies)
@@ -589,6 +580,10 @@ class WseServer(Peer[ServerEvents]):
                         raise  # the hook's own timeout: a failure like any other
                     log.warning("on_upgrade did not answer in time; the upgrade is refused")
                     return HTTPStatus.SERVICE_UNAVAILABLE, ""
+                if self.closing:
+                    # close() began while the hook ran: its drain has already looked at the
+                    # connections, so one opened now would outlive the close
+                    return _SHUTTING_DOWN
         except Exception:
             log.exception("on_upgrade failed; the upgrade is refused")
             return HTTPStatus.INTERNAL_SERVER_ERROR, ""
@@ -622,34 +617,18 @@ class WseServer(Peer[ServerEvents]):
             "ticket": stranger,
         }
 
-    def picows_upgrade(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
-        """An upgrade on wse-fast's listener with picows's protocol: :meth:`upgrade`,
-        answered as picows's listener factory."""
-        verdict = self.upgrade(
-            request.path.decode("latin-1"), request.headers, guard, request, picows=True
-        )
-        if isinstance(verdict[0], int):
-            return _refusal(*verdict)  # type: ignore[arg-type]
-        endpoint, response = verdict
-        if response is None:
-            return endpoint
-        return WSUpgradeResponseWithListener(response, endpoint)
-
     def upgrade(
         self,
         target: str,
         headers: Any,
         guard: ReadGuard,
         native: Any = None,
-        *,
-        picows: bool = False,
-    ) -> tuple[int, str] | tuple[Endpoint, Any]:
+    ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]:
         """An upgrade on wse-fast's own listener: :meth:`admit` (or what an async
         ``on_upgrade`` answered before, the guard's ``vetted``), then the connection's
         endpoint and the 101 response's headers besides the handshake's own
         (``Sec-WebSocket-Accept``, ``Upgrade``, ``Connection``), or the HTTP status and body
-        that refuse it. ``picows``: the 101 response as picows's response object, shared
-        where nothing is added to it (None: picows's own)."""
+        that refuse it."""
         offered = [
             p.strip()
             for line in headers.getall("Sec-WebSocket-Protocol", ())
@@ -658,6 +637,8 @@ class WseServer(Peer[ServerEvents]):
         vetted = guard.vetted  # what vet_upgrade answered, with an async on_upgrade
         if vetted is None:
             verdict = self.admit(target, headers, guard.peer, guard, offered, native)
+        elif self.closing:  # close() began after the hook answered, before this
+            verdict = _SHUTTING_DOWN
         elif isinstance(vetted, HandshakeRequest):
             vetted.native = native
             verdict = self._open(vetted, guard, offered)
@@ -697,15 +678,7 @@ class WseServer(Peer[ServerEvents]):
             )
         # (no subprotocol for a client that did not offer this server's)
         own = self._upgrade_headers(agreement) if verdict.offered_protocols is None else []
-        if not picows:
-            return endpoint, [*own, *added]
-        if added:  # a response of its own; the handshake's headers first
-            return endpoint, WSUpgradeResponse.create_101_response(extra_headers=[*own, *added])
-        if agreement is not None:
-            return endpoint, self._deflate_response(agreement)
-        if verdict.offered_protocols is None:
-            return endpoint, self._upgrade_response
-        return endpoint, None
+        return endpoint, [*own, *added]  # the handshake's headers first
 
     def _upgrade_headers(self, agreement: Agreement | None = None) -> list[tuple[str, str]]:
         """The headers of this server's 101 response besides picows's own."""
@@ -713,16 +686,6 @@ class WseServer(Peer[ServerEvents]):
         if agreement is not None:
             headers.append(("Sec-WebSocket-Extensions", agreement.header()))
         return headers
-
-    def _deflate_response(self, agreement: Agreement) -> WSUpgradeResponse:
-        """The shared 101 response that answers with ``agreement`` (as the plain one, shared:
-        picows sets Sec-WebSocket-Accept as it serialises it)."""
-        response = self._deflate_responses.get(agreement)
-        if response is None:
-            response = self._deflate_responses[agreement] = WSUpgradeResponse.create_101_response(
-                extra_headers=self._upgrade_headers(agreement)
-            )
-        return response
 
     # ---- connection life cycle (called by ServerConnection) -----------------------------------
 
@@ -818,6 +781,10 @@ class WseServer(Peer[ServerEvents]):
             self._all_closed.set()
 
 
+#: The refusal of an upgrade while the server closes: a client comes back to another server.
+_SHUTTING_DOWN = (HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down")
+
+
 def _forwarded(remote: tuple[str, int], peer: Any) -> bool:
     """Whether a trusted proxy named the client (an IPv6 peer has two more fields)."""
     return remote != tuple(peer[:2])
@@ -844,8 +811,3 @@ def _http_refusal(verdict: object) -> tuple[int, str] | None:
     if not isinstance(body, str) or not 400 <= status <= 599:
         return None
     return int(status), body
-
-
-def _refusal(status: int, body: str) -> WSUpgradeResponseWithListener:
-    response = WSUpgradeResponse.create_error_response(status, body.encode())
-    return WSUpgradeResponseWithListener(response, None)

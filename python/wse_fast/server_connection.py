@@ -8,7 +8,7 @@ import logging
 from bisect import bisect_right
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import rpc
 from .codec import EnvelopeError
@@ -23,6 +23,7 @@ from .constants import (
 )
 from .errors import ProtocolViolation, WseError
 from .metrics import LATENCY_BUCKETS, PROTOCOL_CLOSE_CODES
+from .ports import ConnectionHost
 from .sansio import session as ev
 from .sansio.session import ServerSession, ServerState
 
@@ -39,9 +40,107 @@ if TYPE_CHECKING:
 
     #: a call waiting for its answer: its stamp, its procedure's statistics, when it came
     Answering = tuple[str, ProcedureStats, float]
-    from .server import WseServer
+    from collections.abc import Callable
+
+    from .errors import WseError
+    from .events import ErrorSink
+    from .metrics import ServerMetrics
+    from .options import ServerLimits
+    from .protocols import InternalTypes, WireProtocol
+    from .sansio.session import Wire
     from .transport.admission import StrangerHold
     from .transport.base import Transport
+
+
+class AuthenticationFlow(Protocol):
+    """The node's authentication of a stranger (``authentication.Authentication``)."""
+
+    def opened(self, conn: ServerConnection) -> asyncio.TimerHandle: ...
+
+    def hello(self, conn: ServerConnection) -> None: ...
+
+    def identify(self, conn: ServerConnection, response: Any) -> None: ...
+
+
+class SessionHost(ConnectionHost, Protocol):
+    """What a :class:`ServerConnection` needs from its node (the server): its protocol and
+    limits, where it reports, and the node-wide bookkeeping of connections and handler tasks.
+    Read per message where marked: plain attributes on the server."""
+
+    @property
+    def metrics(self) -> ServerMetrics: ...
+
+    @property
+    def authentication(self) -> AuthenticationFlow: ...
+
+    @property
+    def limits(self) -> ServerLimits: ...
+
+    @property
+    def protocol(self) -> WireProtocol: ...
+
+    @property
+    def protocol_types(self) -> InternalTypes: ...
+
+    @property
+    def wire(self) -> Wire: ...
+
+    @property
+    def debug(self) -> bool: ...
+
+    @property
+    def answer_calls(self) -> Callable[..., Any] | None: ...
+
+    @property
+    def max_in_flight(self) -> int: ...
+
+    @property
+    def max_tasks(self) -> int: ...
+
+    @property
+    def tasks_running(self) -> int: ...
+
+    @property
+    def saturated(self) -> bool: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def connection_opened(self, conn: ServerConnection) -> None: ...
+
+    def connection_closed(
+        self, conn: ServerConnection, was_valid: bool, code: int, reason: str
+    ) -> None: ...
+
+    def report(self, error: WseError, conn: ServerConnection) -> None: ...
+
+    def refuse(self, conn: ServerConnection, code: int, reason: str) -> None: ...
+
+    def task_started(self) -> None: ...
+
+    def task_finished(self) -> None: ...
+
+    def wait_for_tasks(self, conn: ServerConnection) -> None: ...
+
+    def route(
+        self,
+        event: object,
+        origin: tuple[Any, ...],
+        reply: rpc.Reply,
+        pending: rpc.PendingCalls | None,
+        on_error: ErrorSink,
+        track: rpc.Track = ...,
+    ) -> bool: ...
+
+    def procedure_failed(
+        self,
+        args: tuple[Any, ...],
+        name: str,
+        payload: Any,
+        stamp: str,
+        error: dict[str, Any],
+        exc: BaseException,
+    ) -> None: ...
 
 
 class ServerConnection(Connection):
@@ -67,7 +166,9 @@ class ServerConnection(Connection):
         "stranger",
     )
 
-    def __init__(self, server: WseServer, conn_id: str) -> None:
+    _server: SessionHost  # (the slot is Connection's)
+
+    def __init__(self, server: SessionHost, conn_id: str) -> None:
         super().__init__(server, conn_id, ServerSession(server.wire))
         self._auth_timer: asyncio.TimerHandle | None = None
         self.offered_protocols: str | None = None  # set when the client did not offer ours

@@ -28,8 +28,8 @@ fn close_allowed(code: u16) -> bool {
 enum Step {
     /// A frame reaching this many bytes on (past the input for one skipped after a failure).
     Read(usize),
-    /// The frame is not all there yet; how long it is in all, once its header tells (else 0).
-    Unfinished(usize),
+    /// The frame is not all there yet.
+    Unfinished,
     /// The reader is done.
     Done,
 }
@@ -121,30 +121,26 @@ impl FrameReader {
         while pos < size && !self.done {
             match self.frame_at(py, bytes, pos as usize, &events)? {
                 Step::Read(used) => pos += used as u64,
-                Step::Unfinished(whole) => {
-                    keep_from = Some((pos as usize, whole));
+                Step::Unfinished => {
+                    keep_from = Some(pos as usize);
                     break;
                 }
                 Step::Done => break,
             }
         }
-        if let Some((from, whole)) = keep_from {
-            // An unfinished frame: its bytes kept (moved, when they were kept already), in
-            // room for the whole frame once its length is known, so that a large frame is
-            // one allocation of its size rather than a series of doublings.
-            let mut kept = match joined {
+        if let Some(from) = keep_from {
+            // An unfinished frame: its bytes kept (moved, when they were kept already). Its
+            // room grows with what arrives (Vec doubles it), never to the size its header
+            // declares: a peer that declares a large frame and trickles it (a stranger, whose
+            // bytes are capped far below max_message_size) holds no more than about twice
+            // what it sent, in resident or in virtual memory.
+            self.frame = match joined {
                 Some(mut all) => {
                     all.drain(..from);
                     all
                 }
-                None => Vec::with_capacity(whole.max(input.len() - from)),
+                None => input[from..].to_vec(),
             };
-            if kept.is_empty() {
-                kept.extend_from_slice(&input[from..]);
-            } else if whole > kept.len() {
-                kept.reserve_exact(whole - kept.len());
-            }
-            self.frame = kept;
         }
         if pos > size {
             self.skip = pos - size; // a skipped frame goes on in the next reads
@@ -231,7 +227,7 @@ impl FrameReader {
             }
         }
         if pos + 1 >= size {
-            return Ok(Step::Unfinished(0));
+            return Ok(Step::Unfinished);
         }
         let second = view[pos + 1];
         let masked = second & 0x80 != 0;
@@ -248,13 +244,13 @@ impl FrameReader {
         }
         if length == 126 {
             if size < start + 2 {
-                return Ok(Step::Unfinished(0));
+                return Ok(Step::Unfinished);
             }
             length = u16::from_be_bytes([view[start], view[start + 1]]) as u64;
             start += 2;
         } else if length == 127 {
             if size < start + 8 {
-                return Ok(Step::Unfinished(0));
+                return Ok(Step::Unfinished);
             }
             let mut be = [0u8; 8];
             be.copy_from_slice(&view[start..start + 8]);
@@ -275,7 +271,7 @@ impl FrameReader {
         let mut key = None;
         if masked {
             if size < start + 4 {
-                return Ok(Step::Unfinished(0));
+                return Ok(Step::Unfinished);
             }
             key = Some([
                 view[start],
@@ -291,8 +287,7 @@ impl FrameReader {
             return Ok(Step::Read(reach.min(usize::MAX as u64) as usize));
         }
         if ((size - start) as u64) < length {
-            // bounded: a data frame's length was checked against max_message_size above
-            return Ok(Step::Unfinished(start - pos + length as usize));
+            return Ok(Step::Unfinished);
         }
         let end = start + length as usize;
         let src = &view[start..end];

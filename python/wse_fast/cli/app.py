@@ -10,16 +10,30 @@ from typing import Any
 
 import click
 
+from ..metrics import prometheus_installed
 from ..server import WseServer
 
+#: What ``/metrics`` imports at its first scrape.
+PROMETHEUS_MODULES = (
+    "prometheus_client",
+    "prometheus_client.core",
+    "prometheus_client.exposition",
+    "prometheus_client.registry",
+)
 
-def import_ahead_of_the_application(cluster: bool) -> None:
+
+def import_ahead_of_the_application(cluster: bool, metrics: bool = False) -> None:
     """Imports what the server would otherwise import after :func:`load_server` has put the
     application's directory first on ``sys.path``, where a module of the same name (a
     nats.py, say) would be imported in its place: the cluster link and nats-py, when it
-    joins a cluster. (orjson and msgpack come with wse_fast itself, imported already.)"""
+    joins a cluster, and prometheus_client when it serves ``/metrics`` (its first scrape, a
+    request from the network, would import it). (orjson and msgpack come with wse_fast
+    itself, imported already.)"""
     if cluster:
         importlib.import_module("wse_fast.cluster.nats_cluster")
+    if metrics and prometheus_installed():
+        for name in PROMETHEUS_MODULES:
+            importlib.import_module(name)
 
 
 def load_server(spec: str) -> WseServer:

@@ -125,7 +125,7 @@ async def serve_one(
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    import_ahead_of_the_application(cluster=bool(cluster))
+    import_ahead_of_the_application(cluster=bool(cluster), metrics=metrics_at is not None)
     if group_fds is not None:
         lifeline = group_fds[1]
 

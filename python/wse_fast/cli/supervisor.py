@@ -352,7 +352,10 @@ async def serve_group(
                 raise click.ClickException(str(exc)) from None
             cluster = [local_nats.url]
             log.info("started nats-server (pid %s) on %s", local_nats.pid, local_nats.address)
-        command = [sys.executable, "-m", "wse_fast", "serve", spec, "--host", host]
+        # -P: "-m" would put the working directory first on sys.path before anything is
+        # imported, where an orjson.py or msgpack.py would replace the server's own (the
+        # worker's load_server puts it there once they are imported, as a single serve does)
+        command = [sys.executable, "-P", "-m", "wse_fast", "serve", spec, "--host", host]
         command += ["--port", str(port), "--log-level", log_level, *ssl_options]
         command += ["--graceful-timeout", str(grace)]
         if node_prefix is not None:

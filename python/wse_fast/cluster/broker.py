@@ -18,10 +18,33 @@ handler's own write, bound once (:class:`LocalBroker` does exactly that).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 from ..errors import ConnectionNotReady, WseError
+
+#: Marks a cid's text form (:func:`cid_text`) that is not the cid itself.
+_ENCODED = "\x00"
+
+
+def cid_text(cid: Hashable) -> str:
+    """A cid as text, one to one, for what carries only text (the cluster's subjects and
+    keys): a string is itself (unless it starts with NUL), anything else that JSON keeps
+    (an int, a float, a bool) is NUL and its JSON, so that ``1`` and ``"1"`` stay two users,
+    as in JavaScript's ``Map``. Other cids cannot cross the cluster: TypeError."""
+    if isinstance(cid, str) and not cid.startswith(_ENCODED):
+        return cid
+    if isinstance(cid, bool) or not isinstance(cid, (str, int, float)):
+        raise TypeError(f"a cid that crosses the cluster is a str or a number, not {cid!r}")
+    if isinstance(cid, float) and cid.is_integer():
+        cid = int(cid)  # 1.0 is the user 1, as in Python's dicts and JavaScript's Map
+    return _ENCODED + json.dumps(cid)
+
+
+def cid_from_text(text: str) -> Any:
+    """The cid that :func:`cid_text` made ``text`` from."""
+    return json.loads(text[1:]) if text.startswith(_ENCODED) else text
 
 
 class LocalConnection(Protocol):

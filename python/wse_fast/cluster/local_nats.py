@@ -59,7 +59,11 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 def without_credentials(url: str) -> str:
     """``url`` without its user name and password (or token), for logs and messages:
-    ``nats://user:secret@host:4222`` becomes ``nats://host:4222``."""
+    ``nats://user:secret@host:4222`` becomes ``nats://host:4222``. nats-py also takes a URL
+    without a scheme (``user:secret@host:4222``: it puts ``nats://`` in front), whose
+    credentials go as well."""
+    if "://" not in url:
+        return without_credentials(f"nats://{url}").removeprefix("nats://")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from nats.aio.msg import Msg
 
-from ..connection import deadline
 from ..constants import WSE_ERROR
 from ..errors import ConnectionNotReady, RpcError, WseError
-from ..registry import cid_from_text, cid_text
+from ..rpc import deadline
+from .broker import cid_from_text, cid_text
 from .nats_link import CLUSTER_UNAVAILABLE, NatsLink
 from .nats_presence import NatsPresence
 

@@ -67,8 +67,8 @@ import msgpack
 from nats.aio.msg import Msg
 
 from ..constants import WSE_REASON
-from ..registry import cid_from_text, cid_text
 from ..sansio.framing import is_server_data_frame
+from .broker import cid_from_text, cid_text
 from .nats_calls import NatsCalls
 from .nats_link import (
     BROADCAST,

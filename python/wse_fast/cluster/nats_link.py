@@ -388,13 +388,18 @@ class NatsLink:
             return False
         return True
 
-    async def learn_nodes(self, entries: list[list[str]]) -> None:
+    async def learn_nodes(
+        self, entries: list[list[str]], recheck: frozenset[str] = frozenset()
+    ) -> None:
         """Nodes in ``entries`` that this node does not know alive are looked up: one that
         joined since the last renewal is alive although this node has not seen it yet. A node
-        found dead is not looked up again for a third of ``node_ttl``."""
+        found dead is not looked up again for a third of ``node_ttl``, unless in
+        ``recheck``."""
         now = time.monotonic()
         unknown = {node for node, _ in entries} - self.alive - {self.node}
-        unknown = {node for node in unknown if self._not_alive.get(node, 0.0) <= now}
+        unknown = {
+            node for node in unknown if node in recheck or self._not_alive.get(node, 0.0) <= now
+        }
         found = []
         for node in unknown:
             if await self._exists(f"n.{node}"):

@@ -19,7 +19,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequen
 
 from ..constants import WSE_REASON
 from ..errors import WseError
-from ..registry import cid_text
+from .broker import cid_text
 from .nats_link import CLUSTER_UNAVAILABLE, DROP_CONN, NatsLink, pack_name, required
 
 if TYPE_CHECKING:
@@ -202,11 +202,14 @@ class NatsPresence:
         key: str,
         change: Callable[[list[list[str]]], list[list[str]]],
         guess_new: bool = False,
+        recheck: frozenset[str] = frozenset(),
     ) -> tuple[list[list[str]], list[list[str]]]:
         """Applies ``change`` to the list under ``key`` by compare-and-set: the list it read
         and the list it wrote, in the change that took (nothing is written when ``change``
         leaves the list as it was). ``guess_new``: try first as if the user had no list
-        (most users have one connection), which saves a round trip when so."""
+        (most users have one connection), which saves a round trip when so. ``recheck``:
+        nodes looked up in the bucket whenever the list names them, even if found dead a
+        moment ago (see ``NatsLink.learn_nodes``)."""
         users = required(self._link.users)
         async with self._change_slots:
             for attempt in range(_CAS_ATTEMPTS):
@@ -220,7 +223,7 @@ class NatsPresence:
                     except (KeyNotFoundError, KeyDeletedError):
                         revision, entries = None, []
                 # never forget a node only this one thinks dead
-                await self._link.learn_nodes(entries)
+                await self._link.learn_nodes(entries, recheck)
                 after = change(entries)
                 if after == entries and not (guess_new and attempt == 0):
                     return entries, after
@@ -384,9 +387,16 @@ class NatsPresence:
             # alive again (a paused node that resumed, a restart under its name): kept
             return [e for e in entries if e[0] not in claimed or e[0] in self._link.alive]
 
+        # A swept node may come back meanwhile (paused longer than its TTL, or NATS frozen so
+        # long that every key expired at once): it writes its key, then its entries again.
+        # Each list that names it looks it up afresh, never from a recent "dead" (the CAS
+        # retries a list it wrote meanwhile), so that its entries written since stay.
+        recheck = frozenset(claimed)
         for start in range(0, len(keys), _CHANGES_AT_ONCE):
             chunk = keys[start : start + _CHANGES_AT_ONCE]
-            await asyncio.gather(*(self._change(key, without_dead) for key in chunk))
+            await asyncio.gather(
+                *(self._change(key, without_dead, recheck=recheck) for key in chunk)
+            )
         swept = ", ".join(sorted(claimed))
         log.info("cluster node %s: swept the entries of %s", self._link.node, swept)
 

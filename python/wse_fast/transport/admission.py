@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -56,18 +57,27 @@ Vet = Callable[[str, "CIMultiDictProxy[str]", "ReadGuard"], Awaitable[Any] | Non
 MALFORMED = (HTTPStatus.BAD_REQUEST, "malformed upgrade request")
 
 
+#: RFC 9110 §5.1: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def parse_request_head(head: bytes) -> tuple[str, CIMultiDictProxy[str]] | None:
     """The target and headers of an HTTP/1.1 request head (without its blank line), or None
     when it is not one that an upgrade can be (RFC 9112 §3 and §5; no obsolete line
-    folding)."""
-    lines = head.decode("latin-1").split("\r\n")
+    folding). A CR, LF or NUL anywhere but in the CRLF that ends each line refuses the
+    request (RFC 9112 §2.2, RFC 9110 §5.5): a proxy in front that splits lines at a bare LF
+    would otherwise see other headers than the server does."""
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    if any("\r" in line or "\n" in line or "\x00" in line for line in lines):
+        return None
     request_line = lines[0].split(" ")
     if len(request_line) != 3 or request_line[0] != "GET" or request_line[2] != "HTTP/1.1":
         return None
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or line[0] in " \t":
+        if not colon or _FIELD_NAME.fullmatch(name) is None:
             return None
         headers.add(name, value.strip(" \t"))
     return request_line[1], CIMultiDictProxy(headers)
@@ -265,19 +275,28 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     def _vet_done(self, vetting: asyncio.Future[Any]) -> None:
         self._vetting = None
-        if self._inner is None or vetting.cancelled():
+        if self._inner is None:
             return  # the socket is gone
+        if vetting.cancelled():
+            # by the handshake timeout (which answered and closed), or from within the hook:
+            # then nothing else would end the socket, which holds a stranger's place
+            if not self._transport.is_closing():
+                self._transport.abort()
+            return
         exc = vetting.exception()
         if exc is not None:
             log.error("an upgrade could not be vetted", exc_info=exc)
             self._transport.abort()
             return
         self.vetted = vetting.result()
+        # Reading resumes before picows reads what was held (nothing is read in between: it
+        # is all in this callback), so that a pause the connection asks for meanwhile (flow
+        # control, with more calls held than max_in_flight) holds: the endpoint pauses only
+        # a transport that reads, and resuming after would undo its pause.
         transport = self._transport
-        self._pass_head()
-        # even when what was held got the connection accepted (the guard then stepped aside)
         if not transport.is_closing():
             transport.resume_reading()
+        self._pass_head()
 
     def _head_timed_out(self) -> None:
         """The handshake timeout, while the request is held: a client that has not sent its
@@ -306,12 +325,16 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         held = memoryview(head)[:length]
-        while held and self._inner is not None and not self._transport.is_closing():
-            buffer = self._inner.get_buffer(-1)
+        # Fed to picows to the end, also once a message in it got the connection accepted
+        # (the guard then stepped aside, and picows is the socket's protocol): what the
+        # client sent after that message must not be lost.
+        inner, transport = self._inner, self._transport
+        while held and inner is not None and transport is not None and not transport.is_closing():
+            buffer = inner.get_buffer(-1)
             n = min(len(buffer), len(held))
             buffer[:n] = held[:n]
             held = held[n:]
-            self._inner.buffer_updated(n)
+            inner.buffer_updated(n)
 
     def _exhausted(self) -> None:
         transport = self._transport

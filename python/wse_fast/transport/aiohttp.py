@@ -39,7 +39,7 @@ from .admission import StrangerTicket
 from .messages import MessageEndpoint, Received
 
 if TYPE_CHECKING:
-    from ..server import WseServer
+    from .host import UpgradeHost
 
 _NOT_WEBSOCKET = "This URL serves WebSocket connections (WSE); HTTP requests are not taken.\n"
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
@@ -92,7 +92,7 @@ class AiohttpEndpoint(MessageEndpoint):
             self._socket.abort()
 
 
-async def handle(server: WseServer, request: web.Request) -> web.StreamResponse:
+async def handle(server: UpgradeHost, request: web.Request) -> web.StreamResponse:
     """Serves one request to the route as ``server``'s WebSocket endpoint."""
     ws = web.WebSocketResponse(
         protocols=(server.protocol.name,),

@@ -72,7 +72,7 @@ from .admission import StrangerTicket
 from .messages import MessageEndpoint, Received
 
 if TYPE_CHECKING:
-    from ..server import WseServer
+    from .host import UpgradeHost
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -130,7 +130,7 @@ class AsgiApp:
 
     __slots__ = ("_warned", "server")
 
-    def __init__(self, server: WseServer) -> None:
+    def __init__(self, server: UpgradeHost) -> None:
         self.server = server
         self._warned: set[str] = set()  # what was warned of (once each)
 

@@ -19,8 +19,8 @@ DIRECT_MIN = 8
 
 
 class Flushable(Protocol):
-    _head: bytes | None  # the first frame queued this turn
-    _tail: list[bytes] | None  # any after it
+    queue_head: bytes | None  # the first frame queued this turn
+    queue_tail: list[bytes] | None  # any after it
     direct_fd: int  # the socket, when frames may be sent to it directly; -1 otherwise
     under: Any  # the uvloop transport under picows
     transport: Any  # picows's transport
@@ -66,8 +66,8 @@ class Flusher:
         fds: list[int] = []
         batch: list[Flushable] = []
         for endpoint in dirty:
-            frame = endpoint._head
-            if frame is not None and endpoint._tail is None and endpoint.direct_fd >= 0:
+            frame = endpoint.queue_head
+            if frame is not None and endpoint.queue_tail is None and endpoint.direct_fd >= 0:
                 # Straight to the socket only if that keeps every byte in order and sends
                 # nothing after a Close: nothing may wait in the transport (nor in the
                 # endpoint: frames it holds back wait only while the transport is paused,
@@ -82,7 +82,7 @@ class Flusher:
                     and not under.get_write_buffer_size()
                     and not endpoint.transport.is_close_frame_sent
                 ):
-                    endpoint._head = None
+                    endpoint.queue_head = None
                     fds.append(endpoint.direct_fd)
                     batch.append(endpoint)
                     if frames is not None:

@@ -157,28 +157,33 @@ class Endpoint(WSListener):  # type: ignore[misc]
     close handshake then takes at most ``close_timeout``. (The kernel's buffers, both sides'
     together several MiB on a fast link, are not counted: nothing can be taken back from
     them.)
+
+    Shared with the loop's flusher (:mod:`.flush`), :func:`write_all` and the sweep, which
+    read and write them in place on their hot paths (no call per endpoint): ``queue_head``
+    and ``queue_tail`` (what waits for this turn's flush), ``close_sent``, ``close_timer``,
+    ``quiet_since`` and ``pinged_at`` (keepalive), ``flusher``, and ``closed_by_picows()``.
     """
 
     __slots__ = (
         "_assembler",
         "_close_received",
-        "_close_sent",
         "_close_timeout",
         "_failed",
-        "_flusher",
-        "_head",
         "_held",
         "_held_bytes",
-        "_pinged_at",
-        "_quiet_since",
-        "_tail",
-        "_timer",
         "client_side",
+        "close_sent",
+        "close_timer",
         "direct_fd",
+        "flusher",
         "handler",
         "keepalive",
         "max_message_size",
         "max_pending_bytes",
+        "pinged_at",
+        "queue_head",
+        "queue_tail",
+        "quiet_since",
         "receive_buffer",
         "transport",
         "under",
@@ -199,30 +204,30 @@ class Endpoint(WSListener):  # type: ignore[misc]
         # Frames queued in this loop turn: the first, and a list of any after it. The common
         # case, one broadcast frame per turn, then allocates nothing per delivery (fewer
         # garbage collections in paced fan-out), and an idle connection keeps no list.
-        self._head: bytes | None = None
-        self._tail: list[bytes] | None = None
+        self.queue_head: bytes | None = None
+        self.queue_tail: list[bytes] | None = None
         # While the transport is over its high-water mark (paused writing): the frames that
         # wait here for it, in order, and their size. None when frames go straight on.
         self._held: deque[bytes] | None = None
         self._held_bytes = 0
-        self._flusher = flusher_for(asyncio.get_running_loop())
+        self.flusher = flusher_for(asyncio.get_running_loop())
         self.direct_fd = -1
         self.client_side = client_side
         self.max_message_size = max_message_size
         self._assembler: MessageAssembler | None = None  # made when the peer first fragments
         self._close_timeout = close_timeout
-        self._close_sent: tuple[int, str] | None = None
+        self.close_sent: tuple[int, str] | None = None
         self._close_received: tuple[int, str] | None = None
         self._failed = False  # the peer broke the protocol: nothing more is taken from it
-        self._timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
+        self.close_timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
         self.transport: SocketTransport | None = None
         self.under: Any = None  # the uvloop transport under picows, once connected
         self.keepalive: Keepalive | None = None
-        # Keepalive state, kept by the sweep: None in _quiet_since means a frame arrived since
+        # Keepalive state, kept by the sweep: None in quiet_since means a frame arrived since
         # the last look (every frame stores it: one store, the cheapest record of activity);
         # else the loop time of the look that first found the connection quiet.
-        self._quiet_since: float | None = None
-        self._pinged_at: float | None = None
+        self.quiet_since: float | None = None
+        self.pinged_at: float | None = None
 
     # ---- picows callbacks ------------------------------------------------------------------
 
@@ -264,7 +269,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         this loop turn's callbacks, outside the write.
         """
         limit = self.max_pending_bytes
-        if limit is None or self._close_sent is not None or self.under is None:
+        if limit is None or self.close_sent is not None or self.under is None:
             # No limit; or nothing more is written after a Close (close_timeout bounds the
             # wait); or the upgrade's own answer, before the connection is the endpoint's.
             return
@@ -278,6 +283,14 @@ class Endpoint(WSListener):  # type: ignore[misc]
         until it is full again."""
         held = self._held
         if held is None:
+            return
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            self._held, self._held_bytes = None, 0
+            return
+        if transport.is_close_frame_sent:
+            # picows failed the connection by itself meanwhile: nothing after its Close
+            self.closed_by_picows()
             return
         self._held = None  # writes go straight to the transport again...
         while held:
@@ -313,7 +326,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         limit = self.max_pending_bytes
         transport = self.transport
         if (
-            self._close_sent is not None
+            self.close_sent is not None
             or limit is None
             or transport is None
             or transport.is_disconnected
@@ -329,13 +342,13 @@ class Endpoint(WSListener):  # type: ignore[misc]
         from the peer, the server keeps reading until its Close comes (a socket closed with
         unread input would be reset, and the reset can destroy the Close before it is read),
         and the socket is aborted after ``close_timeout``."""
-        self._head = self._tail = self._held = None
+        self.queue_head = self.queue_tail = self._held = None
         self._held_bytes = 0
         asyncio.get_running_loop().call_soon(self.handler.on_overflow)
         self._fail(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        self._quiet_since = None  # heard from the peer (see Keepalive)
+        self.quiet_since = None  # heard from the peer (see Keepalive)
         op = frame.msg_type
         if op is _CLOSE:
             self._on_close_frame(frame)
@@ -394,16 +407,16 @@ class Endpoint(WSListener):  # type: ignore[misc]
                 self._fail(CLOSE_INTERNAL_ERROR, "")
 
     def on_ws_disconnected(self, transport: SocketTransport) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
         _sweep(asyncio.get_running_loop()).discard(self)
-        self._head = self._tail = self._held = None
+        self.queue_head = self.queue_tail = self._held = None
         self._held_bytes = 0
         if self._close_received is not None:
             code, reason = self._close_received
-        elif self._close_sent is not None:
-            code, reason = self._close_sent
+        elif self.close_sent is not None:
+            code, reason = self.close_sent
         else:
             code, reason = CLOSE_ABNORMAL, ""  # no close handshake here (picows's own close)
         self.handler.on_close(code, reason)
@@ -420,7 +433,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """True until a Close is sent (here or by picows) or the socket is gone."""
         transport = self.transport
         return (
-            self._close_sent is None
+            self.close_sent is None
             and transport is not None
             and not transport.is_close_frame_sent
             and not transport.is_disconnected
@@ -430,14 +443,14 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """Queues one complete frame (built by the codec) for this loop turn's flush."""
         # write_all inlines these lines (a call per delivery would cost more than the
         # queueing itself): change both together.
-        if self._close_sent is None:
-            if self._head is None:
-                self._head = frame
-                self._flusher.mark(self)
+        if self.close_sent is None:
+            if self.queue_head is None:
+                self.queue_head = frame
+                self.flusher.mark(self)
             else:
-                tail = self._tail
+                tail = self.queue_tail
                 if tail is None:
-                    self._tail = [frame]
+                    self.queue_tail = [frame]
                 else:
                     tail.append(frame)
 
@@ -445,15 +458,15 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.under.write(data)
 
     def flush(self) -> None:
-        head, tail = self._head, self._tail
+        head, tail = self.queue_head, self.queue_tail
         if head is None:
             return
-        self._head = self._tail = None
+        self.queue_head = self.queue_tail = None
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
         if transport.is_close_frame_sent:  # picows closed by itself: nothing after its Close
-            self._closed_by_picows()
+            self.closed_by_picows()
             return
         if self._held is not None:  # the transport is full: after what waits already
             self._hold(head, tail)
@@ -478,7 +491,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
-        if self._close_sent is None and not self._send_close(code, reason):
+        if self.close_sent is None and not self._send_close(code, reason):
             return  # dropped while flushing (slow consumer), or picows had closed already
         if not wait or (self._close_received is not None and not self.client_side):
             transport.disconnect()
@@ -520,11 +533,11 @@ class Endpoint(WSListener):  # type: ignore[misc]
         transport = self.transport
         assert transport is not None
         if transport.is_close_frame_sent:  # picows closed by itself
-            self._closed_by_picows()
+            self.closed_by_picows()
             return False
-        if self._close_sent is not None:  # the flush overflowed: the peer is dropped already
+        if self.close_sent is not None:  # the flush overflowed: the peer is dropped already
             return False
-        self._close_sent = (code, reason)  # from here on pause_writing holds nothing back
+        self.close_sent = (code, reason)  # from here on pause_writing holds nothing back
         held = self._held
         if held is not None:
             # What waits here leaves before the Close: at most max_pending_bytes, and the
@@ -562,7 +575,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
     def _on_close(self, code: int, reason: str) -> None:
         """The peer's valid Close frame: answered, then TCP closed (a server's side)."""
         self._close_received = (code, reason)
-        if self._close_sent is None:  # echo the peer's close, as the reference does
+        if self.close_sent is None:  # echo the peer's close, as the reference does
             self._send_close(code, reason)
         if not self.client_side:
             assert self.transport is not None
@@ -574,7 +587,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """What one read of the socket completed (see :class:`wse_fast.codec.FrameReader`,
         which has applied every framing rule): messages reach the handler in order, pings
         are answered, a Close is answered, a failure closes the connection."""
-        self._quiet_since = None  # heard from the peer (see Keepalive)
+        self.quiet_since = None  # heard from the peer (see Keepalive)
         handler = self.handler
         for kind, first, second in events:
             if kind in (OP_TEXT, OP_BINARY):
@@ -616,7 +629,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
             payload = frame.get_payload_as_bytes()
             self.write(codec.build_frame(OP_PONG, payload, mask=self.client_side))
 
-    def _closed_by_picows(self) -> None:
+    def closed_by_picows(self) -> None:
         """picows has sent a Close of its own: drop what is queued, end within close_timeout.
 
         picows fails a connection by itself for what it finds while parsing (an unknown
@@ -625,14 +638,14 @@ class Endpoint(WSListener):  # type: ignore[misc]
         unanswered. It then closes TCP gracefully, that is only once the peer has read what
         is queued, and tells its listener nothing.
         """
-        self._head = self._tail = self._held = None
+        self.queue_head = self.queue_tail = self._held = None
         self._held_bytes = 0
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        if self._timer is None:
+        if self.close_timer is None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._close_timeout, self.abort)
+            self.close_timer = loop.call_later(self._close_timeout, self.abort)
 
 
 class DeflateEndpoint(Endpoint):
@@ -703,7 +716,7 @@ class DeflateEndpoint(Endpoint):
         """Queues one complete unmasked frame, compressed when it is a data frame over the
         compressor's threshold."""
         compressor = self.compressor
-        if compressor is not None and self._close_sent is None:
+        if compressor is not None and self.close_sent is None:
             frame = compressor.compress_frame(frame)
         super().write(frame)
 
@@ -713,24 +726,24 @@ def write_all(endpoints: Iterable[Endpoint], frame: bytes) -> None:
     # Endpoint.write, inlined (keep the two alike): this loop runs once per delivery.
     newly_dirty = []
     for endpoint in endpoints:
-        if endpoint._close_sent is None:
-            if endpoint._head is None:
-                endpoint._head = frame
+        if endpoint.close_sent is None:
+            if endpoint.queue_head is None:
+                endpoint.queue_head = frame
                 newly_dirty.append(endpoint)
             else:
-                tail = endpoint._tail
+                tail = endpoint.queue_tail
                 if tail is None:
-                    endpoint._tail = [frame]
+                    endpoint.queue_tail = [frame]
                 else:
                     tail.append(frame)
     if newly_dirty:
-        newly_dirty[0]._flusher.mark_all(newly_dirty)
+        newly_dirty[0].flusher.mark_all(newly_dirty)
 
 
 class _Sweep:
     """The open endpoints of one event loop, looked at every few moments for two things.
 
-    A connection that picows closes by itself (see :meth:`Endpoint._closed_by_picows`) shows
+    A connection that picows closes by itself (see :meth:`Endpoint.closed_by_picows`) shows
     it only in its transport's ``is_close_frame_sent``; without a look, a peer that stops
     reading would keep its socket and backlog for as long as it likes. And a connection
     with a :class:`Keepalive` that has been quiet too long is pinged, then dropped.
@@ -776,9 +789,9 @@ class _Sweep:
         to_ping: list[Endpoint] = []
         gone: list[Endpoint] = []
         for endpoint in self._endpoints:
-            # _timer first: endpoints closing here have their close_timeout armed already,
+            # close_timer first: endpoints closing here have their close_timeout armed already,
             # and it is the cheaper read
-            if endpoint._timer is None and endpoint.transport.is_close_frame_sent:  # type: ignore[union-attr]
+            if endpoint.close_timer is None and endpoint.transport.is_close_frame_sent:  # type: ignore[union-attr]
                 closed_by_picows.append(endpoint)
                 continue
             # Keepalive goes on while closing (a peer silent that long is gone: no need to
@@ -786,12 +799,12 @@ class _Sweep:
             keepalive = endpoint.keepalive
             if keepalive is None:
                 continue
-            quiet_since = endpoint._quiet_since
+            quiet_since = endpoint.quiet_since
             if quiet_since is None:  # heard from since the last look
-                endpoint._quiet_since = now
-                endpoint._pinged_at = None
+                endpoint.quiet_since = now
+                endpoint.pinged_at = None
                 continue
-            pinged_at = endpoint._pinged_at
+            pinged_at = endpoint.pinged_at
             if pinged_at is None:
                 if now - quiet_since >= keepalive.interval:
                     to_ping.append(endpoint)
@@ -800,14 +813,14 @@ class _Sweep:
                 if since is not None and since < now - pinged_at:
                     # bytes came after the ping: a frame still on its way, which its pong
                     # must wait behind; alive, so quiet from now
-                    endpoint._quiet_since = now
-                    endpoint._pinged_at = None
+                    endpoint.quiet_since = now
+                    endpoint.pinged_at = None
                 else:
                     gone.append(endpoint)
         for endpoint in closed_by_picows:
-            endpoint._closed_by_picows()
+            endpoint.closed_by_picows()
         for endpoint in to_ping:
-            endpoint._pinged_at = now
+            endpoint.pinged_at = now
             endpoint.write(_PING_FRAME)
         for endpoint in gone:
             _log.debug("no answer to a keepalive ping: dropping the connection")

@@ -15,7 +15,12 @@ import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any
 
-from picows import WSAutoPingStrategy, WSUpgradeRequest, WSUpgradeResponseWithListener
+from picows import (
+    WSAutoPingStrategy,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows's stub
 
 from .admission import Admission, ReadGuard, Vet
@@ -59,6 +64,47 @@ class PicowsLog(logging.LoggerAdapter[logging.Logger]):
 _PICOWS_LOG = PicowsLog()
 
 Upgrade = Callable[[WSUpgradeRequest, ReadGuard], Any]
+#: An upgrade decided by the node (``Listener`` routing to ``WseServer.upgrade``): the HTTP
+#: status and body that refuse it, or the endpoint and the 101 response's own headers.
+Verdict = tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]
+
+#: How many distinct 101 responses a listener keeps to share (a handful in practice: one per
+#: subprotocol and compression agreement); past it, each is made for its connection alone.
+MAX_SHARED_RESPONSES = 16
+
+
+class Answers:
+    """The node's upgrades answered as picows's listener factory wants them (a listener, or a
+    response with its listener): what keeps picows's classes out of the server.
+
+    A 101 response is shared by every upgrade with the same headers: picows sets its
+    Sec-WebSocket-Accept header and serialises it in the same call, so sharing it is safe, and
+    saves each connection keeping a response object and header map of its own for its whole
+    life.
+    """
+
+    __slots__ = ("_upgrade", "shared")
+
+    def __init__(self, upgrade: Callable[[str, Any, ReadGuard, Any], Verdict]) -> None:
+        self._upgrade = upgrade
+        self.shared: dict[tuple[tuple[str, str], ...], WSUpgradeResponse] = {}
+
+    def __call__(self, request: WSUpgradeRequest, guard: ReadGuard) -> Any:
+        verdict = self._upgrade(request.path.decode("latin-1"), request.headers, guard, request)
+        if isinstance(verdict[0], int):
+            status, body = verdict
+            response = WSUpgradeResponse.create_error_response(status, body.encode())  # type: ignore[union-attr]
+            return WSUpgradeResponseWithListener(response, None)
+        endpoint, headers = verdict
+        if not headers:
+            return endpoint  # picows's own 101 (no subprotocol for a client that offered none)
+        key = tuple(headers)
+        response = self.shared.get(key)
+        if response is None:
+            response = WSUpgradeResponse.create_101_response(extra_headers=headers)
+            if len(self.shared) < MAX_SHARED_RESPONSES:
+                self.shared[key] = response
+        return WSUpgradeResponseWithListener(response, endpoint)
 
 
 async def listen(

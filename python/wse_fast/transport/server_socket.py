@@ -67,7 +67,22 @@ def shared_read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
 _M_MMAP_THRESHOLD = -3
 #: Blocks from this size on go back to the OS when freed (glibc's initial threshold).
 LARGE_BLOCK = 128 * 1024
+#: The environment variable that sets the threshold :func:`give_large_blocks_back` fixes
+#: (bytes), or ``off`` to leave glibc's own (dynamic) threshold alone.
+MMAP_THRESHOLD_ENV = "WSE_FAST_MMAP_THRESHOLD"
 _large_blocks_fixed = False
+
+
+def _threshold_chosen_for_glibc() -> bool:
+    """Whether the environment gave glibc a threshold of its own: ``MALLOC_MMAP_THRESHOLD_``
+    or the ``glibc.malloc.mmap_threshold`` tunable (``GLIBC_TUNABLES``, glibc 2.26+)."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return True
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(
+        item.split("=", 1)[0].strip() == "glibc.malloc.mmap_threshold"
+        for item in tunables.split(":")
+    )
 
 
 def give_large_blocks_back() -> bool:
@@ -78,19 +93,26 @@ def give_large_blocks_back() -> bool:
     freed: after one connection's large message, the next ones come from the heap, which
     keeps what they freed. Measured with ``benches/memory.py --step 1000 --steps 2
     --message 1000000``: RSS per connection after each sent one 1 MB message 4.8 KiB, twice
-    its idle 2.5 KiB, and 2.5 KiB with the threshold fixed. Once per process, on glibc only,
-    and not when ``MALLOC_MMAP_THRESHOLD_`` in the environment has chosen one already.
+    its idle 2.5 KiB, and 2.5 KiB with the threshold fixed.
+
+    It is process-wide (every thread, every library): each block from the threshold on then
+    costs an ``mmap``/``munmap`` and page faults. So it is done once per process, on glibc
+    only, and not when the environment has chosen a threshold for glibc already
+    (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N``), nor when
+    :data:`MMAP_THRESHOLD_ENV` is ``off``; that variable may also give the threshold in bytes.
     """
     global _large_blocks_fixed
     if _large_blocks_fixed:
         return True
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
+    choice = os.environ.get(MMAP_THRESHOLD_ENV, "").strip().lower()
+    if choice == "off" or _threshold_chosen_for_glibc() or platform.libc_ver()[0] != "glibc":
         return False
+    threshold = int(choice) if choice else LARGE_BLOCK
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    _large_blocks_fixed = bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK))
+    _large_blocks_fixed = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
     return _large_blocks_fixed
 
 
@@ -104,12 +126,21 @@ def handshake_problem(headers: CIMultiDictProxy[str]) -> tuple[int, str] | None:
     body to refuse it with; None when it is one."""
     if headers.get("Upgrade", "").strip().lower() != "websocket":
         return HTTPStatus.UPGRADE_REQUIRED, "a WebSocket upgrade is required"
-    connection = headers.get("Connection", "")
-    if "upgrade" not in (token.strip().lower() for token in connection.split(",")):
+    # RFC 9110 §7.6.1: Connection is a list, which may come in several field lines
+    tokens = (
+        t.strip().lower() for line in headers.getall("Connection", ()) for t in line.split(",")
+    )
+    if "upgrade" not in tokens:
         return HTTPStatus.BAD_REQUEST, "Connection: Upgrade is missing"
+    if len(headers.getall("Host", ())) != 1:
+        # RFC 9112 §3.2: an HTTP/1.1 request with no Host, or more than one, is refused
+        return HTTPStatus.BAD_REQUEST, "exactly one Host is required"
     if headers.get("Sec-WebSocket-Version", "").strip() != "13":
         return HTTPStatus.UPGRADE_REQUIRED, "Sec-WebSocket-Version 13 is required"
-    key = headers.get("Sec-WebSocket-Key", "").strip()
+    keys = headers.getall("Sec-WebSocket-Key", ())
+    if len(keys) > 1:  # RFC 6455 §11.3.1: it must not appear more than once
+        return HTTPStatus.BAD_REQUEST, "more than one Sec-WebSocket-Key"
+    key = keys[0].strip() if keys else ""
     try:
         valid_key = len(base64.b64decode(key, validate=True)) == 16
     except ValueError:
@@ -126,9 +157,16 @@ def refusal_response(status: int, body: str) -> bytes:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = ""
+    # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to; RFC 6455 §4.2.2: and a
+    # refused WebSocket upgrade the versions the server speaks
+    upgrade = (
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        if status == HTTPStatus.UPGRADE_REQUIRED
+        else ""
+    )
     return (
-        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(content)}\r\n\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\n{upgrade}"
+        f"Content-Type: text/plain\r\nContent-Length: {len(content)}\r\n\r\n"
     ).encode("latin-1") + content
 
 

@@ -1,0 +1,220 @@
+"""The package's structure, read from its source alone (``ast``: nothing of wse_fast is
+imported): no import circle, no object reaching into another's private attributes, nothing
+below the server knowing the server, picows only under ``transport/`` and in the client.
+
+Each test reads every module under ``python/wse_fast``. What remains on purpose is listed
+below with the reason; anything new fails, and so does an entry that no longer occurs (the
+list stays the truth).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "python" / "wse_fast"
+
+#: Private names read or written on something that is not ``self`` or ``cls``, that stay:
+#: (module, expression as written) to how many times, and why. Every other ``x._name`` in
+#: the package fails: a module talks to another object through its named interface.
+ALLOWED_PRIVATE_REACHES: dict[tuple[str, str], tuple[int, str]] = {
+    ("wse_fast.cluster.local_nats", "parts._replace"): (
+        1,
+        "a named tuple's public method (urllib's SplitResult), underscored by namedtuple",
+    ),
+    ("wse_fast.cluster.local_nats", "os._exit"): (
+        2,
+        "the standard library's exit without cleanup, in the forked child before exec",
+    ),
+    ("wse_fast.sansio.deflate", "zlib._Decompress"): (
+        1,
+        "an annotation: typeshed's only name for zlib's decompressor type",
+    ),
+    ("wse_fast.events", "view._once"): (
+        1,
+        "Events.once sets the flag on a copy of self, of its own class",
+    ),
+}
+
+#: Import circles that stay (each a sorted tuple of module names): none.
+ALLOWED_CIRCLES: set[tuple[str, ...]] = set()
+
+#: The modules that may import ``wse_fast.server``: the public face and the programs above
+#: it. Everything below is handed a port (``ports``, ``transport.host``, ...) instead.
+SERVER_USERS = {"wse_fast", "wse_fast.cli.app", "wse_fast.cli.serve", "wse_fast.cli.supervisor"}
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def is_package(path: Path) -> bool:
+    return path.name == "__init__.py"
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[str, ast.AST]]:
+    """The package's modules that module ``name`` imports, anywhere in it (under
+    ``TYPE_CHECKING`` and inside functions too: they are design dependencies). ``from pkg
+    import sub`` names the submodule; ``from pkg import name`` the package itself."""
+    here = name if is_package(path) else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in known:
+                    yield alias.name, node
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not (target == "wse_fast" or target.startswith("wse_fast.")):
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                yield (sub if sub in known else target), node
+
+
+def graph() -> dict[str, set[str]]:
+    """Module to the modules it imports. Packages' ``__init__`` files are left out, as
+    importers and as imported: they re-export names, they do not depend on them."""
+    known = modules()
+    packages = {name for name, path in known.items() if is_package(path)}
+    edges: dict[str, set[str]] = {name: set() for name in known if name not in packages}
+    for name in edges:
+        for target, _node in imports(name, known[name], known):
+            if target != name and target in known and target not in packages:
+                edges[name].add(target)
+    return edges
+
+
+def circles(edges: dict[str, set[str]]) -> list[tuple[str, ...]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm,
+    iterative): each is an import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[tuple[str, ...]] = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(tuple(sorted(component)))
+    return found
+
+
+def private_reaches() -> Counter[tuple[str, str]]:
+    """``x._name`` where ``x`` is not ``self`` or ``cls`` (dunders aside), by module and
+    expression."""
+    found: Counter[tuple[str, str]] = Counter()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            attr = node.attr
+            if not attr.startswith("_") or attr.startswith("__"):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            found[name, ast.unparse(node)] += 1
+    return found
+
+
+def test_the_graph_is_read() -> None:
+    """The reader finds what is known to be there (else every other test passes vacuously)."""
+    edges = graph()
+    assert "wse_fast.connection" in edges["wse_fast.server"]
+    assert "wse_fast.rpc" in edges["wse_fast.server_connection"]  # from . import rpc
+    assert "wse_fast.sansio.session" in edges["wse_fast.metrics"]  # from .sansio import session
+    assert "wse_fast.ports" in edges["wse_fast.connection"]  # under TYPE_CHECKING
+    assert "wse_fast" not in edges  # the package's __init__: left out
+
+
+def test_no_import_circle() -> None:
+    found = set(circles(graph()))
+    assert found - ALLOWED_CIRCLES == set(), "new import circle(s)"
+    assert ALLOWED_CIRCLES - found == set(), "an allowed circle is gone: take it off the list"
+
+
+def test_circles_are_found() -> None:
+    """The circle finder itself, on a small graph: two circles and a tail."""
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}}
+    assert sorted(circles(edges)) == [("a", "b", "c"), ("e", "f")]
+
+
+def test_no_private_reach_across_objects() -> None:
+    found = private_reaches()
+    new = {
+        key: count
+        for key, count in found.items()
+        if count > ALLOWED_PRIVATE_REACHES.get(key, (0, ""))[0]
+    }
+    assert new == {}, "a module reaches into another object's private attributes"
+    stale = {key for key, (count, _why) in ALLOWED_PRIVATE_REACHES.items() if found[key] < count}
+    assert stale == set(), "an allowed reach is gone: lower or remove its entry"
+
+
+def test_nothing_below_the_server_imports_it() -> None:
+    known = modules()
+    users = {
+        name
+        for name, path in known.items()
+        for target, _node in imports(name, path, known)
+        if target == "wse_fast.server"
+    }
+    assert users - SERVER_USERS == set()
+
+
+def test_picows_only_in_the_transports_and_the_client() -> None:
+    users = set()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                named = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                named = [node.module or ""]
+            else:
+                continue
+            if any(n == "picows" or n.startswith("picows.") for n in named):
+                users.add(name)
+    outside = {n for n in users if not n.startswith("wse_fast.transport.")}
+    assert outside <= {"wse_fast.client"}
