@@ -107,7 +107,7 @@ async def one_run(grace: float, count: int, seed: int, baseline: Path | None) ->
         if started == count:
             all_started.set()
 
-    clients = [WseClient(url, reconnect=False, timeout=30) for _ in range(count)]
+    clients = [WseClient(url, reconnect=None, timeout=30) for _ in range(count)]
     for client in clients:
         client.channel.on("started", on_started)
         client.when.closed(lambda code, reason: codes.append(code))

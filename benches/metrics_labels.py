@@ -61,14 +61,14 @@ async def main(codes: int) -> None:
     await server.start()
     listener = await server.metrics.listen("127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    device = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=False)
+    device = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=None)
 
     def work(n: int) -> None:
         raise WseError(f"device.code-{n}")
 
     device.register("work", work)
     await device.connect("device")
-    caller = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=False)
+    caller = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=None)
     await caller.connect("alice")
     for first in range(0, codes, 250):
         batch = range(first, min(codes, first + 250))

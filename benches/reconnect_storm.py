@@ -11,7 +11,7 @@ listens at once on the same port, as a supervisor would restart it: the new proc
 storm and not the interpreter's start-up on a busy machine (a real restart adds that, about
 0.3-1 s, during which clients find the port closed and wait longer). The clients, which see their
 connections end without a close (1006), reconnect as :class:`~wse_fast.WseClient` does at its
-defaults: a wait of ``backoff_delay`` (1 s plus up to 1 s at random, doubled after each failed
+defaults (``Reconnect()``): a wait of ``backoff_delay`` (1 s plus up to 1 s at random, doubled after each failed
 attempt, up to 30 s), an attempt given ``timeout`` (20 s) to be welcomed, another after a
 refusal (HTTP 503 past ``max_unauthenticated``), a refused or reset connection, or a timeout.
 
@@ -65,8 +65,14 @@ def client_defaults() -> dict[str, Any]:
     from wse_fast import WseClient
 
     parameters = inspect.signature(WseClient).parameters
-    names = ("timeout", "reconnect_delay", "reconnect_jitter", "reconnect_factor")
-    return {name: parameters[name].default for name in (*names, "reconnect_max_delay")}
+    reconnect = parameters["reconnect"].default
+    return {
+        "timeout": parameters["timeout"].default,
+        "reconnect_delay": reconnect.delay,
+        "reconnect_jitter": reconnect.jitter,
+        "reconnect_factor": reconnect.factor,
+        "reconnect_max_delay": reconnect.max_delay,
+    }
 
 
 class Returning(Holder):
@@ -107,7 +113,7 @@ async def generate(port: int, count: int, first: int) -> None:
     """Holds ``count`` clients (identities and addresses from ``first`` on): READY once all
     are welcomed; after the kill, BACK and the counts as JSON once all are welcomed again;
     exits when standard input closes."""
-    from wse_fast.client import backoff_delay
+    from wse_fast.options import backoff_delay
 
     loop = asyncio.get_running_loop()
     defaults = client_defaults()

@@ -1,7 +1,7 @@
 # examples/challenge.py: challenge-response authentication with a shared key (HMAC-SHA256).
 import uvloop
 from wse_fast import WSE_ERROR, WseClient, WseError, WseServer
-from wse_fast.auth import HmacChallenge, hmac_solver
+from wse_fast.hmac_challenge import HmacChallenge, hmac_solver
 
 KEYS = {"alice": b"alice's key"}  # the server's copy of each user's key
 auth = HmacChallenge(KEYS.get)  # single-use nonces, expiry, no user enumeration
@@ -15,7 +15,7 @@ async def identify(req):
 
 
 async def connect(port, user, key):
-    client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+    client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
     client.challenge(hmac_solver(key))
     try:
         print(user, "->", await client.connect(user))

@@ -23,7 +23,7 @@ async def run(protocol):
     server = WseServer(identify=lambda req: req.accept("u1"), port=0, protocol=protocol())
     server.register("echo", lambda conn, payload: payload)
     await server.start()
-    client = WseClient(f"ws://127.0.0.1:{server.port}", protocol=protocol(), reconnect=False)
+    client = WseClient(f"ws://127.0.0.1:{server.port}", protocol=protocol(), reconnect=None)
     await client.connect("anyone")
     print(
         protocol.name,

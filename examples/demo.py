@@ -48,7 +48,7 @@ async def main():
     inbox = asyncio.Queue()
     devices = {}
     for device in ("phone", "desktop"):
-        client = WseClient(url, reconnect=False)
+        client = WseClient(url, reconnect=None)
         client.channel.on("chat", lambda p, d=device: inbox.put_nowait((d, p)))
         client.register(
             "battery", lambda p, d=device: {"device": d, "level": 87 if d == "phone" else 100}
@@ -66,7 +66,7 @@ async def main():
     for conn in server.clients["alice"].conns.values():
         print(f"[server] battery of {conn.meta['device']}: {await conn.call('battery')}")
 
-    stranger = WseClient(url, reconnect=False)
+    stranger = WseClient(url, reconnect=None)
     try:
         await stranger.connect("stolen-token")
     except WseError as err:

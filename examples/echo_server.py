@@ -8,8 +8,8 @@
 # Endpoint and RFC 6455 checks as WseServer's connections, so the Autobahn fuzzing client run
 # against this server judges the framing, ping and close handling that WSE traffic gets
 # (tests/autobahn/run.py). ``--deflate``: permessage-deflate is agreed when offered, with a
-# compression context per connection (takeover), as WseServer's ``compression=True,
-# compression_takeover=True``.
+# compression context per connection (takeover), as WseServer's
+# ``compression=Compression(takeover=True)``.
 from __future__ import annotations
 
 import sys
@@ -18,7 +18,7 @@ from typing import Any
 import uvloop
 from wse_fast import codec
 from wse_fast.constants import OP_BINARY, OP_TEXT
-from wse_fast.sansio.deflate import DeflateSettings, PerMessageDeflate
+from wse_fast.sansio.deflate import Compression, PerMessageDeflate
 from wse_fast.transport.admission import Admission, ReadGuard
 from wse_fast.transport.picows_endpoint import DeflateEndpoint, Endpoint
 from wse_fast.transport.server_socket import ListenerOptions, listen
@@ -97,7 +97,7 @@ def main() -> None:
     host = args[1] if len(args) == 2 else "127.0.0.1"
     deflate = None
     if "--deflate" in sys.argv:
-        deflate = PerMessageDeflate(DeflateSettings(takeover=True, window_bits=15, threshold=0))
+        deflate = PerMessageDeflate(Compression(takeover=True, window_bits=15, threshold=0))
     uvloop.run(serve(host, int(args[0]), deflate))
 
 

@@ -25,7 +25,7 @@ async def main():
     server.when.error(lambda err, conn: print("server error event:", err.code))
     await server.start()
 
-    client = WseClient(f"ws://127.0.0.1:{server.port}", timeout=0.5, reconnect=False)
+    client = WseClient(f"ws://127.0.0.1:{server.port}", timeout=0.5, reconnect=None)
     client.register("client-side-rp", lambda payload: payload * 10)
     await client.connect("alice")
 

@@ -31,7 +31,7 @@ async def main() -> None:
     await server.start()
     metrics = await server.metrics.listen("127.0.0.1", 0)  # what --metrics-port does
     port = metrics.sockets[0].getsockname()[1]
-    client = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=False)
+    client = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=None)
     got = asyncio.Event()
     client.channel.on("chat", lambda text: got.set())
     await client.connect("alice")

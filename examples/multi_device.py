@@ -13,7 +13,7 @@ async def main():
 
     devices = {}
     for device in ("phone", "desktop"):
-        client = devices[device] = WseClient(url, reconnect=False)
+        client = devices[device] = WseClient(url, reconnect=None)
         client.channel.on("sync", lambda payload, d=device: print(d, "got", payload))
         await client.connect("alice", {"device": device})
 
@@ -24,7 +24,7 @@ async def main():
     devices["phone"].when.closed(
         lambda code, reason: (print("phone closed:", code, reason), dropped.set())
     )
-    tablet = WseClient(url, reconnect=False)
+    tablet = WseClient(url, reconnect=None)
     await tablet.connect("alice", {"device": "tablet"})  # a third device: the oldest goes
     await dropped.wait()
     assert devices["phone"].status == "OFFLINE"

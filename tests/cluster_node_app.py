@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from wse_fast import IdentifyRequest, WseServer
+from wse_fast import ClusterOptions, IdentifyRequest, WseServer
 
 
 def identify(req: IdentifyRequest) -> None:
@@ -26,7 +26,8 @@ def make_server() -> WseServer:
     server = WseServer(identify, conn_per_user=int(env["WSE_FAST_TEST_CONN_PER_USER"]))
     server.join_cluster(
         env["WSE_FAST_TEST_NATS"],
-        node=env["WSE_FAST_TEST_NODE"],
-        node_ttl=float(env["WSE_FAST_TEST_NODE_TTL"]),
+        ClusterOptions(
+            node=env["WSE_FAST_TEST_NODE"], node_ttl=float(env["WSE_FAST_TEST_NODE_TTL"])
+        ),
     )
     return server

@@ -111,7 +111,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 
     def make(target: WseServer | str, **options: Any) -> WseClient:
         url = target if isinstance(target, str) else url_of(target)
-        options.setdefault("reconnect", False)
+        options.setdefault("reconnect", None)
         client = WseClient(url, **with_limits(Limits, options))
         clients.append(client)
         return client

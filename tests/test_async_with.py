@@ -31,7 +31,7 @@ async def test_a_client_block_closes_the_client_when_it_ends(
 ) -> None:
     server = await make_server()
     server.when.disconnected(log.hook("disconnected"))
-    async with WseClient(f"ws://127.0.0.1:{server.port}", reconnect=False) as client:
+    async with WseClient(f"ws://127.0.0.1:{server.port}", reconnect=None) as client:
         await client.connect("alice")
         assert "alice" in server.clients
     [(_, code, reason)] = await log.wait("disconnected")
@@ -45,7 +45,7 @@ async def test_a_client_block_that_raises_still_closes_the_client(
     server = await make_server()
     server.when.disconnected(log.hook("disconnected"))
     with pytest.raises(RuntimeError, match="in the block"):
-        async with WseClient(f"ws://127.0.0.1:{server.port}", reconnect=False) as client:
+        async with WseClient(f"ws://127.0.0.1:{server.port}", reconnect=None) as client:
             await client.connect("alice")
             raise RuntimeError("in the block")
     [(_, code, reason)] = await log.wait("disconnected")

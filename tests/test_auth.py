@@ -1,4 +1,4 @@
-"""wse_fast.auth: HMAC challenge-response, as pure functions and against a real server."""
+"""wse_fast.hmac_challenge: HMAC challenge-response, as pure functions and against a real server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hmac
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -16,8 +17,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, WseError, WseServer
-from wse_fast import auth as auth_module
-from wse_fast.auth import ALG, HmacChallenge, hmac_answer, hmac_solver
+from wse_fast import hmac_challenge as auth_module
+from wse_fast.hmac_challenge import ALG, HmacChallenge, hmac_answer, hmac_solver
 
 from tests.conftest import ClientFactory, ServerFactory
 
@@ -461,3 +462,23 @@ async def test_outstanding_quests_stay_bounded_under_many_strangers(
         client = make_client(server)
         client.challenge(hmac_solver(ALICE_KEY))
         assert await client.connect("alice") == {"hello": "alice"}
+
+
+def test_the_old_module_name_still_imports_with_a_deprecation_warning() -> None:
+    # a fresh interpreter: the warning comes once, when the module is first imported
+    probe = (
+        "import warnings\n"
+        "warnings.simplefilter('error')\n"
+        "try:\n"
+        "    import wse_fast.auth\n"
+        "except DeprecationWarning as warning:\n"
+        "    print(warning)\n"
+        "warnings.simplefilter('ignore')\n"
+        "import wse_fast.auth, wse_fast.hmac_challenge as new\n"
+        "assert wse_fast.auth.HmacChallenge is new.HmacChallenge\n"
+        "assert wse_fast.auth.hmac_solver is new.hmac_solver\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "wse_fast.auth is now wse_fast.hmac_challenge" in done.stdout

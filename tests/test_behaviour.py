@@ -18,6 +18,7 @@ from wse_fast import (
     JsonProtocol,
     Listener,
     MsgpackProtocol,
+    Reconnect,
     WseClient,
     WseError,
     WseServer,
@@ -827,7 +828,7 @@ async def test_jump_between_servers(
     one, two = await make_server(), await make_server()
     one.when.left(log.hook("left_one"))
     two.when.joined(log.hook("joined_two"))
-    client = make_client(one, reconnect=True)
+    client = make_client(one, reconnect=Reconnect())
     client.when.closed(log.hook("closed"))
     await client.connect("alice", {"device": "phone"})
     welcome = await client.jump(url_of(two))
@@ -845,7 +846,7 @@ async def test_auto_reconnect_after_the_server_restarts(
 ) -> None:
     first = await make_server()
     port = first.port
-    client = make_client(first, reconnect=True, reconnect_delay=0.05, reconnect_jitter=0.0)
+    client = make_client(first, reconnect=Reconnect(delay=0.05, jitter=0.0))
     client.when.updated(log.hook("updated"))
     client.when.ready(log.hook("ready"))
     await client.connect("alice", {"device": "phone"})
@@ -866,7 +867,7 @@ async def test_no_reconnect_after_a_deliberate_close(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:
     server = await make_server(conn_per_user=1)
-    client = make_client(server, reconnect=True, reconnect_delay=0.01, reconnect_jitter=0.0)
+    client = make_client(server, reconnect=Reconnect(delay=0.01, jitter=0.0))
     client.when.closed(log.hook("closed"))
     await client.connect("alice")
     server.drop_client("alice", "go away")

@@ -111,7 +111,7 @@ async def health(port: int) -> tuple[int, dict[str, Any]]:
 
 async def answering_pid(url: str, identity: str, log: EventLog) -> tuple[WseClient, int]:
     """A connected client and the pid of the process its `pid` call reached."""
-    client = WseClient(url, reconnect=False)
+    client = WseClient(url, reconnect=None)
     client.when.closed(log.hook("closed"))
     await client.connect(identity)
     return client, await client.call("pid")

@@ -362,11 +362,11 @@ async def test_serve_with_a_certificate_serves_wss(certificate: tuple[Path, Path
     try:
         port = await serving_tls(served)
         client = WseClient(
-            f"wss://127.0.0.1:{port}", reconnect=False, ssl=ssl.create_default_context(cafile=cert)
+            f"wss://127.0.0.1:{port}", reconnect=None, ssl=ssl.create_default_context(cafile=cert)
         )
         await client.connect("alice")
         assert await client.call("pid") == served.proc.pid
-        plain = WseClient(f"ws://127.0.0.1:{port}", reconnect=False, timeout=5)
+        plain = WseClient(f"ws://127.0.0.1:{port}", reconnect=None, timeout=5)
         with pytest.raises(ConnectionFailed):  # TLS only
             await plain.connect("bob")
         # the client commands trust a self-signed server through --cafile
@@ -407,7 +407,7 @@ async def test_serve_workers_all_serve_wss(certificate: tuple[Path, Path]) -> No
         answered: set[int] = set()
         # the kernel draws a worker per connection: 64 all missing one has probability 2**-63
         for n in range(64):
-            client = WseClient(f"wss://127.0.0.1:{port}", reconnect=False, ssl=context)
+            client = WseClient(f"wss://127.0.0.1:{port}", reconnect=None, ssl=context)
             clients.append(client)
             await client.connect(f"user{n}")
             answered.add(await client.call("pid"))

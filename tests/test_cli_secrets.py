@@ -275,7 +275,7 @@ async def test_modules_in_the_applications_directory_do_not_replace_the_servers_
         try:
             port = await served.serving()
             assert f", cluster {nats_server.address}" in "".join(served.output)
-            client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+            client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
             await client.connect("alice")  # JSON both ways: orjson's dumps and loads
             assert await client.call("echo", {"text": "hi"}) == {"text": "hi"}
             # the credentials were read and taken out of the environment, which the
@@ -304,7 +304,7 @@ async def test_modules_in_the_applications_directory_replace_nothing_in_workers_
     )
     try:
         port = await served.serving()
-        client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+        client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
         await client.connect("alice")
         assert await client.call("echo", {"text": "hi"}) == {"text": "hi"}
         await client.close()

@@ -15,8 +15,9 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from wse_fast import WSE_ERROR, WSE_STATUS, Limits, WseClient, WseError, codec
-from wse_fast.client import PING_TIMEOUT_REASON, backoff_delay
+from wse_fast import WSE_ERROR, WSE_STATUS, Limits, Reconnect, WseClient, WseError, codec
+from wse_fast.client import PING_TIMEOUT_REASON
+from wse_fast.options import backoff_delay
 
 from tests.conftest import ClientFactory, EventLog
 
@@ -178,9 +179,7 @@ async def test_a_server_that_answers_nothing_is_left_after_the_ping_timeout_and_
     interval, timeout = 0.1, 0.1
     client = make_client(
         server.url(),
-        reconnect=True,
-        reconnect_delay=0.0,
-        reconnect_jitter=0.01,
+        reconnect=Reconnect(delay=0.0, jitter=0.01),
         ping_interval=interval,
         ping_timeout=timeout,
     )
@@ -217,9 +216,7 @@ async def test_a_server_that_answers_the_close_but_not_pings_still_counts_as_los
     server = await scripted(script)
     client = make_client(
         server.url(),
-        reconnect=True,
-        reconnect_delay=0.0,
-        reconnect_jitter=0.01,
+        reconnect=Reconnect(delay=0.0, jitter=0.01),
         ping_interval=0.05,
         ping_timeout=0.05,
     )
@@ -270,7 +267,7 @@ async def test_a_deliberate_close_outlasting_the_ping_timeout_is_reported_as_suc
     interval, timeout = 0.05, 0.05
     client = make_client(
         server.url(),
-        reconnect=True,
+        reconnect=Reconnect(),
         ping_interval=interval,
         ping_timeout=timeout,
         close_timeout=0.5,
@@ -347,12 +344,9 @@ async def test_reconnect_attempts_against_a_refusing_server_are_spaced_out(
     options = dict(base=0.02, jitter=0.02, factor=2.0, cap=0.2)
     client = make_client(
         server.url(),
-        reconnect=True,
-        reconnect_delay=0.02,
-        reconnect_jitter=0.02,
-        reconnect_factor=2.0,
-        reconnect_max_delay=0.2,
-        reconnect_random=random.Random(5).random,
+        reconnect=Reconnect(
+            delay=0.02, jitter=0.02, factor=2.0, max_delay=0.2, random=random.Random(5).random
+        ),
     )
     expected_rng = random.Random(5)  # the same draws, in the same order, as the client's
     expected = [backoff_delay(i, **options, rand=expected_rng.random) for i in range(7)]
@@ -384,11 +378,7 @@ async def test_a_successful_reconnect_starts_the_next_backoff_from_the_first_win
     server = await scripted(script)
     client = make_client(
         server.url(),
-        reconnect=True,
-        reconnect_delay=0.02,
-        reconnect_jitter=0.0,
-        reconnect_factor=10.0,
-        reconnect_max_delay=5.0,
+        reconnect=Reconnect(delay=0.02, jitter=0.0, factor=10.0, max_delay=5.0),
     )
     watch(client, log)
     await client.connect("alice")
@@ -439,10 +429,7 @@ async def test_clients_dropped_by_a_restart_come_back_spread_over_time(
     fleet = [
         make_client(
             server.url(f"/{i}"),
-            reconnect=True,
-            reconnect_delay=0.05,
-            reconnect_jitter=0.5,
-            reconnect_random=rng.random,
+            reconnect=Reconnect(delay=0.05, jitter=0.5, random=rng.random),
         )
         for i in range(clients)
     ]

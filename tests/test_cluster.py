@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from wse_fast import (
     WSE_REASON,
+    ClusterOptions,
     ConnectionNotReady,
     RpcError,
     WseClient,
@@ -47,7 +48,9 @@ async def make_nodes(nats_server: LocalNats) -> AsyncIterator[Nodes]:
         made = []
         for _ in range(count):
             server = WseServer(accept_identity, port=0, **options)
-            server.join_cluster(nats_server.url, node=f"n{len(nodes)}", node_ttl=2.0)
+            server.join_cluster(
+                nats_server.url, ClusterOptions(node=f"n{len(nodes)}", node_ttl=2.0)
+            )
             await server.start()
             nodes.append(server)
             made.append(server)
@@ -283,7 +286,7 @@ async def test_a_server_starts_only_with_its_cluster_and_can_try_again() -> None
         port = probe.getsockname()[1]
     nats_server = LocalNats(port=port)  # not started yet; its URL (and credentials) known
     server = WseServer(accept_identity, port=0)
-    server.join_cluster(nats_server.url, node="lonely", connect_timeout=0.5)
+    server.join_cluster(nats_server.url, ClusterOptions(node="lonely", connect_timeout=0.5))
     with pytest.raises(WseError) as failed:
         await server.start()
     assert failed.value.code == "wse.cluster.unavailable"
@@ -382,7 +385,9 @@ async def test_a_frozen_nats_makes_the_node_unhealthy_and_its_return_healthy(
     nats_server: LocalNats, log: EventLog
 ) -> None:
     server = WseServer(accept_identity, port=0)
-    server.join_cluster(nats_server.url, node="frozen", node_ttl=1.5, health_timeout=0.5)
+    server.join_cluster(
+        nats_server.url, ClusterOptions(node="frozen", node_ttl=1.5, health_timeout=0.5)
+    )
     server.when.cluster(log.hook("cluster"))
     listener = await server.metrics.listen("127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
@@ -420,7 +425,7 @@ async def test_healthy_is_reported_once_per_recovery_after_a_reconnect(
     nats_server: LocalNats, log: EventLog
 ) -> None:
     server = WseServer(accept_identity, port=0)
-    server.join_cluster(nats_server.url, node="once", node_ttl=1.5)
+    server.join_cluster(nats_server.url, ClusterOptions(node="once", node_ttl=1.5))
     server.when.cluster(log.hook("cluster"))
     heartbeat = 1.5 / 3
     try:
@@ -460,9 +465,9 @@ async def test_the_registry_queue_stays_bounded_while_nats_is_down_and_resyncs_a
 ) -> None:
     bound = 20
     a = WseServer(accept_identity, port=0, conn_per_user=3)
-    a.join_cluster(nats_server.url, node="a", node_ttl=1.5, max_pending_users=bound)
+    a.join_cluster(nats_server.url, ClusterOptions(node="a", node_ttl=1.5, max_pending_users=bound))
     b = WseServer(accept_identity, port=0, conn_per_user=3)
-    b.join_cluster(nats_server.url, node="b", node_ttl=1.5)
+    b.join_cluster(nats_server.url, ClusterOptions(node="b", node_ttl=1.5))
     a.when.cluster(log.hook("cluster"))
     try:
         for node in (a, b):

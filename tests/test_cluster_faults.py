@@ -23,7 +23,7 @@ import msgpack
 import nats
 import pytest
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
-from wse_fast import WSE_REASON, WseClient, WseServer
+from wse_fast import WSE_REASON, ClusterOptions, WseClient, WseServer
 from wse_fast.cluster.local_nats import LocalNats
 
 from tests.conftest import ClientFactory, EventLog, accept_identity, url_of
@@ -122,7 +122,7 @@ async def make_node(nats_server: LocalNats) -> AsyncIterator[InProcessNodes]:
 
     async def make(name: str, conn_per_user: int = 3, node_ttl: float = NODE_TTL) -> WseServer:
         server = WseServer(accept_identity, port=0, conn_per_user=conn_per_user)
-        server.join_cluster(nats_server.url, node=name, node_ttl=node_ttl)
+        server.join_cluster(nats_server.url, ClusterOptions(node=name, node_ttl=node_ttl))
         nodes.append(server)
         await server.start()
         return server

@@ -14,8 +14,8 @@ from wse_fast.sansio.deflate import (
     RSV_COMPRESSED,
     SYNC_TAIL,
     Agreement,
+    Compression,
     CorruptMessage,
-    DeflateSettings,
     Inflater,
     MessageTooBig,
     PerMessageDeflate,
@@ -72,7 +72,7 @@ def test_malformed_extension_headers_are_refused(value: str) -> None:
 
 
 def server(**options: int | bool) -> PerMessageDeflate:
-    return PerMessageDeflate(DeflateSettings(**options))  # type: ignore[arg-type]
+    return PerMessageDeflate(Compression(**options))  # type: ignore[arg-type]
 
 
 def test_a_browser_offer_is_answered_without_context_takeover() -> None:
@@ -320,11 +320,17 @@ def test_the_inflate_limit_bounds_fragments_together_and_may_be_raised() -> None
 
 
 def test_compression_is_off_by_default_and_checked_when_made() -> None:
-    assert Limits().deflate_settings() is None
-    assert ServerLimits().deflate_settings() is None
-    settings = ServerLimits(compression=True, compression_level=1).deflate_settings()
-    assert settings == DeflateSettings(level=1)
+    assert Limits().compression is None
+    assert ServerLimits().compression is None
+    limits = ServerLimits(compression=Compression(level=1))
+    assert limits.compression == Compression(level=1, threshold=128, takeover=False)
     with pytest.raises(ValueError):
-        Limits(compression=True, compression_window_bits=8)
+        Compression(window_bits=8)
     with pytest.raises(ValueError):
-        Limits(compression_level=10)
+        Compression(level=10)
+
+
+def test_the_old_compression_switch_is_refused_with_what_replaced_it() -> None:
+    # 0.1's ``compression=True`` would otherwise pass as a truthy value and be used as settings
+    with pytest.raises(TypeError, match=r"Compression\(...\)"):
+        Limits(compression=True)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ with every message compressed both ways."""
 
 from __future__ import annotations
 
+from wse_fast import Compression
 from wse_fast.transport.picows_endpoint import DeflateEndpoint
 
 from tests.conftest import EventLog, ServerFactory
@@ -14,7 +15,7 @@ __all__ = ["devtools"]  # the module's Chromium fixture, shared
 async def test_chromium_with_compression(
     make_server: ServerFactory, log: EventLog, devtools: str
 ) -> None:
-    server = await make_server(compression=True, compression_threshold=0)
+    server = await make_server(compression=Compression(threshold=0))
     server.when.connected(log.hook("connected"))
     serve_the_page(server, log)
     async with tab_of_the_page(devtools, server):

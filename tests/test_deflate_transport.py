@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as websockets_connect
-from wse_fast import ConnectionFailed, WseServer, codec, listener
+from wse_fast import Compression, ConnectionFailed, WseServer, codec, listener
 from wse_fast.sansio.deflate import RSV_COMPRESSED, SYNC_TAIL, Agreement
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, url_of
@@ -141,7 +141,7 @@ async def test_compression_is_off_by_default(
 
 
 async def test_answers_are_one_shared_response_each(make_server: ServerFactory) -> None:
-    server = await echo_server(make_server, compression=True)
+    server = await echo_server(make_server, compression=Compression())
     first = await DeflatePeer.connect(server.port, "permessage-deflate")
     second = await DeflatePeer.connect(server.port, "permessage-deflate; client_max_window_bits")
     limited = await DeflatePeer.connect(server.port, "permessage-deflate; server_max_window_bits=9")
@@ -168,7 +168,7 @@ async def test_answers_are_one_shared_response_each(make_server: ServerFactory) 
 async def test_both_ways_compressed_small_messages_plain(
     make_server: ServerFactory, peers: list[DeflatePeer]
 ) -> None:
-    server = await echo_server(make_server, compression=True, compression_threshold=128)
+    server = await echo_server(make_server, compression=Compression(threshold=128))
     peer = await connect(peers, server)
     peer.send(0x1, deflate(HI), rsv=RSV_COMPRESSED)  # a compressed hi is understood
     rsv, welcome = await peer.recv()
@@ -189,7 +189,7 @@ async def test_both_ways_compressed_small_messages_plain(
 async def test_a_broadcast_is_compressed_once_for_every_compressed_connection(
     make_server: ServerFactory, peers: list[DeflatePeer], log: EventLog
 ) -> None:
-    server = await make_server(compression=True)
+    server = await make_server(compression=Compression())
     server.when.connected(log.hook("connected"))
     compressed = [await connect(peers, server) for _ in range(3)]
     plain = await connect(peers, server, offer="x-webkit-deflate-frame")
@@ -212,7 +212,7 @@ async def test_a_broadcast_is_compressed_once_for_every_compressed_connection(
 async def test_takeover_where_asked_compresses_per_connection(
     make_server: ServerFactory, peers: list[DeflatePeer], log: EventLog
 ) -> None:
-    server = await make_server(compression=True, compression_takeover=True)
+    server = await make_server(compression=Compression(takeover=True))
     server.when.connected(log.hook("connected"))
     peer = await connect(peers, server, "permessage-deflate; client_max_window_bits")
     assert b"server_max_window_bits=12; client_max_window_bits=12" in peer.head
@@ -237,7 +237,7 @@ async def test_takeover_where_asked_compresses_per_connection(
 async def test_a_zip_bomb_closes_1009_with_bounded_memory(
     make_server: ServerFactory, peers: list[DeflatePeer]
 ) -> None:
-    server = await echo_server(make_server, compression=True, max_message_size=1 << 20)
+    server = await echo_server(make_server, compression=Compression(), max_message_size=1 << 20)
     peer = await connect(peers, server)
     peer.send(0x1, HI)
     await peer.recv()
@@ -257,7 +257,10 @@ async def test_a_stranger_may_not_inflate_past_its_limit(
     make_server: ServerFactory, peers: list[DeflatePeer]
 ) -> None:
     server = await echo_server(
-        make_server, compression=True, auth_max_message_size=16 * 1024, max_message_size=8 << 20
+        make_server,
+        compression=Compression(),
+        auth_max_message_size=16 * 1024,
+        max_message_size=8 << 20,
     )
     stranger = await connect(peers, server)
     # within max_message_size, far past the stranger's limit: inflating stops at the latter
@@ -294,7 +297,7 @@ async def test_a_strangers_compressed_messages_inflate_no_further_in_all_than_it
         await pending  # never accepted during the test
 
     server = await make_server(
-        slow_identify, compression=True, auth_max_message_size=16 * 1024, auth_timeout=60
+        slow_identify, compression=Compression(), auth_max_message_size=16 * 1024, auth_timeout=60
     )
     stranger = await connect(peers, server)
     stranger.send(0x1, HI)
@@ -314,7 +317,7 @@ async def test_a_strangers_compressed_messages_inflate_no_further_in_all_than_it
 
 
 async def test_websockets_client_with_its_default_compression(make_server: ServerFactory) -> None:
-    server = await echo_server(make_server, compression=True)
+    server = await echo_server(make_server, compression=Compression())
     # websockets offers "permessage-deflate; client_max_window_bits" and compresses every
     # message it sends; it inflates ours
     async with websockets_connect(url_of(server), subprotocols=[PROTOCOL]) as ws:  # type: ignore[list-item]
@@ -331,7 +334,7 @@ async def test_websockets_client_with_its_default_compression(make_server: Serve
 async def test_node_ws_with_per_message_deflate(make_server: ServerFactory) -> None:
     node = shutil.which("node")
     assert node is not None, "Node.js is part of the test setup (make setup)"
-    server = await echo_server(make_server, compression=True)
+    server = await echo_server(make_server, compression=Compression())
     proc = await asyncio.create_subprocess_exec(
         node, str(NODE_PEER), url_of(server), stdout=asyncio.subprocess.PIPE
     )
@@ -347,8 +350,8 @@ async def test_node_ws_with_per_message_deflate(make_server: ServerFactory) -> N
 async def test_wse_client_both_ways(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:
-    server = await echo_server(make_server, compression=True)
-    client = make_client(server, compression=True)
+    server = await echo_server(make_server, compression=Compression())
+    client = make_client(server, compression=Compression())
     client.channel.on("echo", log.hook("echo"))
     await client.connect("alice")
     client.send("echo", ROWS)
@@ -361,7 +364,7 @@ async def test_wse_client_both_ways(
 async def test_wse_client_and_server_with_takeover_both_ways(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:
-    options = {"compression": True, "compression_takeover": True, "compression_window_bits": 10}
+    options = {"compression": Compression(takeover=True, window_bits=10)}
     server = await echo_server(make_server, **options)
     client = make_client(server, **options)
     client.channel.on("echo", log.hook("echo"))
@@ -403,7 +406,7 @@ async def test_wse_client_fails_on_an_answer_it_did_not_offer(
     listener = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     try:
-        client = make_client(f"ws://127.0.0.1:{port}", compression=True)
+        client = make_client(f"ws://127.0.0.1:{port}", compression=Compression())
         with pytest.raises(ConnectionFailed) as failed:
             await client.connect("alice")
         assert "client_max_window_bits" in failed.value.details["error"]
@@ -432,7 +435,7 @@ async def test_aiohttp_mount_follows_the_option() -> None:
     from wse_fast import ServerLimits
 
     assert await mounted_extensions("aiohttp") is None
-    on = await mounted_extensions("aiohttp", limits=ServerLimits(compression=True))
+    on = await mounted_extensions("aiohttp", limits=ServerLimits(compression=Compression()))
     assert on is not None and on.startswith("permessage-deflate")
 
 

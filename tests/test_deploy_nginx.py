@@ -200,7 +200,7 @@ async def test_upgrade_through_nginx_and_the_client_address(
     # The client forges a forwarding header of its own; nginx appends the address it sees.
     client = WseClient(
         proxy.url,
-        reconnect=False,
+        reconnect=None,
         local_addr=(CLIENT_HOST, 0),
         headers={"X-Forwarded-For": SPOOFED},
     )
@@ -228,7 +228,7 @@ async def test_idle_connection_outlives_the_proxy_read_timeout_when_the_server_p
     proxy = nginx(server.port, read_timeout)
     await proxy.start()
     # The client never pings, as a browser does not: only the server's pings cross the proxy.
-    client = WseClient(proxy.url, reconnect=False, limits=Limits(ping_interval=None))
+    client = WseClient(proxy.url, reconnect=None, limits=Limits(ping_interval=None))
     client.when.closed(log.hook("closed"))
     async with client:
         await client.connect("alice")
@@ -248,11 +248,11 @@ async def test_tls_terminated_at_nginx(
     server = await start_server(servers, trusted_proxies=["127.0.0.1"])
     proxy = nginx(server.port, tls=True)
     await proxy.start()
-    async with WseClient(proxy.url, reconnect=False, ssl=proxy.client_ssl()) as client:
+    async with WseClient(proxy.url, reconnect=None, ssl=proxy.client_ssl()) as client:
         assert await client.connect("alice") == {"proto": "https"}  # the proxy says so
         assert await client.call("whoami") == "127.0.0.1"
     # A client that does not trust the proxy's certificate gets no connection at all.
-    async with WseClient(proxy.url, reconnect=False, ssl=ssl.create_default_context()) as other:
+    async with WseClient(proxy.url, reconnect=None, ssl=ssl.create_default_context()) as other:
         with pytest.raises(ConnectionFailed) as failed:
             await other.connect("mallory")
         assert "CERTIFICATE_VERIFY_FAILED" in str(failed.value.details["error"])

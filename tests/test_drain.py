@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from wse_fast import (
     WSE_ERROR,
+    ClusterOptions,
     Connection,
     ConnectionNotReady,
     RpcDisconnected,
@@ -273,7 +274,7 @@ async def test_sigterm_answers_the_calls_in_flight_before_closing(
         port = await served.serving()
         calls = []
         for n in range(8):
-            client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+            client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
             clients.append(client)
             client.when.closed(log.hook("closed"))
             client.channel.on("started", log.hook("started"))
@@ -297,7 +298,7 @@ async def test_a_second_sigterm_cancels_the_handlers_still_running(log: EventLog
     served = await serve("tests.drain_app:server", "--port", "0", "--graceful-timeout", "60")
     try:
         port = await served.serving()
-        client = WseClient(f"ws://127.0.0.1:{port}", reconnect=False)
+        client = WseClient(f"ws://127.0.0.1:{port}", reconnect=None)
         client.when.closed(log.hook("closed"))
         client.channel.on("started", log.hook("started"))
         client.channel.on("closing", log.hook("closing"))
@@ -348,7 +349,7 @@ async def test_calls_across_nodes_in_flight_are_answered_while_both_nodes_drain(
     async with LocalNats() as nats:
         a, b = WseServer(accept_identity, port=0), WseServer(accept_identity, port=0)
         for server, name in ((a, "a"), (b, "b")):
-            server.join_cluster(nats.url, node=name, node_ttl=2.0)
+            server.join_cluster(nats.url, ClusterOptions(node=name, node_ttl=2.0))
             await server.start()
         try:
             asked, release = asyncio.Event(), asyncio.Event()

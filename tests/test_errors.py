@@ -25,6 +25,7 @@ from wse_fast import (
     MsgpackProtocol,
     NotAuthorized,
     ProtocolViolation,
+    Reconnect,
     RpcDisconnected,
     RpcError,
     RpcTimeout,
@@ -322,7 +323,7 @@ async def test_a_reconnect_the_server_refuses_stops_with_not_authorized(
 
     server = await make_server(identify)
     server.when.connected(log.hook("connected"))
-    client = make_client(server, reconnect=True, reconnect_delay=0.01, reconnect_jitter=0.0)
+    client = make_client(server, reconnect=Reconnect(delay=0.01, jitter=0.0))
     client.when.error(log.hook("error"))
     client.when.updated(log.hook("updated"))
     await client.connect("alice")
@@ -353,7 +354,7 @@ async def test_a_reconnect_closed_with_a_final_reason_stops_and_one_with_a_resta
 
     server = await make_server(identify)
     server.when.connected(log.hook("connected"))
-    client = make_client(server, reconnect=True, reconnect_delay=0.01, reconnect_jitter=0.0)
+    client = make_client(server, reconnect=Reconnect(delay=0.01, jitter=0.0))
     client.when.error(log.hook("error"))
     await client.connect("alice")
     [(conn,)] = await log.wait("connected")

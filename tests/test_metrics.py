@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
-from wse_fast import WSE_ERROR, RpcError, WseError, WseServer, listener
+from wse_fast import WSE_ERROR, ClusterOptions, RpcError, WseError, WseServer, listener
 from wse_fast.cluster.local_nats import LocalNats
 from wse_fast.sansio import session as WseEvents
 
@@ -440,7 +440,7 @@ async def test_health_is_200_while_serving_and_503_once_closing(
 async def test_health_follows_the_cluster_link(make_client: ClientFactory, log: EventLog) -> None:
     async with LocalNats() as nats:
         server = WseServer(accept_identity, port=0)
-        server.join_cluster(nats.url, node="health", node_ttl=2.0, max_outbox=64)
+        server.join_cluster(nats.url, ClusterOptions(node="health", node_ttl=2.0, max_outbox=64))
         server.when.cluster(log.hook("cluster"))
         listener = await server.metrics.listen("127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
@@ -525,7 +525,7 @@ def test_without_prometheus_client_a_server_serves_counts_nothing_and_says_why()
             await server.start()
             listener = await server.metrics.listen("127.0.0.1", 0)
             port = listener.sockets[0].getsockname()[1]
-            client = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=False)
+            client = WseClient(f"ws://127.0.0.1:{server.port}", reconnect=None)
             await client.connect("alice")
             assert await client.call("add", 1) == 2
             metrics = server.metrics

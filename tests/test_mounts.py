@@ -23,7 +23,15 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
-from wse_fast import WSE_ERROR, WSE_REASON, IdentifyRequest, ServerLimits, WseServer, codec
+from wse_fast import (
+    WSE_ERROR,
+    WSE_REASON,
+    ClusterOptions,
+    IdentifyRequest,
+    ServerLimits,
+    WseServer,
+    codec,
+)
 from wse_fast.handshake import HandshakeRequest
 from wse_fast.sansio.deflate import RSV_COMPRESSED
 from wse_fast.transport.asgi import FORWARDED_UNTRUSTED
@@ -210,7 +218,7 @@ async def test_the_first_connection_gets_503_while_the_cluster_link_cannot_start
         probe.bind(("127.0.0.1", 0))
         nats_url = f"nats://127.0.0.1:{probe.getsockname()[1]}"
     server = await make_server()
-    server.join_cluster(nats_url, node="mounted", connect_timeout=0.2)
+    server.join_cluster(nats_url, ClusterOptions(node="mounted", connect_timeout=0.2))
     _, writer, head = await upgrade(server.port, target="/ws")
     assert head.startswith(b"HTTP/1.1 503")
     writer.close()

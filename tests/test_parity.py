@@ -21,6 +21,7 @@ from wse_fast import (
     ConnectionFailed,
     ConnectionNotReady,
     IdentifyRequest,
+    Reconnect,
     RpcError,
     RpcTimeout,
     WseClient,
@@ -161,14 +162,14 @@ async def test_a_socket_that_does_not_open_is_an_error_event(
 
 # ---- reconnect semantics -------------------------------------------------------------------
 
-FAST = {"reconnect_delay": 0.01, "reconnect_jitter": 0.01, "reconnect_max_delay": 0.05}
+FAST: dict[str, Any] = {"delay": 0.01, "jitter": 0.01, "max_delay": 0.05}
 
 
 async def test_keep_trying_connects_once_the_server_is_up_and_reports_each_attempt(
     make_server: ServerFactory, make_client: ClientFactory, log: EventLog
 ) -> None:
     port = free_port()
-    client = make_client(f"ws://127.0.0.1:{port}", reconnect=True, keep_trying=True, **FAST)
+    client = make_client(f"ws://127.0.0.1:{port}", reconnect=Reconnect(keep_trying=True, **FAST))
     client.when.closed(log.hook("closed"))
     client.when.updated(log.hook("updated"))
     client.when.error(log.hook("error"))
@@ -190,7 +191,7 @@ async def test_keep_trying_connects_once_the_server_is_up_and_reports_each_attem
 async def test_without_keep_trying_the_first_failure_is_raised(
     make_client: ClientFactory, log: EventLog
 ) -> None:
-    client = make_client(f"ws://127.0.0.1:{free_port()}", reconnect=True, **FAST)
+    client = make_client(f"ws://127.0.0.1:{free_port()}", reconnect=Reconnect(**FAST))
     client.when.closed(log.hook("closed"))
     with pytest.raises(ConnectionFailed):
         await client.connect("alice")
@@ -199,7 +200,7 @@ async def test_without_keep_trying_the_first_failure_is_raised(
 
 async def test_keep_trying_still_raises_a_refusal(make_server: ServerFactory) -> None:
     server = await make_server()
-    client = WseClient(url_of(server), reconnect=True, keep_trying=True, **FAST)
+    client = WseClient(url_of(server), reconnect=Reconnect(keep_trying=True, **FAST))
     with pytest.raises(WseError) as raised:
         await client.connect("bad-user")
     assert raised.value.code == WSE_ERROR.NOT_AUTHORIZED
@@ -209,7 +210,9 @@ async def test_keep_trying_still_raises_a_refusal(make_server: ServerFactory) ->
 async def test_close_stops_a_connect_that_keeps_trying(
     make_client: ClientFactory, log: EventLog
 ) -> None:
-    client = make_client(f"ws://127.0.0.1:{free_port()}", reconnect=True, keep_trying=True, **FAST)
+    client = make_client(
+        f"ws://127.0.0.1:{free_port()}", reconnect=Reconnect(keep_trying=True, **FAST)
+    )
     client.when.closed(log.hook("closed"))
     connecting = asyncio.ensure_future(client.connect("alice"))
     await log.wait("closed")
@@ -224,7 +227,7 @@ async def test_connect_while_re_connecting_opens_no_second_socket(
 ) -> None:
     server = await make_server()
     server.when.connected(log.hook("connected"))
-    client = make_client(server, reconnect=True, reconnect_delay=0.3, reconnect_jitter=0)
+    client = make_client(server, reconnect=Reconnect(delay=0.3, jitter=0))
     client.when.updated(log.hook("updated"))
     await client.connect("alice")
     await log.wait("connected")
@@ -245,7 +248,7 @@ async def test_keep_trying_reports_a_lost_connection_as_javascript_does(
 ) -> None:
     server = await make_server()
     server.when.connected(log.hook("connected"))
-    client = make_client(server, reconnect=True, keep_trying=True, **FAST)
+    client = make_client(server, reconnect=Reconnect(keep_trying=True, **FAST))
     client.when.updated(log.hook("updated"))
     await client.connect("alice")
     server.drop_client("alice", "restart")  # 1000 with a reason: final
@@ -265,8 +268,8 @@ async def test_the_reconnect_close_codes_are_the_clients_own(
 ) -> None:
     server = await make_server()
     server.when.connected(log.hook("connected"))
-    eager = make_client(server, reconnect=True, reconnect_codes={1000}, **FAST)
-    default = make_client(server, reconnect=True, **FAST)
+    eager = make_client(server, reconnect=Reconnect(codes={1000}, **FAST))
+    default = make_client(server, reconnect=Reconnect(**FAST))
     default.when.updated(log.hook("default_updated"))
     await eager.connect("eager")
     await default.connect("default")
@@ -584,7 +587,7 @@ def test_once_removes_itself_not_a_plain_handler_of_the_same_function() -> None:
 
 
 async def test_an_error_handler_that_sends_while_not_ready_does_not_report_to_itself() -> None:
-    client = WseClient("ws://127.0.0.1:9", reconnect=False)
+    client = WseClient("ws://127.0.0.1:9", reconnect=None)
     seen: list[Any] = []
 
     @client.when.error

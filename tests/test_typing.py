@@ -39,5 +39,5 @@ def test_registrations_keep_the_function_type_and_check_its_signature() -> None:
     ]
     assert not unparsed, unparsed
     assert found == expected_errors(), done.stdout
-    assert len(expected_errors()) == 10  # the cases of bad handlers are all there
+    assert len(expected_errors()) == 18  # the cases of bad handlers and options are all there
     assert CASES.read_text().count("assert_type(") >= 28  # and the cases of kept types

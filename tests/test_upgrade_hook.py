@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from wse_fast import Listener, ServerLimits, WseServer, codec
+from wse_fast import Compression, Listener, ServerLimits, WseServer, codec
 from wse_fast.handshake import HandshakeRequest
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
@@ -166,7 +166,7 @@ async def test_added_headers_come_with_the_compression_agreement(
     def on_upgrade(request: HandshakeRequest) -> None:
         request.add_response_header("X-Served-By", "node-1")
 
-    server = await make_server(on_upgrade=on_upgrade, compression=True)
+    server = await make_server(on_upgrade=on_upgrade, compression=Compression())
     _, writer, head = await upgrade_to(
         server, {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
     )

@@ -11,12 +11,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, assert_type
 
+import wse_fast
 from wse_fast import (
-    Client,
+    Channel,
+    Cid,
+    ClientEvents,
+    ClusterOptions,
+    Compression,
     Connection,
     HandshakeRequest,
+    Limits,
     NotAuthorized,
+    Reconnect,
     RpcError,
+    ServerEvents,
+    ServerLimits,
+    User,
     WseClient,
     WseError,
     WseServer,
@@ -89,11 +99,11 @@ assert_type(client.register("echo", on_score), Callable[[float], float])
 
 
 @server.when.joined
-def joined(user: Client, meta: dict[str, Any], /) -> None: ...
+def joined(user: User, meta: dict[str, Any], /) -> None: ...
 
 
 @server.when.left
-def left(user: Client, code: int, reason: str, /) -> None: ...
+def left(user: User, code: int, reason: str, /) -> None: ...
 
 
 @server.when.connected
@@ -112,8 +122,8 @@ def server_ignored(conn: Connection, type: str, payload: Any, /) -> None: ...
 def server_error(err: Exception, conn: Connection | None, /) -> None: ...  # a wider type is fine
 
 
-assert_type(joined, Callable[[Client, dict[str, Any]], None])
-assert_type(left, Callable[[Client, int, str], None])
+assert_type(joined, Callable[[User, dict[str, Any]], None])
+assert_type(left, Callable[[User, int, str], None])
 assert_type(connected, Callable[[Connection], Coroutine[Any, Any, None]])
 assert_type(disconnected, Callable[[Connection, int, str], None])
 assert_type(server_ignored, Callable[[Connection, str, Any], None])
@@ -169,19 +179,19 @@ client.channel.off("news")
 
 
 @server.when.once.joined
-def first_joined(user: Client, meta: dict[str, Any], /) -> None: ...
+def first_joined(user: User, meta: dict[str, Any], /) -> None: ...
 
 
 @client.when.once.ready
 async def first_ready(welcome: Any, /) -> None: ...
 
 
-assert_type(first_joined, Callable[[Client, dict[str, Any]], None])
+assert_type(first_joined, Callable[[User, dict[str, Any]], None])
 assert_type(first_ready, Callable[[Any], Coroutine[Any, Any, None]])
 assert_type(server.channel.listeners("chat"), tuple[Callable[..., Any], ...])
 
 
-async def waits(conn: Connection, user: Client) -> None:
+async def waits(conn: Connection, user: User) -> None:
     assert_type(await client.when.wait("ready"), tuple[Any, ...])
     assert_type(await server.when.wait("joined", lambda user, meta: True), tuple[Any, ...])
     assert_type(conn.state, dict[str, Any])
@@ -260,3 +270,36 @@ async def lifetimes() -> None:
         assert_type(running, WseServer)
     async with WseClient("ws://127.0.0.1:1") as connected_client:
         assert_type(connected_client, WseClient)
+
+
+# ---- option objects, exported types and Cid ------------------------------------------------
+
+backoff = Reconnect(delay=0.1, jitter=0.0, codes={1006}, keep_trying=True)
+assert_type(backoff.wait(0), float)
+WseClient("ws://127.0.0.1:1", reconnect=backoff)
+WseClient("ws://127.0.0.1:1", reconnect=None)
+WseClient("ws://127.0.0.1:1", reconnect=True)  # E: arg-type
+WseClient("ws://127.0.0.1:1", reconnect_delay=0.5)  # E: call-arg
+Reconnect(delay="1s")  # E: arg-type
+
+assert_type(Limits(compression=Compression(level=1)).compression, Compression | None)
+ServerLimits(compression=Compression(takeover=True, window_bits=10))
+Limits(compression=True)  # E: arg-type
+Limits(compression_level=1)  # E: call-arg
+
+server.join_cluster("nats://127.0.0.1:4222")
+server.join_cluster(["nats://127.0.0.1:4222"], ClusterOptions(node="a", nats_options={}))
+server.join_cluster("nats://127.0.0.1:4222", node="a")  # E: call-arg
+
+events: ServerEvents = server.when
+client_events: ClientEvents = client.when
+server_channel: Channel[ServerEvents] = server.channel
+client_channel: Channel[ClientEvents] = client.channel
+user: Cid = "alice"
+server.send(user, "hello")
+server.send(("tenant", 7), "hello")
+server.send(["not", "hashable"], "hello")  # E: arg-type
+
+# the lazy __init__ still types every name, and a misspelt one is an error, not Any
+assert_type(wse_fast.Reconnect, type[Reconnect])
+misspelt = wse_fast.Reconect  # E: attr-defined

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import uvloop
-from wse_fast import ServerLimits, WseServer
+from wse_fast import Compression, ServerLimits, WseServer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from deflate_payload import SIZES, payloads
@@ -19,7 +19,10 @@ async def main(port: int, compression: bool) -> None:
         lambda req: req.accept(req.conn_id),
         port=port,
         limits=ServerLimits(
-            ping_interval=None, auth_timeout=120, max_pending_bytes=None, compression=compression
+            ping_interval=None,
+            auth_timeout=120,
+            max_pending_bytes=None,
+            compression=Compression() if compression else None,
         ),
     )
 

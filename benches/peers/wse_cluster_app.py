@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 import uvloop
-from wse_fast import WseServer
+from wse_fast import ClusterOptions, WseServer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from wse_fast_bench import bench_server
@@ -51,7 +51,7 @@ async def main(argv: list[str]) -> None:
     server = cluster_app(port=int(argv[0]))
     if len(argv) > 1:
         url, prefix, node = argv[1:4]
-        server.join_cluster([url], node=node, prefix=prefix)
+        server.join_cluster([url], ClusterOptions(node=node, prefix=prefix))
     await server.start()
     print("READY", server.port, flush=True)
     await asyncio.Event().wait()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import ssl as ssl_module
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final, Self
@@ -35,7 +33,7 @@ from .errors import (
     WseError,
 )
 from .events import ClientEvents, ErrorSink, run_handler
-from .options import Limits
+from .options import Limits, Reconnect
 from .peer import Peer
 from .protocols import FrameEncoder, WireProtocol
 from .rpc import PendingCalls, deadline
@@ -59,34 +57,6 @@ HANDSHAKE_HEADERS: Final = frozenset(
         "sec-websocket-extensions",
     }
 )
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    jitter: float,
-    factor: float,
-    cap: float,
-    rand: Callable[[], float],
-) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (0: the first after a loss).
-
-    The first wait is ``base + rand() * jitter``, as in the JavaScript client. Each failed
-    attempt multiplies both terms by ``factor``, until the longest possible wait would pass
-    ``cap``; from then on the window keeps its proportions with ``cap`` as its top, so clients
-    that have retried for long stay spread instead of piling up on the cap. With the defaults
-    (1 + up to 1 s) half of each window is fixed and half random ("equal jitter"); with
-    ``base=0`` the whole window is random ("full jitter").
-    """
-    top = base + jitter
-    if top <= 0:
-        return 0.0
-    limit = cap / top
-    # Compared in logarithms: factor ** attempt overflows a float after ~1000 attempts.
-    capped = attempt * math.log(factor) >= math.log(limit)
-    scale = limit if capped else factor**attempt
-    return scale * (base + rand() * jitter)
 
 
 class _Link:
@@ -248,22 +218,11 @@ class WseClient(Peer[ClientEvents]):
     noticed within ``ping_interval + ping_timeout``, and then handled like any lost socket.
     ``Limits(ping_interval=None)`` turns keepalive off.
 
-    Reconnect: with ``reconnect=True`` a connection lost with one of the reference's reconnect
-    codes (1005, 1006, 1011-1014, 4000) is re-established by itself. The first attempt waits
-    ``reconnect_delay`` (default 1 s) plus up to ``reconnect_jitter`` (default 1 s) at random,
-    as the JavaScript client does; each failed attempt multiplies that window by
-    ``reconnect_factor`` (default 2), and no wait exceeds ``reconnect_max_delay`` (default
-    30 s). A successful connection starts the next loss from the first window again. See
-    :func:`backoff_delay`. ``reconnect_random`` is the jitter's source (floats in [0, 1);
-    default :func:`random.random`): pass ``random.Random(seed).random`` for a reproducible
-    schedule. ``reconnect_codes``: the close codes that lead to a reconnect.
-
-    ``keep_trying=True`` (with ``reconnect``) is JavaScript's behaviour: ``connect`` keeps
-    trying until the server is up (it still raises when refused, or when ``close`` stops
-    it), and every failed attempt, the first or a reconnect, is reported: ``closed`` (1006
-    and no reason when no socket opened) and ``updated`` ``OFFLINE`` then ``RE_CONNECTING``.
-    By default ``connect`` raises the first attempt's error instead, and reconnect attempts
-    are reported only by the ``error`` of a socket that would not open.
+    Reconnect: ``reconnect`` is a :class:`~wse_fast.Reconnect` (by default ``Reconnect()``:
+    a connection lost with one of the reference's reconnect codes, 1005, 1006, 1011-1014 and
+    4000, is re-established after 1 s plus up to 1 s at random, the window doubling after
+    each failed attempt up to 30 s), or None: never. ``Reconnect(keep_trying=True)`` is
+    JavaScript's behaviour: ``connect`` itself keeps trying until the server is up.
     """
 
     when: ClientEvents
@@ -274,14 +233,7 @@ class WseClient(Peer[ClientEvents]):
         *,
         protocol: WireProtocol | None = None,
         timeout: float | None = 20.0,
-        reconnect: bool = True,
-        reconnect_delay: float = 1.0,
-        reconnect_jitter: float = 1.0,
-        reconnect_factor: float = 2.0,
-        reconnect_max_delay: float = 30.0,
-        reconnect_random: Callable[[], float] = random.random,
-        reconnect_codes: Collection[int] = RECONNECT_CODES,
-        keep_trying: bool = False,
+        reconnect: Reconnect | None = Reconnect(),  # noqa: B008 (frozen: safe to share)
         ssl: ssl_module.SSLContext | None = None,
         limits: Limits | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
@@ -289,26 +241,17 @@ class WseClient(Peer[ClientEvents]):
         proxy: str | None = None,
         local_addr: tuple[str, int] | None = None,
     ) -> None:
-        if reconnect_delay < 0 or reconnect_jitter < 0:
-            raise ValueError("reconnect_delay and reconnect_jitter must not be negative")
-        if reconnect_factor < 1:
-            raise ValueError("reconnect_factor must be at least 1")
-        if reconnect_max_delay <= 0:
-            raise ValueError("reconnect_max_delay must be positive")
+        if not isinstance(reconnect, Reconnect | None):
+            # 0.1 took ``reconnect=True/False`` and seven flat ``reconnect_*`` keywords
+            raise TypeError("reconnect takes a Reconnect(...) or None")
         super().__init__(protocol, mask=True)
         self.url = url
         self.timeout = timeout
+        #: How a lost connection is re-established; None: it is not.
         self.reconnect = reconnect
-        self.reconnect_delay = reconnect_delay
-        self.reconnect_jitter = reconnect_jitter
-        self.reconnect_factor = reconnect_factor
-        self.reconnect_max_delay = reconnect_max_delay
-        self.reconnect_random = reconnect_random
-        self.reconnect_codes = frozenset(reconnect_codes)
-        self.keep_trying = keep_trying
         self.ssl = ssl
         self.limits = limits or Limits()
-        settings = self.limits.deflate_settings()
+        settings = self.limits.compression
         #: permessage-deflate as this client offers it; None: not offered
         self.deflate = PerMessageDeflate(settings) if settings is not None else None
         # frames before masking and compression, for a connection that compresses
@@ -355,8 +298,8 @@ class WseClient(Peer[ClientEvents]):
         no connection (socket, upgrade, subprotocol, no welcome in time, closed before the
         welcome: then with the close ``code`` and ``reason`` in its details), and
         :class:`AlreadyConnected` while connected, connecting or re-connecting (the reconnect
-        owns the socket: ``close`` first to connect anew). With ``reconnect`` and
-        ``keep_trying``, a failed attempt is followed by others until one succeeds.
+        owns the socket: ``close`` first to connect anew). With ``Reconnect(keep_trying=True)``,
+        a failed attempt is followed by others until one succeeds.
         """
         if self.status in (WSE_STATUS.READY, WSE_STATUS.CONNECTING, WSE_STATUS.RE_CONNECTING):
             raise AlreadyConnected()
@@ -368,9 +311,10 @@ class WseClient(Peer[ClientEvents]):
             try:
                 return await self._attempt()
             except WseError as err:
-                if not (self.reconnect and self.keep_trying):
+                reconnect = self.reconnect
+                if reconnect is None or not reconnect.keep_trying:
                     raise
-                if not worth_retrying(err, self.reconnect_codes):
+                if not worth_retrying(err, reconnect.codes):
                     raise
                 self._attempt_failed(err)
             retrying = self._reconnector = asyncio.ensure_future(self._retry(0))
@@ -570,7 +514,7 @@ class WseClient(Peer[ClientEvents]):
         """With ``keep_trying``: reports a failed attempt as JavaScript's client does, as a
         close (a socket that never opened closes with 1006 and no reason; one that opened
         was reported when it closed) and a status going OFFLINE, then RE_CONNECTING."""
-        if not self.keep_trying:
+        if self.reconnect is None or not self.reconnect.keep_trying:
             return
         if err.details.get("code") is None:
             self.when.emit("closed", CLOSE_ABNORMAL, "")
@@ -591,24 +535,14 @@ class WseClient(Peer[ClientEvents]):
         self.when.emit("closed", code, reason)
         if self._closing or self._jumping:
             return
-        if was_ready and self.reconnect and code in self.reconnect_codes:
-            if self.keep_trying:  # as JavaScript's client reports every close
+        reconnect = self.reconnect
+        if was_ready and reconnect is not None and code in reconnect.codes:
+            if reconnect.keep_trying:  # as JavaScript's client reports every close
                 self._set_status(WSE_STATUS.OFFLINE)
             self._set_status(WSE_STATUS.RE_CONNECTING)
             self._reconnector = asyncio.ensure_future(self._reconnect_loop())
         elif was_ready:
             self._set_status(WSE_STATUS.OFFLINE)
-
-    def reconnect_wait(self, attempt: int) -> float:
-        """Seconds before reconnect attempt ``attempt`` (0: the first after a loss)."""
-        return backoff_delay(
-            attempt,
-            base=self.reconnect_delay,
-            jitter=self.reconnect_jitter,
-            factor=self.reconnect_factor,
-            cap=self.reconnect_max_delay,
-            rand=self.reconnect_random,
-        )
 
     async def _reconnect_loop(self) -> None:
         # One loop per loss: the attempt count starts at 0 again after a successful connection.
@@ -631,13 +565,15 @@ class WseClient(Peer[ClientEvents]):
     async def _retry(self, attempt: int) -> Any:
         """Attempts, each after its backoff wait, until one is welcomed (its welcome) or fails
         in a way that another cannot mend (raised); ``attempt`` counts those already made."""
+        reconnect = self.reconnect
+        assert reconnect is not None  # only a client that reconnects retries
         while not self._closing:
-            await asyncio.sleep(self.reconnect_wait(attempt))
+            await asyncio.sleep(reconnect.wait(attempt))
             attempt += 1
             try:
                 return await self._attempt()
             except WseError as err:
-                if not worth_retrying(err, self.reconnect_codes):
+                if not worth_retrying(err, reconnect.codes):
                     raise
                 self._attempt_failed(err)  # server still away: try again
         raise ConnectionFailed({"error": "closed while connecting"})

@@ -49,7 +49,7 @@ class Connection:
         self.cid: Any = None
         self.identity: Any = None
         self.meta: dict[str, Any] = {}
-        self.client: Client | None = None
+        self.client: User | None = None
         self.endpoint: Transport | None = None
         self.forwarded_addr: tuple[str, int] | None = None  # the client, as a trusted proxy says
         self._pending: PendingCalls | None = None  # made by the first server-to-client call
@@ -119,9 +119,11 @@ class Connection:
             self.endpoint.write(frame)
 
 
-class Client:
-    """A user (``cid``, as identify gave it to accept: any hashable value) and its open
-    connections, oldest first; ``state`` is the application's own data for the user."""
+class User:
+    """A user on the server (``cid``, as identify gave it to accept: any hashable value) and
+    its open connections, oldest first; ``state`` is the application's own data for the user.
+    (0.1 called it ``Client``, beside the unrelated ``WseClient``; that name stays as a
+    deprecated alias for one release.)"""
 
     __slots__ = ("_conns", "_registry", "_state", "cid", "meta")
 
@@ -136,7 +138,7 @@ class Client:
         self._conns: tuple[Connection, ...] = (first,)
 
     def __repr__(self) -> str:
-        return f"<Client {self.cid!r} conns={len(self._conns)}>"
+        return f"<User {self.cid!r} conns={len(self._conns)}>"
 
     @property
     def state(self) -> dict[str, Any]:
@@ -195,3 +197,7 @@ class Client:
             return None
         conns = self._conns = tuple(c for c in conns if c is not conn)
         return bool(conns)
+
+
+#: Deprecated: 0.1's name of :class:`User` (a user on the server, not a ``WseClient``).
+Client = User

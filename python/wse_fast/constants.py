@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Hashable
+from typing import Final, TypeAlias
+
+#: A user's id, as ``identify`` gave it to ``req.accept(cid)``: any hashable value (a str or
+#: a number where it must cross a cluster). What ``server.send``, ``call``, ``online`` and
+#: ``drop_client`` take.
+Cid: TypeAlias = Hashable
 
 
 class WSE_REASON:

@@ -23,7 +23,7 @@ from .errors import WseError
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultedTypeVar
 
-    from .connection import Client, Connection
+    from .connection import Connection, User
 
 log = logging.getLogger("wse_fast")
 
@@ -85,11 +85,11 @@ class ClientHandler(Protocol):
 
 
 class OnJoined(Protocol):
-    def __call__(self, client: Client, meta: dict[str, Any], /) -> object: ...
+    def __call__(self, user: User, meta: dict[str, Any], /) -> object: ...
 
 
 class OnLeft(Protocol):
-    def __call__(self, client: Client, code: int, reason: str, /) -> object: ...
+    def __call__(self, user: User, code: int, reason: str, /) -> object: ...
 
 
 class OnConnected(Protocol):
@@ -293,11 +293,12 @@ class ServerEvents(Events):
     )
 
     def joined(self, fn: _Joined) -> _Joined:
-        """``fn(client, meta)``: a user's first connection was accepted."""
+        """``fn(user, meta)``: a user's first connection was accepted (``user``: a
+        :class:`~wse_fast.User`)."""
         return self._add("joined", fn)
 
     def left(self, fn: _Left) -> _Left:
-        """``fn(client, code, reason)``: a user's last connection closed."""
+        """``fn(user, code, reason)``: a user's last connection closed."""
         return self._add("left", fn)
 
     def connected(self, fn: _Connected) -> _Connected:

@@ -1,15 +1,140 @@
-"""What one connection may take: the limits a server and a client share, and the server's own.
+"""The option objects: what one connection may take (the limits a server and a client share,
+and the server's own), how it compresses, how a client reconnects, how a node joins a cluster.
 
-``WseClient(url, limits=Limits(max_message_size=4 << 20))``,
-``WseServer(identify, limits=ServerLimits(max_in_flight=16))``. Frozen: one object may serve
-several servers or clients; derive a variant with ``dataclasses.replace``.
+``WseClient(url, limits=Limits(max_message_size=4 << 20), reconnect=Reconnect(delay=0.5))``,
+``WseServer(identify, limits=ServerLimits(max_in_flight=16, compression=Compression()))``,
+``server.join_cluster(url, ClusterOptions(node="web-1"))``. Frozen: one object may serve
+several servers or clients; derive a variant with ``dataclasses.replace``. Nothing here
+imports picows or nats: building options never starts a network stack.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import random
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from .sansio.deflate import DeflateSettings
+from .constants import RECONNECT_CODES
+from .sansio.deflate import Compression
+
+__all__ = ["ClusterOptions", "Compression", "Limits", "Reconnect", "ServerLimits", "backoff_delay"]
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    jitter: float,
+    factor: float,
+    cap: float,
+    rand: Callable[[], float],
+) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0: the first after a loss).
+
+    The first wait is ``base + rand() * jitter``, as in the JavaScript client. Each failed
+    attempt multiplies both terms by ``factor``, until the longest possible wait would pass
+    ``cap``; from then on the window keeps its proportions with ``cap`` as its top, so clients
+    that have retried for long stay spread instead of piling up on the cap. With the defaults
+    (1 + up to 1 s) half of each window is fixed and half random ("equal jitter"); with
+    ``base=0`` the whole window is random ("full jitter").
+    """
+    top = base + jitter
+    if top <= 0:
+        return 0.0
+    limit = cap / top
+    # Compared in logarithms: factor ** attempt overflows a float after ~1000 attempts.
+    capped = attempt * math.log(factor) >= math.log(limit)
+    scale = limit if capped else factor**attempt
+    return scale * (base + rand() * jitter)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reconnect:
+    """How a :class:`~wse_fast.WseClient` re-establishes a lost connection
+    (``WseClient(url, reconnect=Reconnect(...))``; ``reconnect=None``: never).
+
+    A connection lost with one of ``codes`` (by default the reference's: 1005, 1006,
+    1011-1014, 4000) is re-established by itself. The first attempt waits ``delay`` plus up
+    to ``jitter`` at random, as the JavaScript client does; each failed attempt multiplies
+    that window by ``factor``, and no wait exceeds ``max_delay``. A successful connection
+    starts the next loss from the first window again (see :func:`backoff_delay`).
+
+    - ``random``: the jitter's source (floats in [0, 1)): pass ``random.Random(seed).random``
+      for a reproducible schedule;
+    - ``keep_trying``: JavaScript's behaviour: ``connect`` keeps trying until the server is up
+      (it still raises when refused, or when ``close`` stops it), and every failed attempt,
+      the first or a reconnect, is reported: ``closed`` (1006 and no reason when no socket
+      opened) and ``updated`` ``OFFLINE`` then ``RE_CONNECTING``. Without it ``connect``
+      raises the first attempt's error, and reconnect attempts are reported only by the
+      ``error`` of a socket that would not open.
+    """
+
+    delay: float = 1.0
+    jitter: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 30.0
+    codes: Collection[int] = RECONNECT_CODES
+    keep_trying: bool = False
+    random: Callable[[], float] = field(default=random.random, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.delay < 0 or self.jitter < 0:
+            raise ValueError("reconnect delay and jitter must not be negative")
+        if self.factor < 1:
+            raise ValueError("reconnect factor must be at least 1")
+        if self.max_delay <= 0:
+            raise ValueError("reconnect max_delay must be positive")
+        # frozen: the one place the value is normalised, before anyone reads it
+        object.__setattr__(self, "codes", frozenset(self.codes))
+
+    def wait(self, attempt: int) -> float:
+        """Seconds before reconnect attempt ``attempt`` (0: the first after a loss)."""
+        return backoff_delay(
+            attempt,
+            base=self.delay,
+            jitter=self.jitter,
+            factor=self.factor,
+            cap=self.max_delay,
+            rand=self.random,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterOptions:
+    """How a server joins a cluster on NATS
+    (``server.join_cluster(urls, ClusterOptions(node="web-1"))``).
+
+    - ``node``: this node's name (default: host, pid and a random part);
+    - ``prefix``: of every subject and bucket, to keep clusters apart on one NATS;
+    - ``node_ttl``: how soon a node that died without a goodbye stops counting (seconds);
+    - ``connect_timeout``: for the first link to NATS (the server does not start without it);
+    - ``max_outbox``: bytes that may wait for NATS before what is sent is counted as lost;
+    - ``health_timeout``: what a heartbeat (a NATS round trip) and a lookup of ``online`` may
+      take before the node counts as unhealthy (default: a third of ``node_ttl``, at least
+      1 s);
+    - ``max_pending_users``: users whose registry change may wait for NATS before the node
+      re-syncs its whole state instead;
+    - ``nats_options``: passed to ``nats.connect`` (TLS: ``{"tls": ssl_context}``,
+      credentials: ``{"user_credentials": ...}``; frames and call payloads cross NATS as
+      they are).
+    """
+
+    node: str | None = None
+    prefix: str = "wse"
+    node_ttl: float = 6.0
+    connect_timeout: float = 10.0
+    max_outbox: int = 8 << 20
+    health_timeout: float | None = None
+    max_pending_users: int = 10_000
+    nats_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_pending_users < 1:
+            raise ValueError("max_pending_users must be at least 1")
+        if self.node_ttl <= 0 or self.connect_timeout <= 0 or self.max_outbox < 1:
+            raise ValueError("node_ttl, connect_timeout and max_outbox must be positive")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,21 +155,10 @@ class Limits:
     - ``read_buffer_size``: picows's initial read buffer per connection (the client's; on
       the server only with ``WSE_FAST_SERVER_SOCKETS=picows``: its own sockets share one
       read buffer per event loop);
-    - ``compression``: permessage-deflate (RFC 7692), off by default as in Node.js ``ws``.
-      A server agrees to a client's offer, a client offers it. Without takeover every
-      message is compressed on its own: a broadcast is compressed once and the same frame
-      goes to every connection that agreed, and a connection keeps no zlib state between
-      messages. A compressed message inflating past the message limit closes 1009 (before
-      authentication: past ``auth_max_message_size``);
-    - ``compression_threshold``: messages whose payload is shorter go plain (bytes);
-    - ``compression_level``: zlib's level, 1 (fastest) to 9 (smallest);
-    - ``compression_takeover``: a compression context per connection, each way, where the
-      peer allows it (smaller messages when they repeat one another; every message, a
-      broadcast too, is then compressed per connection);
-    - ``compression_window_bits`` / ``compression_mem_level``: with takeover, what bounds
-      each connection's contexts: about ``2 ** (bits + 2) + 2 ** (mem_level + 9)`` bytes to
-      compress and ``2 ** bits`` + 7 KiB to inflate (32 KiB and 11 KiB at 12 and 5); a peer
-      whose window cannot be limited is asked not to take over.
+    - ``compression``: permessage-deflate (RFC 7692) as a :class:`Compression`, or None
+      (the default, as in Node.js ``ws``): off. A server agrees to a client's offer, a
+      client offers it. A compressed message inflating past the message limit closes 1009
+      (before authentication: past ``auth_max_message_size``).
     """
 
     max_message_size: int = 1 << 20
@@ -53,31 +167,17 @@ class Limits:
     ping_timeout: float = 20.0
     close_timeout: float = 5.0
     read_buffer_size: int = 2048
-    compression: bool = False
-    compression_threshold: int = 128
-    compression_level: int = 6
-    compression_takeover: bool = False
-    compression_window_bits: int = 12
-    compression_mem_level: int = 5
+    compression: Compression | None = None
 
     def __post_init__(self) -> None:
-        self.deflate_settings()  # checks the compression options when they are made
+        if not isinstance(self.compression, Compression | None):
+            # 0.1 took ``compression=True`` and six ``compression_*`` fields
+            raise TypeError("compression takes a Compression(...) or None")
         if self.ping_interval is not None and not 0 < self.ping_timeout <= self.ping_interval:
             # picows checks this only when a connection starts, and then fails every one
             raise ValueError("ping_timeout must be positive and not exceed ping_interval")
         if min(self.max_message_size, self.read_buffer_size) < 1 or self.close_timeout < 0:
             raise ValueError("sizes must be at least 1 and close_timeout not negative")
-
-    def deflate_settings(self) -> DeflateSettings | None:
-        """The compression options as the extension takes them; None when it is off."""
-        settings = DeflateSettings(
-            level=self.compression_level,
-            mem_level=self.compression_mem_level,
-            threshold=self.compression_threshold,
-            takeover=self.compression_takeover,
-            window_bits=self.compression_window_bits,
-        )
-        return settings if self.compression else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,7 +50,7 @@ class ConnectionHost(Protocol):
 
 
 class UserHost(Protocol):
-    """What a :class:`~wse_fast.connection.Client` (a user) needs from its registry: the
+    """What a :class:`~wse_fast.connection.User` (a user) needs from its registry: the
     node's encoder, to encode a message once for every device, and what counts it."""
 
     @property

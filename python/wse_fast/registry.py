@@ -1,4 +1,4 @@
-"""The server's users: each user (``cid``, a :class:`~wse_fast.connection.Client`) and its open
+"""The server's users: each user (``cid``, a :class:`~wse_fast.connection.User`) and its open
 connections, oldest first, with the per-user connection limit."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-from .connection import Client
+from .connection import User
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class UserRegistry:
-    """``clients``: cid to :class:`Client`, for users with at least one open connection."""
+    """``clients``: cid to :class:`User`, for users with at least one open connection."""
 
     __slots__ = ("clients", "conn_per_user", "encode", "metrics")
 
@@ -24,18 +24,18 @@ class UserRegistry:
         self.encode = encode
         self.conn_per_user = conn_per_user
         self.metrics = metrics  # what the node counts (None: nothing)
-        self.clients: dict[Any, Client] = {}
+        self.clients: dict[Any, User] = {}
 
-    def add(self, conn: Connection, cid: Hashable) -> tuple[Client, bool, list[Connection]]:
+    def add(self, conn: Connection, cid: Hashable) -> tuple[User, bool, list[Connection]]:
         """Adds an accepted connection to user ``cid``: the user, whether this is its first
         connection (it joined), and its oldest connections over the limit (to drop)."""
         client = self.clients.get(cid)
         if client is None:
-            client = self.clients[cid] = Client(self, cid, conn)
+            client = self.clients[cid] = User(self, cid, conn)
             return client, True, []
         return client, False, client.add_connection(conn, self.conn_per_user)
 
-    def remove(self, conn: Connection) -> Client | None:
+    def remove(self, conn: Connection) -> User | None:
         """Takes a closed connection off its user: the user, when that was its last one (it
         left), else None."""
         client = conn.client

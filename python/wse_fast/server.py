@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .authentication import Authentication, IdentifyRequest
 from .cluster.broker import Broker, LocalBroker
-from .connection import Client, Connection
-from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON
+from .connection import Connection, User
+from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASON, Cid
 from .errors import WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .listener import Listener
 from .metrics import ServerMetrics
-from .options import ServerLimits
+from .options import ClusterOptions, ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
 from .registry import UserRegistry
@@ -129,7 +129,7 @@ class WseServer(Peer[ServerEvents]):
         #: handed it whole when made.
         self.metrics = ServerMetrics(self)
         self.registry = UserRegistry(self.encode, conn_per_user, self.metrics)
-        self.clients: dict[Any, Client] = self.registry.clients  # users with open connections
+        self.clients: dict[Any, User] = self.registry.clients  # users with open connections
         # every open socket, authenticated or not
         self.connections: dict[str, ServerConnection] = {}
         self.challenger: Callable[..., Any] | None = None
@@ -141,9 +141,8 @@ class WseServer(Peer[ServerEvents]):
             HTTP_REQUEST_MAX + 2 * limits.auth_max_message_size + CONTROL_ALLOWANCE
         )
         self._ids = itertools.count(1)
-        settings = limits.deflate_settings()
         #: permessage-deflate as this server agrees to it; None: offers are declined
-        self.deflate = PerMessageDeflate(settings) if settings is not None else None
+        self.deflate = None if limits.compression is None else PerMessageDeflate(limits.compression)
         self._live = EndpointGroup()  # endpoints of accepted connections
         #: Writes a frame to every accepted connection here (what a broker delivers to
         #: all): the group's own write, so that a broadcast costs no call more than it.
@@ -206,47 +205,20 @@ class WseServer(Peer[ServerEvents]):
         return None if broker.node is None else broker
 
     def join_cluster(
-        self,
-        urls: str | Sequence[str],
-        *,
-        node: str | None = None,
-        prefix: str = "wse",
-        node_ttl: float = 6.0,
-        connect_timeout: float = 10.0,
-        max_outbox: int = 8 << 20,
-        health_timeout: float | None = None,
-        max_pending_users: int = 10_000,
-        **nats_options: Any,
+        self, urls: str | Sequence[str], options: ClusterOptions | None = None
     ) -> None:
         """Makes this server one node of a cluster on NATS (before it starts): sends to a user,
         broadcasts, ``drop_client``, ``conn_per_user``, :meth:`online` and :meth:`call` then
-        span every node. ``urls``: NATS server URL(s); ``node``: this node's name (default:
-        host, pid and a random part); ``prefix``: of every subject and bucket, to keep
-        clusters apart on one NATS; ``node_ttl``: how soon a node that died without a goodbye
-        stops counting (seconds); ``connect_timeout``: for the first link to NATS (the server
-        does not start without it); ``max_outbox``: bytes that may wait for NATS before what
-        is sent is counted as lost; ``health_timeout``: what a heartbeat (a NATS round trip)
-        and a lookup of :meth:`online` may take before the node counts as unhealthy
-        (default: a third of ``node_ttl``, at least 1 s); ``max_pending_users``: users whose
-        registry change may wait for NATS before the node re-syncs its whole state instead;
-        ``nats_options``: passed to ``nats.connect`` (TLS:
-        ``tls=ssl_context``, credentials: ``user_credentials=...``; frames and call payloads
-        cross NATS as they are). Needs the ``cluster`` extra (nats-py)."""
+        span every node. ``urls``: NATS server URL(s); ``options``: a
+        :class:`~wse_fast.ClusterOptions` (the node's name, the subjects' prefix, how soon a
+        dead node stops counting, NATS's own TLS and credentials...). Needs the ``cluster``
+        extra (nats-py)."""
         from .cluster.nats_cluster import NatsCluster  # nats-py is optional
 
         if self._attached is not None:
             raise RuntimeError("join_cluster comes before the server starts")
         broker = NatsCluster(
-            self,
-            [urls] if isinstance(urls, str) else list(urls),
-            node=node,
-            prefix=prefix,
-            node_ttl=node_ttl,
-            connect_timeout=connect_timeout,
-            max_outbox=max_outbox,
-            health_timeout=health_timeout,
-            max_pending_users=max_pending_users,
-            nats_options=nats_options,
+            self, [urls] if isinstance(urls, str) else list(urls), options or ClusterOptions()
         )
         self.use_broker(broker)
 
@@ -404,7 +376,7 @@ class WseServer(Peer[ServerEvents]):
             # once for all connections
             self.metrics.count_sent(type, len(frame), len(self._live))
 
-    def send(self, cid: Any, type: str, payload: Any = None) -> bool:
+    def send(self, cid: Cid, type: str, payload: Any = None) -> bool:
         """Sends to every device of user ``cid`` (as identify accepted it: ``1`` and ``"1"``
         are two users); False if the user is not connected here and there is no cluster to
         pass it to (in a cluster: True, and every node delivers it to the user's connections
@@ -417,16 +389,16 @@ class WseServer(Peer[ServerEvents]):
             self.metrics.count_sent(type, len(frame), written)
         return True
 
-    def drop_client(self, cid: Any, reason: str = WSE_REASON.BY_SERVER) -> None:
+    def drop_client(self, cid: Cid, reason: str = WSE_REASON.BY_SERVER) -> None:
         """Closes every connection of user ``cid`` (on every node of a cluster)."""
         self.broker.drop_user(cid, reason)
 
-    async def online(self, cid: Any) -> int:
+    async def online(self, cid: Cid) -> int:
         """How many connections user ``cid`` has open (on every live node of a cluster)."""
         return await self.presence.online(cid)
 
     async def call(
-        self, cid: Any, rp: str, payload: Any = None, timeout: float | None = None
+        self, cid: Cid, rp: str, payload: Any = None, timeout: float | None = None
     ) -> Any:
         """Calls procedure ``rp`` on the newest connection of user ``cid``, wherever it lives;
         the same results and errors as :meth:`Connection.call` (``ConnectionNotReady`` when
@@ -436,11 +408,11 @@ class WseServer(Peer[ServerEvents]):
     # ---- what the broker asks of this node (cluster.broker.BrokerHandler) ------------------
     # (deliver_to_all and has_user: attributes, bound in __init__)
 
-    def deliver_to_user(self, cid: Any, frame: bytes) -> int:
+    def deliver_to_user(self, cid: Cid, frame: bytes) -> int:
         client = self.clients.get(cid)
         return 0 if client is None else client.send_frame(frame)
 
-    def drop_local_user(self, cid: Any, reason: str) -> None:
+    def drop_local_user(self, cid: Cid, reason: str) -> None:
         client = self.clients.get(cid)
         if client is not None:
             client.drop(reason)
@@ -451,17 +423,17 @@ class WseServer(Peer[ServerEvents]):
             return None
         return conn
 
-    def user_connections(self, cid: Any) -> Sequence[Connection]:
+    def user_connections(self, cid: Cid) -> Sequence[Connection]:
         client = self.clients.get(cid)
         return () if client is None else tuple(client.conns.values())
 
     def local_users(self) -> list[Any]:
         return list(self.clients)
 
-    def user_online(self, cid: Any) -> None:
+    def user_online(self, cid: Cid) -> None:
         self.when.emit("online", cid)
 
-    def user_offline(self, cid: Any) -> None:
+    def user_offline(self, cid: Cid) -> None:
         self.when.emit("offline", cid)
 
     def broker_error(self, error: WseError) -> None:
@@ -737,7 +709,7 @@ class WseServer(Peer[ServerEvents]):
         if conn.endpoint is not None:
             conn.endpoint.close(code, reason, wait=False)
 
-    def admitted(self, conn: ServerConnection, cid: Any, welcome: Any) -> None:
+    def admitted(self, conn: ServerConnection, cid: Cid, welcome: Any) -> None:
         """identify accepted ``conn`` as user ``cid`` (kept as given: any hashable value):
         welcome it, register it, tell the application, and drop the user's oldest
         connections over ``conn_per_user``."""

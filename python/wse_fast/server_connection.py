@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import rpc
 from .codec import EnvelopeError
 from .connection import Connection
-from .constants import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, SLOW_CONSUMER, WSE_ERROR, WSE_REASON
+from .constants import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    SLOW_CONSUMER,
+    WSE_ERROR,
+    WSE_REASON,
+    Cid,
+)
 from .errors import ProtocolViolation, WseError
 from .metrics import LATENCY_BUCKETS, PROTOCOL_CLOSE_CODES
 from .ports import ConnectionHost
@@ -333,7 +340,7 @@ class ServerConnection(Connection):
         self._server.report(err, self)
         self._server.refuse(self, CLOSE_POLICY_VIOLATION, "too much data before authentication")
 
-    def accepted(self, cid: str) -> None:
+    def accepted(self, cid: Cid) -> None:
         """identify accepted the connection as user ``cid``: what held it as a stranger goes."""
         self.cancel_auth_timer()
         self.handshake = None

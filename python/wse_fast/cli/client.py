@@ -330,7 +330,7 @@ def run_client(
     context = client_ssl_context(url, cafile)
 
     async def main() -> int:
-        client = WseClient(url, timeout=timeout, reconnect=False, ssl=context)
+        client = WseClient(url, timeout=timeout, reconnect=None, ssl=context)
         return await work(client)
 
     sys.exit(uvloop.run(main()))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import click
 
 from ..metrics import prometheus_installed
+from ..options import ClusterOptions
 from ..server import DEFAULT_GRACE
 from .app import import_ahead_of_the_application, load_server
 from .common import (
@@ -137,7 +138,7 @@ async def serve_one(
 
     server = load_server(spec)
     if cluster:  # before start: the server starts its cluster link with its listener
-        server.join_cluster(cluster, node=node_name(node_prefix))
+        server.join_cluster(cluster, ClusterOptions(node=node_name(node_prefix)))
     server.host, server.port = host, port
     server.grace = grace
     if backlog is not None:

@@ -84,6 +84,7 @@ from .nats_link import (
 from .nats_presence import NatsPresence
 
 if TYPE_CHECKING:
+    from ..options import ClusterOptions
     from .broker import BrokerHandler
 
 __all__ = ["CLUSTER_LOST", "CLUSTER_UNAVAILABLE", "NatsCluster", "default_node_name"]
@@ -108,34 +109,24 @@ class NatsCluster:
         self,
         handler: BrokerHandler,
         urls: Sequence[str],
-        *,
-        node: str | None = None,
-        prefix: str = "wse",
-        node_ttl: float = 6.0,
-        connect_timeout: float = 10.0,
-        max_outbox: int = 8 << 20,
-        health_timeout: float | None = None,
-        max_pending_users: int = 10_000,
-        nats_options: dict[str, Any] | None = None,
+        options: ClusterOptions,
     ) -> None:
-        if max_pending_users < 1:
-            raise ValueError("max_pending_users must be at least 1")
         self._node = handler
         self._deliver_to_all = handler.deliver_to_all  # a broadcast's local half, bound once
         self.link = NatsLink(
             handler,
             self,
             urls,
-            node=node or default_node_name(),
-            prefix=prefix,
-            node_ttl=node_ttl,
-            connect_timeout=connect_timeout,
-            max_outbox=max_outbox,
-            health_timeout=health_timeout,
-            nats_options=nats_options,
+            node=options.node or default_node_name(),
+            prefix=options.prefix,
+            node_ttl=options.node_ttl,
+            connect_timeout=options.connect_timeout,
+            max_outbox=options.max_outbox,
+            health_timeout=options.health_timeout,
+            nats_options=dict(options.nats_options),
         )
         self._publish = self.link.publish
-        self.presence = NatsPresence(self.link, handler, max_pending_users)
+        self.presence = NatsPresence(self.link, handler, options.max_pending_users)
         self.calls = NatsCalls(self.link, self.presence, handler)
         self.node: str = self.link.node
         self.refused = 0  # messages from NATS not written to clients: not one server frame

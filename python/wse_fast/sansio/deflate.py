@@ -185,20 +185,25 @@ def _offer_parameters(params: Parameters) -> dict[str, str | None] | None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DeflateSettings:
-    """How one server or client uses permessage-deflate (from its ``Limits``).
+class Compression:
+    """permessage-deflate as one server or client uses it
+    (``Limits(compression=Compression(level=1))``; ``compression=None``: off).
 
-    - ``level``: zlib's compression level (1 fastest .. 9 smallest);
-    - ``mem_level``: zlib's memLevel (1..9), the hash table size of each connection's own
-      compressor (with ``takeover``); the shared ones, one per process and window, take
-      zlib's default 8;
+    Without takeover every message is compressed on its own: a broadcast is compressed once
+    and the same frame goes to every connection that agreed, and a connection keeps no zlib
+    state between messages.
+
+    - ``level``: zlib's compression level, 1 (fastest) to 9 (smallest);
     - ``threshold``: messages with a shorter payload are sent plain (RSV1 clear is always
       allowed, §6);
     - ``takeover``: keep a compression context per connection, each way, where the peer
-      allows it; otherwise every message stands alone, so a broadcast is compressed once;
-    - ``window_bits``: with ``takeover``, the largest window of those contexts, on both
-      sides (it bounds their memory); peers that cannot be limited to it are asked not to
-      take over.
+      allows it (smaller messages when they repeat one another; every message, a broadcast
+      too, is then compressed per connection);
+    - ``window_bits`` / ``mem_level``: with ``takeover``, what bounds each connection's
+      contexts, on both sides: about ``2 ** (bits + 2) + 2 ** (mem_level + 9)`` bytes to
+      compress and ``2 ** bits`` + 7 KiB to inflate (32 KiB and 11 KiB at 12 and 5); a peer
+      whose window cannot be limited is asked not to take over. The shared compressors
+      (without takeover), one per process and window, take zlib's default memLevel 8.
     """
 
     level: int = 6
@@ -222,7 +227,7 @@ class PerMessageDeflate:
 
     __slots__ = ("_answers", "_shared", "settings")
 
-    def __init__(self, settings: DeflateSettings) -> None:
+    def __init__(self, settings: Compression) -> None:
         self.settings = settings
         self._answers: dict[tuple[str, ...], Agreement | None] = {}
         self._shared: dict[int, Compressor] = {}
@@ -372,7 +377,7 @@ class Compressor:
         "window_bits",
     )
 
-    def __init__(self, settings: DeflateSettings, window_bits: int, *, takeover: bool) -> None:
+    def __init__(self, settings: Compression, window_bits: int, *, takeover: bool) -> None:
         self.window_bits = window_bits
         self.shared = not takeover
         self.threshold = settings.threshold

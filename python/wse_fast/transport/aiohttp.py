@@ -99,7 +99,7 @@ async def handle(server: UpgradeHost, request: web.Request) -> web.StreamRespons
         max_msg_size=server.limits.max_message_size,
         heartbeat=server.limits.ping_interval,
         timeout=server.limits.close_timeout,
-        compress=server.limits.compression,
+        compress=server.limits.compression is not None,
         autoclose=False,
     )
     if not ws.can_prepare(request).ok:
