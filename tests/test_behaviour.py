@@ -550,9 +550,13 @@ async def test_rpc_from_client(make_server: ServerFactory, make_client: ClientFa
     client = make_client(server, timeout=0.3)
     await client.connect("alice")
     assert await client.call("add", {"a": 5, "b": 3}) == 8
-    assert await client.call("slow-add", {"a": 1, "b": 1}) == 2
+    assert await client.call("slow-add", {"a": 1, "b": 1}, timeout=10.0) == 2
     assert await client.call("returns-none") is None
-    results = await asyncio.gather(*(client.call("add", {"a": i, "b": i}) for i in range(50)))
+    # fifty at once, each with a limit of its own: the client's 0.3 s is for "never" below,
+    # and fifty answers on a loaded machine may take longer than that
+    results = await asyncio.gather(
+        *(client.call("add", {"a": i, "b": i}, timeout=10.0) for i in range(50))
+    )
     assert results == [2 * i for i in range(50)]
 
     with pytest.raises(WseError) as err:
