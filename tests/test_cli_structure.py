@@ -1,13 +1,13 @@
-"""The structure of ``wse_fast.cli``, one module per program: read from the modules' syntax
-trees (nothing is imported), every import between the package's modules, those inside
-functions and under ``TYPE_CHECKING`` included (they are design dependencies too), forms no
-circle; the programs never import the package's ``__init__`` (which registers them on the
-command group), and no module reaches for a sibling's private name."""
+"""The structure of ``wse_fast.cli``, one module per program, read from the modules' syntax
+trees (nothing is imported; imports inside functions and under ``TYPE_CHECKING`` count): the
+programs never import the package's ``__init__`` (which registers them on the command group),
+and no module reaches for a sibling's private name. That the package, like all of wse_fast,
+has no import circle is tests/test_structure.py's."""
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = "wse_fast.cli"
@@ -65,55 +65,6 @@ def import_graph() -> dict[str, dict[str, list[str]]]:
     return graph
 
 
-def import_circles(graph: Mapping[str, Mapping[str, object]]) -> list[list[str]]:
-    """The circles of ``graph``: each strongly connected set of more than one module (or a
-    module importing itself), sorted (Tarjan's algorithm)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    circles: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for target in graph.get(node, {}):
-            if target not in index:
-                visit(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1 or node in graph.get(node, {}):
-                circles.append(sorted(component))
-
-    for node in graph:
-        if node not in index:
-            visit(node)
-    return sorted(circles)
-
-
-def test_the_circle_finder_finds_a_circle_and_only_circles() -> None:
-    graph = {
-        "a": {"b": []},
-        "b": {"c": []},
-        "c": {"a": [], "d": []},
-        "d": {},
-        "e": {"e": []},
-        "f": {"d": []},
-    }
-    assert import_circles(graph) == [["a", "b", "c"], ["e"]]
-    assert import_circles({"a": {"b": []}, "b": {}}) == []
-
-
 def test_the_import_reader_sees_relative_imports_in_functions_and_type_checking() -> None:
     tree = ast.parse(
         "from typing import TYPE_CHECKING\n"
@@ -131,12 +82,6 @@ def test_the_import_reader_sees_relative_imports_in_functions_and_type_checking(
         (f"{PACKAGE}.client", ["Listening"]),
         (f"{PACKAGE}.serve", []),
     ]
-
-
-def test_the_cli_package_has_no_import_circle() -> None:
-    graph = import_graph()
-    assert len(graph) >= 6, sorted(graph)  # the reader found the package's modules
-    assert import_circles(graph) == []
 
 
 def test_the_programs_do_not_import_the_command_group() -> None:
