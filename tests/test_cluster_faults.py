@@ -353,6 +353,48 @@ async def test_a_sweep_keeps_the_entries_of_a_swept_node_that_came_back(
         await nc.close()
 
 
+async def test_a_sweep_and_a_resync_read_the_bucket_once_not_a_round_trip_per_user(
+    make_node: InProcessNodes, nats_server: LocalNats, make_client: ClientFactory, log: EventLog
+) -> None:
+    # 100 000 users over 6 workers: a worker sweeping a dead one's entries, or writing its
+    # whole state again, did a NATS round trip for every user of the cluster (a worker busy
+    # for seconds). Now one watch reads every list, and only the lists to change are read again.
+    a = await make_node("a")
+    cluster = a.cluster
+    assert cluster is not None
+    await device(make_client, url_of(a), "alice", "alice@a", log)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        nodes, users = await js.key_value("wse_nodes"), await js.key_value("wse_users")
+        await nodes.put("n.b", b"b")  # b is alive: its 300 users stay as they are
+        for i in range(300):
+            await users.put(f"u.b{i:039d}", msgpack.packb([["b", f"b-instance:{i}"]]))
+        await users.put("u.c" + "0" * 39, msgpack.packb([["c", "c-instance:1"]]))  # c is dead
+        await until_online(a, "alice", 1)
+        api_requests: list[str] = []
+
+        async def count(msg: nats.aio.msg.Msg) -> None:
+            api_requests.append(msg.subject)
+
+        counter = await nc.subscribe("$JS.API.>", cb=count)
+        await nc.flush()
+        await cluster.presence._sweep(["c"])
+        await cluster.presence._resync_all()
+        await nc.flush()
+        await counter.unsubscribe()
+        # the claim, the lookup of c, two watches (a consumer's creation, info, deletion
+        # each), and the one list changed: far from the 600 reads of before
+        assert len(api_requests) < 30, api_requests
+        with pytest.raises((KeyDeletedError, KeyNotFoundError)):
+            await users.get("u.c" + "0" * 39)  # c's only entry: swept
+        entry = await users.get("u.b" + "0" * 39)
+        assert msgpack.unpackb(entry.value) == [["b", "b-instance:0"]]
+        assert await a.online("alice") == 1
+    finally:
+        await nc.close()
+
+
 def test_the_default_node_ttl_drops_a_dead_node_within_ten_seconds() -> None:
     """The issue's bound on the default: the TTL plus a heartbeat plus nats-server's lateness."""
     made = WseServer(accept_identity, cluster="nats://127.0.0.1:1")  # never started
