@@ -24,8 +24,8 @@ from picows import (
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows's stub
 
 from .admission import Admission, ReadGuard, Vet
-from .picows_endpoint import Endpoint, Keepalive
-from .server_socket import ListenerOptions
+from .picows_endpoint import Endpoint
+from .server_socket import ListenerOptions, create_server
 
 
 class PicowsLog(logging.LoggerAdapter[logging.Logger]):
@@ -125,12 +125,7 @@ async def listen(
     Keepalive is the endpoints' sweep (:class:`Keepalive`), not picows's: picows's costs a
     task per connection.
     """
-    loop = asyncio.get_running_loop()
-    keepalive = (
-        None
-        if options.ping_interval is None
-        else Keepalive(options.ping_interval, options.ping_timeout)
-    )
+    keepalive = options.keepalive()
 
     def protocol() -> ReadGuard:
         def route(request: WSUpgradeRequest) -> Any:
@@ -164,8 +159,4 @@ async def listen(
         guard = ReadGuard(inner, admission, options.stranger_budget, vet, options.handshake_timeout)
         return guard
 
-    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
-    if ssl is not None and options.handshake_timeout is not None:
-        # uvloop reports a TLS socket only once its TLS handshake is done: bound that too
-        where["ssl_handshake_timeout"] = options.handshake_timeout
-    return await loop.create_server(protocol, ssl=ssl, backlog=options.backlog, **where)
+    return await create_server(protocol, options, host=host, port=port, sock=sock, ssl=ssl)

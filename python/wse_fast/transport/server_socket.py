@@ -389,6 +389,13 @@ class ListenerOptions:
     stranger_budget: int  # bytes a socket may send before it is accepted
     backlog: int  # the accept queue's length (listen(2))
 
+    def keepalive(self) -> Keepalive | None:
+        """The endpoints' keepalive sweep settings (one sweep per event loop), or None
+        with pings off."""
+        if self.ping_interval is None:
+            return None
+        return Keepalive(self.ping_interval, self.ping_timeout)
+
 
 #: The accept queue where the kernel's bound cannot be read: Linux's ``somaxconn`` since 5.4.
 FALLBACK_BACKLOG = 4096
@@ -424,13 +431,8 @@ async def listen(
 
     Keepalive is the endpoints' sweep (:class:`Keepalive`): one per event loop.
     """
-    loop = asyncio.get_running_loop()
     give_large_blocks_back()  # a large message's memory goes back once it is read
-    keepalive = (
-        None
-        if options.ping_interval is None
-        else Keepalive(options.ping_interval, options.ping_timeout)
-    )
+    keepalive = options.keepalive()
 
     def route(
         target: str, headers: CIMultiDictProxy[str], guard: ReadGuard
@@ -446,8 +448,23 @@ async def listen(
         inner.bind(guard)
         return guard
 
+    return await create_server(protocol, options, host=host, port=port, sock=sock, ssl=ssl)
+
+
+async def create_server(
+    protocol: Callable[[], ReadGuard],
+    options: ListenerOptions,
+    *,
+    host: str | None,
+    port: int | None,
+    sock: socket.socket | None,
+    ssl: ssl_module.SSLContext | None,
+) -> asyncio.Server:
+    """The listening socket for either server path: ``protocol`` makes each accepted
+    socket's guard; the backlog, and with TLS the handshake's bound, come from ``options``."""
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
     if ssl is not None and options.handshake_timeout is not None:
         # uvloop reports a TLS socket only once its TLS handshake is done: bound that too
         where["ssl_handshake_timeout"] = options.handshake_timeout
+    loop = asyncio.get_running_loop()
     return await loop.create_server(protocol, ssl=ssl, backlog=options.backlog, **where)
