@@ -478,35 +478,15 @@ def test_bench_runs_the_suite_with_a_progress_bar_and_writes_its_tables(tmp_path
     """The RPC part alone, one run (a few seconds), with stderr on a terminal so that the bar
     is drawn; the results as the suite prints them on stdout, its files in --out."""
     out = ["--out", str(tmp_path), "--name", "cli"]
-    bars, terminal = os.openpty()
-    try:
-        result = subprocess.run(
-            [*COMMAND, "bench", "--parts", "rpc", "--runs", "1", "--peers", "wse-fast", *out],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=terminal,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        os.close(terminal)
-        drawn = b""
-        while True:
-            try:
-                chunk = os.read(bars, 4096)
-            except OSError:  # EIO: the terminal's other end is closed and all is read
-                break
-            if not chunk:
-                break
-            drawn += chunk
-    finally:
-        os.close(bars)
-    assert result.returncode == 0, drawn.decode(errors="replace")
+    result, drawn = with_terminal_stderr(
+        ["bench", "--parts", "rpc", "--runs", "1", "--peers", "wse-fast", *out], ROOT, timeout=120
+    )
+    assert result.returncode == 0, drawn
     lines = result.stdout.splitlines()
     assert lines[0] == "rpc:"
     assert all(line.startswith("  rpc ") and "calls/s" in line for line in lines[1:4])
     assert lines[4].startswith(f"wrote {tmp_path / 'cli'}.md")
-    assert b"0/3" in drawn and b"3/3" in drawn  # the bar counted the suite's three results
+    assert "0/3" in drawn and "3/3" in drawn  # the bar counted the suite's three results
     assert "### RPC, pipelined" in (tmp_path / "cli.md").read_text()
     assert len(json.loads((tmp_path / "cli.json").read_text())["rpc"]) == 3
 
@@ -536,7 +516,7 @@ if __name__ == "__main__":
 
 
 def with_terminal_stderr(
-    args: list[str], cwd: Path
+    args: list[str], cwd: Path, timeout: float = 60
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     """``wse-fast ARGS`` with stderr on a terminal (so that progress bars are drawn): the
     result (stdout captured) and what was drawn on the terminal."""
@@ -548,7 +528,7 @@ def with_terminal_stderr(
             stdout=subprocess.PIPE,
             stderr=terminal,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
         os.close(terminal)
