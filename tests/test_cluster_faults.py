@@ -132,11 +132,22 @@ async def make_node(nats_server: LocalNats) -> AsyncIterator[InProcessNodes]:
         await server.close()
 
 
+ProcessNodes = Callable[[str], Awaitable[NodeProcess]]
+
+
 @pytest.fixture
-async def node_processes() -> AsyncIterator[list[NodeProcess]]:
-    """Node processes a test starts: any still running at its end are killed."""
+async def node_process(nats_server: LocalNats) -> AsyncIterator[ProcessNodes]:
+    """Starts a node in a process of its own (one a test may kill, pause or resume), on the
+    test's nats-server with ``conn_per_user=3``; any still running at the test's end are
+    killed."""
     processes: list[NodeProcess] = []
-    yield processes
+
+    async def start(name: str) -> NodeProcess:
+        process = await NodeProcess.start(nats_server.url, name, conn_per_user=3)
+        processes.append(process)
+        return process
+
+    yield start
     for process in processes:
         await process.kill()
 
@@ -177,15 +188,13 @@ def closes(log: EventLog, *names: str) -> list[tuple[str, tuple[Any, ...]]]:
 
 async def test_a_node_killed_with_sigkill_stops_counting_within_its_ttl_and_the_others_serve_on(
     make_node: InProcessNodes,
-    node_processes: list[NodeProcess],
-    nats_server: LocalNats,
+    node_process: ProcessNodes,
     make_client: ClientFactory,
     log: EventLog,
 ) -> None:
     a = await make_node("a", conn_per_user=3)
     c = await make_node("c", conn_per_user=3)
-    b = await NodeProcess.start(nats_server.url, "b", conn_per_user=3)
-    node_processes.append(b)
+    b = await node_process("b")
     b_url = await b.serving()
     # alice's devices, oldest first: a1, c1, b1. b1, the newest, gets calls while b lives and
     # must be skipped once b is dead; a1, live, is the oldest: the one a new device would
@@ -241,15 +250,13 @@ async def test_a_node_killed_with_sigkill_stops_counting_within_its_ttl_and_the_
 
 async def test_a_node_paused_beyond_its_ttl_counts_again_once_it_resumes(
     make_node: InProcessNodes,
-    node_processes: list[NodeProcess],
-    nats_server: LocalNats,
+    node_process: ProcessNodes,
     make_client: ClientFactory,
     log: EventLog,
 ) -> None:
     # a stopped VM, a long GC pause, a swapped-out process: the node looks dead, then is not
     a = await make_node("a", conn_per_user=3)
-    b = await NodeProcess.start(nats_server.url, "b", conn_per_user=3)
-    node_processes.append(b)
+    b = await node_process("b")
     await device(make_client, await b.serving(), "alice", "b1", log)
     await until_online(a, "alice", 1)
     paused_at = asyncio.get_running_loop().time()
@@ -291,15 +298,14 @@ async def nodes_in_bucket(nats_url: str) -> dict[str, list[str]]:
 
 async def test_a_killed_nodes_entries_are_swept_out_of_every_users_list(
     make_node: InProcessNodes,
-    node_processes: list[NodeProcess],
+    node_process: ProcessNodes,
     nats_server: LocalNats,
     make_client: ClientFactory,
     log: EventLog,
 ) -> None:
     a = await make_node("a", conn_per_user=3)
     c = await make_node("c", conn_per_user=3)
-    b = await NodeProcess.start(nats_server.url, "b", conn_per_user=3)
-    node_processes.append(b)
+    b = await node_process("b")
     b_url = await b.serving()
     for cid in ("alice", "bob", "carol"):
         await device(make_client, b_url, cid, f"{cid}@b", log)
