@@ -21,6 +21,7 @@ from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identi
 from tests.hosts import TRANSPORTS
 from tests.test_framing import HI, RawPeer
 from tests.test_hardening import eventually, upgrade
+from tests.test_server_socket import upgrade_request
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -239,12 +240,7 @@ async def test_bytes_after_the_request_head_are_held_with_it_on_the_own_listener
     server = WseServer(accept_identity, port=0, on_upgrade=on_upgrade)
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
-    ).encode()
+    request = upgrade_request(server.port)
     # the request and the first frame in one write: what follows the head is held with it
     writer.write(request + codec.build_frame(0x1, HI, fin=True, mask=True))
     await log.wait("asked")
@@ -342,12 +338,7 @@ async def test_everything_held_after_the_head_reaches_picows_when_its_first_fram
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
-        ).encode()
+        request = upgrade_request(server.port)
         call = json.dumps(["size", "x" * 10_000, "1"]).encode()
         hi = codec.build_frame(0x1, HI, fin=True, mask=True)
         writer.write(request + hi + codec.build_frame(0x1, call, fin=True, mask=True))
@@ -384,12 +375,7 @@ async def test_flow_control_paused_by_what_was_held_stays_paused(log: EventLog) 
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
-        ).encode()
+        request = upgrade_request(server.port)
 
         def call(n: int) -> bytes:
             body = json.dumps(["hold", n, str(n)]).encode()
