@@ -22,7 +22,7 @@ setup: $(VENV)/bin/maturin tests/node/node_modules $(LOADGEN_GO)
 
 # The second load generator of the RPC benchmark (Go, gorilla/websocket from the Go module proxy,
 # pinned by go.sum); tests/test_loadgen_go.py runs it against a wse-fast server.
-$(LOADGEN_GO): benches/loadgen_go/main.go benches/loadgen_go/go.mod benches/loadgen_go/go.sum
+$(LOADGEN_GO): $(wildcard benches/loadgen_go/*.go) benches/loadgen_go/go.mod benches/loadgen_go/go.sum
 	cd benches/loadgen_go && go build -o ../.bin/loadgen_go .
 
 # The independent Node.js peer of the test suite (npm ws), pinned by its lock file.

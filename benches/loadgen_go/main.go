@@ -175,17 +175,12 @@ func (c *caller) loop(start <-chan struct{}) error {
 			return fmt.Errorf("%d calls in flight lost: %w", len(c.sent), err)
 		}
 		now := time.Since(c.run.epoch)
-		if kind != websocket.TextMessage || len(message) != answerSize ||
-			!bytes.HasPrefix(message, answerHead) || !bytes.HasSuffix(message, stampSuffix) {
+		if kind != websocket.TextMessage || len(message) != answerSize {
 			return fmt.Errorf("unexpected answer %q", message)
 		}
-		stamp := string(message[len(answerHead) : len(answerHead)+stampSize])
-		sentAt, ok := c.sent[stamp]
-		if !ok {
-			return fmt.Errorf("answer to a call not in flight %q", message)
+		if err := c.settle(message, now); err != nil {
+			return err
 		}
-		delete(c.sent, stamp)
-		c.samples = append(c.samples, now-sentAt)
 		c.run.answered.Add(1)
 		if c.run.running.Load() {
 			if err := c.write(); err != nil {
@@ -204,6 +199,23 @@ func (c *caller) loop(start <-chan struct{}) error {
 
 // appendCall appends one call as a client's masked text frame (RFC 6455 section 5.3); the
 // body is shorter than 126 bytes, so its length fits the second byte.
+// settle checks one answer's text (the answer to "add" with a stamp of ours), ends the call
+// in flight under its stamp and records its latency; an answer of another shape, or to no
+// call in flight, is an error that fails the run.
+func (c *caller) settle(message []byte, now time.Duration) error {
+	if !bytes.HasPrefix(message, answerHead) || !bytes.HasSuffix(message, stampSuffix) {
+		return fmt.Errorf("unexpected answer %q", message)
+	}
+	stamp := string(message[len(answerHead) : len(answerHead)+stampSize])
+	sentAt, ok := c.sent[stamp]
+	if !ok {
+		return fmt.Errorf("answer to a call not in flight %q", message)
+	}
+	delete(c.sent, stamp)
+	c.samples = append(c.samples, now-sentAt)
+	return nil
+}
+
 func (c *caller) appendCall(now time.Duration) {
 	stamp := fmt.Sprintf("%0*d", stampSize, c.run.nextStamp.Add(1)-1)
 	c.sent[stamp] = now
@@ -246,17 +258,12 @@ func (c *caller) pipelinedLoop(start <-chan struct{}) error {
 		for len(pending) >= frameSize {
 			frame := pending[:frameSize]
 			message := frame[2:]
-			if frame[0] != 0x81 || int(frame[1]) != answerSize ||
-				!bytes.HasPrefix(message, answerHead) || !bytes.HasSuffix(message, stampSuffix) {
+			if frame[0] != 0x81 || int(frame[1]) != answerSize {
 				return fmt.Errorf("unexpected answer %q", frame)
 			}
-			stamp := string(message[len(answerHead) : len(answerHead)+stampSize])
-			sentAt, ok := c.sent[stamp]
-			if !ok {
-				return fmt.Errorf("answer to a call not in flight %q", message)
+			if err := c.settle(message, now); err != nil {
+				return err
 			}
-			delete(c.sent, stamp)
-			c.samples = append(c.samples, now-sentAt)
 			answered++
 			pending = pending[frameSize:]
 		}
