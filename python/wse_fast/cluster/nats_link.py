@@ -209,13 +209,7 @@ class NatsLink:
 
     async def close(self) -> None:
         self.started = self._renewed = False
-        nc, self._nc = self._nc, None
-        self._state = _DISCONNECTED
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.drain()
-            with contextlib.suppress(Exception):
-                await nc.close()
+        await self._unlink()
 
     async def _link(self) -> None:
         options: dict[str, Any] = {
