@@ -48,8 +48,8 @@ demo: setup
 	$(PY) examples/demo.py
 
 lint: setup
-	$(VENV)/bin/ruff check python tests benches examples fuzz docs/hooks.py
-	$(VENV)/bin/ruff format --check python tests benches examples fuzz docs/hooks.py
+	$(VENV)/bin/ruff check python tests benches examples fuzz tools docs/hooks.py
+	$(VENV)/bin/ruff format --check python tests benches examples fuzz tools docs/hooks.py
 	$(VENV)/bin/mypy
 	cargo fmt --check
 	cargo clippy --release --all-targets -q -- -D warnings

@@ -46,11 +46,95 @@ ALLOWED_CIRCLES: set[tuple[str, ...]] = set()
 SERVER_USERS = {"wse_fast", "wse_fast.cli.app", "wse_fast.cli.serve", "wse_fast.cli.supervisor"}
 
 
-def modules() -> dict[str, Path]:
-    """Every module of the package by dotted name (a package by its own name)."""
+#: The layers, from the bottom: a module may import its own layer and those below, never one
+#: above (the test below). Names ending in "." take every module under that package.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "wire: the protocol without I/O",
+        (
+            "wse_fast.constants",
+            "wse_fast.errors",
+            "wse_fast.handshake",
+            "wse_fast.codec",
+            "wse_fast._pure",
+            "wse_fast.protocols",
+            "wse_fast.sansio.",
+        ),
+    ),
+    (
+        "ports and options: what the layers above are handed",
+        (
+            "wse_fast.ports",
+            "wse_fast.options",
+            "wse_fast.transport.base",
+            "wse_fast.transport.admission",
+            "wse_fast.transport.flush",
+            "wse_fast.cluster.broker",
+            "wse_fast.cluster.local_nats",
+        ),
+    ),
+    (
+        "session: users, connections, calls, events, authentication, metrics",
+        (
+            "wse_fast.rpc",
+            "wse_fast.connection",
+            "wse_fast.registry",
+            "wse_fast.events",
+            "wse_fast.peer",
+            "wse_fast.server_connection",
+            "wse_fast.authentication",
+            "wse_fast.hmac_challenge",
+            "wse_fast.metrics",
+        ),
+    ),
+    (
+        "transports and brokers: sockets, mounts, NATS",
+        ("wse_fast.transport.", "wse_fast.cluster."),
+    ),
+    (
+        "the node: server, listener, client",
+        ("wse_fast.server", "wse_fast.listener", "wse_fast.client"),
+    ),
+    ("programs and aliases", ("wse_fast.cli.", "wse_fast.__main__", "wse_fast.auth")),
+)
+
+#: Imports that run up the layers and stay: (importer, imported) to why. None.
+ALLOWED_BACK_ARROWS: dict[tuple[str, str], str] = {}
+
+
+def layer_of(module: str) -> int | None:
+    """The index in :data:`LAYERS` of ``module``'s layer: an exact name first, then the
+    longest package prefix; None for a module no layer names."""
+    for index, (_title, members) in enumerate(LAYERS):
+        if module in members:
+            return index
+    best: tuple[int, int] | None = None
+    for index, (_title, members) in enumerate(LAYERS):
+        for member in members:
+            fits = member.endswith(".") and module.startswith(member)
+            if fits and (best is None or len(member) > best[0]):
+                best = (len(member), index)
+    return None if best is None else best[1]
+
+
+def back_arrows(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """The imports from a module to one in a higher layer (unplaced modules aside)."""
+    found = set()
+    for importer, imported in edges.items():
+        low = layer_of(importer)
+        for target in imported:
+            high = layer_of(target)
+            if low is not None and high is not None and high > low:
+                found.add((importer, target))
+    return found
+
+
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name); ``package``:
+    the ``wse_fast`` folder of this checkout, or of another one."""
     found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
         found[".".join(parts)] = path
@@ -85,10 +169,10 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[str
                 yield (sub if sub in known else target), node
 
 
-def graph() -> dict[str, set[str]]:
+def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """Module to the modules it imports. Packages' ``__init__`` files are left out, as
     importers and as imported: they re-export names, they do not depend on them."""
-    known = modules()
+    known = modules(package)
     packages = {name for name, path in known.items() if is_package(path)}
     edges: dict[str, set[str]] = {name: set() for name in known if name not in packages}
     for name in edges:
@@ -173,6 +257,26 @@ def test_no_import_circle() -> None:
     found = set(circles(graph()))
     assert found - ALLOWED_CIRCLES == set(), "new import circle(s)"
     assert ALLOWED_CIRCLES - found == set(), "an allowed circle is gone: take it off the list"
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in graph() if layer_of(m) is None] == [], "place the module in LAYERS"
+
+
+def test_no_import_runs_up_the_layers() -> None:
+    found = back_arrows(graph())
+    assert found - set(ALLOWED_BACK_ARROWS) == set(), "a module imports one above its layer"
+    assert set(ALLOWED_BACK_ARROWS) - found == set(), "an allowed back arrow is gone"
+
+
+def test_back_arrows_are_found() -> None:
+    """The layer reader itself: a transport importing the server runs up; the server
+    importing a transport does not."""
+    edges = {"wse_fast.transport.asgi": {"wse_fast.server"}, "wse_fast.server": {"wse_fast.rpc"}}
+    assert back_arrows(edges) == {("wse_fast.transport.asgi", "wse_fast.server")}
+    assert layer_of("wse_fast.sansio.session") == 0
+    assert layer_of("wse_fast.cluster.broker") == 1  # an exact name before its package's
+    assert layer_of("wse_fast.cluster.nats_link") == 3
 
 
 def test_circles_are_found() -> None:
