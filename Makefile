@@ -132,8 +132,8 @@ else
 WSE_JS_SETUP = @echo "the JavaScript WSE $(WSE_JS_VERSION) peer is left out: make bench-setup WSE_JS_DIR=DIR, DIR a checkout of its $(WSE_JS_VERSION) release"
 endif
 
-# Fan-out, latency, RPC and connections beside the peers (1 000 connections, 64 B), then
-# the codec micro-benchmarks. Results: benches/results/.
+# Fan-out, latency, RPC and connections beside the peers (1 000 connections, 64 B; a progress
+# bar per part on a terminal), then the codec micro-benchmarks. Results: benches/results/.
 bench: bench-setup bench-codec
 	$(PY) benches/run.py
 

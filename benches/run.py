@@ -9,6 +9,9 @@ scheduler's per-thread counters, and each figure is the median of several runs.
     python benches/run.py --parts rpc-realistic rpc --runs 3 --name rpc_realistic
     python benches/run.py --parts rpc-realistic --loadgen python go   # both load generators
 
+Each part's header is followed by a progress bar on stderr (on a terminal), counted to the
+results the part will print (benches/progress.py); the results follow when the part is done.
+
 The reference, JavaScript WSE 4.12.3, runs beside the others when WSE_JS_DIR (or --wse-js-dir)
 names a checkout of that release with its dependencies (make bench-setup WSE_JS_DIR=DIR).
 """
@@ -49,6 +52,7 @@ from loadgen import (  # noqa: E402
     rpc,
     rpc_one_write,
 )
+from progress import Progress  # noqa: E402
 from wire import rss_bytes, server_frame, tick_body  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -127,7 +131,7 @@ PARTS = ("fanout", "latency", "rpc-realistic", "rpc", "connections")
 DEFAULT_PARTS = ("fanout", "latency", "rpc", "connections")
 DEFAULT_CONNS, DEFAULT_SIZE, DEFAULT_RUNS = 1000, 64, 5
 #: The line each part's results follow (one indented line per result), by part (latency's
-#: results follow the fan-out they need). ``wse-fast bench`` draws a progress bar for each.
+#: results follow the fan-out they need). Each gets a progress bar (see expected_results).
 PART_HEADERS = {
     "fanout": "fan-out:",
     "latency": "latency:",
@@ -198,8 +202,12 @@ def unfit(peers: list[str], conns: int) -> list[str]:
     ]
 
 
+#: Where say's lines go: main replaces it with one that counts the parts' results.
+PROGRESS = Progress({})
+
+
 def say(*parts: object) -> None:
-    print(*parts, flush=True)
+    PROGRESS.line(" ".join(str(part) for part in parts))
 
 
 def runnable(peers: list[str]) -> tuple[list[str], list[str]]:
@@ -940,7 +948,7 @@ def expected_results(
     baseline: bool = False,
 ) -> dict[str, int]:
     """How many result lines a run with these options prints after each part's header (see
-    PART_HEADERS), by the loops of main: what ``wse-fast bench`` counts its progress bars to.
+    PART_HEADERS), by the loops of main: what the progress bars count to.
     Parts whose count is not known here (rpc-realistic) have no entry."""
     parts = list(parts or DEFAULT_PARTS)
     conns, size = conns or DEFAULT_CONNS, size or DEFAULT_SIZE
@@ -974,6 +982,19 @@ def expected_results(
 
 
 async def main(args: argparse.Namespace) -> None:
+    global PROGRESS
+    PROGRESS = Progress(
+        expected_results(
+            args.peers, args.parts, args.full, args.conns, args.size, bool(args.baseline)
+        )
+    )
+    try:
+        await run_parts(args)
+    finally:
+        PROGRESS.end_part()  # the results of a part cut short by an error are still shown
+
+
+async def run_parts(args: argparse.Namespace) -> None:
     global RESULTS
     os.sched_setaffinity(0, {LOADGEN_CORE})
     if args.out:
@@ -1056,7 +1077,13 @@ if __name__ == "__main__":
     parser.add_argument("--conns", type=int, default=DEFAULT_CONNS)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
-    parser.add_argument("--peers", nargs="*", help="a subset of: " + ", ".join(PEER_NAMES))
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=PEER_NAMES,
+        metavar="PEER",
+        help="a subset of: " + ", ".join(PEER_NAMES),
+    )
     parser.add_argument(
         "--baseline",
         help="another wse-fast checkout (set up with make bench-setup) to measure beside",

@@ -1,16 +1,14 @@
-"""The installed ``wse-fast`` command as a client and benchmark runner, run as a real process
-against real servers: ``call`` prints a result as JSON or an error's code and details (exit 1),
-``listen`` prints messages as JSON lines and stops after --count, on SIGINT (closing the
-connection) or when the server closes (exit 1), ``send`` delivers one message before its close
-handshake; wrong arguments are usage errors (exit 2). ``serve --ssl-certfile/--ssl-keyfile``
-serves wss:// (also with workers), and ``bench`` runs the suite of a checkout with progress
-bars, or explains where the suite is."""
+"""The installed ``wse-fast`` command as a client, run as a real process against real servers:
+``call`` prints a result as JSON or an error's code and details (exit 1), ``listen`` prints
+messages as JSON lines and stops after --count, on SIGINT (closing the connection) or when the
+server closes (exit 1), ``send`` delivers one message before its close handshake; wrong
+arguments are usage errors (exit 2). ``serve --ssl-certfile/--ssl-keyfile`` serves wss://
+(also with workers). ``bench``, the load tool, is tests/test_cli_bench.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -446,129 +444,7 @@ def test_serve_explains_a_certificate_it_cannot_use(
     assert result.returncode == 1 and "is encrypted" in result.stderr
 
 
-# ---- bench and help --------------------------------------------------------------------------
-
-
-def test_bench_help_says_the_suite_is_in_a_checkout() -> None:
-    result = run("bench", "--help")
-    assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())
-    assert "not in the installed package" in text and "checkout" in text
-    for option in ("--suite", "--parts", "--peers", "--runs", "--full", "--out", "--baseline"):
-        assert option in result.stdout
-
-
-@pytest.mark.parametrize("suite", [None, "benches", "no/such/run.py"])
-def test_bench_without_a_suite_says_where_it_looked(tmp_path: Path, suite: str | None) -> None:
-    (tmp_path / "benches").mkdir()  # a directory of that name, without run.py
-    result = run("bench", *([] if suite is None else ["--suite", suite]), cwd=tmp_path)
-    assert result.returncode == 1
-    assert "no benchmark suite at" in result.stderr
-    assert "not in the installed package" in result.stderr and result.stdout == ""
-
-
-def test_bench_refuses_unknown_parts_and_peers() -> None:
-    result = run("bench", "--parts", "rpc,speed")
-    assert result.returncode == 2 and "speed: the parts are" in result.stderr
-    result = run("bench", "--peers", "wse-fast,nginx")
-    assert result.returncode == 2 and "nginx: the peers are" in result.stderr
-
-
-def test_bench_runs_the_suite_with_a_progress_bar_and_writes_its_tables(tmp_path: Path) -> None:
-    """The RPC part alone, one run (a few seconds), with stderr on a terminal so that the bar
-    is drawn; the results as the suite prints them on stdout, its files in --out."""
-    out = ["--out", str(tmp_path), "--name", "cli"]
-    result, drawn = with_terminal_stderr(
-        ["bench", "--parts", "rpc", "--runs", "1", "--peers", "wse-fast", *out], ROOT, timeout=120
-    )
-    assert result.returncode == 0, drawn
-    lines = result.stdout.splitlines()
-    assert lines[0] == "rpc:"
-    assert all(line.startswith("  rpc ") and "calls/s" in line for line in lines[1:4])
-    assert lines[4].startswith(f"wrote {tmp_path / 'cli'}.md")
-    assert "0/3" in drawn and "3/3" in drawn  # the bar counted the suite's three results
-    assert "### RPC, pipelined" in (tmp_path / "cli.md").read_text()
-    assert len(json.loads((tmp_path / "cli.json").read_text())["rpc"]) == 3
-
-
-#: A suite of two parts that answers what ``wse-fast bench`` asks a suite (its parts, its
-#: peers, how many results follow each header), whatever its parts are called.
-TWO_PART_SUITE = """
-import sys
-
-PARTS = ("warm-up", "main")
-PEER_NAMES = ["one", "two"]
-
-
-def expected_results(peers, parts, full, conns, size, baseline):
-    return {"warm-up:": 2, "main part:": 1 if peers == ["one"] else 2}
-
-
-if __name__ == "__main__":
-    print("args:", *sys.argv[1:])
-    print("warm-up:")
-    print("  w1")
-    print("  w2")
-    print("main part:")
-    print("  m1")
-    print("done")
-"""
-
-
-def with_terminal_stderr(
-    args: list[str], cwd: Path, timeout: float = 60
-) -> tuple[subprocess.CompletedProcess[str], str]:
-    """``wse-fast ARGS`` with stderr on a terminal (so that progress bars are drawn): the
-    result (stdout captured) and what was drawn on the terminal."""
-    bars, terminal = os.openpty()
-    try:
-        result = subprocess.run(
-            [*COMMAND, *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=terminal,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        os.close(terminal)
-        drawn = b""
-        while True:
-            try:
-                chunk = os.read(bars, 4096)
-            except OSError:  # EIO: the terminal's other end is closed and all is read
-                break
-            if not chunk:
-                break
-            drawn += chunk
-    finally:
-        os.close(bars)
-    return result, drawn.decode(errors="replace")
-
-
-def test_bench_takes_the_parts_peers_and_counts_from_the_suite(tmp_path: Path) -> None:
-    """The command holds nothing of benches/: another suite's parts and peers are checked
-    against what it declares, its headers get a bar each, counted to what it said."""
-    run_py = tmp_path / "run.py"
-    run_py.write_text(TWO_PART_SUITE)
-    args = ["bench", "--suite", str(run_py), "--runs", "1", "--peers", "one"]
-    result, drawn = with_terminal_stderr([*args, "--parts", "warm-up,main"], tmp_path)
-    assert result.returncode == 0, drawn
-    assert result.stdout.splitlines() == [
-        "args: --runs 1 --peers one --parts warm-up main",
-        "warm-up:",
-        "  w1",
-        "  w2",
-        "main part:",
-        "  m1",
-        "done",
-    ]
-    assert "warm-up" in drawn and "0/2" in drawn and "2/2" in drawn
-    assert "main part" in drawn and "0/1" in drawn and "1/1" in drawn
-    result = run(*args, "--parts", "cool-down", cwd=tmp_path)
-    assert result.returncode == 2 and "cool-down: the parts are warm-up, main" in result.stderr
-    result = run("bench", "--suite", str(run_py), "--peers", "three", cwd=tmp_path)
-    assert result.returncode == 2 and "three: the peers are one, two" in result.stderr
+# ---- help ------------------------------------------------------------------------------------
 
 
 def test_help_lists_every_command() -> None:

@@ -6,8 +6,8 @@
   (SO_REUSEPORT) and join one NATS cluster, restarted when they end on their own;
 - :mod:`~wse_fast.cli.client`: ``call``, ``listen`` and ``send``, a
   :class:`~wse_fast.WseClient` on the command line (JSON in, JSON out);
-- :mod:`~wse_fast.cli.bench`: ``wse-fast bench``, the benchmark suite of a checkout
-  (``benches/run.py``) with progress bars;
+- :mod:`~wse_fast.cli.bench`: ``wse-fast bench URL``, load on any WSE server (RPC calls or
+  listening on many connections) and the figures it answered with;
 - :mod:`~wse_fast.cli.common`: what they share (the logger, stop signals, log formats).
 
 This module holds the click group :func:`main` (the console script ``wse-fast``) and
