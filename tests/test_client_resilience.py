@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import json
 import random
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
-from wse_fast import WSE_ERROR, WSE_STATUS, Limits, Reconnect, WseClient, WseError, codec
+from wse_fast import (
+    WSE_ERROR,
+    WSE_STATUS,
+    Limits,
+    MsgpackProtocol,
+    Reconnect,
+    WseClient,
+    WseError,
+    codec,
+)
 from wse_fast.client import PING_TIMEOUT_REASON
 from wse_fast.options import backoff_delay
 
@@ -401,6 +412,36 @@ async def test_a_server_that_hangs_up_during_the_upgrade_fails_connect_cleanly(
         await client.connect("alice")
     assert err.value.code == WSE_ERROR.WS_CLIENT_ERROR
     assert client.status == WSE_STATUS.OFFLINE
+
+
+async def test_a_link_given_up_before_its_welcome_leaves_no_unretrieved_exception(
+    scripted: ScriptedFactory,
+) -> None:
+    """connect fails on a subprotocol the client did not ask for; the server then echoes
+    the client's Close, which used to set an exception on a welcome nobody awaited any more
+    (asyncio logs "Future exception was never retrieved" when it is collected)."""
+
+    async def script(conn: ScriptedConn, n: int) -> None:
+        conn.upgrade()  # answers wse-default-json to a client that asked for wse-msgpack
+        await conn.serve(lambda *frame: None)
+
+    server = await scripted(script)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        client = WseClient(server.url(), protocol=MsgpackProtocol(), reconnect=None)
+        closed = asyncio.ensure_future(client.when.wait("closed"))
+        with pytest.raises(WseError) as refused:
+            await client.connect("alice")
+        assert "server chose subprotocol" in refused.value.details["error"]
+        assert (await closed)[0] == 1000  # the server echoed the Close: the link has closed
+        await client.close()
+        del client, closed, refused
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [c["message"] for c in unhandled] == []
 
 
 # ---- many clients after a restart ----------------------------------------------------------

@@ -122,6 +122,13 @@ class _Link:
             self.closed.set_result((code, reason))
         self.link_closed(self, code, reason)
 
+    def give_up(self, code: int, reason: str) -> None:
+        """Closes a link whose welcome nobody will await any more (connect has failed):
+        the welcome is cancelled, so that the close cannot leave an exception on it that
+        nothing retrieves (asyncio would log it when the future is collected)."""
+        self.welcome.cancel()
+        self.close(code, reason)
+
     def close(self, code: int, reason: str) -> None:
         """Starts this side's close handshake; ``closed`` then reports ``code`` and ``reason``
         (or the server's own Close, should it have sent one first)."""
@@ -467,11 +474,11 @@ class WseClient(Peer[ClientEvents]):
         link.transport = transport
         self._link = link
         if link.bad_extensions is not None:  # RFC 6455 §4.1: fail the WebSocket connection
-            link.close(CLOSE_PROTOCOL_ERROR, "")
+            link.give_up(CLOSE_PROTOCOL_ERROR, "")
             raise self._socket_failed(ConnectionFailed({"error": link.bad_extensions}))
         agreed = transport.response.headers.get("Sec-WebSocket-Protocol")
         if agreed != self.protocol.name:
-            link.close(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
+            link.give_up(CLOSE_NORMAL, WSE_REASON.PROTOCOL_ERR)
             detail = f"server chose subprotocol {agreed!r}"
             raise self._socket_failed(ConnectionFailed({"error": detail}))
         self.when.emit("connected")
@@ -479,7 +486,7 @@ class WseClient(Peer[ClientEvents]):
         try:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), limit)
         except TimeoutError:
-            link.close(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
+            link.give_up(CLOSE_NORMAL, WSE_REASON.BY_CLIENT)
             raise ConnectionFailed({"error": "no welcome in time"}) from None
         if link.closed.done():
             # closed between the welcome and this: ``closed`` has been reported while the
