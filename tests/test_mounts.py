@@ -32,12 +32,13 @@ from wse_fast import (
     WseServer,
     codec,
 )
+from wse_fast.constants import OP_TEXT
 from wse_fast.handshake import HandshakeRequest
 from wse_fast.sansio.deflate import RSV_COMPRESSED
 from wse_fast.transport.asgi import FORWARDED_UNTRUSTED
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory, accept_identity, url_of
-from tests.hosts import serve_aiohttp, serve_asgi
+from tests.hosts import TRANSPORTS, serve_aiohttp, serve_asgi
 from tests.test_framing import HI, RawPeer
 from tests.test_hardening import closed_by_server, eventually, upgrade
 
@@ -164,6 +165,31 @@ async def test_the_subprotocol_is_echoed_when_offered(make_server: ServerFactory
     )  # two header lines: "wse-default-json" and "chat"
     assert head.startswith(b"HTTP/1.1 101")
     assert b"\r\nsec-websocket-protocol: wse-default-json\r\n" in head.lower()
+    writer.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_subprotocol_offered_on_a_later_header_line_is_named(
+    make_server: ServerFactory,
+) -> None:
+    # RFC 9110 §5.3: a list may come in several lines; every transport reads them all, and
+    # the 101 names what the server agreed to (aiohttp alone reads only the first line)
+    server = await make_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n"
+            "Sec-WebSocket-Protocol: wse-default-json\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"\r\nsec-websocket-protocol: wse-default-json\r\n" in head.lower()
+    writer.write(codec.build_frame(OP_TEXT, HI, mask=True))
+    opcode, body = await asyncio.wait_for(RawPeer(reader, writer).recv(), 5)
+    assert (opcode, json.loads(body)[0]) == (OP_TEXT, "~wse:welcome")
     writer.close()
 
 

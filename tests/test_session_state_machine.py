@@ -1,5 +1,8 @@
 """The sans-I/O session state machines against their documented graph, by hypothesis.
 
+The unit-test home of ``wse_fast.sansio.session``, with tests/test_sansio.py beside it (what
+each step decodes, refuses and builds, example by example); no socket, no loop.
+
 Hypothesis drives a ServerSession (and a ClientSession) with arbitrary messages, internal types
 weighted in, and with the transitions the I/O layer calls; a model written from the module
 docstring of wse_fast.sansio.session and from PROTOCOL.md ("Connection life cycle") says what

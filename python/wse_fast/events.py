@@ -266,16 +266,24 @@ class Events:
             self.off(name, settle)
 
 
+class _Removes(Protocol):
+    """Where a one-shot handler is kept: ``Events`` (by event name) or ``Channel`` (by
+    message type)."""
+
+    def remove(self, key: str, handler: Callable[..., Any], /) -> None: ...
+
+
 class _Once:
-    """A handler added through ``when.once``: removed before it runs."""
+    """A handler added through ``when.once`` or ``channel.once``: removed from ``owner``
+    before it runs, so that it runs once even when it emits the same event itself."""
 
-    __slots__ = ("events", "fn", "name")
+    __slots__ = ("fn", "key", "owner")
 
-    def __init__(self, events: Events, name: str, fn: Callable[..., Any]) -> None:
-        self.events, self.name, self.fn = events, name, fn
+    def __init__(self, owner: _Removes, key: str, fn: Callable[..., Any]) -> None:
+        self.owner, self.key, self.fn = owner, key, fn
 
     def __call__(self, *args: Any) -> Any:
-        self.events.remove(self.name, self)  # this wrapper, not the first handler with its fn
+        self.owner.remove(self.key, self)  # this wrapper, not the first handler with its fn
         return self.fn(*args)
 
 
@@ -426,7 +434,7 @@ class Channel(Generic[Side]):
         connection it comes first)."""
 
         def add(f: F) -> F:
-            self._add(type, _OnceListener(self, type, f))
+            self._add(type, _Once(self, type, f))
             return f
 
         return add if fn is None else add(fn)
@@ -448,7 +456,7 @@ class Channel(Generic[Side]):
             return
         fns = list(self.listeners(type))
         for i, f in enumerate(fns):
-            if f is fn or (isinstance(f, _OnceListener) and f.fn is fn):
+            if f is fn or (isinstance(f, _Once) and f.fn is fn):
                 del fns[i]
                 self._set(type, fns)
                 return
@@ -468,19 +476,6 @@ class Channel(Generic[Side]):
             self.handlers[type] = fns[0]
         elif fns:
             self.several[type] = tuple(fns)
-
-
-class _OnceListener:
-    """A listener added with ``channel.once``: removed before it runs."""
-
-    __slots__ = ("channel", "fn", "type")
-
-    def __init__(self, channel: Channel[Any], type: str, fn: Callable[..., Any]) -> None:
-        self.channel, self.type, self.fn = channel, type, fn
-
-    def __call__(self, *args: Any) -> Any:
-        self.channel.remove(self.type, self)  # this wrapper, not the first listener with its fn
-        return self.fn(*args)
 
 
 class Procedures:

@@ -2,7 +2,10 @@
 
 A protocol object has ``name`` (the negotiated subprotocol), ``internal_types`` and
 ``pack``/``unpack``. The two built-in ones also build complete frames in one call through the
-Rust codec; any other object is used through ``pack``/``unpack`` alone.
+Rust codec; any other object, a subclass of a built-in one that overrides ``pack``, ``unpack``
+or ``frame`` too (:func:`builtin_format`, the one rule), is used through ``pack``/``unpack``
+alone. ``pack`` may answer ``str`` (a text message) or ``bytes`` (a binary one, or text when
+the protocol declares ``binary = False``, as :class:`JsonProtocol` and its subclasses do).
 """
 
 from __future__ import annotations
@@ -84,9 +87,16 @@ class MsgpackProtocol:
 
 
 def builtin_format(protocol: WireProtocol) -> bool | None:
-    """Whether ``protocol`` is exactly a built-in one (a subclass that changes none of
-    ``pack``, ``unpack`` and ``frame`` counts): True for MessagePack, False for JSON, None for
-    any other protocol, whose own methods must be called."""
+    """The one rule for "is this a built-in protocol": True for MessagePack, False for JSON,
+    None for any other protocol.
+
+    Built-in means an instance of :class:`JsonProtocol` or :class:`MsgpackProtocol`, or of a
+    subclass that overrides none of ``pack``, ``unpack`` and ``frame`` (it may change ``name``
+    or ``internal_types``). A subclass that overrides any of them is NOT built-in: its own
+    methods are called for every message, in both directions (``pack`` then framed, ``unpack``
+    given ``bytes`` or ``str`` of its own), and the codec's one-call paths (frames, decoding
+    a received message in place, answering calls) are not used for it.
+    """
     cls = type(protocol)
     for builtin in (JsonProtocol, MsgpackProtocol):
         if (
@@ -102,23 +112,19 @@ def builtin_format(protocol: WireProtocol) -> bool | None:
 class FrameEncoder:
     """Builds complete frames with any protocol: the codec's one-call path when there is one."""
 
-    __slots__ = ("_fast", "_pack", "mask", "protocol")
+    __slots__ = ("_bytes_opcode", "_fast", "_pack", "mask", "protocol")
 
     def __init__(self, protocol: WireProtocol, mask: bool) -> None:
         self.protocol = protocol
         self.mask = mask
-        # The codec's one-call frame only where it does what pack would: a subclass of a
-        # built-in protocol that changes pack keeps its pack.
-        self._fast = None
-        for builtin in (JsonProtocol, MsgpackProtocol):
-            cls = type(protocol)
-            if (
-                isinstance(protocol, builtin)
-                and cls.pack is builtin.pack
-                and getattr(cls, "frame", None) is builtin.frame
-            ):
-                self._fast = protocol.frame
+        # The codec's one-call frame only for a built-in protocol (see builtin_format)
+        self._fast = protocol.frame if builtin_format(protocol) is not None else None  # type: ignore[attr-defined]
         self._pack = protocol.pack
+        # What pack's bytes go out as: the kind a protocol declares (``binary``, as the
+        # built-ins and their subclasses do: a JSON subclass with its own pack still sends
+        # text), else binary
+        declared = getattr(protocol, "binary", None)
+        self._bytes_opcode = OP_TEXT if declared is False else OP_BINARY
 
     def __call__(self, type: str, payload: Any = None, stamp: str | None = None) -> bytes:
         if self._fast is not None:
@@ -126,7 +132,7 @@ class FrameEncoder:
         data = self._pack(type, payload, stamp)
         if isinstance(data, str):
             return codec.build_frame(OP_TEXT, data.encode(), mask=self.mask)
-        return codec.build_frame(OP_BINARY, data, mask=self.mask)
+        return codec.build_frame(self._bytes_opcode, data, mask=self.mask)
 
 
 class MessageDecoder:
@@ -143,7 +149,8 @@ class MessageDecoder:
 
     def __init__(self, protocol: WireProtocol) -> None:
         self._unpack = protocol.unpack
-        self._text_input = not isinstance(protocol, JsonProtocol | MsgpackProtocol)
+        # a protocol that is not built-in (see builtin_format) gets data of its own
+        self._text_input = builtin_format(protocol) is None
 
     def __call__(self, binary: bool, data: Any) -> Triple:
         if self._text_input:  # message-level transports give text as str already

@@ -38,6 +38,7 @@ from .transport.admission import (
 from .transport.asgi import AsgiApp
 from .transport.group import EndpointGroup
 from .transport.picows_endpoint import DeflateEndpoint, Endpoint
+from .transport.upgrade import agreed_subprotocol, offered_subprotocols
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -598,7 +599,7 @@ class WseServer(Peer[ServerEvents]):
         conn.handshake = handshake
         if _forwarded(handshake.remote_addr, handshake.peer_addr):
             conn.forwarded_addr = handshake.remote_addr
-        if self.protocol.name not in offered:
+        if agreed_subprotocol(self.protocol.name, offered) is None:
             # Like the reference: upgrade, then close with wse.protocol-error, so that a WSE
             # client sees a reason it knows (an HTTP 400 would only say that the upgrade failed).
             conn.offered_protocols = ", ".join(offered)
@@ -629,11 +630,7 @@ class WseServer(Peer[ServerEvents]):
         endpoint and the 101 response's headers besides the handshake's own
         (``Sec-WebSocket-Accept``, ``Upgrade``, ``Connection``), or the HTTP status and body
         that refuse it."""
-        offered = [
-            p.strip()
-            for line in headers.getall("Sec-WebSocket-Protocol", ())
-            for p in line.split(",")
-        ]
+        offered = offered_subprotocols(headers.getall("Sec-WebSocket-Protocol", ()))
         vetted = guard.vetted  # what vet_upgrade answered, with an async on_upgrade
         if vetted is None:
             verdict = self.admit(target, headers, guard.peer, guard, offered, native)

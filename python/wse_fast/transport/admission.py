@@ -44,6 +44,8 @@ _TOO_MANY = (
     b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n"
     b"Content-Length: 0\r\n\r\n"
 )
+#: What the read guard writes to a stranger it does not admit, by status.
+_REFUSALS = {HTTPStatus.SERVICE_UNAVAILABLE: _BUSY, HTTPStatus.TOO_MANY_REQUESTS: _TOO_MANY}
 
 
 log = logging.getLogger("wse_fast")
@@ -81,6 +83,13 @@ def parse_request_head(head: bytes) -> tuple[str, CIMultiDictProxy[str]] | None:
             return None
         headers.add(name, value.strip(" \t"))
     return request_line[1], CIMultiDictProxy(headers)
+
+
+def stranger_refusal(counted: str | None) -> HTTPStatus:
+    """The status that refuses a socket :meth:`Admission.admit` did not admit, on every
+    transport: 429 when its address (``counted``) has taken its share, 503 when the server's
+    strangers are all taken (``counted`` None). A client may retry either soon."""
+    return HTTPStatus.SERVICE_UNAVAILABLE if counted is None else HTTPStatus.TOO_MANY_REQUESTS
 
 
 class StrangerHold(Protocol):
@@ -215,7 +224,7 @@ class ReadGuard(asyncio.BufferedProtocol):
         admitted, counted = self._admission.admit(host)
         if not admitted:
             self._inner = None  # picows never sees this socket
-            transport.write(_BUSY if counted is None else _TOO_MANY)
+            transport.write(_REFUSALS[stranger_refusal(counted)])
             transport.close()
             return
         self._counted_peer = counted
@@ -411,7 +420,7 @@ class StrangerTicket:
         """A ticket for a stranger from ``peer_host``, or the HTTP status that refuses it."""
         admitted, counted = admission.admit(peer_host)
         if not admitted:
-            return 503 if counted is None else 429
+            return int(stranger_refusal(counted))
         return cls(admission, counted, budget)
 
     @property

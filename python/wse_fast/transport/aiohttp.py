@@ -31,12 +31,14 @@ follows ``on_shutdown``, not the drain.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, hdrs, web
+from multidict import CIMultiDict
 
-from .admission import StrangerTicket
 from .messages import MessageEndpoint, Received
+from .upgrade import UpgradeRequest, offered_subprotocols, serve_upgrade
 
 if TYPE_CHECKING:
     from .host import UpgradeHost
@@ -95,6 +97,8 @@ class AiohttpEndpoint(MessageEndpoint):
 async def handle(server: UpgradeHost, request: web.Request) -> web.StreamResponse:
     """Serves one request to the route as ``server``'s WebSocket endpoint."""
     ws = web.WebSocketResponse(
+        # aiohttp's own choice reads the first Sec-WebSocket-Protocol line only; the 101
+        # names what the flow agreed (_AiohttpUpgrade.accept)
         protocols=(server.protocol.name,),
         max_msg_size=server.limits.max_message_size,
         heartbeat=server.limits.ping_interval,
@@ -107,46 +111,41 @@ async def handle(server: UpgradeHost, request: web.Request) -> web.StreamRespons
     socket = request.transport
     peer = socket.get_extra_info("peername") if socket is not None else None
     peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
-    ticket = StrangerTicket.admit(server.admission, peer[0], server.stranger_budget)
-    if isinstance(ticket, int):
-        return _refusal(ticket, "", {"Retry-After": "1"})
-    try:
-        await server.attach()  # the first connection starts the cluster link, if any
-    except Exception:
-        ticket.release()
-        return _refusal(503, "", {"Retry-After": "1"})
-    offered = [
-        p.strip()
-        for line in request.headers.getall("Sec-WebSocket-Protocol", ())
-        for p in line.split(",")
-    ]
+    offered = offered_subprotocols(request.headers.getall("Sec-WebSocket-Protocol", ()))
     # the target as the client sent it (percent-encoded, with the query), as picows gives it
-    try:
-        verdict = await server.admit_async(
-            request.raw_path, request.headers, peer, ticket, offered, request
-        )
-    except BaseException:  # cancelled too: the stranger's place must not stay taken
-        ticket.release()
-        raise
-    if isinstance(verdict, tuple):
-        ticket.release()
-        return _refusal(*verdict)
-    assert verdict.handshake is not None
-    for name, value in verdict.handshake.response_headers:  # on_upgrade's, for the 101
-        ws.headers.add(name, value)
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        ticket.release()
-        raise
-    endpoint = AiohttpEndpoint(ws, socket, **server.endpoint_options(verdict, ticket, peer))
-    await endpoint.serve()
-    return ws
+    upgrade = UpgradeRequest(request.raw_path, request.headers, peer, peer[0], offered, request)
+    mount = _AiohttpUpgrade(ws, request, socket)
+    await serve_upgrade(server, upgrade, mount)
+    return ws if mount.refusal is None else mount.refusal
 
 
-def _refusal(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
-    """A refused upgrade; the socket closes after it, as on picows and uvicorn (a refused
-    stranger keeps no idle keep-alive connection)."""
-    response = web.Response(status=status, text=body, headers=headers)
-    response.force_close()
-    return response
+class _AiohttpUpgrade:
+    """One upgrade on aiohttp (see :class:`~.upgrade.Mount`); a refusal is the response the
+    handler returns."""
+
+    __slots__ = ("_request", "_socket", "_ws", "refusal")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, socket: asyncio.Transport | None
+    ) -> None:
+        self._ws, self._request, self._socket = ws, request, socket
+        self.refusal: web.Response | None = None
+
+    async def refuse(self, status: int, body: str, headers: Sequence[tuple[str, str]]) -> None:
+        """The socket closes after the response, as on picows and uvicorn (a refused stranger
+        keeps no idle keep-alive connection)."""
+        response = web.Response(status=status, text=body, headers=CIMultiDict(headers))
+        response.force_close()
+        self.refusal = response
+
+    async def accept(self, subprotocol: str | None, headers: Sequence[tuple[str, str]]) -> None:
+        if subprotocol is not None:
+            # also when only a later header line offered it, which aiohttp does not read;
+            # where aiohttp found it too, it sets the same value over this one
+            self._ws.headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
+        for name, value in headers:
+            self._ws.headers.add(name, value)
+        await self._ws.prepare(self._request)
+
+    def endpoint(self, options: dict[str, Any]) -> AiohttpEndpoint:
+        return AiohttpEndpoint(self._ws, self._socket, **options)

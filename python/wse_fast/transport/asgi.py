@@ -63,13 +63,13 @@ Meanwhile uvicorn still accepts connections; the server refuses their upgrades w
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .admission import StrangerTicket
 from .messages import MessageEndpoint, Received
+from .upgrade import UpgradeRequest, serve_upgrade
 
 if TYPE_CHECKING:
     from .host import UpgradeHost
@@ -214,44 +214,52 @@ class AsgiApp:
                 peer[0],
                 FORWARDED_UNTRUSTED,
             )
-        ticket = StrangerTicket.admit(server.admission, counted, server.stranger_budget)
-        if isinstance(ticket, int):
-            await _refuse(scope, send, ticket, "", [(b"retry-after", b"1")])
-            return
-        try:
-            # the first connection starts the cluster link, if any (counted meanwhile)
-            await server.attach()
-        except Exception:
-            ticket.release()
-            await _refuse(scope, send, 503, "", [(b"retry-after", b"1")])
-            return
         # ASGI servers list the offered subprotocols from every header line
-        offered = scope.get("subprotocols") or [""]
-        try:
-            verdict = await server.admit_async(
-                _target(scope), headers, peer, ticket, offered, scope
+        offered = list(scope.get("subprotocols") or ())
+        request = UpgradeRequest(_target(scope), headers, peer, counted, offered, scope)
+        await serve_upgrade(server, request, _AsgiUpgrade(self, scope, receive, send))
+
+
+class _AsgiUpgrade:
+    """One upgrade on an ASGI server (see :class:`~.upgrade.Mount`)."""
+
+    __slots__ = ("_app", "_receive", "_scope", "_send")
+
+    def __init__(self, app: AsgiApp, scope: Scope, receive: Receive, send: Send) -> None:
+        self._app, self._scope, self._receive, self._send = app, scope, receive, send
+
+    async def refuse(self, status: int, body: str, headers: Sequence[tuple[str, str]]) -> None:
+        """With an HTTP status where the server can send one (the ASGI
+        ``websocket.http.response`` extension); elsewhere the server answers 403 by itself."""
+        send = self._send
+        if "websocket.http.response" in self._scope.get("extensions", {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        *_header_lines(headers),
+                    ],
+                }
             )
-        except BaseException:  # cancelled too: the stranger's place must not stay taken
-            ticket.release()
-            raise
-        if isinstance(verdict, tuple):
-            ticket.release()
-            await _refuse(scope, send, *verdict)
-            return
-        subprotocol = server.protocol.name if server.protocol.name in offered else None
+            await send({"type": "websocket.http.response.body", "body": body.encode()})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def accept(self, subprotocol: str | None, headers: Sequence[tuple[str, str]]) -> None:
         accept: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
-        assert verdict.handshake is not None
-        added = verdict.handshake.response_headers  # on_upgrade's, for the 101 (ASGI 2.1)
-        if added:
-            accept["headers"] = [(n.lower().encode(), v.encode()) for n, v in added]
-        try:
-            await send(accept)
-        except BaseException:  # cancelled too: the stranger's place must not stay taken
-            ticket.release()
-            raise
-        options = server.endpoint_options(verdict, ticket, peer)
-        endpoint = AsgiEndpoint(self, receive, send, **options)
-        await endpoint.serve()
+        if headers:  # added headers in the 101: ASGI 2.1
+            accept["headers"] = _header_lines(headers)
+        await self._send(accept)
+
+    def endpoint(self, options: dict[str, Any]) -> AsgiEndpoint:
+        return AsgiEndpoint(self._app, self._receive, self._send, **options)
+
+
+def _header_lines(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers as ASGI sends them: lowercase names, as bytes."""
+    return [(name.lower().encode(), value.encode()) for name, value in headers]
 
 
 def _forwarded_by_host(scope: Scope, peer: tuple[str, int]) -> bool:
@@ -284,28 +292,6 @@ def _target(scope: Scope) -> str:
     path = raw.decode("latin-1") if raw else scope.get("path", "")
     query = scope.get("query_string", b"").decode("latin-1")
     return f"{path}?{query}" if query else path
-
-
-async def _refuse(
-    scope: Scope,
-    send: Send,
-    status: int,
-    body: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """Refuses an upgrade with an HTTP status where the server can send one (the ASGI
-    ``websocket.http.response`` extension); elsewhere the server answers 403 by itself."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), *(headers or ())],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body.encode()})
-    else:
-        await send({"type": "websocket.close", "code": 1008})
 
 
 async def _respond(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .. import codec
+from .per_loop import per_loop
 
 #: Below this many connections in one flush, the plain path is as fast as the batched one.
 DIRECT_MIN = 8
@@ -117,19 +118,7 @@ def _send_each(batch: list[Flushable], fds: list[int], frames: list[bytes]) -> N
         batch[index].write_through(frame[sent:] if sent > 0 else frame)
 
 
-_flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
-
-
+@per_loop
 def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
     """The one flusher of ``loop``, the running loop (shared by all servers and clients on it)."""
-    flusher = _flushers.get(loop)
-    if flusher is None:
-        flusher = _flushers[loop] = Flusher(loop)
-        # forget the flusher with its loop, so closed loops do not accumulate
-        _prune_closed()
-    return flusher
-
-
-def _prune_closed() -> None:
-    for loop in [loop for loop in _flushers if loop.is_closed()]:
-        del _flushers[loop]
+    return Flusher(loop)

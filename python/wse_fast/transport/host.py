@@ -1,6 +1,7 @@
 """What the transports need from the node they serve (the server), as ports: the upgrade
-flow (admit, then serve what it opened) and the limits the transport applies itself. The
-transports import this module, never ``server``; the server satisfies these structurally."""
+(admit, then serve what it opened: :mod:`.upgrade` on a mounted transport, the listener's
+own on wse-fast's) and the limits the transport applies itself. The transports import this
+module, never ``server``; the server satisfies these structurally."""
 
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ class TransportHost(Protocol):
 
 
 class UpgradeHost(TransportHost, Protocol):
-    """What a mounted transport (ASGI, aiohttp) calls on its node: start the node's links,
-    decide an upgrade (a connection, or the HTTP refusal), and the options of the endpoint
-    that serves the connection it opened."""
+    """What the upgrade flow of a mounted transport (ASGI, aiohttp:
+    :func:`~.upgrade.serve_upgrade`) calls on its node: start the node's links, decide an
+    upgrade (a connection, or the HTTP refusal), and the options of the endpoint that serves
+    the connection it opened."""
 
     @property
     def trusted_proxies(self) -> tuple[Network, ...]: ...

@@ -29,6 +29,7 @@ from ..constants import (
 from ..sansio.framing import unframe
 from .admission import StrangerTicket
 from .base import EndpointHandler
+from .per_loop import per_loop
 
 _log = logging.getLogger(__name__)
 
@@ -413,13 +414,7 @@ class _TurnEnd:
                 endpoint.abort()
 
 
-_turn_ends: dict[asyncio.AbstractEventLoop, _TurnEnd] = {}
-
-
+@per_loop
 def _turn_end(loop: asyncio.AbstractEventLoop) -> _TurnEnd:
-    turn_end = _turn_ends.get(loop)
-    if turn_end is None:
-        for closed in [other for other in _turn_ends if other.is_closed()]:
-            del _turn_ends[closed]  # forget closed loops
-        turn_end = _turn_ends[loop] = _TurnEnd(loop)
-    return turn_end
+    """The turn end of ``loop``, shared by every message-level endpoint on it."""
+    return _TurnEnd(loop)

@@ -56,6 +56,7 @@ from ..sansio.framing import (
 )
 from .base import EndpointHandler
 from .flush import flusher_for
+from .per_loop import per_loop
 
 #: From this size on, queued frames are handed over as they are instead of joined.
 LARGE_FRAME = 8 * 1024
@@ -851,13 +852,7 @@ def _seconds_since_data_received(endpoint: Endpoint) -> float | None:
     return milliseconds / 1000
 
 
-_sweeps: dict[asyncio.AbstractEventLoop, _Sweep] = {}
-
-
+@per_loop
 def _sweep(loop: asyncio.AbstractEventLoop) -> _Sweep:
-    sweep = _sweeps.get(loop)
-    if sweep is None:
-        for closed in [other for other in _sweeps if other.is_closed()]:
-            del _sweeps[closed]  # forget sweeps with their loops
-        sweep = _sweeps[loop] = _Sweep(loop)
-    return sweep
+    """The keepalive sweep of ``loop``, shared by every endpoint on it."""
+    return _Sweep(loop)

@@ -35,6 +35,7 @@ from multidict import CIMultiDictProxy
 from .. import codec
 from ..constants import CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, OP_CLOSE
 from .admission import HTTP_REQUEST_MAX, Admission, ReadGuard, Vet, parse_request_head
+from .per_loop import per_loop
 from .picows_endpoint import DeflateEndpoint, Endpoint, Keepalive
 
 #: The size of each event loop's read buffer: what one read can take (a larger frame is
@@ -50,17 +51,11 @@ Upgrade = Callable[
     "tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]",
 ]
 
-_buffers: dict[asyncio.AbstractEventLoop, memoryview] = {}
 
-
+@per_loop
 def shared_read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
     """The read buffer every socket of ``loop`` reads into (only one runs at a time)."""
-    buffer = _buffers.get(loop)
-    if buffer is None:
-        for closed in [other for other in _buffers if other.is_closed()]:
-            del _buffers[closed]  # forget buffers with their loops
-        buffer = _buffers[loop] = memoryview(bytearray(READ_BUFFER_SIZE))
-    return buffer
+    return memoryview(bytearray(READ_BUFFER_SIZE))
 
 
 #: glibc's ``mallopt`` parameter for the size from which blocks are mapped on their own.
