@@ -69,6 +69,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "wse_fast.transport.base",
             "wse_fast.transport.admission",
             "wse_fast.transport.flush",
+            "wse_fast.transport.per_loop",
             "wse_fast.cluster.broker",
             "wse_fast.cluster.local_nats",
         ),
