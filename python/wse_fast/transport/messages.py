@@ -5,7 +5,9 @@ WSE layer the same synchronous :class:`~wse_fast.transport.base.Transport` as pi
 written in one loop turn queue up and one drain task sends them in order, a Close after them.
 What it adds to the host's own rules: the message size limit, the pending-bytes limit (the
 host's ``send`` hides its buffer, so what waits here is counted), pausing reads for flow
-control, ``close_timeout`` on every way out, and the stranger's byte budget.
+control, ``close_timeout`` on every way out, and the stranger's byte budget. The close
+handshake's rules are :class:`~wse_fast.sansio.closing.CloseHandshake`'s, as on picows's
+endpoint: this one feeds it and carries out its steps.
 
 Subclasses say how a message, a close and the next event cross the host's interface.
 """
@@ -19,13 +21,8 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from ..constants import (
-    CLOSE_ABNORMAL,
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_POLICY_VIOLATION,
-    CLOSE_TOO_BIG,
-    SLOW_CONSUMER,
-)
+from ..constants import CLOSE_INTERNAL_ERROR, CLOSE_TOO_BIG
+from ..sansio.closing import ABNORMAL_CLOSURE, CloseHandshake, CloseStep
 from ..sansio.framing import unframe
 from .admission import StrangerTicket
 from .base import EndpointHandler
@@ -46,15 +43,11 @@ class MessageEndpoint:
     """
 
     __slots__ = (
-        "_close_received",
-        "_close_sent",
         "_close_written",
         "_context",
         "_done",
         "_drain",
         "_eager",
-        "_failed",
-        "_leave_after_close",
         "_loop",
         "_marked",
         "_out",
@@ -63,6 +56,8 @@ class MessageEndpoint:
         "_resume",
         "_timer",
         "close_timeout",
+        "closing",
+        "data_stopped",
         "handler",
         "max_message_size",
         "max_pending_bytes",
@@ -97,11 +92,11 @@ class MessageEndpoint:
         self._out: deque[bytes] | None = None
         self._out_bytes = 0
         self._drain: asyncio.Task[None] | None = None
-        self._close_sent: tuple[int, str] | None = None
-        self._close_written = False
-        self._close_received: tuple[int, str] | None = None
-        self._leave_after_close = False  # close(wait=False): end once the Close is out
-        self._failed = False
+        # the close handshake, made at the first step towards the end (None while open)
+        self.closing: CloseHandshake | None = None
+        # no data frame is queued any more (a Close is on its way): set by its steps
+        self.data_stopped = False
+        self._close_written = False  # the host was given our Close
         self._resume: asyncio.Event | None = None  # set while reading is paused
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
@@ -146,12 +141,8 @@ class MessageEndpoint:
             if self._timer is not None:
                 self._timer.cancel()
             self._out = None
-            if self._close_received is not None:
-                code, reason = self._close_received
-            elif self._close_sent is not None:
-                code, reason = self._close_sent
-            else:
-                code, reason = CLOSE_ABNORMAL, ""
+            closing = self.closing
+            code, reason = ABNORMAL_CLOSURE if closing is None else closing.outcome
             if self.ticket is not None:
                 self.ticket.release()
             self.handler.on_close(code, reason)
@@ -163,12 +154,15 @@ class MessageEndpoint:
                     await self._resume.wait()
                 binary, data = await self.receive_event()
                 if binary is None:
-                    self._close_received = data
+                    self._carry_out(self._before_close().receive_close(*data))
                     if self.echoes_close:
-                        await self._echo_close(*data)
+                        # the answer leaves after what was queued before it, through the drain
+                        while self._drain is not None and not self._done.done():
+                            await asyncio.shield(self._drain)
                     self._finish()
                     return
-                if self._close_received is not None or self._failed:
+                closing = self.closing
+                if closing is not None and not closing.takes_data:
                     continue
                 size = len(data)
                 ticket = self.ticket
@@ -180,8 +174,9 @@ class MessageEndpoint:
                     self._fail(CLOSE_TOO_BIG, "message too big")
                     continue
                 if ticket is not None and ticket.held:
-                    ticket.spend(size)
-                    if self._failed or self._close_sent is not None:
+                    ticket.spend(size)  # past the budget: the connection is closed
+                    closing = self.closing
+                    if closing is not None and (closing.failed or self.data_stopped):
                         continue
                 self.handler.on_message(binary, data)
         except asyncio.CancelledError:
@@ -194,23 +189,6 @@ class MessageEndpoint:
         """Returns once the connection is over."""
         await asyncio.shield(self._done)
 
-    async def _echo_close(self, code: int, reason: str) -> None:
-        """Answers the peer's Close with its own code and reason, as the reference (Node.js
-        ``ws``) does, once what was queued before it has left."""
-        if self._drain is None and self._out:  # written in this loop turn
-            self._start_drain()
-        while self._drain is not None and not self._done.done():
-            await asyncio.shield(self._drain)
-        if self._close_written or self._done.done():
-            return
-        self._close_written = True
-        if self._close_sent is None:
-            self._close_sent = (code, reason)
-        try:
-            await self.send_close(code, reason)
-        except Exception as exc:
-            _log.debug("close failed: %r", exc)
-
     def _finish(self) -> None:
         if not self._done.done():
             self._done.set_result(None)
@@ -219,14 +197,14 @@ class MessageEndpoint:
 
     @property
     def open(self) -> bool:
-        return self._close_sent is None and not self._done.done()
+        return not self.data_stopped and not self._done.done()
 
     @property
     def remote_addr(self) -> Any:
         return None if self._done.done() else self._remote_addr
 
     def write(self, frame: bytes) -> None:
-        if self._close_sent is not None or self._done.done():
+        if self.data_stopped or self._done.done():
             return
         out = self._out
         if out is None:
@@ -243,21 +221,7 @@ class MessageEndpoint:
             _turn_end(self._loop).mark(self)
 
     def close(self, code: int, reason: str = "", *, wait: bool = True) -> None:
-        if self._done.done():
-            return
-        if not wait:
-            self._leave_after_close = True
-            if self._close_written:
-                self._finish()
-                return
-        if self._close_sent is None:
-            # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
-            reason = reason.encode()[:123].decode("utf-8", "ignore")
-            self._close_sent = (code, reason)
-            if self._drain is None:
-                self._start_drain()
-        if self._timer is None:
-            self._timer = self._loop.call_later(self.close_timeout, self.abort)
+        self._carry_out(self._before_close().close(code, reason, wait=wait))
 
     def abort(self) -> None:
         self._out = None
@@ -319,10 +283,11 @@ class MessageEndpoint:
                     self._eager = False
                     return
             self._out = None
-            if self._close_sent is not None and not self._close_written:
+            closing = self.closing
+            if closing is not None and closing.close_sent is not None and not self._close_written:
                 self._close_written = True
-                await self.send_close(*self._close_sent)
-                if self._leave_after_close or self.close_ends_connection:
+                await self.send_close(*closing.close_sent)
+                if closing.hangs_up or self.close_ends_connection:
                     self._finish()
         except asyncio.CancelledError:
             raise
@@ -340,14 +305,40 @@ class MessageEndpoint:
         is sending (the drain sends it once that send returns, that is once the host's own
         buffer has room), so a peer that catches up reads the 1008; ``close_timeout`` bounds
         the whole, as for a protocol failure (nothing more is taken from the peer)."""
-        self._out = None  # the drain sends nothing more of it: it reads _out after each send
-        self._out_bytes = 0
-        self._loop.call_soon(self.handler.on_overflow)
-        self._fail(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
+        self._carry_out(self._before_close().overflow())
 
     def _fail(self, code: int, reason: str) -> None:
-        self._failed = True
-        self.close(code, reason)
+        self._carry_out(self._before_close().fail(code, reason))
+
+    def _before_close(self) -> CloseHandshake:
+        """The connection's close handshake, told first whether the connection is over
+        (nothing more is sent then)."""
+        closing = self.closing
+        if closing is None:
+            closing = self.closing = CloseHandshake(
+                self.close_timeout, answers_close=self.echoes_close
+            )
+        if self._done.done():
+            closing.transport_gone()
+        return closing
+
+    def _carry_out(self, step: CloseStep) -> None:
+        """Does what the close handshake decided, in its order."""
+        if step.stop_data:
+            self.data_stopped = True
+        if step.drop_pending:
+            # the drain sends nothing more of it: it reads _out after each send
+            self._out = None
+            self._out_bytes = 0
+        if step.report_overflow:
+            self._loop.call_soon(self.handler.on_overflow)
+        if step.hang_up and self._close_written:
+            self._finish()  # our Close is out already: the connection ends now
+            return
+        if step.send_close is not None and self._drain is None:
+            self._start_drain()  # what is queued, then the Close (once hung up: the end)
+        if step.deadline is not None:
+            self._timer = self._loop.call_later(step.deadline, self.abort)
 
 
 async def _carry_on(coro: Coroutine[Any, Any, None], waiting: Any) -> None:

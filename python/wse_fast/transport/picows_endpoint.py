@@ -10,9 +10,11 @@ pings, runs the close handshake with ``close_timeout`` on every way a connection
 the client side, masks with keys from the OS CSPRNG (picows's own client masking draws keys
 from an unseeded ``rand()``, so every frame the client endpoint sends is written here).
 
-Invariants: one Close frame per connection, and nothing written after it (no data, no pong);
-no user code runs while frames are being written (a handler called from inside a flush could
-otherwise close or write to connections the flush is about to write to).
+Invariants: one Close frame per connection, and nothing written after it (no data, no pong):
+the close handshake's rules are :class:`~wse_fast.sansio.closing.CloseHandshake`'s, which the
+endpoint feeds and obeys; no user code runs while frames are being written (a handler called
+from inside a flush could otherwise close or write to connections the flush is about to write
+to).
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codec
 from ..constants import (
-    CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     CLOSE_NO_STATUS,
     CLOSE_NORMAL,
-    CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
     EVENT_FAIL,
     EVENT_FAIL_IN_CLOSE,
@@ -44,8 +44,8 @@ from ..constants import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    SLOW_CONSUMER,
 )
+from ..sansio.closing import ABNORMAL_CLOSURE, CloseHandshake, CloseStep
 from ..sansio.deflate import RSV_COMPRESSED, Compressor, Inflater
 from ..sansio.framing import (
     FrameViolation,
@@ -161,20 +161,23 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     Shared with the loop's flusher (:mod:`.flush`), :func:`write_all` and the sweep, which
     read and write them in place on their hot paths (no call per endpoint): ``queue_head``
-    and ``queue_tail`` (what waits for this turn's flush), ``close_sent``, ``close_timer``,
+    and ``queue_tail`` (what waits for this turn's flush), ``data_stopped``, ``close_timer``,
     ``quiet_since`` and ``pinged_at`` (keepalive), ``flusher``, and ``closed_by_picows()``.
+
+    ``closing``: the connection's :class:`~wse_fast.sansio.closing.CloseHandshake`, made at
+    its first step towards the end (None while open); the endpoint carries out each
+    :class:`~wse_fast.sansio.closing.CloseStep` it returns (:meth:`_carry_out`).
     """
 
     __slots__ = (
         "_assembler",
-        "_close_received",
         "_close_timeout",
-        "_failed",
         "_held",
         "_held_bytes",
         "client_side",
-        "close_sent",
         "close_timer",
+        "closing",
+        "data_stopped",
         "direct_fd",
         "flusher",
         "handler",
@@ -217,9 +220,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.max_message_size = max_message_size
         self._assembler: MessageAssembler | None = None  # made when the peer first fragments
         self._close_timeout = close_timeout
-        self.close_sent: tuple[int, str] | None = None
-        self._close_received: tuple[int, str] | None = None
-        self._failed = False  # the peer broke the protocol: nothing more is taken from it
+        self.closing: CloseHandshake | None = None
+        # No data frame goes out any more (a Close is out): the one test on the write path,
+        # set by the handshake's steps (CloseStep.stop_data).
+        self.data_stopped = False
         self.close_timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
         self.transport: SocketTransport | None = None
         self.under: Any = None  # the uvloop transport under picows, once connected
@@ -270,7 +274,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         this loop turn's callbacks, outside the write.
         """
         limit = self.max_pending_bytes
-        if limit is None or self.close_sent is not None or self.under is None:
+        if limit is None or self.data_stopped or self.under is None:
             # No limit; or nothing more is written after a Close (close_timeout bounds the
             # wait); or the upgrade's own answer, before the connection is the endpoint's.
             return
@@ -326,12 +330,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
     def _check_pending(self) -> None:
         limit = self.max_pending_bytes
         transport = self.transport
-        if (
-            self.close_sent is not None
-            or limit is None
-            or transport is None
-            or transport.is_disconnected
-        ):
+        if self.data_stopped or limit is None or transport is None or transport.is_disconnected:
             return
         if self._held_bytes + self.under.get_write_buffer_size() > limit:
             self._drop_slow_consumer()
@@ -343,10 +342,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
         from the peer, the server keeps reading until its Close comes (a socket closed with
         unread input would be reset, and the reset can destroy the Close before it is read),
         and the socket is aborted after ``close_timeout``."""
-        self.queue_head = self.queue_tail = self._held = None
-        self._held_bytes = 0
-        asyncio.get_running_loop().call_soon(self.handler.on_overflow)
-        self._fail(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER)
+        # what is queued is dropped, not flushed: nothing of it has begun to leave
+        self._carry_out(self._before_close(flush=False).overflow())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self.quiet_since = None  # heard from the peer (see Keepalive)
@@ -359,7 +356,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
             return
         # Data sent before the peer saw our close is still delivered; nothing after theirs,
         # and nothing after a protocol violation.
-        if self._close_received is not None or self._failed:
+        closing = self.closing
+        if closing is not None and not closing.takes_data:
             return
         if (
             op is _TEXT
@@ -414,12 +412,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
         _sweep(asyncio.get_running_loop()).discard(self)
         self.queue_head = self.queue_tail = self._held = None
         self._held_bytes = 0
-        if self._close_received is not None:
-            code, reason = self._close_received
-        elif self.close_sent is not None:
-            code, reason = self.close_sent
-        else:
-            code, reason = CLOSE_ABNORMAL, ""  # no close handshake here (picows's own close)
+        # no handshake: no close here (picows's own, or the socket lost)
+        closing = self.closing
+        code, reason = ABNORMAL_CLOSURE if closing is None else closing.outcome
         self.handler.on_close(code, reason)
 
     # ---- output ----------------------------------------------------------------------------
@@ -434,7 +429,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """True until a Close is sent (here or by picows) or the socket is gone."""
         transport = self.transport
         return (
-            self.close_sent is None
+            not self.data_stopped
             and transport is not None
             and not transport.is_close_frame_sent
             and not transport.is_disconnected
@@ -444,7 +439,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         """Queues one complete frame (built by the codec) for this loop turn's flush."""
         # write_all inlines these lines (a call per delivery would cost more than the
         # queueing itself): change both together.
-        if self.close_sent is None:
+        if not self.data_stopped:
             if self.queue_head is None:
                 self.queue_head = frame
                 self.flusher.mark(self)
@@ -489,14 +484,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
         may get a reset, which can make it lose the Close frame: it sees a dropped socket.)
         Calling it again with ``wait=False`` on a connection already closing closes TCP now.
         """
-        transport = self.transport
-        if transport is None or transport.is_disconnected:
-            return
-        if self.close_sent is None and not self._send_close(code, reason):
-            return  # dropped while flushing (slow consumer), or picows had closed already
-        if not wait or (self._close_received is not None and not self.client_side):
-            transport.disconnect()
-        self._arm_timer()
+        if self.transport is None:
+            return  # not connected (yet): nothing to close
+        self._carry_out(self._before_close().close(code, reason, wait=wait))
 
     def abort(self) -> None:
         """Drops the socket now: no Close frame, nothing more written."""
@@ -523,22 +513,60 @@ class Endpoint(WSListener):  # type: ignore[misc]
 
     # ---- close handshake -------------------------------------------------------------------
 
+    def _handshake(self) -> CloseHandshake:
+        closing = self.closing
+        if closing is None:
+            closing = self.closing = CloseHandshake(
+                self._close_timeout, client_side=self.client_side
+            )
+        return closing
+
+    def _before_close(self, *, flush: bool = True) -> CloseHandshake:
+        """The connection's close handshake, told first what only the endpoint sees: that the
+        transport is gone (nothing more is sent); what is queued, flushed now (``flush``), as
+        it leaves before any Close (the flush can drop a slow consumer, whose Close then goes
+        first); and a Close picows sent by itself."""
+        closing = self._handshake()
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            closing.transport_gone()
+        elif not self.data_stopped:
+            if flush:
+                self.flush()
+            if not self.data_stopped and transport.is_close_frame_sent:
+                self.closed_by_picows()
+        return closing
+
+    def _carry_out(self, step: CloseStep) -> None:
+        """Does what the close handshake decided, in its order."""
+        if step.stop_data:
+            self.data_stopped = True  # from here on pause_writing holds nothing back either
+        if step.drop_pending:
+            self.queue_head = self.queue_tail = self._held = None
+            self._held_bytes = 0
+        if step.report_overflow:
+            asyncio.get_running_loop().call_soon(self.handler.on_overflow)
+        if step.send_close is not None:
+            self._write_close(*step.send_close)
+        if step.hang_up:
+            assert self.transport is not None
+            self.transport.disconnect()  # gracefully: once the Close has left
+        if step.deadline is not None:
+            loop = asyncio.get_running_loop()
+            self.close_timer = loop.call_later(step.deadline, self.abort)
+
     def _fail(self, code: int, reason: str) -> None:
         """The peer broke the protocol (RFC 6455 §7.1.7): Close with ``code``, take no more."""
-        self._failed = True
-        self.close(code, reason)
+        self._carry_out(self._before_close().fail(code, reason))
 
-    def _send_close(self, code: int, reason: str) -> bool:
-        """Writes what is queued, then the one Close frame; False if no Close may be sent."""
-        self.flush()  # what was queued before the close leaves before it
+    def _fail_in_close(self, code: int, reason: str) -> None:
+        """The peer's Close frame is broken: the peer is closing anyway, answer and hang up."""
+        self._carry_out(self._before_close().fail_in_close(code, reason))
+
+    def _write_close(self, code: int, reason: str) -> None:
+        """Writes the one Close frame, after the frames held for a paused transport."""
         transport = self.transport
         assert transport is not None
-        if transport.is_close_frame_sent:  # picows closed by itself
-            self.closed_by_picows()
-            return False
-        if self.close_sent is not None:  # the flush overflowed: the peer is dropped already
-            return False
-        self.close_sent = (code, reason)  # from here on pause_writing holds nothing back
         held = self._held
         if held is not None:
             # What waits here leaves before the Close: at most max_pending_bytes, and the
@@ -546,8 +574,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
             self._held = None
             self._held_bytes = 0
             self.under.writelines(held)
-        # A close reason fits 123 bytes (RFC 6455 §5.5); cut it on a character boundary.
-        text = reason.encode()[:123].decode("utf-8", "ignore").encode()
+        text = reason.encode()  # cut to what a Close carries by the handshake
         if self.client_side:
             body = struct.pack("!H", code) + text if code != CLOSE_NO_STATUS else b""
             self.under.write(codec.build_frame(OP_CLOSE, body, mask=True))
@@ -558,31 +585,21 @@ class Endpoint(WSListener):  # type: ignore[misc]
             transport.send_close(
                 WSCloseCode(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code), text
             )
-        return True
 
     def _on_close_frame(self, frame: WSFrame) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            self._failed = True
-            self.close(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame", wait=False)
+            self._fail_in_close(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame")
             return
         try:
             code, reason = parse_close(frame.get_payload_as_bytes())
         except FrameViolation as violation:
-            self._failed = True  # the peer is closing anyway: answer and hang up
-            self.close(violation.code, violation.reason, wait=False)
+            self._fail_in_close(violation.code, violation.reason)
             return
         self._on_close(code, reason)
 
     def _on_close(self, code: int, reason: str) -> None:
         """The peer's valid Close frame: answered, then TCP closed (a server's side)."""
-        self._close_received = (code, reason)
-        if self.close_sent is None:  # echo the peer's close, as the reference does
-            self._send_close(code, reason)
-        if not self.client_side:
-            assert self.transport is not None
-            self.transport.disconnect()  # RFC 6455 §7.1.1: the server closes TCP first
-        self._arm_timer()  # bounds both: a server's flush to a peer that stopped reading,
-        # and a client's wait for the server to hang up
+        self._carry_out(self._before_close().receive_close(code, reason))
 
     def on_events(self, events: list[tuple[int, Any, Any]]) -> None:
         """What one read of the socket completed (see :class:`wse_fast.codec.FrameReader`,
@@ -594,7 +611,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
             if kind in (OP_TEXT, OP_BINARY):
                 # data sent before the peer saw our Close is still delivered; nothing after
                 # a failure (the reader stops after the peer's Close by itself)
-                if self._failed:
+                closing = self.closing
+                if closing is not None and closing.failed:
                     continue
                 if second:  # compressed (RSV1), only where permessage-deflate was agreed
                     first = self._inflated(kind, first)
@@ -606,13 +624,12 @@ class Endpoint(WSListener):  # type: ignore[misc]
                     _log.exception("endpoint handler failed in on_message")
                     self._fail(CLOSE_INTERNAL_ERROR, "")
             elif kind == OP_PING:
-                if not self._failed:  # write() takes nothing once a Close is sent
+                if not self._has_failed():  # write() takes nothing once a Close is sent
                     self.write(codec.build_frame(OP_PONG, first, mask=self.client_side))
             elif kind == OP_CLOSE:
                 self._on_close(first, second)
             elif kind == EVENT_FAIL_IN_CLOSE:
-                self._failed = True  # the peer is closing anyway: answer and hang up
-                self.close(first, second, wait=False)
+                self._fail_in_close(first, second)
             elif kind == EVENT_FAIL:
                 self._fail(first, second)
 
@@ -625,10 +642,14 @@ class Endpoint(WSListener):  # type: ignore[misc]
     def _on_ping_or_pong(self, frame: WSFrame) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame")
-        elif frame.msg_type is _PING and not self._failed:
+        elif frame.msg_type is _PING and not self._has_failed():
             # write() takes nothing once a Close is sent; flush() nothing after picows's own.
             payload = frame.get_payload_as_bytes()
             self.write(codec.build_frame(OP_PONG, payload, mask=self.client_side))
+
+    def _has_failed(self) -> bool:
+        closing = self.closing
+        return closing is not None and closing.failed
 
     def closed_by_picows(self) -> None:
         """picows has sent a Close of its own: drop what is queued, end within close_timeout.
@@ -637,16 +658,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         opcode, a fragmented or oversized control frame, an unmasked client frame, a frame
         over ``max_frame_size``, a close frame it rejects), and for a keepalive ping left
         unanswered. It then closes TCP gracefully, that is only once the peer has read what
-        is queued, and tells its listener nothing.
+        is queued, and tells its listener nothing. (Also called once our own Close is out,
+        which the transport reports the same way: then only what is queued is dropped.)
         """
-        self.queue_head = self.queue_tail = self._held = None
-        self._held_bytes = 0
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        if self.close_timer is None:
-            loop = asyncio.get_running_loop()
-            self.close_timer = loop.call_later(self._close_timeout, self.abort)
+        self._carry_out(self._handshake().transport_sent_close())
 
 
 class DeflateEndpoint(Endpoint):
@@ -717,7 +732,7 @@ class DeflateEndpoint(Endpoint):
         """Queues one complete unmasked frame, compressed when it is a data frame over the
         compressor's threshold."""
         compressor = self.compressor
-        if compressor is not None and self.close_sent is None:
+        if compressor is not None and not self.data_stopped:
             frame = compressor.compress_frame(frame)
         super().write(frame)
 
@@ -727,7 +742,7 @@ def write_all(endpoints: Iterable[Endpoint], frame: bytes) -> None:
     # Endpoint.write, inlined (keep the two alike): this loop runs once per delivery.
     newly_dirty = []
     for endpoint in endpoints:
-        if endpoint.close_sent is None:
+        if not endpoint.data_stopped:
             if endpoint.queue_head is None:
                 endpoint.queue_head = frame
                 newly_dirty.append(endpoint)
