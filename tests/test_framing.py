@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from wse_fast import codec
 
-from tests.conftest import ServerFactory
+from tests.conftest import EventLog, ServerFactory
 
 HI = json.dumps(["~wse:hi", {"identity": "alice", "meta": {}}]).encode()
 
@@ -182,3 +182,18 @@ async def test_long_close_reason_is_cut_on_a_character_boundary(make_server: Ser
     reason = await peer.expect_close(1000)  # decoding it would fail on a split character
     assert reason == "é" * 61  # 122 bytes: the 123rd would split a character
     peer.writer.close()
+
+
+async def test_a_cut_close_reason_is_reported_as_it_was_sent(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    server = await make_server()
+    server.when.disconnected(log.hook("disconnected"))
+    peer = await RawPeer.connect(server.port)
+    await peer.hello()
+    [conn] = server.connections.values()
+    conn.drop("é" * 100)
+    assert await peer.expect_close(1000) == "é" * 61
+    peer.writer.close()  # no answer (the peer's Close would name the closure): just gone
+    [(_, code, reason)] = await log.wait("disconnected")
+    assert (code, reason) == (1000, "é" * 61)  # what the peer was told, not what was asked

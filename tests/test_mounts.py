@@ -494,6 +494,30 @@ async def test_server_close_sends_1012_and_returns_though_a_peer_never_answers(
     peer.writer.close()
 
 
+async def test_a_peers_close_whose_answer_cannot_leave_ends_after_close_timeout(
+    make_server: ServerFactory, log: EventLog
+) -> None:
+    # no pending-bytes limit: nothing but close_timeout can end the wait for the answer
+    server = await make_server(close_timeout=0.5, max_pending_bytes=None, ping_interval=None)
+    server.when.disconnected(log.hook("disconnected"))
+    peer = await raw_peer(server)
+    await peer.hello()
+    peer.writer.transport.pause_reading()  # the peer takes nothing from its socket any more
+    [conn] = server.clients["alice"].conns.values()
+    chunk = "x" * (64 * 1024)
+    for n in range(1024):  # 64 MiB: more than both sides' socket buffers take
+        conn.send("flood", [n, chunk])
+        if n % 16 == 15:
+            await asyncio.sleep(0)  # the host sends in its own tasks, until it has to wait
+    # The peer's Close: its answer waits behind the flood (what was queued before it leaves
+    # before it) that the peer never reads, so close_timeout ends the connection.
+    peer.send(0x8, struct.pack("!H", 1000) + b"bye")
+    [(_, code, reason)] = await log.wait("disconnected", timeout=5)
+    assert (code, reason) == (1000, "bye")
+    assert server.clients == {} and server.connections == {}
+    peer.writer.close()
+
+
 # ---- an ASGI host with middleware around send ---------------------------------------------
 
 _request_id: contextvars.ContextVar[int] = contextvars.ContextVar("request_id")
