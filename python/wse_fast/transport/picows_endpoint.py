@@ -412,7 +412,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         _sweep(asyncio.get_running_loop()).discard(self)
         self.queue_head = self.queue_tail = self._held = None
         self._held_bytes = 0
-        # no handshake: no close here (picows's own, or the socket lost)
+        # no handshake: the socket ended without a Close either way (1006)
         closing = self.closing
         code, reason = ABNORMAL_CLOSURE if closing is None else closing.outcome
         self.handler.on_close(code, reason)
