@@ -370,7 +370,8 @@ def test_a_budget_split_at_every_offset_decides_at_the_same_byte(impl: Any) -> N
     for cut in range(len(MESSAGES) + 1):
         reader = impl.FrameReader(1 << 20, budget=budget)
         assert feed_all(reader, [MESSAGES[:cut], MESSAGES[cut:]]) == expected
-        assert reader.unread == (100 if cut <= budget else cut - budget)  # of the read it ran out in
+        # what is left unread of the read the budget ran out in
+        assert reader.unread == (100 if cut <= budget else cut - budget)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -440,8 +441,7 @@ def test_rust_reads_as_the_reference(
     bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
     reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     readers = [
-        impl.FrameReader(max_size, compression=compression, budget=budget)
-        for impl in (rust, pure)
+        impl.FrameReader(max_size, compression=compression, budget=budget) for impl in (rust, pure)
     ]
     for at, data in enumerate(reads):
         got = [reader.feed(data) for reader in readers]

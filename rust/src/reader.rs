@@ -154,7 +154,11 @@ impl FrameReader {
             self.done = true;
             self.over_budget = true;
             self.unread = unread;
-            events.append((EVENT_OVER_BUDGET, CLOSE_POLICY_VIOLATION, OVER_BUDGET_REASON))?;
+            events.append((
+                EVENT_OVER_BUDGET,
+                CLOSE_POLICY_VIOLATION,
+                OVER_BUDGET_REASON,
+            ))?;
         }
         Ok(events)
     }
