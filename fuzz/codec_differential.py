@@ -13,7 +13,8 @@ so it reaches the error paths and the odd-but-valid inputs that generators do no
 - ``parse_frame_header``, ``mask`` and ``build_frame`` return the same;
 - ``FrameReader`` fed the bytes as a client's stream (cut into reads where the input says)
   reports the same events and keeps the same state in both, and never more buffered bytes
-  than it was fed.
+  than it was fed, nor, with a stranger's byte budget, than the budget (which is lifted after
+  the third read for some inputs, as an acceptance does).
 
 Run: ``python fuzz/codec_differential.py [CORPUS_DIR] [libFuzzer flags]``; see fuzz/README.md.
 """
@@ -158,20 +159,36 @@ def check_frames(data: bytes) -> None:
 def check_reader(data: bytes) -> None:
     if not data:
         return
-    # the first byte: the message size limit (small ones reach 1009) and compression
+    # the first byte: the message size limit (small ones reach 1009), compression and a
+    # stranger's byte budget (none, or lifted after the third read as an acceptance does)
     settings, stream = data[0], data[1:]
     max_size = (16, 200, 1 << 20)[settings % 3]
     compression = bool(settings & 4)
-    readers = [impl.FrameReader(max_size, compression=compression) for impl in IMPLEMENTATIONS]
+    budget = (None, 0, 40, 300)[settings >> 3 & 3]
+    readers = [
+        impl.FrameReader(max_size, compression=compression, budget=budget)
+        for impl in IMPLEMENTATIONS
+    ]
     fed = at = 0
-    for size in piece_sizes(stream):
+    for read, size in enumerate(piece_sizes(stream)):
         piece = stream[at : at + size]
         at += size
         fed += len(piece)
         events = [reader.feed(piece) for reader in readers]
         if events[0] != events[1]:
             raise Finding(f"FrameReader events after {stream[:at]!r}: {events}")
-        states = [(r.failed, r.done, r.buffered) for r in readers]
+        if readers[0].budget is not None and readers[0].buffered > (budget or 0):
+            raise Finding(f"FrameReader kept more than its budget after {stream[:at]!r}")
+        if read == 2 and settings & 0x20:
+            for reader in readers:
+                reader.lift_budget()
+            if readers[0].over_budget:  # what the budget left unread of this read, read on
+                events = [reader.feed(piece[len(piece) - reader.unread :]) for reader in readers]
+                if events[0] != events[1]:
+                    raise Finding(f"FrameReader events after lifting at {stream[:at]!r}")
+        states = [
+            (r.failed, r.done, r.buffered, r.budget, r.over_budget, r.unread) for r in readers
+        ]
         if states[0] != states[1] or states[0][2] > fed:
             raise Finding(f"FrameReader state after {stream[:at]!r}: {states}")
 

@@ -1,6 +1,6 @@
 """codec.FrameReader without sockets: every RFC 6455 receiving rule, on both implementations,
-fed whole, split at every offset and byte by byte; the memory it keeps; and the Rust reader
-against its pure-Python reference (hypothesis)."""
+fed whole, split at every offset and byte by byte; the memory it keeps; a stranger's byte
+budget; and the Rust reader against its pure-Python reference (hypothesis)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from wse_fast.codec import build_frame
 from wse_fast.constants import (
     EVENT_FAIL,
     EVENT_FAIL_IN_CLOSE,
+    EVENT_OVER_BUDGET,
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    OVER_BUDGET_REASON,
 )
 
 IMPLS = [pytest.param(rust, id="rust"), pytest.param(pure, id="pure")]
@@ -298,6 +300,106 @@ def test_only_unfinished_bytes_are_kept_and_given_back(impl: Any) -> None:
     assert reader.buffered == 0
 
 
+# ---- a stranger's byte budget ------------------------------------------------------------------
+
+OVER_BUDGET = (EVENT_OVER_BUDGET, 1008, OVER_BUDGET_REASON)
+MESSAGES = frame(OP_TEXT, b"hello") + frame(OP_PING, b"p") + frame(OP_BINARY, b"\x00" * 300)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_budget_may_be_spent_to_its_last_byte(impl: Any) -> None:
+    reader = impl.FrameReader(1 << 20, budget=len(MESSAGES))
+    assert reader.budget == len(MESSAGES)
+    events = reader.feed(MESSAGES[:10]) + reader.feed(MESSAGES[10:])
+    assert events == impl.FrameReader(1 << 20).feed(MESSAGES)
+    assert reader.budget == 0 and not reader.done and not reader.over_budget
+    assert reader.feed(b"") == []  # nothing fed, nothing spent
+    # one byte more is one too many
+    assert reader.feed(frame(OP_PING, b"")[:1]) == [OVER_BUDGET]
+    assert reader.done and reader.over_budget and reader.unread == 1 and reader.buffered == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_what_the_budget_covers_is_read_before_the_stranger_is_stopped(impl: Any) -> None:
+    # the budget runs out inside the binary message: the text and the ping before it are
+    # read, then the decision, last; the message's bytes within the budget are kept (they
+    # are part of the budget), none past it
+    budget = len(MESSAGES) - 100
+    reader = impl.FrameReader(1 << 20, budget=budget)
+    events = reader.feed(MESSAGES)
+    assert events == [(OP_TEXT, b"hello", False), (OP_PING, b"p", False), OVER_BUDGET]
+    assert reader.unread == 100 and reader.budget == 0
+    assert reader.buffered == len(frame(OP_BINARY, b"\x00" * 300)) - 100
+    # stopped: nothing more is read, kept or counted
+    assert reader.feed(frame(OP_TEXT, b"more")) == []
+    assert reader.done and reader.buffered == len(frame(OP_BINARY, b"\x00" * 300)) - 100
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_stranger_declaring_a_large_frame_is_stopped_before_the_excess_is_kept(
+    impl: Any,
+) -> None:
+    # a 1 MB frame sent in one large read: at most the budget is kept, not the read
+    reader = impl.FrameReader(2 << 20, budget=4096)
+    assert reader.feed(frame(OP_BINARY, b"x" * 1_000_000)[:200_000]) == [OVER_BUDGET]
+    assert reader.buffered == 4096 and reader.unread == 200_000 - 4096
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_byte_fed_counts_also_those_skipped_after_a_failure(impl: Any) -> None:
+    reader = impl.FrameReader(100, budget=500)
+    events = reader.feed(frame(OP_BINARY, b"x" * 200))  # 1009, then skipped: 208 bytes
+    fail(1009, events)
+    assert reader.budget == 500 - 208
+    assert reader.feed(frame(OP_BINARY, b"y" * 300)) == [OVER_BUDGET]
+    assert reader.unread == 308 - 292
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_close_within_the_budget_ends_reading_without_a_budget_decision(impl: Any) -> None:
+    stream = frame(OP_CLOSE, close_body(1000)) + b"\x00" * 50
+    reader = impl.FrameReader(100, budget=len(stream) - 10)
+    assert reader.feed(stream) == [(OP_CLOSE, 1000, "")]
+    assert reader.done and not reader.over_budget
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_budget_split_at_every_offset_decides_at_the_same_byte(impl: Any) -> None:
+    budget = len(MESSAGES) - 100
+    expected = impl.FrameReader(1 << 20, budget=budget).feed(MESSAGES)
+    for cut in range(len(MESSAGES) + 1):
+        reader = impl.FrameReader(1 << 20, budget=budget)
+        assert feed_all(reader, [MESSAGES[:cut], MESSAGES[cut:]]) == expected
+        # what is left unread of the read the budget ran out in
+        assert reader.unread == (100 if cut <= budget else cut - budget)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_lifted_budget_bounds_nothing_and_a_stopped_reader_reads_on(impl: Any) -> None:
+    unbounded = impl.FrameReader(1 << 20).feed(MESSAGES)
+    # lifted before it runs out: no bound at all
+    reader = impl.FrameReader(1 << 20, budget=10)
+    reader.lift_budget()
+    assert reader.budget is None and reader.feed(MESSAGES) == unbounded
+    # lifted after it ran out (the connection was accepted by a message of that read): the
+    # bytes left unread, fed again, complete what the budget cut
+    reader = impl.FrameReader(1 << 20, budget=len(MESSAGES) - 100)
+    first = reader.feed(MESSAGES)
+    assert first[-1] == OVER_BUDGET
+    reader.lift_budget()
+    # still stopped until it is fed again: its caller, which lifted the budget while
+    # handling that read's events, then sees that the read was cut and what is left of it
+    assert reader.done and reader.over_budget and reader.budget is None
+    assert first[:-1] + reader.feed(MESSAGES[-reader.unread :]) == unbounded
+    assert not reader.done and not reader.over_budget and reader.unread == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_negative_budget_is_refused(impl: Any) -> None:
+    with pytest.raises(OverflowError):
+        impl.FrameReader(100, budget=-1)
+
+
 # ---- the Rust reader against its reference -----------------------------------------------------
 
 _frames = st.tuples(
@@ -324,16 +426,33 @@ _valid = st.one_of(
     cuts=st.lists(st.integers(0, 4000), max_size=6),
     max_size=st.sampled_from([50, 400, 1 << 20]),
     compression=st.booleans(),
+    budget=st.one_of(st.none(), st.integers(0, 1500)),
+    lift_after=st.integers(0, 8),
 )
 def test_rust_reads_as_the_reference(
-    pieces: list[bytes], cuts: list[int], max_size: int, compression: bool
+    pieces: list[bytes],
+    cuts: list[int],
+    max_size: int,
+    compression: bool,
+    budget: int | None,
+    lift_after: int,
 ) -> None:
     stream = b"".join(pieces)
     bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
     reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
-    readers = [impl.FrameReader(max_size, compression=compression) for impl in (rust, pure)]
-    for data in reads:
+    readers = [
+        impl.FrameReader(max_size, compression=compression, budget=budget) for impl in (rust, pure)
+    ]
+    for at, data in enumerate(reads):
         got = [reader.feed(data) for reader in readers]
         assert got[0] == got[1]
-        states = [(r.failed, r.done, r.buffered) for r in readers]
+        if at + 1 == lift_after:  # accepted: lifted, and the rest of a cut read read on
+            for reader in readers:
+                reader.lift_budget()
+            if readers[0].over_budget:
+                got = [reader.feed(data[len(data) - reader.unread :]) for reader in readers]
+                assert got[0] == got[1]
+        states = [
+            (r.failed, r.done, r.buffered, r.budget, r.over_budget, r.unread) for r in readers
+        ]
         assert states[0] == states[1]

@@ -1,6 +1,7 @@
 """wse-fast's own server sockets (transport/server_socket.py) over real TCP: what arrives
 with the upgrade request is read, a connection keeps no read bytes when idle or after a
-large message, and every socket of a loop reads into one buffer."""
+large message, every socket of a loop reads into one buffer, and a stranger may send its
+whole byte budget, not one byte more."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import sys
 import textwrap
 from typing import Any
 
-from wse_fast import codec
-from wse_fast.constants import OP_PING, OP_PONG, OP_TEXT
+import pytest
+from wse_fast import IdentifyRequest, codec
+from wse_fast.constants import OP_PING, OP_PONG, OP_TEXT, OVER_BUDGET_REASON
 from wse_fast.server import WseServer
 
 from tests.conftest import ServerFactory
@@ -309,3 +311,70 @@ async def test_strangers_declaring_large_frames_reserve_only_what_they_sent(
     assert growth < strangers * 64 * 1024, f"{growth >> 20} MiB reserved for {strangers} KiB"
     for peer in peers:
         peer.writer.close()
+
+
+# ---- a stranger's byte budget ------------------------------------------------------------------
+
+
+def pings_of(total: int) -> list[bytes]:
+    """Client pings (at most 125-byte payloads) that make exactly ``total`` bytes (>= 6)."""
+    frames = []
+    while total:
+        size = min(total, 6 + 125)
+        if 0 < total - size < 6:
+            size = total - 6  # leave room for a last, empty ping
+        frames.append(codec.build_frame(OP_PING, b"p" * (size - 6), mask=True))
+        total -= size
+    return frames
+
+
+@pytest.mark.parametrize("past", [0, 1], ids=["whole-budget", "one-byte-more"])
+async def test_a_stranger_may_send_its_whole_budget_and_not_one_byte_more(
+    make_server: ServerFactory, past: int
+) -> None:
+    decided = asyncio.Event()
+
+    async def identify(req: IdentifyRequest) -> None:
+        await decided.wait()  # once every byte has been read
+        req.accept(req.identity)
+
+    server = await make_server(identify, auth_max_message_size=1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    request, hi = upgrade_request(server.port), codec.build_frame(OP_TEXT, HI, mask=True)
+    pings = pings_of(server.stranger_budget - len(request) - len(hi))
+    writer.write(request + hi + b"".join(pings) + b"\x89" * past)  # the budget, and past it
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    peer = RawPeer(reader, writer)
+    for ping in pings:  # every ping was read, and answered
+        assert await asyncio.wait_for(peer.recv(), 5) == (OP_PONG, b"p" * (len(ping) - 6))
+    if past:
+        assert await peer.expect_close(1008) == OVER_BUDGET_REASON
+    else:
+        decided.set()
+        opcode, body = await asyncio.wait_for(peer.recv(), 5)
+        assert (opcode, json.loads(body)[0]) == (OP_TEXT, "~wse:welcome")
+    writer.close()
+
+
+async def test_a_stranger_accepted_by_the_read_that_ran_past_its_budget_reads_on(
+    make_server: ServerFactory,
+) -> None:
+    # The hi and a message far past the budget arrive in one read: the reader stops at the
+    # budget, the hi (before it) gets the connection accepted at once, which lifts the
+    # budget, and the rest of that read is read as an accepted connection's.
+    server = await make_server(auth_max_message_size=1024)
+    large = codec.build_frame(
+        OP_TEXT, json.dumps(["nobody-listens", "m" * 60_000]).encode(), mask=True
+    )
+    ping = codec.build_frame(OP_PING, b"after", mask=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    request, hi = upgrade_request(server.port), codec.build_frame(OP_TEXT, HI, mask=True)
+    assert len(request + hi + large) > server.stranger_budget
+    writer.write(request + hi + large + ping)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    peer = RawPeer(reader, writer)
+    opcode, body = await asyncio.wait_for(peer.recv(), 5)
+    assert (opcode, json.loads(body)[0]) == (OP_TEXT, "~wse:welcome")
+    assert await asyncio.wait_for(peer.recv(), 5) == (OP_PONG, b"after")
+    assert len(server.clients) == 1
+    writer.close()

@@ -321,6 +321,8 @@ class CallAnswerer:
 
 _EVENT_FAIL = 0x00
 _EVENT_FAIL_IN_CLOSE = 0x18
+_EVENT_OVER_BUDGET = 0x19
+_OVER_BUDGET_REASON = "too much data before authentication"
 _EMPTY = b""
 
 
@@ -346,6 +348,13 @@ class FrameReader:
     opcode, a frame masked the wrong way, a control frame over 125 bytes or fragmented), it
     is ``done`` and reads nothing more.
 
+    ``budget``: the bytes the peer may still send (a stranger, not yet accepted), or None for
+    no bound. Every byte fed counts; none past the budget is read or kept: the reader stops
+    there (``done`` and ``over_budget``, the last read's ``unread`` bytes left unread) with
+    ``(EVENT_OVER_BUDGET, 1008, reason)``, after what the bytes within the budget completed.
+    :meth:`lift_budget` (the connection is accepted) removes the bound, and a reader that
+    stopped at it reads on from its next ``feed``.
+
     Memory: only the bytes of an unfinished frame and of an unfinished fragmented message,
     given back as soon as they complete; an idle reader holds no buffer.
     """
@@ -357,16 +366,25 @@ class FrameReader:
         "_opcode",
         "_skip",
         "_utf8",
+        "budget",
         "client_frames",
         "compression",
         "done",
         "failed",
         "max_message_size",
+        "over_budget",
+        "unread",
     )
 
     def __init__(
-        self, max_message_size: int, client_frames: bool = True, compression: bool = False
+        self,
+        max_message_size: int,
+        client_frames: bool = True,
+        compression: bool = False,
+        budget: int | None = None,
     ) -> None:
+        if budget is not None and budget < 0:
+            raise OverflowError("a budget cannot be negative")  # as Rust's u64 refuses it
         self.max_message_size = max_message_size
         self.client_frames = client_frames
         self.compression = compression
@@ -380,6 +398,12 @@ class FrameReader:
         self.failed = False
         #: A Close has been read, or frames cannot be told apart: nothing more is read.
         self.done = False
+        #: Bytes the peer may still send (None: no bound); counted as they are fed.
+        self.budget = budget
+        #: The budget ran out: the reader stopped there (``done``) until :meth:`lift_budget`.
+        self.over_budget = False
+        #: With ``over_budget``: the bytes of the last read it left unread (not kept).
+        self.unread = 0
 
     @property
     def buffered(self) -> int:
@@ -393,17 +417,52 @@ class FrameReader:
         for a message (text or binary, the payload unmasked bytes; a compressed one as sent),
         ``(OP_PING or OP_PONG, payload, False)``, ``(OP_CLOSE, code, reason)`` (1005 and ""
         for a Close without a status), or a failure ``(EVENT_FAIL or EVENT_FAIL_IN_CLOSE,
-        code, reason)``: at most one, and after it only a failure found in the peer's Close."""
+        code, reason)``: at most one, and after it only a failure found in the peer's Close;
+        last, ``(EVENT_OVER_BUDGET, 1008, reason)`` when the budget ran out."""
         events: list[tuple[int, Any, Any]] = []
-        if self.done or not data:
-            return events
+        if self.done:
+            if not self.over_budget or self.budget is not None:
+                return events
+            # stopped at a budget lifted since: read on
+            self.done = self.over_budget = False
+            self.unread = 0
         view = memoryview(data)
+        if not len(view):
+            return events
+        unread = 0
+        left = self.budget
+        if left is not None:
+            # every byte fed counts; none past the budget is read (nor kept)
+            if len(view) > left:
+                unread = len(view) - left
+                view = view[:left]
+                self.budget = 0
+            else:
+                self.budget = left - len(view)
+        self._read(view, events)
+        if unread and not self.done:
+            # after what the bytes within the budget completed: the stranger's decision
+            self.done = self.over_budget = True
+            self.unread = unread
+            events.append((_EVENT_OVER_BUDGET, 1008, _OVER_BUDGET_REASON))
+        return events
+
+    def lift_budget(self) -> None:
+        """The connection is accepted: no bound on its bytes from now on. A reader that
+        stopped at its budget reads on from the next ``feed``, which should bring the
+        ``unread`` bytes."""
+        self.budget = None
+
+    def _read(self, view: memoryview, events: list[tuple[int, Any, Any]]) -> None:
+        """Reads the frames in ``view`` (what is kept of an unfinished frame first)."""
         size = len(view)
+        if not size:
+            return
         pos = self._skip
         if pos:
             if pos >= size:
                 self._skip = pos - size
-                return events
+                return
             self._skip = 0
         joined = self._frame
         if joined is not None:  # an unfinished frame: its bytes and what came now
@@ -427,7 +486,6 @@ class FrameReader:
             pos += used
         if pos > size:  # a skipped frame goes on in the next reads
             self._skip = pos - size
-        return events
 
     def _fail(self, events: list[tuple[int, Any, Any]], code: int, reason: str) -> None:
         """The first failure: reported, then only a Close is looked for."""

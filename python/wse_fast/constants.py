@@ -66,9 +66,13 @@ OP_PONG: Final = 0xA
 # What codec.FrameReader.feed reports, each as ``(kind, a, b)``: a message or control frame
 # under its opcode (``a`` its payload; ``b`` for a message: whether RSV1 says compressed), a
 # Close received (``a``, ``b``: its code and reason), or a failure (``a``, ``b``: the code and
-# reason to close with), found in a Close frame (the peer is closing anyway) or elsewhere.
+# reason to close with), found in a Close frame (the peer is closing anyway) or elsewhere;
+# or, last, a stranger past its byte budget (``a``, ``b``: 1008 and OVER_BUDGET_REASON).
 EVENT_FAIL: Final = 0x00
 EVENT_FAIL_IN_CLOSE: Final = 0x18
+EVENT_OVER_BUDGET: Final = 0x19
+#: Why a stranger that sent more than it may before authentication is closed (with 1008).
+OVER_BUDGET_REASON: Final = "too much data before authentication"
 
 # RFC 6455 §7.4.1 close codes used here.
 CLOSE_NORMAL: Final = 1000

@@ -16,6 +16,7 @@ from .connection import Connection
 from .constants import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
+    OVER_BUDGET_REASON,
     SLOW_CONSUMER,
     WSE_ERROR,
     WSE_REASON,
@@ -336,9 +337,9 @@ class ServerConnection(Connection):
 
     def _budget_spent(self) -> None:
         """The stranger sent every byte it may before authentication."""
-        err = ProtocolViolation({"detail": "too much data before authentication"})
+        err = ProtocolViolation({"detail": OVER_BUDGET_REASON})
         self._server.report(err, self)
-        self._server.refuse(self, CLOSE_POLICY_VIOLATION, "too much data before authentication")
+        self._server.refuse(self, CLOSE_POLICY_VIOLATION, OVER_BUDGET_REASON)
 
     def accepted(self, cid: Cid) -> None:
         """identify accepted the connection as user ``cid``: what held it as a stranger goes."""

@@ -2,6 +2,11 @@
 //! messages, control frames, Close and failure they completed out, as a list of
 //! `(kind, a, b)` tuples. `FrameReader` in `python/wse_fast/_pure.py` is the reference.
 //!
+//! A stranger's bytes: given a budget (what a connection not yet accepted may still send),
+//! the reader counts every byte fed, reads no byte past it and then stops (`done`,
+//! `over_budget`) with an `EVENT_OVER_BUDGET` event: close 1008. `lift_budget` (the
+//! connection is accepted) leaves one test of an `Option` per read.
+//!
 //! Memory: only an unfinished frame's bytes and an unfinished fragmented message's payload
 //! are kept, in vectors given back (not just cleared) once they complete, so that an idle
 //! connection holds no buffer and a large message leaves nothing behind.
@@ -14,6 +19,10 @@ use crate::utf8;
 
 const EVENT_FAIL: u8 = 0x00;
 const EVENT_FAIL_IN_CLOSE: u8 = 0x18;
+const EVENT_OVER_BUDGET: u8 = 0x19;
+/// RFC 6455 §7.4.1: 1008, the code a stranger past its budget is closed with.
+const CLOSE_POLICY_VIOLATION: u16 = 1008;
+const OVER_BUDGET_REASON: &str = "too much data before authentication";
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -48,6 +57,15 @@ pub struct FrameReader {
     /// A Close has been read, or frames cannot be told apart: nothing more is read.
     #[pyo3(get)]
     done: bool,
+    /// Bytes the peer may still send (None: no bound); counted as they are fed.
+    #[pyo3(get)]
+    budget: Option<u64>,
+    /// The budget ran out: the reader stopped there (`done`) until `lift_budget`.
+    #[pyo3(get)]
+    over_budget: bool,
+    /// With `over_budget`: the bytes of the last read it left unread (not kept).
+    #[pyo3(get)]
+    unread: u64,
     frame: Vec<u8>,
     skip: u64,
     message: Option<Vec<u8>>,
@@ -61,14 +79,22 @@ type Events<'a, 'py> = &'a Bound<'py, PyList>;
 #[pymethods]
 impl FrameReader {
     #[new]
-    #[pyo3(signature = (max_message_size, client_frames=true, compression=false))]
-    fn new(max_message_size: usize, client_frames: bool, compression: bool) -> Self {
+    #[pyo3(signature = (max_message_size, client_frames=true, compression=false, budget=None))]
+    fn new(
+        max_message_size: usize,
+        client_frames: bool,
+        compression: bool,
+        budget: Option<u64>,
+    ) -> Self {
         Self {
             max_message_size,
             client_frames,
             compression,
             failed: false,
             done: false,
+            budget,
+            over_budget: false,
+            unread: 0,
             frame: Vec::new(),
             skip: 0,
             message: None,
@@ -84,6 +110,12 @@ impl FrameReader {
         self.frame.len() + self.message.as_ref().map_or(0, Vec::len)
     }
 
+    /// The connection is accepted: no bound on its bytes from now on. A reader that stopped
+    /// at its budget reads on from the next `feed`, which should bring the `unread` bytes.
+    fn lift_budget(&mut self) {
+        self.budget = None;
+    }
+
     fn feed<'py>(
         &mut self,
         py: Python<'py>,
@@ -91,17 +123,57 @@ impl FrameReader {
     ) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
         if self.done {
-            return Ok(events);
+            if !self.over_budget || self.budget.is_some() {
+                return Ok(events);
+            }
+            // stopped at a budget lifted since: read on
+            self.done = false;
+            self.over_budget = false;
+            self.unread = 0;
         }
         let buf = crate::contiguous(data)?;
         let mut input = unsafe { crate::view(&buf) };
         if input.is_empty() {
             return Ok(events);
         }
+        let mut unread = 0;
+        if let Some(left) = self.budget {
+            // every byte fed counts; none past the budget is read (nor kept)
+            let size = input.len() as u64;
+            if size > left {
+                unread = size - left;
+                input = &input[..left as usize];
+                self.budget = Some(0);
+            } else {
+                self.budget = Some(left - size);
+            }
+        }
+        self.read(py, input, &events)?;
+        if unread > 0 && !self.done {
+            // after what the bytes within the budget completed: the stranger's decision
+            self.done = true;
+            self.over_budget = true;
+            self.unread = unread;
+            events.append((
+                EVENT_OVER_BUDGET,
+                CLOSE_POLICY_VIOLATION,
+                OVER_BUDGET_REASON,
+            ))?;
+        }
+        Ok(events)
+    }
+}
+
+impl FrameReader {
+    /// Reads the frames in `input` (what is kept of an unfinished frame first).
+    fn read(&mut self, py: Python<'_>, mut input: &[u8], events: Events) -> PyResult<()> {
+        if input.is_empty() {
+            return Ok(());
+        }
         if self.skip > 0 {
             if self.skip >= input.len() as u64 {
                 self.skip -= input.len() as u64;
-                return Ok(events);
+                return Ok(());
             }
             input = &input[self.skip as usize..];
             self.skip = 0;
@@ -119,7 +191,7 @@ impl FrameReader {
         let mut pos: u64 = 0;
         let mut keep_from = None;
         while pos < size && !self.done {
-            match self.frame_at(py, bytes, pos as usize, &events)? {
+            match self.frame_at(py, bytes, pos as usize, events)? {
                 Step::Read(used) => pos += used as u64,
                 Step::Unfinished => {
                     keep_from = Some(pos as usize);
@@ -145,11 +217,8 @@ impl FrameReader {
         if pos > size {
             self.skip = pos - size; // a skipped frame goes on in the next reads
         }
-        Ok(events)
+        Ok(())
     }
-}
-
-impl FrameReader {
     /// The first failure: reported, then only a Close is looked for.
     fn fail(&mut self, events: Events, kind: u8, code: u16, reason: &str) -> PyResult<()> {
         self.failed = true;

@@ -17,6 +17,7 @@ from ..constants import (
     OP_BINARY,
     OP_CONTINUATION,
     OP_TEXT,
+    OVER_BUDGET_REASON,
 )
 from .deflate import RSV_COMPRESSED, CorruptMessage, Inflater, MessageTooBig
 
@@ -221,7 +222,7 @@ class InflatingAssembler(MessageAssembler):
             self.inflate_budget -= len(out)
             if self.inflate_budget < 0:
                 self._inflated = None
-                raise FrameViolation(CLOSE_POLICY_VIOLATION, "too much data before authentication")
+                raise FrameViolation(CLOSE_POLICY_VIOLATION, OVER_BUDGET_REASON)
         if not fin:
             if so_far is None:
                 self._inflated = bytearray(out)

@@ -6,8 +6,10 @@ uvloop and picows's ``WSProtocol``. It
 - counts the server's strangers (sockets not yet accepted by identify, from the TCP accept on),
   in all and per address, and refuses a socket past either with HTTP 503 or 429 before
   reading a byte of it;
-- caps every read at the bytes the stranger still may send, so that picows's read buffer (which
-  grows with what arrives and never shrinks) stays small whatever frame header a stranger sends;
+- on picows, caps every read at the bytes the stranger still may send, so that picows's read
+  buffer (which grows with what arrives and never shrinks) stays small whatever frame header a
+  stranger sends (wse-fast's own sockets count those bytes in their frame reader instead:
+  ``budget=None`` here);
 - steps aside once the connection is accepted (:meth:`ReadGuard.release`): uvloop then talks to
   picows directly, so an authenticated connection pays nothing per read;
 - with a ``vet`` (a server's ``async`` ``on_upgrade``), holds the upgrade request back from
@@ -165,7 +167,9 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     ``budget`` is every byte the socket may send before that: its upgrade request, its
     authentication messages and a few control frames. When it is spent, ``on_exhausted`` runs
-    (set by the connection once the WebSocket is open), or the socket is aborted before then.
+    (set by the connection once the WebSocket is open), or the socket is aborted before then
+    (:meth:`exhausted`). ``budget=None``: the protocol behind counts the bytes itself (and
+    calls :meth:`exhausted`); ``on_release`` tells it when to stop.
     """
 
     __slots__ = (
@@ -182,6 +186,7 @@ class ReadGuard(asyncio.BufferedProtocol):
         "_vetting",
         "counted_address",
         "on_exhausted",
+        "on_release",
         "peer",
         "vetted",
     )
@@ -190,7 +195,7 @@ class ReadGuard(asyncio.BufferedProtocol):
         self,
         inner: Any,
         admission: Admission,
-        budget: int,
+        budget: int | None,
         vet: Vet | None = None,
         head_timeout: float | None = None,
     ) -> None:
@@ -202,6 +207,8 @@ class ReadGuard(asyncio.BufferedProtocol):
         self._counted_peer: str | None = None  # counted under the peer's address at the accept
         self.counted_address: str | None = None  # a proxy's client, counted at the upgrade
         self.on_exhausted: Callable[[], None] | None = None
+        #: Runs when the connection is accepted, before the socket goes to the protocol behind.
+        self.on_release: Callable[[], None] | None = None
         self._vet = vet
         # With a vet: the request as it arrives, until its head is whole (then None)
         self._head: bytearray | None = None
@@ -239,24 +246,26 @@ class ReadGuard(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> Any:
         if self._inner is None:
             return bytearray(256)  # a refused socket: whatever arrives is dropped
+        budget = self._budget
         if self._head is not None:
             free = memoryview(self._head)[self._head_length :]
-            return free if len(free) <= self._budget else free[: max(self._budget, 1)]
+            return free if budget is None or len(free) <= budget else free[: max(budget, 1)]
         buffer = self._inner.get_buffer(sizehint)
         # Never read more than the stranger may still send: picows's buffer grows to fit what
         # is read, and keeps that size for the connection's life.
-        return buffer if len(buffer) <= self._budget else buffer[: max(self._budget, 1)]
+        return buffer if budget is None or len(buffer) <= budget else buffer[: max(budget, 1)]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._inner is None:
             return
-        self._budget -= nbytes
+        if self._budget is not None:
+            self._budget -= nbytes
         if self._head is not None:
             self._head_read(nbytes)
         else:
             self._inner.buffer_updated(nbytes)
-        if self._budget <= 0 and self._transport is not None:
-            self._exhausted()
+        if self._budget is not None and self._budget <= 0 and self._transport is not None:
+            self.exhausted()
 
     def _head_read(self, nbytes: int) -> None:
         """More of a held request arrived: once its head is whole (or longer than any picows
@@ -345,7 +354,9 @@ class ReadGuard(asyncio.BufferedProtocol):
             held = held[n:]
             inner.buffer_updated(n)
 
-    def _exhausted(self) -> None:
+    def exhausted(self) -> None:
+        """The stranger has sent every byte it may: ``on_exhausted`` runs (the connection's
+        decision: close 1008), or the socket is aborted when none is set yet."""
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_protocol() is not self:
             return
@@ -385,6 +396,9 @@ class ReadGuard(asyncio.BufferedProtocol):
         self._transport = None
         self.on_exhausted = None
         self._admission.leave(self._counted_peer, self.counted_address)
+        on_release, self.on_release = self.on_release, None
+        if on_release is not None:
+            on_release()
         transport.set_protocol(self._inner)
         self._inner = None
 

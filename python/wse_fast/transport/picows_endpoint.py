@@ -632,6 +632,8 @@ class Endpoint(WSListener):  # type: ignore[misc]
                 self._fail_in_close(first, second)
             elif kind == EVENT_FAIL:
                 self._fail(first, second)
+            # EVENT_OVER_BUDGET (a stranger's bytes ran out, always last) is passed over:
+            # its socket hands it to what holds the stranger (see ServerSocket._dispatch)
 
     def _inflated(self, kind: int, payload: bytes) -> bytes | None:
         """A compressed message inflated; None after failing the connection (only a

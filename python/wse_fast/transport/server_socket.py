@@ -9,8 +9,11 @@ idle connection holds no read buffer, and one that received a large message keep
 it. Each read is one call into the reader, and its events reach the endpoint as one batch.
 
 Before the connection is accepted it sits behind a :class:`~.admission.ReadGuard`, which
-counts it as a stranger, bounds its bytes and holds an upgrade an ``async`` ``on_upgrade``
-must decide; the guard then steps aside and uvloop calls this protocol directly.
+counts it as a stranger and holds an upgrade an ``async`` ``on_upgrade`` must decide; the
+guard then steps aside and uvloop calls this protocol directly. The stranger's bytes are
+bounded here: the upgrade request's by :data:`HTTP_REQUEST_MAX`, and what may follow it by
+the reader's budget (the stranger budget less the request), which the reader checks as it
+reads and which is lifted when the guard steps aside.
 """
 
 from __future__ import annotations
@@ -181,15 +184,18 @@ class ServerSocket(asyncio.BufferedProtocol):
         "_head_timeout",
         "_head_timer",
         "_reader",
+        "_stranger_budget",
         "_transport",
         "_upgrade",
         "is_close_frame_sent",
         "request",
     )
 
-    def __init__(self, upgrade: Upgrade, head_timeout: float | None) -> None:
+    def __init__(self, upgrade: Upgrade, head_timeout: float | None, stranger_budget: int) -> None:
         self._upgrade = upgrade
-        self._guard: ReadGuard | None = None  # set by the listener
+        # set by the listener; kept until the connection is accepted (the guard releases it)
+        self._guard: ReadGuard | None = None
+        self._stranger_budget = stranger_budget  # bytes it may send until then, request too
         self._transport: Any = None
         self._buffer: memoryview | None = None
         # the upgrade request so far, until its head is whole; then None
@@ -203,8 +209,15 @@ class ServerSocket(asyncio.BufferedProtocol):
 
     def bind(self, guard: ReadGuard) -> None:
         """The guard this socket sits behind until it is accepted (what the upgrade counts
-        and bounds the stranger with)."""
+        the stranger with, and what decides when it sends more than its budget)."""
         self._guard = guard
+        guard.on_release = self._released
+
+    def _released(self) -> None:
+        """The connection is accepted: its bytes are bounded no more."""
+        self._guard = None
+        if self._reader is not None:
+            self._reader.lift_budget()
 
     # ---- what uvloop calls ------------------------------------------------------------------
 
@@ -223,9 +236,10 @@ class ServerSocket(asyncio.BufferedProtocol):
         assert self._buffer is not None
         reader = self._reader
         if reader is not None:
-            events = reader.feed(self._buffer[:nbytes])
+            data = self._buffer[:nbytes]
+            events = reader.feed(data)
             if events:
-                self._dispatch(events)
+                self._dispatch(events, data)
         elif self._head is not None:
             self._head_read(self._buffer[:nbytes])
         # else: refused, or the WebSocket failed at once: nothing more is read
@@ -254,19 +268,19 @@ class ServerSocket(asyncio.BufferedProtocol):
     def _head_read(self, data: memoryview) -> None:
         head = self._head
         assert head is not None
-        start = max(len(head) - 3, 0)
-        head += data
+        held = len(head)
+        start = max(held - 3, 0)
+        # No more than the longest head and its blank line is copied: a head not ended
+        # within is refused, and what follows one (frames) is read from ``data`` itself.
+        head += data[: HTTP_REQUEST_MAX + 4 - held]
         end = head.find(b"\r\n\r\n", start)
         if end < 0:
             if len(head) > HTTP_REQUEST_MAX:
                 self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "")
             return
-        if end > HTTP_REQUEST_MAX:
-            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "")
-            return
         self._head = None
         self._cancel_head_timer()
-        rest = bytes(head[end + 4 :])  # what the client sent after its request: frames
+        rest = data[end + 4 - held :]  # what the client sent after its request: frames
         parsed = parse_request_head(bytes(head[:end]))
         if parsed is None:
             self._refuse(HTTPStatus.BAD_REQUEST, "malformed upgrade request")
@@ -276,19 +290,27 @@ class ServerSocket(asyncio.BufferedProtocol):
         if problem is not None:
             self._refuse(*problem)
             return
-        guard, self._guard = self._guard, None  # the connection keeps it while it counts
+        guard = self._guard  # the connection keeps it while it counts
         assert guard is not None
         verdict = self._upgrade(target, headers, guard)
         if isinstance(verdict[0], int):
             self._refuse(*verdict)  # type: ignore[arg-type]
             return
         endpoint, added = verdict
-        self._open(endpoint, accept_value(headers["Sec-WebSocket-Key"].strip()), added, rest)
+        budget = max(self._stranger_budget - (end + 4), 0)  # what may follow the request
+        accept = accept_value(headers["Sec-WebSocket-Key"].strip())
+        self._open(endpoint, accept, added, rest, budget)
 
     def _open(
-        self, endpoint: Endpoint, accept: str, added: list[tuple[str, str]], rest: bytes
+        self,
+        endpoint: Endpoint,
+        accept: str,
+        added: list[tuple[str, str]],
+        rest: memoryview,
+        budget: int,
     ) -> None:
-        """Answers 101 and opens the WebSocket; ``rest``: bytes that came after the request."""
+        """Answers 101 and opens the WebSocket; ``rest``: bytes that came after the request,
+        ``budget``: how many the stranger may send from there on."""
         lines = [
             "HTTP/1.1 101 Switching Protocols",
             "Upgrade: websocket",
@@ -301,24 +323,39 @@ class ServerSocket(asyncio.BufferedProtocol):
             endpoint.max_message_size,
             client_frames=True,
             compression=isinstance(endpoint, DeflateEndpoint),
+            budget=None if self._guard is None else budget,
         )
         self._endpoint = endpoint
         endpoint.on_ws_connected(self)
         if rest and self._reader is not None and not self._transport.is_closing():
             events = self._reader.feed(rest)
             if events:
-                self._dispatch(events)
+                self._dispatch(events, rest)
 
-    def _dispatch(self, events: list[tuple[int, Any, Any]]) -> None:
-        """Hands what one read completed to the endpoint, as one batch."""
+    def _dispatch(self, events: list[tuple[int, Any, Any]], data: memoryview) -> None:
+        """Hands what one read (``data``) completed to the endpoint, as one batch."""
         endpoint = self._endpoint
         assert endpoint is not None
         endpoint.on_events(events)
         reader = self._reader
         if reader is not None and reader.done:
-            # No Close can be read any more (the peer's came, or its frames cannot be told
-            # apart after a failure): TCP is closed once the Close frame has left.
-            endpoint.close(CLOSE_PROTOCOL_ERROR, wait=False)
+            if not reader.over_budget:
+                # No Close can be read any more (the peer's came, or its frames cannot be
+                # told apart after a failure): TCP is closed once the Close frame has left.
+                endpoint.close(CLOSE_PROTOCOL_ERROR, wait=False)
+                return
+            # The stranger's budget ran out in this read (the reader's last event says so,
+            # which the endpoint passes over): the guard, its hold, carries out the decision.
+            guard = self._guard
+            if guard is not None:
+                guard.exhausted()
+                return
+            # ... yet a message before that got it accepted, which lifted the budget: the
+            # bytes the reader left unread are read now, as if they had come in their own read
+            unread = data[len(data) - reader.unread :]
+            events = reader.feed(unread)
+            if events:
+                self._dispatch(events, unread)
 
     def _refuse(self, status: int, body: str) -> None:
         self._head = None
@@ -438,8 +475,11 @@ async def listen(
         return answer
 
     def protocol() -> ReadGuard:
-        inner = ServerSocket(route, options.handshake_timeout if vet is None else None)
-        guard = ReadGuard(inner, admission, options.stranger_budget, vet, options.handshake_timeout)
+        inner = ServerSocket(
+            route, options.handshake_timeout if vet is None else None, options.stranger_budget
+        )
+        # budget None: the socket's reader counts the stranger's bytes (see ServerSocket)
+        guard = ReadGuard(inner, admission, None, vet, options.handshake_timeout)
         inner.bind(guard)
         return guard
 
