@@ -8,7 +8,6 @@ import logging
 import secrets
 import traceback
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 from .constants import WSE_ERROR
@@ -192,115 +191,107 @@ Track = Callable[["asyncio.Future[Any]"], None]
 Failed = Callable[[tuple[Any, ...], str, Any, str, dict[str, Any], BaseException], None]
 
 
-def answer_call(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    track: Track,
-    failed: Failed | None = None,
-) -> None:
-    """Runs an RPC handler and sends its result or error under ``stamp``.
+class Answering:
+    """How one side answers the calls it receives, shared by all its connections and calls
+    (made once, not passed along with each call): ``types`` names the answers' types;
+    ``debug`` puts an exception's details in the answer (see :func:`error_payload`);
+    ``failed`` hears of a procedure that failed, after its caller was answered."""
 
-    A plain function is answered at once, in the same loop turn; a coroutine runs as a task,
-    handed to ``track``. A result or error that cannot be encoded still gets an answer.
-    ``failed`` hears of a procedure that failed, after the caller was answered.
-    """
-    try:
-        result = fn(*args)
-    except Exception as exc:
-        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-        return
-    answer_result(result, args, name, payload, stamp, reply, types, debug, track, failed)
+    __slots__ = ("debug", "failed", "types")
+
+    def __init__(self, types: InternalTypes, debug: bool, failed: Failed | None = None) -> None:
+        self.types = types
+        self.debug = debug
+        self.failed = failed
+
+    def run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        name: str,
+        stamp: str,
+        reply: Reply,
+        track: Track,
+    ) -> None:
+        """Runs procedure ``name``'s handler ``fn`` with ``args`` (the payload last) and sends
+        its result or error under ``stamp`` through ``reply`` (the connection's): a plain
+        function is answered at once, in the same loop turn; a coroutine runs as a task,
+        handed to ``track``. A result or error that cannot be encoded still gets an answer."""
+        call = Call(self, reply, track, args, name, stamp)
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            call.answer_error(exc)
+            return
+        call.answer(result)
 
 
-def answer_result(
-    result: Any,
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    track: Track,
-    failed: Failed | None = None,
-) -> None:
-    """Answers call ``stamp`` with what its handler returned (the rest of
-    :func:`answer_call`): at once, or when the awaitable it returned is done."""
-    if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
-        try:  # _send_result, inlined: once per call
-            reply(types.response, result, stamp)
+class Call:
+    """One call received and not answered yet: what its answer needs, in one small object
+    made per call (its side's :class:`Answering`, its connection's ``reply`` and ``track``,
+    the handler's ``args`` with the payload last, the procedure's ``name``, the ``stamp``)
+    instead of nine arguments passed through every step."""
+
+    __slots__ = ("answering", "args", "name", "reply", "stamp", "track")
+
+    def __init__(
+        self,
+        answering: Answering,
+        reply: Reply,
+        track: Track,
+        args: tuple[Any, ...],
+        name: str,
+        stamp: str,
+    ) -> None:
+        self.answering = answering
+        self.reply = reply
+        self.track = track
+        self.args = args
+        self.name = name
+        self.stamp = stamp
+
+    @property
+    def payload(self) -> Any:
+        """What the caller sent (the handler's last argument)."""
+        return self.args[-1]
+
+    def answer(self, result: Any) -> None:
+        """Answers with what the handler returned: at once, or when the awaitable it returned
+        is done (a task, handed to ``track``)."""
+        if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
+            self._send(result)
+            return
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(self._task_done)
+        self.track(task)
+
+    def answer_error(self, exc: BaseException) -> None:
+        """Answers with the error the handler raised (see :func:`error_payload`), then tells
+        the side's ``failed`` (with ``exc`` itself)."""
+        answering, args, name, stamp = self.answering, self.args, self.name, self.stamp
+        payload = args[-1]
+        error = error_payload(exc, name, payload, answering.debug, _log_fields(args))
+        type = answering.types.response_error
+        try:
+            self.reply(type, error, stamp)
+        except Exception:  # details the protocol cannot encode: the code alone always can
+            self.reply(type, minimal_error(error), stamp)
+        if answering.failed is not None:
+            answering.failed(args, name, payload, stamp, error, exc)
+
+    def _send(self, result: Any) -> None:
+        try:
+            self.reply(self.answering.types.response, result, self.stamp)
         except Exception as exc:  # the result cannot be encoded: tell the caller why
-            answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-        return
-    task = asyncio.ensure_future(result)
-    task.add_done_callback(
-        partial(_task_done, args, name, payload, stamp, reply, types, debug, failed)
-    )
-    track(task)
+            self.answer_error(exc)
 
-
-def _send_result(
-    result: Any,
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    failed: Failed | None,
-) -> None:
-    try:
-        reply(types.response, result, stamp)
-    except Exception as exc:  # the result cannot be encoded: tell the caller why
-        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-
-
-def answer_error(
-    exc: BaseException,
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    failed: Failed | None,
-) -> None:
-    """Answers call ``stamp`` with the error its handler raised (see :func:`error_payload`),
-    then tells ``failed`` (with ``exc`` itself)."""
-    error = error_payload(exc, name, payload, debug, _log_fields(args))
-    try:
-        reply(types.response_error, error, stamp)
-    except Exception:  # details the protocol cannot encode: the code alone always can
-        reply(types.response_error, minimal_error(error), stamp)
-    if failed is not None:
-        failed(args, name, payload, stamp, error, exc)
-
-
-def _task_done(
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    failed: Failed | None,
-    task: asyncio.Future[Any],
-) -> None:
-    if task.cancelled():  # its connection closed, or the server is shutting down
-        reply(types.response_error, CANCELLED, stamp)
-    elif (exc := task.exception()) is not None:
-        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-    else:
-        _send_result(task.result(), args, name, payload, stamp, reply, types, debug, failed)
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled():  # its connection closed, or the server is shutting down
+            self.reply(self.answering.types.response_error, CANCELLED, self.stamp)
+        elif (exc := task.exception()) is not None:
+            self.answer_error(exc)
+        else:
+            self._send(task.result())
 
 
 def _log_fields(args: tuple[Any, ...]) -> Mapping[str, Any] | None:
