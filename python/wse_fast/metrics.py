@@ -31,7 +31,7 @@ import contextlib
 import importlib.util
 import json
 import logging
-from bisect import bisect_right
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -131,7 +131,9 @@ _PROMETHEUS_INSTALLED = prometheus_installed()
 
 
 class Histogram:
-    """Counts per bucket of :data:`LATENCY_BUCKETS` (one more for the rest), and their sum."""
+    """Counts per bucket of :data:`LATENCY_BUCKETS` (one more for the rest), and their sum.
+    A time equal to a bound is counted in that bound's bucket: Prometheus's ``le`` (at most),
+    hence ``bisect_left``."""
 
     __slots__ = ("counts", "total")
 
@@ -140,7 +142,7 @@ class Histogram:
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_right(LATENCY_BUCKETS, seconds)] += 1
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
 
 
@@ -216,7 +218,7 @@ class ProcedureMeter:
     def answered(self, seconds: float) -> None:
         """A call answered with a result ``seconds`` after it was read."""
         ok = self.ok  # Histogram.observe, inlined: once per call
-        ok.counts[bisect_right(LATENCY_BUCKETS, seconds)] += 1
+        ok.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         ok.total += seconds
 
     def served(
@@ -225,7 +227,7 @@ class ProcedureMeter:
         """A call read and answered with a result in one step (the codec's): received as
         ``data``, answered after ``seconds`` with a frame of ``answer_size`` bytes."""
         ok = self.ok  # answered, received and sent, inlined: the hottest path of all
-        ok.counts[bisect_right(LATENCY_BUCKETS, seconds)] += 1
+        ok.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         ok.total += seconds
         cell = self.received
         cell[0] += 1
