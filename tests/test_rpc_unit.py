@@ -165,13 +165,29 @@ async def test_a_cancelled_task_is_answered_cancelled_and_failed_hears_nothing()
     assert failures.heard == []
 
 
-def test_a_call_keeps_what_its_answer_needs() -> None:
+async def test_a_call_answers_from_what_it_kept_when_its_task_ends() -> None:
     conn = Connection()
     answering = Answering(TYPES, False)  # no failed: nobody hears, the caller still does
-    call = Call(answering, conn.reply, conn.track, (conn, {"x": 1}), "proc", STAMP)
+    call = Call(answering, (conn, {"x": 1}), "proc", STAMP, conn.reply)
     assert (call.name, call.payload, call.stamp) == ("proc", {"x": 1}, STAMP)
-    call.answer_error(ValueError("no"))
-    assert conn.answers[0][0] == TYPES.response_error
+    loop = asyncio.get_running_loop()
+    ended = [loop.create_future() for _ in range(4)]
+    ended[0].set_result([1, 2])
+    ended[1].set_exception(WseError("app.late"))
+    ended[2].set_result({1, 2})  # a set: not JSON
+    ended[3].cancel()
+    for future in ended:
+        call.task_done(future)
+    ok, late, unencodable, cancelled = conn.answers
+    assert ok == (TYPES.response, [1, 2], STAMP)
+    assert late == (
+        TYPES.response_error,
+        {"code": "app.late", "details": {"rpc": "proc", "payload": {"x": 1}}},
+        STAMP,
+    )
+    assert unencodable[:1] == (TYPES.response_error,)
+    assert unencodable[1]["code"] == WSE_ERROR.RP_EXECUTION_FAILED
+    assert cancelled == (TYPES.response_error, CANCELLED, STAMP)
 
 
 async def test_a_sides_debug_is_its_answerings() -> None:

@@ -195,7 +195,12 @@ class Answering:
     """How one side answers the calls it receives, shared by all its connections and calls
     (made once, not passed along with each call): ``types`` names the answers' types;
     ``debug`` puts an exception's details in the answer (see :func:`error_payload`);
-    ``failed`` hears of a procedure that failed, after its caller was answered."""
+    ``failed`` hears of a procedure that failed, after its caller was answered.
+
+    A call answered in the loop turn that read it (a plain result, an exception) allocates
+    nothing here: its few parts (the handler's ``args`` with the payload last, the
+    procedure's ``name``, the ``stamp``, the connection's ``reply``) are passed as arguments.
+    A call answered later (an awaitable result) keeps them in one :class:`Call`."""
 
     __slots__ = ("debug", "failed", "types")
 
@@ -213,85 +218,90 @@ class Answering:
         reply: Reply,
         track: Track,
     ) -> None:
-        """Runs procedure ``name``'s handler ``fn`` with ``args`` (the payload last) and sends
-        its result or error under ``stamp`` through ``reply`` (the connection's): a plain
-        function is answered at once, in the same loop turn; a coroutine runs as a task,
-        handed to ``track``. A result or error that cannot be encoded still gets an answer."""
-        call = Call(self, reply, track, args, name, stamp)
+        """Runs procedure ``name``'s handler ``fn`` with ``args`` and sends its result or
+        error under ``stamp`` through ``reply`` (the connection's): a plain function is
+        answered at once, in the same loop turn; a coroutine runs as a task, handed to
+        ``track``. A result or error that cannot be encoded still gets an answer."""
         try:
             result = fn(*args)
-        except Exception as exc:
-            call.answer_error(exc)
+            if result.__class__ in _PLAIN_RESULTS:  # the common case, answered here
+                reply(self.types.response, result, stamp)
+                return
+        except Exception as exc:  # it raised, or its result cannot be encoded
+            self.answer_error(exc, args, name, stamp, reply)
             return
-        call.answer(result)
+        self.answer(result, args, name, stamp, reply, track)
 
-
-class Call:
-    """One call received and not answered yet: what its answer needs, in one small object
-    made per call (its side's :class:`Answering`, its connection's ``reply`` and ``track``,
-    the handler's ``args`` with the payload last, the procedure's ``name``, the ``stamp``)
-    instead of nine arguments passed through every step."""
-
-    __slots__ = ("answering", "args", "name", "reply", "stamp", "track")
-
-    def __init__(
+    def answer(
         self,
-        answering: Answering,
-        reply: Reply,
-        track: Track,
+        result: Any,
         args: tuple[Any, ...],
         name: str,
         stamp: str,
+        reply: Reply,
+        track: Track,
+    ) -> None:
+        """Answers call ``stamp`` with what its handler returned: at once, or, for an
+        awaitable, when its task (handed to ``track``) is done."""
+        if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
+            try:
+                reply(self.types.response, result, stamp)
+            except Exception as exc:  # the result cannot be encoded: tell the caller why
+                self.answer_error(exc, args, name, stamp, reply)
+            return
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(Call(self, args, name, stamp, reply).task_done)
+        track(task)
+
+    def answer_error(
+        self, exc: BaseException, args: tuple[Any, ...], name: str, stamp: str, reply: Reply
+    ) -> None:
+        """Answers call ``stamp`` with the error its handler raised (see
+        :func:`error_payload`), then tells :attr:`failed` (with ``exc`` itself)."""
+        payload = args[-1]
+        error = error_payload(exc, name, payload, self.debug, _log_fields(args))
+        try:
+            reply(self.types.response_error, error, stamp)
+        except Exception:  # details the protocol cannot encode: the code alone always can
+            reply(self.types.response_error, minimal_error(error), stamp)
+        failed = self.failed
+        if failed is not None:
+            failed(args, name, payload, stamp, error, exc)
+
+
+class Call:
+    """A call whose handler returned an awaitable: what its answer needs once the task is
+    done, in one small object (its side's :class:`Answering`, the handler's ``args`` with the
+    payload last, the procedure's ``name``, the ``stamp``, the connection's ``reply``)."""
+
+    __slots__ = ("answering", "args", "name", "reply", "stamp")
+
+    def __init__(
+        self, answering: Answering, args: tuple[Any, ...], name: str, stamp: str, reply: Reply
     ) -> None:
         self.answering = answering
-        self.reply = reply
-        self.track = track
         self.args = args
         self.name = name
         self.stamp = stamp
+        self.reply = reply
 
     @property
     def payload(self) -> Any:
         """What the caller sent (the handler's last argument)."""
         return self.args[-1]
 
-    def answer(self, result: Any) -> None:
-        """Answers with what the handler returned: at once, or when the awaitable it returned
-        is done (a task, handed to ``track``)."""
-        if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
-            self._send(result)
-            return
-        task = asyncio.ensure_future(result)
-        task.add_done_callback(self._task_done)
-        self.track(task)
-
-    def answer_error(self, exc: BaseException) -> None:
-        """Answers with the error the handler raised (see :func:`error_payload`), then tells
-        the side's ``failed`` (with ``exc`` itself)."""
-        answering, args, name, stamp = self.answering, self.args, self.name, self.stamp
-        payload = args[-1]
-        error = error_payload(exc, name, payload, answering.debug, _log_fields(args))
-        type = answering.types.response_error
-        try:
-            self.reply(type, error, stamp)
-        except Exception:  # details the protocol cannot encode: the code alone always can
-            self.reply(type, minimal_error(error), stamp)
-        if answering.failed is not None:
-            answering.failed(args, name, payload, stamp, error, exc)
-
-    def _send(self, result: Any) -> None:
-        try:
-            self.reply(self.answering.types.response, result, self.stamp)
-        except Exception as exc:  # the result cannot be encoded: tell the caller why
-            self.answer_error(exc)
-
-    def _task_done(self, task: asyncio.Future[Any]) -> None:
+    def task_done(self, task: asyncio.Future[Any]) -> None:
+        """The task's end: its result, its exception, or "the call was cancelled"."""
+        answering = self.answering
         if task.cancelled():  # its connection closed, or the server is shutting down
-            self.reply(self.answering.types.response_error, CANCELLED, self.stamp)
+            self.reply(answering.types.response_error, CANCELLED, self.stamp)
         elif (exc := task.exception()) is not None:
-            self.answer_error(exc)
+            answering.answer_error(exc, self.args, self.name, self.stamp, self.reply)
         else:
-            self._send(task.result())
+            try:
+                self.reply(answering.types.response, task.result(), self.stamp)
+            except Exception as unencodable:  # tell the caller why
+                answering.answer_error(unencodable, self.args, self.name, self.stamp, self.reply)
 
 
 def _log_fields(args: tuple[Any, ...]) -> Mapping[str, Any] | None:

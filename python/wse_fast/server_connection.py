@@ -456,13 +456,11 @@ class ServerConnection(Connection):
                 self._timing = (stamp, meter, start)
             else:
                 self._time_several(timing, stamp, meter)
-        call = rpc.Call(
-            self._server.answering, self._reply, self.track, (self, payload), name, stamp
-        )
+        answering, args = self._server.answering, (self, payload)
         if len(outcome) == 5:
-            call.answer_error(outcome[4])
+            answering.answer_error(outcome[4], args, name, stamp, self._reply)
         else:
-            call.answer(result)
+            answering.answer(result, args, name, stamp, self._reply, self.track)
 
     def _reply(self, type: str, payload: Any, stamp: str) -> None:
         """Sends the answer to call ``stamp`` (``type``: a response, or an error), and counts
