@@ -3,10 +3,13 @@ the endpoint, answered, queued (no socket write).
 
     python benches/rpc_in_process.py            # metrics counting as installed (on with prometheus-client)
     python benches/rpc_in_process.py --no-counting
+    python benches/rpc_in_process.py --failing  # calls answered with an error (rpc.py's path)
 
 Runs the suite's server with one client connected, then feeds its endpoint 200 000 `add`
 calls as picows would (one text frame each, unique stamps), dropping the queued answers
-between calls. Prints the best of 7 rounds, in ns per call.
+between calls. Prints the best of 7 rounds, in ns per call. With ``--failing`` the procedure
+raises a ``WseError`` instead: the codec hands the exception to Python, which answers it
+(``rpc.py``) and counts it under its code.
 """
 
 from __future__ import annotations
@@ -22,14 +25,23 @@ from picows import WSMsgType
 from picows.picows import _make_test_ws_frame  # type: ignore[attr-defined]  # picows's own test helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-from wse_fast import WseClient
+from wse_fast import WseClient, WseError
 from wse_fast_bench import bench_server
 
 CALLS = 200_000
 
 
-async def main(counting: bool | None) -> None:
+def _refuse(conn: object, payload: object) -> None:
+    raise WseError("app.refused")
+
+
+async def main(counting: bool | None, failing: bool) -> None:
     server = bench_server(port=0)
+    procedure = "add"
+    if failing:
+        procedure = "refuse"
+        server.register(procedure, _refuse)
+        server.metrics.declare_error_codes("app.refused")
     if counting is not None:
         server.metrics.counting = counting
     await server.start()
@@ -39,7 +51,12 @@ async def main(counting: bool | None) -> None:
     endpoint = conn.endpoint
     assert endpoint is not None
     frames = [
-        _make_test_ws_frame(WSMsgType.TEXT, b'["add",{"a":%d,"b":2},"%010d"]' % (i, i), True, False)
+        _make_test_ws_frame(
+            WSMsgType.TEXT,
+            b'["%s",{"a":%d,"b":2},"%010d"]' % (procedure.encode(), i, i),
+            True,
+            False,
+        )
         for i in range(1000)
     ]
     on_frame, transport = endpoint.on_ws_frame, endpoint.transport
@@ -52,7 +69,8 @@ async def main(counting: bool | None) -> None:
                 endpoint.queue_head = endpoint.queue_tail = None  # the answer, dropped unsent
         best = min(best, (time.perf_counter() - start) / CALLS)
         await asyncio.sleep(0)  # the flush runs, with nothing left to write
-    print(f"{best * 1e9:.0f} ns per call, metrics counting {server.metrics.counting}")
+    counting_now = server.metrics.counting
+    print(f"{best * 1e9:.0f} ns per {procedure} call, metrics counting {counting_now}")
     await client.close()
     await server.close()
 
@@ -60,5 +78,6 @@ async def main(counting: bool | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-counting", action="store_true", help="metrics counting off")
+    parser.add_argument("--failing", action="store_true", help="a procedure that raises")
     args = parser.parse_args()
-    uvloop.run(main(False if args.no_counting else None))
+    uvloop.run(main(False if args.no_counting else None, args.failing))

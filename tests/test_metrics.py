@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -333,11 +334,12 @@ async def test_a_scrape_is_written_off_the_event_loop_once_for_all_who_ask(
     assert all(released and thread != threading.get_ident() for thread, released in runs)
 
 
-async def test_counting_messages_and_calls_calls_nothing_in_metrics(
+async def test_counting_is_one_meter_call_per_event_and_nothing_else(
     metrics_port: tuple[WseServer, int], make_client: ClientFactory, log: EventLog
 ) -> None:
-    # What a message or a call counts is inlined in server_connection.py: the bounds of the
-    # labels are paid where a key is first seen, never per message.
+    # Each event is one call to the meter resolved for its label when the key was first
+    # seen: the bounds of the labels (received_cell, procedure, sent_cell) are never paid
+    # per message, and no other function of metrics.py runs.
     server, _ = metrics_port
     server.register("add", lambda conn, p: p + 1)  # answered within the codec
 
@@ -370,7 +372,15 @@ async def test_counting_messages_and_calls_calls_nothing_in_metrics(
         await log.wait("chat", 52)
     finally:
         sys.setprofile(None)
-    assert into_metrics == []
+    # per round: the chat message received; add read and answered in one codec call; later
+    # received, answered from its task, and its answer sent
+    assert Counter(into_metrics) == {
+        "received": 50,
+        "served": 50,
+        "called": 50,
+        "answered": 50,
+        "sent": 50,
+    }
     samples = server.metrics
     assert samples.received["chat"][0] == 52
     assert sum(samples.procedures["later"].ok.counts) == 52

@@ -1,12 +1,14 @@
 """What one server counts, and how Prometheus reads it.
 
-Where traffic flows, counting is a dict lookup and integer additions (a broadcast counts
-once, for every connection it reaches, not once per delivery; a call is also timed), and
-nothing of ``prometheus_client`` runs there. Prometheus reads the counters when it scrapes,
-through a collector that also takes the gauges (connections, users) from the server's own
-tables at that moment. Messages, bytes and calls are counted while ``server.metrics.counting``
-is true: by default, when ``prometheus_client`` (the ``metrics`` extra) is installed. Without
-it, the server pays one test per message and call, and only ``/metrics`` is unavailable.
+Where traffic flows, counting is one call per event to a meter (:class:`TypeMeter`,
+:class:`ProcedureMeter`) resolved once for its label and found by a dict lookup, which adds
+integers (a broadcast counts once, for every connection it reaches, not once per delivery; a
+call is also timed), and nothing of ``prometheus_client`` runs there. Prometheus reads the
+counters when it scrapes, through a collector that also takes the gauges (connections, users)
+from the server's own tables at that moment. Messages, bytes and calls are counted while
+``server.metrics.counting`` is true: by default, when ``prometheus_client`` (the ``metrics``
+extra) is installed. Without it, the server pays one test per message and call (no meter is
+looked up or called), and only ``/metrics`` is unavailable.
 
 No label value comes from a peer unchecked (each value is a series, and a series is memory
 here and in Prometheus): received types and procedures are those the application listens to
@@ -29,7 +31,7 @@ import contextlib
 import importlib.util
 import json
 import logging
-from bisect import bisect_right
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -129,7 +131,9 @@ _PROMETHEUS_INSTALLED = prometheus_installed()
 
 
 class Histogram:
-    """Counts per bucket of :data:`LATENCY_BUCKETS` (one more for the rest), and their sum."""
+    """Counts per bucket of :data:`LATENCY_BUCKETS` (one more for the rest), and their sum.
+    A time equal to a bound is counted in that bound's bucket: Prometheus's ``le`` (at most),
+    hence ``bisect_left``."""
 
     __slots__ = ("counts", "total")
 
@@ -138,24 +142,140 @@ class Histogram:
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_right(LATENCY_BUCKETS, seconds)] += 1
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
 
 
-class ProcedureStats:
-    """One procedure's answered calls: how long each took, by result code (``ok`` for a
-    result, else the label of the error code sent to the caller: see
-    :meth:`ServerMetrics.count_error`); ``received``, the procedure's ``[messages, bytes]``
-    counters in :attr:`ServerMetrics.received`, and ``answers``, those of the response type in
-    :attr:`ServerMetrics.sent` (the same lists: one look finds all that a call counts)."""
+class TypeMeter:
+    """The counters of one label of ``wse_messages_received`` (a message type, a procedure,
+    or what the session made of a message) or of ``wse_messages_sent`` (a message type):
+    ``messages`` and ``bytes``, plain integers that it adds itself. It reads as the
+    ``[messages, bytes]`` pair it stands for (``meter[0]``, ``meter[1]``, unpacking).
 
-    __slots__ = ("answers", "by_code", "ok", "received")
+    Two slots, not a list subclass: CPython specialises an attribute of a slot, and a
+    subscript only on a list itself (a subclass costs about 100 ns more per counted call)."""
 
-    def __init__(self, received: list[int], answers: list[int]) -> None:
+    __slots__ = ("bytes", "messages")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+
+    def received(self, data: str | bytes | bytearray | memoryview) -> None:
+        """One message received: ``data``, a frame's payload as the transport handed it (a
+        mounted transport hands text as ``str``: counted as its UTF-8 encoding)."""
+        self.messages += 1
+        self.bytes += (
+            len(data) if data.__class__ is not str or data.isascii() else len(data.encode())  # type: ignore[union-attr]
+        )
+
+    def sent(self, size: int, connections: int = 1) -> None:
+        """``connections`` messages of ``size`` bytes each, queued (a broadcast's one frame)."""
+        self.messages += connections
+        self.bytes += size * connections
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self.messages, self.bytes))
+
+    def __getitem__(self, index: int) -> int:
+        return (self.messages, self.bytes)[index]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        if index == 0:
+            self.messages = value
+        elif index == 1:
+            self.bytes = value
+        else:
+            raise IndexError(index)
+
+    def __repr__(self) -> str:
+        return f"[{self.messages}, {self.bytes}]"
+
+
+class ErrorLabels:
+    """Which error codes get a label of their own (``code`` of ``wse_rpc_duration_seconds``),
+    and the histograms still allowed under one: shared by a server's
+    procedures' meters, since :data:`MAX_CALL_SERIES` bounds them all together."""
+
+    __slots__ = ("codes", "series_left")
+
+    def __init__(self) -> None:
+        self.codes = BUILTIN_ERROR_CODES  # and those declared: see declare_error_codes
+        self.series_left = MAX_CALL_SERIES  # beyond those of ok and OTHER
+
+    def label(self, code: object) -> str:
+        """The label of an answer's error ``code``: itself if it is one of :attr:`codes`."""
+        return code if isinstance(code, str) and code in self.codes else OTHER
+
+
+class ProcedureMeter:
+    """What one procedure's calls count (``procedure`` of ``wse_rpc_duration_seconds``),
+    resolved once for the procedure and told each event by one call: :meth:`called`,
+    :meth:`answered`, :meth:`failed`, or :meth:`served` for a call read and answered at once.
+
+    ``by_code``: a histogram of answer times by result code (``ok`` for a result, else the
+    label of the error code answered: see :class:`ErrorLabels`); ``received``: the
+    procedure's :class:`TypeMeter` in :attr:`ServerMetrics.received`; ``answers``: the response
+    type's in :attr:`ServerMetrics.sent` (the same objects: one look finds all that a call
+    counts)."""
+
+    __slots__ = ("answers", "by_code", "errors", "ok", "received")
+
+    def __init__(self, received: TypeMeter, answers: TypeMeter, errors: ErrorLabels) -> None:
         self.ok = Histogram()
         self.by_code: dict[str, Histogram] = {OK: self.ok}
         self.received = received
         self.answers = answers
+        self.errors = errors
+
+    def called(self, data: str | bytes | bytearray | memoryview) -> None:
+        """A call received: ``data``, its frame's payload (see :meth:`TypeMeter.received`)."""
+        cell = self.received  # TypeMeter.received, inlined: once per call
+        cell.messages += 1
+        cell.bytes += (
+            len(data) if data.__class__ is not str or data.isascii() else len(data.encode())  # type: ignore[union-attr]
+        )
+
+    def answered(self, seconds: float) -> None:
+        """A call answered with a result ``seconds`` after it was read."""
+        ok = self.ok  # Histogram.observe, inlined: once per call
+        ok.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        ok.total += seconds
+
+    def served(
+        self, data: str | bytes | bytearray | memoryview, seconds: float, answer_size: int
+    ) -> None:
+        """A call read and answered with a result in one step (the codec's): received as
+        ``data``, answered after ``seconds`` with a frame of ``answer_size`` bytes."""
+        ok = self.ok  # answered, received and sent, inlined: the hottest path of all
+        ok.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        ok.total += seconds
+        cell = self.received
+        cell.messages += 1
+        cell.bytes += (
+            len(data) if data.__class__ is not str or data.isascii() else len(data.encode())  # type: ignore[union-attr]
+        )
+        cell = self.answers
+        cell.messages += 1
+        cell.bytes += answer_size
+
+    def failed(self, code: object, seconds: float) -> None:
+        """A call answered with error ``code`` ``seconds`` after it was read: counted under
+        ``code`` when it is a declared or built-in code, else under :data:`OTHER` (and under
+        :data:`OTHER` too once the server has :data:`MAX_CALL_SERIES` such histograms)."""
+        errors = self.errors
+        label = errors.label(code)
+        histogram = self.by_code.get(label)
+        if histogram is None:
+            if label != OTHER:
+                if errors.series_left > 0:
+                    errors.series_left -= 1
+                else:
+                    label = OTHER
+                    histogram = self.by_code.get(label)
+            if histogram is None:
+                histogram = self.by_code[label] = Histogram()
+        histogram.observe(seconds)
 
 
 class HandlerNames(Protocol):
@@ -208,15 +328,16 @@ class ServerMetrics:
     """The counters of one :class:`~wse_fast.WseServer` (``server.metrics``), and its
     ``/metrics`` and ``/health`` endpoints.
 
-    The server's parts add to the counters directly (they are the interface: plain dicts and
-    integers, read only when Prometheus scrapes):
+    The server's parts count through meters, each resolved once for its label and kept in
+    a table here (the table is the cache: a dict lookup finds it), and told each event by one
+    call; the counters are plain integers, read only when Prometheus scrapes:
 
-    - ``received``: message type (or the session's event class) to ``[messages, bytes]``;
-      calls are counted under their procedure's name;
-    - ``sent``: message type to ``[messages, bytes]``, a message counted once per connection
+    - ``received``: message type (or the session's event class) to its :class:`TypeMeter`
+      (``[messages, bytes]``); calls are counted under their procedure's name;
+    - ``sent``: message type to its :class:`TypeMeter`, a message counted once per connection
       it was queued for;
-    - ``procedures``: procedure name (None: any unregistered name) to :class:`ProcedureStats`;
-      an answer with an error goes through :meth:`count_error`;
+    - ``procedures``: procedure name (None: any unregistered name) to its
+      :class:`ProcedureMeter` (calls received, answer times by result code);
     - ``refused``: close reason to connections refused before they were accepted;
     - ``protocol_errors``: close code to connections closed for a broken protocol;
     - ``slow_consumers``, ``opened``, ``accepted``: connections.
@@ -232,9 +353,8 @@ class ServerMetrics:
 
     __slots__ = (
         "_asgi",
-        "_call_series",
         "_collector",
-        "_error_codes",
+        "_errors",
         "_registry",
         "_scrape",
         "_server",
@@ -253,16 +373,15 @@ class ServerMetrics:
     def __init__(self, server: MetricsSource) -> None:
         self._server = server
         self.counting = _PROMETHEUS_INSTALLED
-        self.received: dict[object, list[int]] = {}
-        self.sent: dict[str, list[int]] = {}
-        self.procedures: dict[str | None, ProcedureStats] = {}
+        self.received: dict[object, TypeMeter] = {}
+        self.sent: dict[str, TypeMeter] = {}
+        self.procedures: dict[str | None, ProcedureMeter] = {}
         self.refused: dict[str, int] = {}
         self.protocol_errors: dict[int, int] = {}
         self.slow_consumers = 0
         self.opened = 0
         self.accepted = 0
-        self._error_codes = BUILTIN_ERROR_CODES
-        self._call_series = 0  # histograms in procedures' by_code, but ok's and OTHER's
+        self._errors = ErrorLabels()  # the procedures' meters share it
         self._registry: Any = None  # prometheus_client's CollectorRegistry, made on first use
         self._collector: Collector | None = None
         self._scrape: asyncio.Future[tuple[bytes, str]] | None = None  # the text being written
@@ -275,7 +394,7 @@ class ServerMetrics:
     def error_codes(self) -> frozenset[str]:
         """The error codes counted under their own label (``code`` of
         ``wse_rpc_duration_seconds``): :data:`BUILTIN_ERROR_CODES` and those declared."""
-        return self._error_codes
+        return self._errors.codes
 
     def declare_error_codes(self, *codes: str) -> None:
         """Counts calls answered with one of ``codes`` under that code, not :data:`OTHER`:
@@ -287,16 +406,17 @@ class ServerMetrics:
         for code in codes:
             if not isinstance(code, str) or code in (OK, OTHER):
                 raise ValueError(f"not an error code to count: {code!r}")
-        declared = self._error_codes - BUILTIN_ERROR_CODES
-        added = frozenset(codes) - self._error_codes
+        known = self._errors.codes
+        declared = known - BUILTIN_ERROR_CODES
+        added = frozenset(codes) - known
         if len(declared) + len(added) > MAX_ERROR_CODES:
             raise ValueError(f"at most {MAX_ERROR_CODES} error codes may be declared")
-        self._error_codes |= added
+        self._errors.codes = known | added
 
     # ---- where a key is seen for the first time (off the hot paths) -------------------------
 
-    def received_cell(self, key: object, kind: type) -> list[int]:
-        """The counters of received messages under ``key``: a message's type, a call's
+    def received_cell(self, key: object, kind: type) -> TypeMeter:
+        """The meter of received messages under ``key``: a message's type, a call's
         procedure, or else the ``kind`` of event the session made of it. A type that no
         listener takes, or a procedure that is not registered, is counted as
         :data:`UNHANDLED`, and is not remembered."""
@@ -308,49 +428,35 @@ class ServerMetrics:
             key = UNHANDLED
         return _cell(self.received, key)
 
-    def sent_cell(self, type: str) -> list[int]:
-        """The counters of sent messages of ``type`` (:data:`OTHER` past :data:`MAX_TYPES`)."""
+    def sent_cell(self, type: str) -> TypeMeter:
+        """The meter of sent messages of ``type`` (:data:`OTHER` past :data:`MAX_TYPES`)."""
         return _cell(self.sent, type)
 
-    def procedure(self, name: str) -> ProcedureStats:
-        """The statistics of calls to ``name`` (shared by every unregistered name, and by the
+    def procedure(self, name: str) -> ProcedureMeter:
+        """The meter of calls to ``name`` (shared by every unregistered name, and by the
         registered ones past the first :data:`MAX_TYPES`, as :data:`OTHER`)."""
         key: str | None = name if name in self._server.procedures.handlers else None
-        stats = self.procedures.get(key)
-        if stats is None:
+        meter = self.procedures.get(key)
+        if meter is None:
             if key is not None and len(self.procedures) >= MAX_TYPES:
                 key = OTHER
-                stats = self.procedures.get(key)
+                meter = self.procedures.get(key)
                 received = _cell(self.received, OTHER)
             else:
                 received = self.received_cell(name, ev.Call)
-            if stats is None:
+            if meter is None:
                 answers = self.sent_cell(self._server.protocol_types.response)
-                stats = self.procedures[key] = ProcedureStats(received, answers)
-        return stats
+                meter = self.procedures[key] = ProcedureMeter(received, answers, self._errors)
+        return meter
 
-    def count_error(self, stats: ProcedureStats, code: object, seconds: float) -> None:
-        """A call to ``stats``'s procedure answered with error ``code`` after ``seconds``:
-        counted under ``code`` when it is one of :attr:`error_codes`, else under
-        :data:`OTHER` (and under :data:`OTHER` too past :data:`MAX_CALL_SERIES`)."""
-        label = code if isinstance(code, str) and code in self._error_codes else OTHER
-        histogram = stats.by_code.get(label)
-        if histogram is None:
-            if label != OTHER:
-                if self._call_series < MAX_CALL_SERIES:
-                    self._call_series += 1
-                else:
-                    label = OTHER
-                    histogram = stats.by_code.get(label)
-            if histogram is None:
-                histogram = stats.by_code[label] = Histogram()
-        histogram.observe(seconds)
+    def count_error(self, meter: ProcedureMeter, code: object, seconds: float) -> None:
+        """A call to ``meter``'s procedure answered with error ``code`` after ``seconds``
+        (:meth:`ProcedureMeter.failed`)."""
+        meter.failed(code, seconds)
 
     def count_sent(self, type: str, size: int, connections: int = 1) -> None:
         """``connections`` messages of ``type``, ``size`` bytes each, queued."""
-        cell = self.sent.get(type) or self.sent_cell(type)
-        cell[0] += connections
-        cell[1] += size * connections
+        (self.sent.get(type) or self.sent_cell(type)).sent(size, connections)
 
     def count_refused(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -580,16 +686,16 @@ class MetricsAsgiApp:
         )
 
 
-def _cell(table: dict[Any, list[int]], key: object) -> list[int]:
-    """The ``[messages, bytes]`` counters of ``key`` in ``table``: made on first use, but
-    shared as :data:`OTHER` once the table holds :data:`MAX_TYPES` keys."""
+def _cell(table: dict[Any, TypeMeter], key: object) -> TypeMeter:
+    """The meter of ``key`` in ``table``: made on first use, but shared as :data:`OTHER` once
+    the table holds :data:`MAX_TYPES` keys."""
     cell = table.get(key)
     if cell is None:
         if len(table) >= MAX_TYPES:
             key = OTHER
             cell = table.get(key)
         if cell is None:
-            cell = table[key] = [0, 0]
+            cell = table[key] = TypeMeter()
     return cell
 
 

@@ -56,13 +56,23 @@ class Peer(Generic[Side]):
         self.protocol: WireProtocol = protocol or JsonProtocol()
         self.wire = Wire(self.protocol, mask=mask)
         self.protocol_types = self.wire.types
-        self.debug = debug
+        #: How this side answers the calls it receives (one for all its connections).
+        self.answering = rpc.Answering(self.protocol_types, debug, self.procedure_failed)
         self.channel: Channel[Side] = Channel()
         self.procedures = Procedures()
         self.encode = self.wire.encode
         #: A received message to ``(type, payload, stamp)`` (see :class:`MessageDecoder`).
         self.decode = self.wire.decode
-        self._procedure_failed = self.procedure_failed  # one bound method, not one per call
+
+    @property
+    def debug(self) -> bool:
+        """Whether a procedure's exception is described to its caller (type, message,
+        stack), as the reference's ``debug`` option does; else only its ``error_id``."""
+        return self.answering.debug
+
+    @debug.setter
+    def debug(self, debug: bool) -> None:
+        self.answering.debug = debug
 
     @overload
     def register(self: Peer[ServerEvents], name: str) -> Callable[[_SH], _SH]: ...
@@ -102,7 +112,7 @@ class Peer(Generic[Side]):
         does: an ``error`` event ``wse.server.rp.failed`` (both sides use that code), after
         the caller was answered, whose ``__cause__`` is ``exc`` (the reference puts it in
         ``details.err``), so that an error reporter sees the procedure's own traceback.
-        For :func:`rpc.answer_call` to call on a failure; not for a cancelled call."""
+        The ``failed`` of this side's :class:`rpc.Answering`; not for a cancelled call."""
         origin = args[:-1]
         details: dict[str, Any] = {"rpc": name, "payload": payload, "stamp": stamp}
         details["error"] = error
@@ -123,10 +133,11 @@ class Peer(Generic[Side]):
         track: rpc.Track = keep,
     ) -> bool:
         """Acts on what both sides do once authenticated: messages go to the channel (or the
-        ``ignored`` event), calls to the procedures, answers to the pending calls (dropped
-        when there are none). Handlers and ``ignored`` get ``origin`` first: the connection
-        on a server, nothing on a client; the tasks of coroutine handlers go to ``track``.
-        False for an event this does not handle."""
+        ``ignored`` event), calls to the procedures (answered through :attr:`answering`, sent
+        by ``reply``), answers to the pending calls (dropped when there are none). Handlers
+        and ``ignored`` get ``origin`` first: the connection on a server, nothing on a client;
+        the tasks of coroutine handlers go to ``track``. False for an event this does not
+        handle."""
         if isinstance(event, ev.Message):
             handler = self.channel.handlers.get(event.type)
             if handler is None:  # several listeners, or none
@@ -140,25 +151,13 @@ class Peer(Generic[Side]):
             else:
                 run_handler(handler, (*origin, event.payload), on_error, track)
         elif isinstance(event, ev.Call):
-            types = self.protocol_types
             fn = self.procedures.handlers.get(event.name)
             if fn is None:
-                reply(types.response_error, {"code": WSE_ERROR.RP_NOT_REGISTERED}, event.stamp)
+                error = {"code": WSE_ERROR.RP_NOT_REGISTERED}
+                reply(self.protocol_types.response_error, error, event.stamp)
             else:
                 args = (*origin, event.payload)
-                name, payload = event.name, event.payload
-                rpc.answer_call(
-                    fn,
-                    args,
-                    name,
-                    payload,
-                    event.stamp,
-                    reply,
-                    types,
-                    self.debug,
-                    track,
-                    self._procedure_failed,
-                )
+                self.answering.run(fn, args, event.name, event.stamp, reply, track)
         elif isinstance(event, ev.Response):
             if pending is not None:
                 pending.resolve(event.stamp, event.result)

@@ -8,7 +8,6 @@ import logging
 import secrets
 import traceback
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 from .constants import WSE_ERROR
@@ -192,115 +191,117 @@ Track = Callable[["asyncio.Future[Any]"], None]
 Failed = Callable[[tuple[Any, ...], str, Any, str, dict[str, Any], BaseException], None]
 
 
-def answer_call(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    track: Track,
-    failed: Failed | None = None,
-) -> None:
-    """Runs an RPC handler and sends its result or error under ``stamp``.
+class Answering:
+    """How one side answers the calls it receives, shared by all its connections and calls
+    (made once, not passed along with each call): ``types`` names the answers' types;
+    ``debug`` puts an exception's details in the answer (see :func:`error_payload`);
+    ``failed`` hears of a procedure that failed, after its caller was answered.
 
-    A plain function is answered at once, in the same loop turn; a coroutine runs as a task,
-    handed to ``track``. A result or error that cannot be encoded still gets an answer.
-    ``failed`` hears of a procedure that failed, after the caller was answered.
-    """
-    try:
-        result = fn(*args)
-    except Exception as exc:
-        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-        return
-    answer_result(result, args, name, payload, stamp, reply, types, debug, track, failed)
+    A call answered in the loop turn that read it (a plain result, an exception) allocates
+    nothing here: its few parts (the handler's ``args`` with the payload last, the
+    procedure's ``name``, the ``stamp``, the connection's ``reply``) are passed as arguments.
+    A call answered later (an awaitable result) keeps them in one :class:`Call`."""
 
+    __slots__ = ("debug", "failed", "types")
 
-def answer_result(
-    result: Any,
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    track: Track,
-    failed: Failed | None = None,
-) -> None:
-    """Answers call ``stamp`` with what its handler returned (the rest of
-    :func:`answer_call`): at once, or when the awaitable it returned is done."""
-    if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
-        try:  # _send_result, inlined: once per call
-            reply(types.response, result, stamp)
-        except Exception as exc:  # the result cannot be encoded: tell the caller why
-            answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-        return
-    task = asyncio.ensure_future(result)
-    task.add_done_callback(
-        partial(_task_done, args, name, payload, stamp, reply, types, debug, failed)
-    )
-    track(task)
+    def __init__(self, types: InternalTypes, debug: bool, failed: Failed | None = None) -> None:
+        self.types = types
+        self.debug = debug
+        self.failed = failed
 
+    def run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        name: str,
+        stamp: str,
+        reply: Reply,
+        track: Track,
+    ) -> None:
+        """Runs procedure ``name``'s handler ``fn`` with ``args`` and sends its result or
+        error under ``stamp`` through ``reply`` (the connection's): a plain function is
+        answered at once, in the same loop turn; a coroutine runs as a task, handed to
+        ``track``. A result or error that cannot be encoded still gets an answer."""
+        try:
+            result = fn(*args)
+            if result.__class__ in _PLAIN_RESULTS:  # the common case, answered here
+                reply(self.types.response, result, stamp)
+                return
+        except Exception as exc:  # it raised, or its result cannot be encoded
+            self.answer_error(exc, args, name, stamp, reply)
+            return
+        self.answer(result, args, name, stamp, reply, track)
 
-def _send_result(
-    result: Any,
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    failed: Failed | None,
-) -> None:
-    try:
-        reply(types.response, result, stamp)
-    except Exception as exc:  # the result cannot be encoded: tell the caller why
-        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
+    def answer(
+        self,
+        result: Any,
+        args: tuple[Any, ...],
+        name: str,
+        stamp: str,
+        reply: Reply,
+        track: Track,
+    ) -> None:
+        """Answers call ``stamp`` with what its handler returned: at once, or, for an
+        awaitable, when its task (handed to ``track``) is done."""
+        if result.__class__ in _PLAIN_RESULTS or not inspect.isawaitable(result):
+            try:
+                reply(self.types.response, result, stamp)
+            except Exception as exc:  # the result cannot be encoded: tell the caller why
+                self.answer_error(exc, args, name, stamp, reply)
+            return
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(Call(self, args, name, stamp, reply).task_done)
+        track(task)
 
-
-def answer_error(
-    exc: BaseException,
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    failed: Failed | None,
-) -> None:
-    """Answers call ``stamp`` with the error its handler raised (see :func:`error_payload`),
-    then tells ``failed`` (with ``exc`` itself)."""
-    error = error_payload(exc, name, payload, debug, _log_fields(args))
-    try:
-        reply(types.response_error, error, stamp)
-    except Exception:  # details the protocol cannot encode: the code alone always can
-        reply(types.response_error, minimal_error(error), stamp)
-    if failed is not None:
-        failed(args, name, payload, stamp, error, exc)
+    def answer_error(
+        self, exc: BaseException, args: tuple[Any, ...], name: str, stamp: str, reply: Reply
+    ) -> None:
+        """Answers call ``stamp`` with the error its handler raised (see
+        :func:`error_payload`), then tells :attr:`failed` (with ``exc`` itself)."""
+        payload = args[-1]
+        error = error_payload(exc, name, payload, self.debug, _log_fields(args))
+        try:
+            reply(self.types.response_error, error, stamp)
+        except Exception:  # details the protocol cannot encode: the code alone always can
+            reply(self.types.response_error, minimal_error(error), stamp)
+        failed = self.failed
+        if failed is not None:
+            failed(args, name, payload, stamp, error, exc)
 
 
-def _task_done(
-    args: tuple[Any, ...],
-    name: str,
-    payload: Any,
-    stamp: str,
-    reply: Reply,
-    types: InternalTypes,
-    debug: bool,
-    failed: Failed | None,
-    task: asyncio.Future[Any],
-) -> None:
-    if task.cancelled():  # its connection closed, or the server is shutting down
-        reply(types.response_error, CANCELLED, stamp)
-    elif (exc := task.exception()) is not None:
-        answer_error(exc, args, name, payload, stamp, reply, types, debug, failed)
-    else:
-        _send_result(task.result(), args, name, payload, stamp, reply, types, debug, failed)
+class Call:
+    """A call whose handler returned an awaitable: what its answer needs once the task is
+    done, in one small object (its side's :class:`Answering`, the handler's ``args`` with the
+    payload last, the procedure's ``name``, the ``stamp``, the connection's ``reply``)."""
+
+    __slots__ = ("answering", "args", "name", "reply", "stamp")
+
+    def __init__(
+        self, answering: Answering, args: tuple[Any, ...], name: str, stamp: str, reply: Reply
+    ) -> None:
+        self.answering = answering
+        self.args = args
+        self.name = name
+        self.stamp = stamp
+        self.reply = reply
+
+    @property
+    def payload(self) -> Any:
+        """What the caller sent (the handler's last argument)."""
+        return self.args[-1]
+
+    def task_done(self, task: asyncio.Future[Any]) -> None:
+        """The task's end: its result, its exception, or "the call was cancelled"."""
+        answering = self.answering
+        if task.cancelled():  # its connection closed, or the server is shutting down
+            self.reply(answering.types.response_error, CANCELLED, self.stamp)
+        elif (exc := task.exception()) is not None:
+            answering.answer_error(exc, self.args, self.name, self.stamp, self.reply)
+        else:
+            try:
+                self.reply(answering.types.response, task.result(), self.stamp)
+            except Exception as unencodable:  # tell the caller why
+                answering.answer_error(unencodable, self.args, self.name, self.stamp, self.reply)
 
 
 def _log_fields(args: tuple[Any, ...]) -> Mapping[str, Any] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_right
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +22,7 @@ from .constants import (
     Cid,
 )
 from .errors import ProtocolViolation, WseError
-from .metrics import LATENCY_BUCKETS, PROTOCOL_CLOSE_CODES
+from .metrics import PROTOCOL_CLOSE_CODES
 from .ports import ConnectionHost
 from .sansio import session as ev
 from .sansio.session import ServerSession, ServerState
@@ -37,10 +36,10 @@ log = logging.getLogger("wse_fast.connection")
 
 if TYPE_CHECKING:
     from .handshake import HandshakeRequest
-    from .metrics import ProcedureStats
+    from .metrics import ProcedureMeter
 
-    #: a call waiting for its answer: its stamp, its procedure's statistics, when it came
-    Answering = tuple[str, ProcedureStats, float]
+    #: a call waiting for its answer: its stamp, its procedure's meter, when it came
+    Timing = tuple[str, ProcedureMeter, float]
     from collections.abc import Callable
 
     from .errors import WseError
@@ -87,7 +86,7 @@ class SessionHost(ConnectionHost, Protocol):
     def wire(self) -> Wire: ...
 
     @property
-    def debug(self) -> bool: ...
+    def answering(self) -> rpc.Answering: ...
 
     @property
     def answer_calls(self) -> Callable[..., Any] | None: ...
@@ -133,16 +132,6 @@ class SessionHost(ConnectionHost, Protocol):
         track: rpc.Track = ...,
     ) -> bool: ...
 
-    def procedure_failed(
-        self,
-        args: tuple[Any, ...],
-        name: str,
-        payload: Any,
-        stamp: str,
-        error: dict[str, Any],
-        exc: BaseException,
-    ) -> None: ...
-
 
 class ServerConnection(Connection):
     """A :class:`Connection` and the transport's handler of its events.
@@ -154,14 +143,15 @@ class ServerConnection(Connection):
     connection closes is cancelled.
 
     Metrics (:mod:`wse_fast.metrics`): what it receives is counted as it is decoded, and its
-    calls are timed from then until their answer is handed to :meth:`_reply`.
+    calls are timed from then until their answer is handed to :meth:`_reply`; each event is
+    one call to the meter of its type or procedure (none while the server is not counting).
     """
 
     __slots__ = (
-        "_answering",
         "_auth_timer",
         "_backlog",
         "_tasks",
+        "_timing",
         "handshake",
         "offered_protocols",
         "stranger",
@@ -177,9 +167,9 @@ class ServerConnection(Connection):
         self.handshake: HandshakeRequest | None = None  # the upgrade request, until accepted
         self._tasks: set[asyncio.Future[Any]] | None = None  # running handler tasks
         self._backlog: deque[tuple[bool, Any]] | None = None  # read while paused
-        # calls not answered yet, with their procedure's statistics and when they came: one
-        # (stamp, statistics, time), or several by stamp (see _answering_several)
-        self._answering: Answering | dict[str, Answering] | None = None
+        # calls not answered yet, with their procedure's meter and when they came, while the
+        # server counts: one (stamp, meter, time), or several by stamp (see _time_several)
+        self._timing: Timing | dict[str, Timing] | None = None
 
     def log_fields(self) -> dict[str, Any]:
         """What every log record about this connection carries (``extra=``): ``cid`` (None
@@ -238,24 +228,12 @@ class ServerConnection(Connection):
                     endpoint = self.endpoint
                     if endpoint is not None:
                         endpoint.write(frame)
-                    if counting:  # inlined: once per call
+                    if counting:
                         elapsed = perf_counter() - start  # the codec call, decode to encode
                         metrics = server.metrics
                         name = outcome[0]
-                        stats = metrics.procedures.get(name) or metrics.procedure(name)
-                        ok = stats.ok
-                        ok.counts[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
-                        ok.total += elapsed
-                        cell = stats.received
-                        cell[0] += 1
-                        cell[1] += (
-                            len(data)
-                            if data.__class__ is not str or data.isascii()
-                            else len(data.encode())
-                        )
-                        cell = stats.answers
-                        cell[0] += 1
-                        cell[1] += len(frame)
+                        meter = metrics.procedures.get(name) or metrics.procedure(name)
+                        meter.served(data, elapsed, len(frame))
                     return
                 if len(outcome) > 3:  # called: its result or exception is answered below
                     self._called(outcome, data, counting, start)
@@ -264,26 +242,21 @@ class ServerConnection(Connection):
         else:
             event = self.session.receive_data(binary, data)
         metrics = server.metrics
-        if metrics.counting:  # once per message whatever its type: plain integers, no call out
+        if metrics.counting:  # once per message whatever its type: one call to its meter
             cls = event.__class__
-            if cls is _MESSAGE:
-                key: object = event.type  # type: ignore[union-attr]
-            elif cls is _CALL:
+            if cls is _CALL:
                 # timed from now until its answer reaches _reply, whenever that is
-                key = name = event.name  # type: ignore[union-attr]
-                stats = metrics.procedures.get(name) or metrics.procedure(name)
-                answering = self._answering
-                if answering is None:  # the common case: no other call waits for its answer
-                    self._answering = (event.stamp, stats, perf_counter())  # type: ignore[union-attr]
+                name = event.name  # type: ignore[union-attr]
+                meter = metrics.procedures.get(name) or metrics.procedure(name)
+                meter.called(data)
+                timing = self._timing
+                if timing is None:  # the common case: no other call waits for its answer
+                    self._timing = (event.stamp, meter, perf_counter())  # type: ignore[union-attr]
                 else:
-                    self._answering_several(answering, event.stamp, stats)  # type: ignore[union-attr]
+                    self._time_several(timing, event.stamp, meter)  # type: ignore[union-attr]
             else:
-                key = cls
-            cell = metrics.received.get(key) or metrics.received_cell(key, cls)
-            cell[0] += 1
-            # a mounted transport hands text as str: counted as its UTF-8 encoding
-            size = len(data) if data.__class__ is not str or data.isascii() else len(data.encode())
-            cell[1] += size
+                key: object = event.type if cls is _MESSAGE else cls  # type: ignore[union-attr]
+                (metrics.received.get(key) or metrics.received_cell(key, cls)).received(data)
         if not server.route(
             event, (self,), self._reply, self._pending, self._handler_failed, self.track
         ):
@@ -303,7 +276,7 @@ class ServerConnection(Connection):
             self._server.metrics.count_protocol_error(code)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("closed: %d %s", code, reason, extra=self.log_fields())
-        self._answering = None
+        self._timing = None
         self.session.closed()
         self.cancel_auth_timer()
         self.handshake = None
@@ -464,73 +437,61 @@ class ServerConnection(Connection):
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _answering_several(self, answering: Any, stamp: str, stats: ProcedureStats) -> None:
+    def _time_several(self, timing: Any, stamp: str, meter: ProcedureMeter) -> None:
         """A call came while others wait for their answer (coroutine procedures)."""
-        if answering.__class__ is tuple:
-            answering = self._answering = {answering[0]: answering}
-        answering[stamp] = (stamp, stats, perf_counter())
+        if timing.__class__ is tuple:
+            timing = self._timing = {timing[0]: timing}
+        timing[stamp] = (stamp, meter, perf_counter())
 
     def _called(self, outcome: tuple[Any, ...], data: Any, counting: bool, start: float) -> None:
         """A call the codec made whose answer it left to Python: a result that is not plain
-        data (an awaitable, say), or an exception; answered as :func:`rpc.answer_call` would."""
+        data (an awaitable, say), or an exception; answered as :meth:`rpc.Answering.run`
+        would."""
         name, payload, stamp, result = outcome[:4]
-        server = self._server
         if counting:
-            metrics = server.metrics
-            stats = metrics.procedures.get(name) or metrics.procedure(name)
-            answering = self._answering
-            if answering is None:
-                self._answering = (stamp, stats, start)
+            metrics = self._server.metrics
+            meter = metrics.procedures.get(name) or metrics.procedure(name)
+            meter.called(data)
+            timing = self._timing
+            if timing is None:
+                self._timing = (stamp, meter, start)
             else:
-                self._answering_several(answering, stamp, stats)
-            cell = stats.received
-            cell[0] += 1
-            cell[1] += (
-                len(data) if data.__class__ is not str or data.isascii() else len(data.encode())
-            )
-        args = (self, payload)
-        types, debug, failed = server.protocol_types, server.debug, server.procedure_failed
+                self._time_several(timing, stamp, meter)
+        answering, args = self._server.answering, (self, payload)
         if len(outcome) == 5:
-            rpc.answer_error(
-                outcome[4], args, name, payload, stamp, self._reply, types, debug, failed
-            )
+            answering.answer_error(outcome[4], args, name, stamp, self._reply)
         else:
-            rpc.answer_result(
-                result, args, name, payload, stamp, self._reply, types, debug, self.track, failed
-            )
+            answering.answer(result, args, name, stamp, self._reply, self.track)
 
     def _reply(self, type: str, payload: Any, stamp: str) -> None:
         """Sends the answer to call ``stamp`` (``type``: a response, or an error), and counts
         the call by its result code."""
         server = self._server
-        answering = self._answering  # None unless the server is counting
-        if answering is not None:
-            if answering.__class__ is tuple:
-                timing = answering if answering[0] == stamp else None  # type: ignore[index]
-                if timing is not None:
-                    self._answering = None
+        timing = self._timing  # None unless the server is counting
+        if timing is not None:
+            if timing.__class__ is tuple:
+                timed = timing if timing[0] == stamp else None  # type: ignore[index]
+                if timed is not None:
+                    self._timing = None
             else:
-                timing = answering.pop(stamp, None)  # type: ignore[union-attr]
-                if not answering:
-                    self._answering = None
-            if timing is not None:
-                _, stats, start = timing  # type: ignore[misc]
+                timed = timing.pop(stamp, None)  # type: ignore[union-attr]
+                if not timing:
+                    self._timing = None
+            if timed is not None:
+                _, meter, start = timed  # type: ignore[misc]
                 elapsed = perf_counter() - start
                 if type == server.protocol_types.response:
-                    ok = stats.ok
-                    ok.counts[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
-                    ok.total += elapsed
+                    meter.answered(elapsed)
                 else:  # the code may be a device's, relayed: labelled only if declared
-                    code = payload.get("code") if isinstance(payload, dict) else None
-                    server.metrics.count_error(stats, code, elapsed)
+                    meter.failed(
+                        payload.get("code") if isinstance(payload, dict) else None, elapsed
+                    )
         if self.endpoint is not None:
             frame = server.encode(type, payload, stamp)
             self.endpoint.write(frame)
             metrics = server.metrics
             if metrics.counting:
-                cell = metrics.sent.get(type) or metrics.sent_cell(type)
-                cell[0] += 1
-                cell[1] += len(frame)
+                (metrics.sent.get(type) or metrics.sent_cell(type)).sent(len(frame))
 
     def _violation(self, detail: str) -> None:
         self._server.report(ProtocolViolation({"detail": detail, "conn_id": self.conn_id}), self)
