@@ -385,6 +385,8 @@ class ReadGuard(asyncio.BufferedProtocol):
         self._transport = None
         self.on_exhausted = None
         self._admission.leave(self._counted_peer, self.counted_address)
+        # uvloop restarts reading here, with the read callbacks of the protocol's kind: a
+        # ServerSocket is then read through data_received, no longer through this buffer
         transport.set_protocol(self._inner)
         self._inner = None
 
