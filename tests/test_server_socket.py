@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 from wse_fast import codec
 from wse_fast.constants import OP_PING, OP_PONG, OP_TEXT
 from wse_fast.server import WseServer
+from wse_fast.transport.admission import ReadGuard
 from wse_fast.transport.server_socket import shared_read_buffer
 
 from tests.conftest import ServerFactory
@@ -147,6 +149,19 @@ async def test_an_accepted_socket_reads_past_the_shared_buffer_from_the_acceptin
     assert json.loads((await asyncio.wait_for(peer.recv(), 5))[1]) == ["~wse:response", 5, "s4"]
     assert shared.tobytes().count(b"\xee") == len(shared)
     writer.close()
+
+
+async def test_an_accepted_socket_keeps_nothing_of_its_guard(make_server: ServerFactory) -> None:
+    # uvloop keeps the read callbacks of the last buffered protocol it was given also once it
+    # reads a plain one: an accepted socket must not keep its guard alive through them (a
+    # few hundred bytes per idle connection).
+    server = await make_server()
+    peers = [await welcomed_with_the_request(server.port) for _ in range(3)]
+    assert len(server.connections) == 3
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is ReadGuard] == []
+    for peer in peers:
+        peer.writer.close()
 
 
 def test_the_server_path_does_not_import_picows_private_protocol() -> None:
