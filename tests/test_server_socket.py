@@ -1,12 +1,14 @@
 """wse-fast's own server sockets (transport/server_socket.py) over real TCP: what arrives
 with the upgrade request is read, a connection keeps no read bytes when idle or after a
-large message, every socket of a loop reads into one buffer, and a stranger may send its
-whole byte budget, not one byte more."""
+large message, every stranger of a loop reads into one buffer and an accepted socket into
+uvloop's own (data_received), and a stranger may send its whole byte budget, not one byte
+more."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import subprocess
@@ -18,6 +20,8 @@ import pytest
 from wse_fast import IdentifyRequest, codec
 from wse_fast.constants import OP_PING, OP_PONG, OP_TEXT, OVER_BUDGET_REASON
 from wse_fast.server import WseServer
+from wse_fast.transport.admission import ReadGuard
+from wse_fast.transport.server_socket import shared_read_buffer
 
 from tests.conftest import ServerFactory
 from tests.test_framing import HI, RawPeer
@@ -114,6 +118,52 @@ async def test_every_socket_of_a_loop_reads_into_one_buffer(make_server: ServerF
     assert await asyncio.wait_for(first.recv(), 5) == (OP_PONG, b"one")
     first.writer.close()
     second.writer.close()
+
+
+async def test_an_accepted_socket_reads_past_the_shared_buffer_from_the_accepting_read_on(
+    make_server: ServerFactory,
+) -> None:
+    # The read that gets the connection accepted (its hi) turns the socket from the guard's
+    # buffered reads into a plain protocol (data_received, uvloop's own buffer) in the middle
+    # of that read: calls that arrived in the same segment as the hi are still answered, in
+    # order; and from then on nothing read goes through the loop's shared buffer.
+    server = await make_server()
+    server.register("add", lambda conn, p: p["a"] + p["b"])
+
+    def call(n: int) -> bytes:
+        return codec.build_frame(
+            OP_TEXT, json.dumps(["add", {"a": n, "b": 1}, f"s{n}"]).encode(), mask=True
+        )
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    hi = codec.build_frame(OP_TEXT, HI, mask=True)
+    writer.write(upgrade_request(server.port) + hi + call(1) + call(2) + call(3))
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    peer = RawPeer(reader, writer)
+    welcome = await asyncio.wait_for(peer.recv(), 5)
+    assert json.loads(welcome[1])[0] == "~wse:welcome"
+    answers = [json.loads((await asyncio.wait_for(peer.recv(), 5))[1]) for _ in range(3)]
+    assert answers == [["~wse:response", n + 1, f"s{n}"] for n in (1, 2, 3)]
+
+    shared = shared_read_buffer(asyncio.get_running_loop())
+    shared[:] = b"\xee" * len(shared)  # any read into it would leave its bytes there
+    writer.write(call(4))
+    assert json.loads((await asyncio.wait_for(peer.recv(), 5))[1]) == ["~wse:response", 5, "s4"]
+    assert shared.tobytes().count(b"\xee") == len(shared)
+    writer.close()
+
+
+async def test_an_accepted_socket_keeps_nothing_of_its_guard(make_server: ServerFactory) -> None:
+    # uvloop keeps the read callbacks of the last buffered protocol it was given also once it
+    # reads a plain one: an accepted socket must not keep its guard alive through them (a
+    # few hundred bytes per idle connection).
+    server = await make_server()
+    peers = [await welcomed_with_the_request(server.port) for _ in range(3)]
+    assert len(server.connections) == 3
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is ReadGuard] == []
+    for peer in peers:
+        peer.writer.close()
 
 
 def test_the_server_path_does_not_import_picows_private_protocol() -> None:
