@@ -509,3 +509,69 @@ async def test_the_registry_queue_stays_bounded_while_nats_is_down_and_resyncs_a
     finally:
         for node in (a, b):
             await node.close()
+
+
+async def test_a_burst_of_joins_faster_than_the_registry_writer_is_written_not_resynced(
+    nats_server: LocalNats, log: EventLog
+) -> None:
+    # A ramp of ~16 000 joins a minute per worker outran the writer: past max_pending_users
+    # the queue was dropped and the whole bucket read and written again, while NATS was
+    # healthy all along. Now the bound holds only while NATS does not answer.
+    bound = 50
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(
+        nats_server.url,
+        ClusterOptions(node="ramp", node_ttl=3.0, health_timeout=0.5, max_pending_users=bound),
+    )
+    server.when.cluster(log.hook("cluster"))
+    try:
+        await server.start()
+        cluster = server.cluster
+        assert cluster is not None
+        # what the node tells presence as it accepts connections, all in one turn of the
+        # loop: far faster than NATS round trips
+        for i in range(2000):
+            cluster.presence.added(f"ramp{i}", str(i), True)
+        assert cluster.presence.pending_users > bound
+        assert await cluster.presence.drain()
+        assert cluster.presence.pending_users == 0
+        assert cluster.resyncs == 0
+        assert ("unhealthy",) not in log.of("cluster")
+    finally:
+        await server.close()
+
+
+async def test_a_nats_slower_than_health_timeout_does_not_let_the_nodes_key_expire(
+    nats_server: LocalNats, log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under a ramp NATS answered each request of a heartbeat slowly: the heartbeat, cut off
+    # after health_timeout before it had written the node's key, let the key expire, and the
+    # others took a live node for dead (and swept its users, which it then wrote again).
+    # Now the key is written first and the write is never cut off: the node may be
+    # unhealthy (NATS is slow), never dead.
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(
+        nats_server.url, ClusterOptions(node="slow", node_ttl=1.5, health_timeout=0.2)
+    )
+    server.when.cluster(log.hook("cluster"))
+    pid = nats_server.pid
+    assert pid is not None
+    loop = asyncio.get_running_loop()
+    try:
+        await server.start()
+        until = loop.time() + 4.5  # three times node_ttl
+        try:
+            while loop.time() < until:
+                # NATS answers only a tenth of the time, late for every heartbeat
+                os.kill(pid, signal.SIGSTOP)
+                await asyncio.sleep(0.7)
+                os.kill(pid, signal.SIGCONT)
+                await asyncio.sleep(0.08)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        async with asyncio.timeout(5):  # a heartbeat done in time again
+            while log.of("cluster")[-1:] != [("healthy",)]:
+                await log.wait("cluster", len(log.of("cluster")) + 1)
+        assert "taken for dead" not in caplog.text
+    finally:
+        await server.close()

@@ -52,8 +52,8 @@ class NatsPresence:
             raise ValueError("max_pending_users must be at least 1")
         self._link = link
         self._node = handler
-        #: Users whose registry entries wait for NATS; past it they are forgotten and the
-        #: node's whole state is written again once NATS answers.
+        #: Users whose registry entries may wait for NATS while it does not answer; past
+        #: it they are forgotten and the node's whole state is written again once it does.
         self.max_pending_users = max_pending_users
         self.resyncs = 0  # times the registry queue overflowed and the whole state was written
         self._me = [link.node, link.instance + ":"]  # what _living keeps of this node's
@@ -71,7 +71,8 @@ class NatsPresence:
     @property
     def pending_users(self) -> int:
         """Users whose registry entries wait to be written (bounded by
-        ``max_pending_users``; a few more while their change is under way)."""
+        ``max_pending_users`` while NATS does not answer, and a few more while their change
+        is under way; while it answers, by this node's users and those who just left)."""
         return len(self._dirty) + len(self._again) + len(self._syncing)
 
     def ref(self, conn_id: str) -> str:
@@ -257,13 +258,20 @@ class NatsPresence:
 
     def _mark(self, key: str, cid: Any, announce: bool) -> None:
         """Queues user ``key`` for its entries to be brought to this node's connections.
-        Past ``max_pending_users`` the queue is dropped and the whole state re-synced."""
+        Past ``max_pending_users`` while NATS does not answer, the queue is dropped and the
+        whole state re-synced.
+
+        While the link is healthy the queue is not bounded by ``max_pending_users``: it only
+        waits for the writer, which drains it (a ramp of joins outruns it for a while), and
+        it holds one entry per user, so it stays within this node's users and those who
+        left meanwhile. Dropping it then would only swap each user's one write for a read
+        of the whole bucket."""
         if self._resync and self._resync_task is None:
             return  # the re-sync, still to come, reads every user's state
         held = self._dirty.get(key)
         if held is not None:
             self._dirty[key] = (cid if cid is not _GONE else held[0], announce or held[1])
-        elif len(self._dirty) >= self.max_pending_users:
+        elif len(self._dirty) >= self.max_pending_users and not self._link.healthy:
             log.warning(
                 "cluster node %s: %d users wait for NATS: their changes are dropped, and the"
                 " node's whole registry state is written once NATS answers",
