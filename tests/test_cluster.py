@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +27,7 @@ from wse_fast import (
     WseServer,
     codec,
 )
-from wse_fast.cluster.local_nats import LocalNats
+from wse_fast.cluster.local_nats import LocalNats, nats_server_binary
 from wse_fast.cluster.nats_cluster import CLUSTER_LOST, CLUSTER_UNAVAILABLE
 from wse_fast.constants import OP_CLOSE, OP_TEXT
 
@@ -575,3 +578,62 @@ async def test_a_nats_slower_than_health_timeout_does_not_let_the_nodes_key_expi
         assert "taken for dead" not in caplog.text
     finally:
         await server.close()
+
+
+# A process that links to NATS, as a worker of `wse-fast serve --workers N` does: prints
+# whether aiohttp was imported, and whether the node was healthy.
+_LINK_SCRIPT = """
+import asyncio, sys
+from wse_fast import ClusterOptions, WseServer
+import wse_fast.cluster.nats_cluster
+
+async def main(url):
+    server = WseServer(lambda request: request.accept("someone"), port=0)
+    server.join_cluster(url, ClusterOptions(node="link"))
+    await server.start()
+    healthy = server.cluster.healthy
+    await server.close()
+    print("aiohttp" in sys.modules, healthy)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def link_in_a_process(url: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LINK_SCRIPT, url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return out.decode().strip()
+
+
+async def test_a_tcp_link_leaves_aiohttp_out_and_a_websocket_link_brings_it_in(
+    nats_server: LocalNats, tmp_path: Path
+) -> None:
+    # nats-py imports aiohttp (10 MB a process) whenever it is installed, for its WebSocket
+    # transport alone: six workers on TCP paid 60 MB for it.
+    assert await link_in_a_process(nats_server.url) == "False True"
+    config = tmp_path / "ws.conf"
+    config.write_text(
+        'listen: "127.0.0.1:-1"\n'
+        f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+        'websocket { listen: "127.0.0.1:-1", no_tls: true }\n'
+    )
+    server = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-c", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stderr is not None
+        ws_url = ""
+        async with asyncio.timeout(10):
+            while line := (await server.stderr.readline()).decode():
+                if found := re.search(r"websocket clients on (ws://\S+)", line):
+                    ws_url = found[1]
+                if "Server is ready" in line:
+                    break
+        assert ws_url
+        assert await link_in_a_process(ws_url) == "True True"
+    finally:
+        server.kill()
+        await server.communicate()

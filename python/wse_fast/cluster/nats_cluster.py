@@ -69,12 +69,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from nats.aio.msg import Msg
 
 from ..constants import WSE_REASON
 from ..sansio.framing import is_server_data_frame
 from .broker import cid_from_text, cid_text
 from .nats_calls import NatsCalls
+from .nats_client import Msg
 from .nats_link import (
     BROADCAST,
     CLUSTER_LOST,

@@ -20,13 +20,19 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
-import nats
-from nats.aio.client import Client as Nats
-from nats.aio.msg import Msg
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
 
 from ..errors import WseError
+from .nats_client import (
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyValue,
+    KeyWrongLastSequenceError,
+    Msg,
+    Nats,
+    NoKeysError,
+    allow_websocket,
+    connect,
+)
 
 if TYPE_CHECKING:
     from .broker import BrokerHandler
@@ -241,10 +247,9 @@ class NatsLink:
             "error_cb": self._nats_error,
         }
         try:
+            allow_websocket(self.urls)
             # nats-py retries a first connect for ever when reconnects are unlimited
-            nc = await asyncio.wait_for(
-                nats.connect(servers=self.urls, **options), self.connect_timeout
-            )
+            nc = await asyncio.wait_for(connect(servers=self.urls, **options), self.connect_timeout)
         except Exception as exc:
             raise WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc)}) from exc
         self._nc = nc

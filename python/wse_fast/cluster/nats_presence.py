@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from ..constants import WSE_REASON
 from ..errors import WseError
 from .broker import cid_text
+from .nats_client import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from .nats_link import CLUSTER_UNAVAILABLE, DROP_CONN, NatsLink, pack_name, required
 
 if TYPE_CHECKING:
