@@ -114,9 +114,10 @@ class ClusterOptions:
     - ``health_timeout``: what a heartbeat (a NATS round trip) and a lookup of ``online`` may
       take before the node counts as unhealthy (default: a third of ``node_ttl``, at least
       1 s);
-    - ``max_pending_users``: users whose registry change may wait while NATS does not
-      answer (disconnected or unhealthy) before the node re-syncs its whole state instead;
-      while NATS answers, changes only wait for the writer and are not dropped;
+    - ``max_pending_users``: users whose registry change may wait while NATS takes none (no
+      link, or no registry write done within ``node_ttl``) before the node re-syncs its
+      whole state instead; while NATS takes them, changes only wait for the writer and are
+      not dropped;
     - ``nats_options``: passed to ``nats.connect`` (TLS: ``{"tls": ssl_context}``,
       credentials: ``{"user_credentials": ...}``; frames and call payloads cross NATS as
       they are).

@@ -43,12 +43,13 @@ the others): NATS is inside the trust boundary, and this bounds what a stray pub
 
 Registry changes are queued per user, not per event: a user's entries are brought to the
 connections this node holds at the time of the change, so a user who connects and leaves a
-thousand times while NATS is away is one change once it is back. While NATS does not answer
-(disconnected or unhealthy) the queue holds at most ``max_pending_users`` users; past it, it
-is dropped and the node writes its whole state again once NATS answers (every list in the
-bucket, then every local user). While NATS answers, a ramp of joins faster than the writer
-only waits for it: the queue has one entry per user, and dropping it would turn each user's
-one write into a read of the whole bucket.
+thousand times while NATS is away is one change once it is back. While NATS takes no change
+(no link, or no registry write done within ``node_ttl``) the queue holds at most
+``max_pending_users`` users; past it, it is dropped and the node writes its whole state again
+once NATS answers (every list in the bucket, then every local user). While NATS takes them,
+a ramp of joins faster than the writer only waits for it, healthy or not (a busy NATS may
+answer the heartbeat late): the queue has one entry per user, and dropping it would turn
+each user's one write into a read of the whole bucket.
 
 The node's side is three parts, each in its module: the link (:mod:`.nats_link`: the
 connection, the heartbeat and health, the outbox), presence (:mod:`.nats_presence`: the
