@@ -6,6 +6,7 @@ calls across nodes, and a NATS restart. (A node killed with SIGKILL: test_cluste
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import re
 import signal
@@ -583,11 +584,13 @@ async def test_a_nats_slower_than_health_timeout_does_not_let_the_nodes_key_expi
 
 
 # A process that links to NATS, as a worker of `wse-fast serve --workers N` does: prints
-# whether aiohttp was imported, and whether the node was healthy.
+# whether aiohttp was imported, whether importlib.metadata was, the version nats-py gives in
+# its CONNECT, and whether the node was healthy.
 _LINK_SCRIPT = """
 import asyncio, sys
 from wse_fast import ClusterOptions, WseServer
 import wse_fast.cluster.nats_cluster
+import nats.aio.client
 
 async def main(url):
     server = WseServer(lambda request: request.accept("someone"), port=0)
@@ -595,7 +598,8 @@ async def main(url):
     await server.start()
     healthy = server.cluster.healthy
     await server.close()
-    print("aiohttp" in sys.modules, healthy)
+    metadata = "importlib.metadata" in sys.modules
+    print("aiohttp" in sys.modules, metadata, nats.aio.client.__version__, healthy)
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -610,12 +614,14 @@ async def link_in_a_process(url: str) -> str:
     return out.decode().strip()
 
 
-async def test_a_tcp_link_leaves_aiohttp_out_and_a_websocket_link_brings_it_in(
+async def test_a_tcp_link_imports_no_aiohttp_nor_importlib_metadata_a_websocket_link_aiohttp(
     nats_server: LocalNats, tmp_path: Path
 ) -> None:
     # nats-py imports aiohttp (10 MB a process) whenever it is installed, for its WebSocket
-    # transport alone: six workers on TCP paid 60 MB for it.
-    assert await link_in_a_process(nats_server.url) == "False True"
+    # transport alone, and importlib.metadata (3 MB) for its own version: six workers on TCP
+    # paid 78 MB for them.
+    version = importlib.metadata.version("nats-py")
+    assert await link_in_a_process(nats_server.url) == f"False False {version} True"
     config = tmp_path / "ws.conf"
     config.write_text(
         'listen: "127.0.0.1:-1"\n'
@@ -635,7 +641,7 @@ async def test_a_tcp_link_leaves_aiohttp_out_and_a_websocket_link_brings_it_in(
                 if "Server is ready" in line:
                     break
         assert ws_url
-        assert await link_in_a_process(ws_url) == "True True"
+        assert await link_in_a_process(ws_url) == f"True False {version} True"
     finally:
         server.kill()
         await server.communicate()

@@ -2,12 +2,16 @@
 
 nats-py imports aiohttp, whenever it is installed, for one thing: its WebSocket transport
 (``ws://`` and ``wss://`` NATS URLs). That is about 10 MB in every process that links to
-NATS (aiohttp and what it brings: yarl, multidict, email, http.cookies...), 60 MB over the six
+NATS (aiohttp and what it brings: yarl, multidict, http.cookies...), 60 MB over the six
 workers of ``wse-fast serve --workers 6``, whose links are TCP. So nats-py is imported here
 with ``import aiohttp`` failing, as if it were not installed (unless the process imported
 aiohttp already: then nothing is saved and nothing held back), and :func:`allow_websocket`
 hands nats-py aiohttp when a link names a WebSocket URL. Every cluster module imports nats-py
 through this one.
+
+Likewise ``importlib.metadata`` (about 3 MB a process: it brings the email parser, zipfile and
+csv), which nats-py imports only to read its own version for its CONNECT: the version is read
+from the name of its ``dist-info`` directory instead.
 """
 
 from __future__ import annotations
@@ -15,22 +19,44 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+#: What nats-py imports only if it can, and needs for what these links do not use.
+_HELD_BACK = ("aiohttp", "importlib.metadata")
 
 
-def _import_nats_without_aiohttp() -> None:
-    if "nats" in sys.modules or "aiohttp" in sys.modules:
+def _import_nats_lean() -> None:
+    if "nats" in sys.modules:
         return
-    # a None entry in sys.modules makes ``import aiohttp`` raise ImportError, which nats-py's
-    # transport module takes as "not installed"; the entry goes at once, so that the
-    # application may import aiohttp later as usual
-    sys.modules["aiohttp"] = None  # type: ignore[assignment]
+    held = [name for name in _HELD_BACK if name not in sys.modules]
+    # a None entry in sys.modules makes ``import NAME`` raise ImportError, which nats-py takes
+    # as "not installed"; the entries go at once, so that the application may import them
+    # later as usual
+    for name in held:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
-        importlib.import_module("nats.aio.transport")
+        client = importlib.import_module("nats.aio.client")
     finally:
-        del sys.modules["aiohttp"]
+        for name in held:
+            del sys.modules[name]
+    if "importlib.metadata" in held:
+        version = _dist_version(client.__file__)
+        if version is not None:
+            client.__version__ = version  # type: ignore[attr-defined]
 
 
-_import_nats_without_aiohttp()
+def _dist_version(module_file: str | None) -> str | None:
+    """nats-py's version, from its ``nats_py-VERSION.dist-info`` directory beside its package
+    (None when it is not there: nats-py then says 0.0.0, as without importlib.metadata)."""
+    if module_file is None:
+        return None
+    site = Path(module_file).resolve().parents[2]  # .../site-packages/nats/aio/client.py
+    for info in site.glob("nats_py-*.dist-info"):
+        return info.name.removeprefix("nats_py-").removesuffix(".dist-info")
+    return None
+
+
+_import_nats_lean()
 
 from nats import connect  # noqa: E402
 from nats.aio.client import Client as Nats  # noqa: E402
