@@ -19,6 +19,14 @@ from typing import Any
 from .constants import RECONNECT_CODES
 from .sansio.deflate import Compression
 
+#: How long (seconds) :meth:`WseServer.close` lets running handlers finish by default: the
+#: default RPC timeout of both sides (a call still running this long after the close began
+#: has timed out at a caller with the default timeout, so waiting longer answers nobody), and
+#: with ``close_timeout`` (5 s) it fits in the 30 s that Kubernetes (terminationGracePeriod)
+#: and gunicorn (graceful_timeout) give a process to stop. (Here, not in the server's module:
+#: the command line's supervisor needs it without importing the server.)
+DEFAULT_GRACE = 20.0
+
 __all__ = ["ClusterOptions", "Compression", "Limits", "Reconnect", "ServerLimits", "backoff_delay"]
 
 
