@@ -67,6 +67,15 @@ LOADGEN = HERE / ".bin" / "loadgen_go"
 FILES_PER_PROCESS = 20_000
 BROADCAST = '["broadcast",null,null]'
 REPORT_TIMEOUT = 60.0  # seconds a generator waits for every receipt of one broadcast
+#: Lines of the workers' log that say the cluster struggled under the ramp, by what they mean:
+#: the registry queue dropped and the whole state re-synced, a live node taken for dead (its
+#: key expired), a node's entries swept by another, a heartbeat late or failed.
+CLUSTER_EVENTS = {
+    "re-syncs": "their changes are dropped",
+    "taken for dead": "was taken for dead",
+    "sweeps": "swept the entries of",
+    "unhealthy": ": unhealthy",
+}
 
 
 def source_addresses(count: int) -> list[str]:
@@ -135,6 +144,8 @@ class Outcome:
     idle_cpu_percent: float = 0.0
     broadcasts: list[Broadcast] = field(default_factory=list)
     generator_rss: int = 0  # the load generators' own memory (not the server's)
+    # what the cluster's log said over the run (wse-fast only): see CLUSTER_EVENTS
+    cluster_events: dict[str, int] = field(default_factory=dict)
 
     @property
     def median(self) -> Broadcast:
@@ -355,6 +366,9 @@ async def wse_fast(args: argparse.Namespace) -> Outcome:
         if await serve.wait() != 0:
             print("".join(log[-20:]), file=sys.stderr)
         await draining
+        outcome.cluster_events = {
+            event: sum(phrase in line for line in log) for event, phrase in CLUSTER_EVENTS.items()
+        }
     return outcome
 
 
@@ -464,6 +478,11 @@ def write_report(
         f"| {served.median.machine_busy / served.median.window_s:.2f} "
         f"| {bare.median.machine_busy / bare.median.window_s:.2f} |",
         f"| the load generators' own RSS | {mb(served.generator_rss)} | {mb(bare.generator_rss)} |",
+        "| the cluster's log over the run: "
+        + ", ".join(served.cluster_events)
+        + " | "
+        + ", ".join(str(n) for n in served.cluster_events.values())
+        + " | |",
         "",
         f"Goals: at most 500 MB PSS in all: {mb(pss)} "
         f"({'met' if pss <= 500e6 else 'not met'}); the last receipt within 2x the floor: "

@@ -6,11 +6,15 @@ calls across nodes, and a NATS restart. (A node killed with SIGKILL: test_cluste
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
+import re
 import signal
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +28,7 @@ from wse_fast import (
     WseServer,
     codec,
 )
-from wse_fast.cluster.local_nats import LocalNats
+from wse_fast.cluster.local_nats import LocalNats, nats_server_binary
 from wse_fast.cluster.nats_cluster import CLUSTER_LOST, CLUSTER_UNAVAILABLE
 from wse_fast.constants import OP_CLOSE, OP_TEXT
 
@@ -509,3 +513,135 @@ async def test_the_registry_queue_stays_bounded_while_nats_is_down_and_resyncs_a
     finally:
         for node in (a, b):
             await node.close()
+
+
+@pytest.mark.parametrize("health_timeout", [0.5, 0.0001], ids=["healthy", "heartbeat-late"])
+async def test_a_burst_of_joins_faster_than_the_registry_writer_is_written_not_resynced(
+    nats_server: LocalNats, log: EventLog, health_timeout: float
+) -> None:
+    # A ramp of ~16 000 joins a minute per worker outran the writer: past max_pending_users
+    # the queue was dropped and the whole bucket read and written again, while NATS took
+    # every write. Now the bound holds only while NATS takes none, whether or not the
+    # heartbeat is late (a busy NATS answers it late: "heartbeat-late").
+    bound = 50
+    server = WseServer(accept_identity, port=0)
+    options = ClusterOptions(
+        node="ramp", node_ttl=3.0, health_timeout=health_timeout, max_pending_users=bound
+    )
+    server.join_cluster(nats_server.url, options)
+    server.when.cluster(log.hook("cluster"))
+    try:
+        await server.start()
+        cluster = server.cluster
+        assert cluster is not None
+        # what the node tells presence as it accepts connections, all in one turn of the
+        # loop: far faster than NATS round trips
+        for i in range(2000):
+            cluster.presence.added(f"ramp{i}", str(i), True)
+        assert cluster.presence.pending_users > bound
+        assert await cluster.presence.drain()
+        assert cluster.presence.pending_users == 0
+        assert cluster.resyncs == 0
+        assert cluster.healthy is (health_timeout == 0.5)
+    finally:
+        await server.close()
+
+
+async def test_a_nats_slower_than_health_timeout_does_not_let_the_nodes_key_expire(
+    nats_server: LocalNats, log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under a ramp NATS answered each request of a heartbeat slowly: the heartbeat, cut off
+    # after health_timeout before it had written the node's key, let the key expire, and the
+    # others took a live node for dead (and swept its users, which it then wrote again).
+    # Now the key is written first and the write is never cut off: the node may be
+    # unhealthy (NATS is slow), never dead.
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(
+        nats_server.url, ClusterOptions(node="slow", node_ttl=1.5, health_timeout=0.2)
+    )
+    server.when.cluster(log.hook("cluster"))
+    pid = nats_server.pid
+    assert pid is not None
+    loop = asyncio.get_running_loop()
+    try:
+        await server.start()
+        until = loop.time() + 4.5  # three times node_ttl
+        try:
+            while loop.time() < until:
+                # NATS answers only a tenth of the time, late for every heartbeat
+                os.kill(pid, signal.SIGSTOP)
+                await asyncio.sleep(0.7)
+                os.kill(pid, signal.SIGCONT)
+                await asyncio.sleep(0.08)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        async with asyncio.timeout(5):  # a heartbeat done in time again
+            while log.of("cluster")[-1:] != [("healthy",)]:
+                await log.wait("cluster", len(log.of("cluster")) + 1)
+        assert "taken for dead" not in caplog.text
+    finally:
+        await server.close()
+
+
+# A process that links to NATS, as a worker of `wse-fast serve --workers N` does: prints
+# whether aiohttp was imported, whether importlib.metadata was, the version nats-py gives in
+# its CONNECT, and whether the node was healthy.
+_LINK_SCRIPT = """
+import asyncio, sys
+from wse_fast import ClusterOptions, WseServer
+import wse_fast.cluster.nats_cluster
+import nats.aio.client
+
+async def main(url):
+    server = WseServer(lambda request: request.accept("someone"), port=0)
+    server.join_cluster(url, ClusterOptions(node="link"))
+    await server.start()
+    healthy = server.cluster.healthy
+    await server.close()
+    metadata = "importlib.metadata" in sys.modules
+    print("aiohttp" in sys.modules, metadata, nats.aio.client.__version__, healthy)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def link_in_a_process(url: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LINK_SCRIPT, url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return out.decode().strip()
+
+
+async def test_a_tcp_link_imports_no_aiohttp_nor_importlib_metadata_a_websocket_link_aiohttp(
+    nats_server: LocalNats, tmp_path: Path
+) -> None:
+    # nats-py imports aiohttp (10 MB a process) whenever it is installed, for its WebSocket
+    # transport alone, and importlib.metadata (3 MB) for its own version: six workers on TCP
+    # paid 78 MB for them.
+    version = importlib.metadata.version("nats-py")
+    assert await link_in_a_process(nats_server.url) == f"False False {version} True"
+    config = tmp_path / "ws.conf"
+    config.write_text(
+        'listen: "127.0.0.1:-1"\n'
+        f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+        'websocket { listen: "127.0.0.1:-1", no_tls: true }\n'
+    )
+    server = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-c", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stderr is not None
+        ws_url = ""
+        async with asyncio.timeout(10):
+            while line := (await server.stderr.readline()).decode():
+                if found := re.search(r"websocket clients on (ws://\S+)", line):
+                    ws_url = found[1]
+                if "Server is ready" in line:
+                    break
+        assert ws_url
+        assert await link_in_a_process(ws_url) == f"True False {version} True"
+    finally:
+        server.kill()
+        await server.communicate()

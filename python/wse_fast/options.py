@@ -19,6 +19,14 @@ from typing import Any
 from .constants import RECONNECT_CODES
 from .sansio.deflate import Compression
 
+#: How long (seconds) :meth:`WseServer.close` lets running handlers finish by default: the
+#: default RPC timeout of both sides (a call still running this long after the close began
+#: has timed out at a caller with the default timeout, so waiting longer answers nobody), and
+#: with ``close_timeout`` (5 s) it fits in the 30 s that Kubernetes (terminationGracePeriod)
+#: and gunicorn (graceful_timeout) give a process to stop. (Here, not in the server's module:
+#: the command line's supervisor needs it without importing the server.)
+DEFAULT_GRACE = 20.0
+
 __all__ = ["ClusterOptions", "Compression", "Limits", "Reconnect", "ServerLimits", "backoff_delay"]
 
 
@@ -114,8 +122,10 @@ class ClusterOptions:
     - ``health_timeout``: what a heartbeat (a NATS round trip) and a lookup of ``online`` may
       take before the node counts as unhealthy (default: a third of ``node_ttl``, at least
       1 s);
-    - ``max_pending_users``: users whose registry change may wait for NATS before the node
-      re-syncs its whole state instead;
+    - ``max_pending_users``: users whose registry change may wait while NATS takes none (no
+      link, or no registry write done within ``node_ttl``) before the node re-syncs its
+      whole state instead; while NATS takes them, changes only wait for the writer and are
+      not dropped;
     - ``nats_options``: passed to ``nats.connect`` (TLS: ``{"tls": ssl_context}``,
       credentials: ``{"user_credentials": ...}``; frames and call payloads cross NATS as
       they are).

@@ -22,7 +22,7 @@ from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
 from .listener import Listener
 from .metrics import ServerMetrics
-from .options import ClusterOptions, ServerLimits
+from .options import DEFAULT_GRACE, ClusterOptions, ServerLimits
 from .peer import Peer
 from .protocols import WireProtocol
 from .registry import UserRegistry
@@ -44,12 +44,6 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 log = logging.getLogger("wse_fast")
-#: How long (seconds) :meth:`WseServer.close` lets running handlers finish by default: the
-#: default RPC timeout of both sides (a call still running this long after the close began
-#: has timed out at a caller with the default timeout, so waiting longer answers nobody), and
-#: with ``close_timeout`` (5 s) it fits in the 30 s that Kubernetes (terminationGracePeriod)
-#: and gunicorn (graceful_timeout) give a process to stop.
-DEFAULT_GRACE = 20.0
 #: What ``on_upgrade`` may answer: None to go on, or an HTTP status (and a body) to refuse;
 #: an ``async`` hook answers the same once awaited.
 UpgradeVerdict = int | tuple[int, str] | None

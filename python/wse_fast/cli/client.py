@@ -17,14 +17,16 @@ import ssl as ssl_module
 import sys
 import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import IO, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import click
 
-from ..client import WseClient
 from ..errors import WseError
 from .common import STOP_SIGNALS
+
+if TYPE_CHECKING:
+    from ..client import WseClient
 
 #: The client commands' ``--identity`` from the environment (a token kept out of argv).
 IDENTITY_ENV = "WSE_FAST_IDENTITY"
@@ -326,6 +328,8 @@ def run_client(
     """Runs ``work(client)`` on uvloop with a client for ``url`` (reconnect off) and exits
     with the status it returns."""
     import uvloop
+
+    from ..client import WseClient  # here: `wse-fast serve` imports this module too
 
     context = client_ssl_context(url, cafile)
 

@@ -23,9 +23,7 @@ from collections.abc import Sequence
 import click
 
 from ..metrics import prometheus_installed
-from ..options import ClusterOptions
-from ..server import DEFAULT_GRACE
-from .app import import_ahead_of_the_application, load_server
+from ..options import DEFAULT_GRACE, ClusterOptions
 from .common import (
     CLUSTER_ENV,
     LOG_LEVELS,
@@ -121,6 +119,10 @@ async def serve_one(
 
     ``grace``: how long the close lets running handlers finish (see ``WseServer.close``); a
     second signal cancels them at once."""
+    # Here, not at the top: the supervisor of --workers runs this module too, and needs
+    # neither the server nor what it imports (5 MB of its memory).
+    from .app import import_ahead_of_the_application, load_server
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:

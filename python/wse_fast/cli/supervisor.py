@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from ..server import DEFAULT_GRACE
+from ..options import DEFAULT_GRACE
 from .common import (
     CLUSTER_ENV,
     STOP_SIGNALS,

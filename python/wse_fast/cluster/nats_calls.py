@@ -11,12 +11,12 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from nats.aio.msg import Msg
 
 from ..constants import WSE_ERROR
 from ..errors import ConnectionNotReady, RpcError, WseError
 from ..rpc import deadline
 from .broker import cid_from_text, cid_text
+from .nats_client import Msg
 from .nats_link import CLUSTER_UNAVAILABLE, NatsLink
 from .nats_presence import NatsPresence
 

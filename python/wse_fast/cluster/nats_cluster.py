@@ -26,10 +26,12 @@ Each process is a node. What the nodes share lives in NATS, never in a broker of
   out of every user's list. A node that leaves with its entries removed writes that claim
   itself: nobody sweeps after it.
 
-A node is healthy while its heartbeat (the renewal of its key, a NATS round trip) completes
-within ``health_timeout``: a NATS that stops answering without closing the connection (a
-frozen process, a silently dropped link) makes it unhealthy within a heartbeat and a
-timeout, before nats-py's own pings give up on the link. ``when.cluster`` says
+A node is healthy while its heartbeat (the renewal of its key, then the read of the live
+nodes) completes within ``health_timeout``: a NATS that stops answering without closing the
+connection (a frozen process, a silently dropped link) makes it unhealthy within a heartbeat
+and a timeout, before nats-py's own pings give up on the link. The key's write goes first
+and is never cut off for being late: a slow NATS makes the node unhealthy, never taken for
+dead while it lives. ``when.cluster`` says
 "disconnected", "reconnected", and "healthy" or "unhealthy" once per change.
 
 Delivery is at most once: what a node publishes while it has no link to NATS (or beyond
@@ -41,9 +43,13 @@ the others): NATS is inside the trust boundary, and this bounds what a stray pub
 
 Registry changes are queued per user, not per event: a user's entries are brought to the
 connections this node holds at the time of the change, so a user who connects and leaves a
-thousand times while NATS is away is one change once it is back. The queue holds at most
+thousand times while NATS is away is one change once it is back. While NATS takes no change
+(no link, or no registry write done within ``node_ttl``) the queue holds at most
 ``max_pending_users`` users; past it, it is dropped and the node writes its whole state again
-once NATS answers (every list in the bucket, then every local user).
+once NATS answers (every list in the bucket, then every local user). While NATS takes them,
+a ramp of joins faster than the writer only waits for it, healthy or not (a busy NATS may
+answer the heartbeat late): the queue has one entry per user, and dropping it would turn
+each user's one write into a read of the whole bucket.
 
 The node's side is three parts, each in its module: the link (:mod:`.nats_link`: the
 connection, the heartbeat and health, the outbox), presence (:mod:`.nats_presence`: the
@@ -64,12 +70,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from nats.aio.msg import Msg
 
 from ..constants import WSE_REASON
 from ..sansio.framing import is_server_data_frame
 from .broker import cid_from_text, cid_text
 from .nats_calls import NatsCalls
+from .nats_client import Msg
 from .nats_link import (
     BROADCAST,
     CLUSTER_LOST,

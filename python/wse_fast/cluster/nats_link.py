@@ -20,13 +20,19 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
-import nats
-from nats.aio.client import Client as Nats
-from nats.aio.msg import Msg
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
 
 from ..errors import WseError
+from .nats_client import (
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyValue,
+    KeyWrongLastSequenceError,
+    Msg,
+    Nats,
+    NoKeysError,
+    allow_websocket,
+    connect,
+)
 
 if TYPE_CHECKING:
     from .broker import BrokerHandler
@@ -140,10 +146,16 @@ class NatsLink:
         self._outbox_bytes = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[bool] | None = None  # the heartbeat's key write
+        self._renewal: asyncio.Task[bool] | None = None  # the rest of its work
+        self._renewing = asyncio.Lock()  # one renewal at a time: each expects the last's
         self._not_alive: dict[str, float] = {}  # node: until when it is taken for dead
         self._state = _DISCONNECTED
         self.started = False  # the node's name is claimed, its key written
-        self._renewed = False  # this node's key has been written since it started
+        #: The revision of this node's key as this process last wrote it (None: not yet
+        #: written since it started): the next renewal expects it, so that a key that
+        #: expired meanwhile is found in the same round trip that writes it again.
+        self._revision: int | None = None
 
     @property
     def healthy(self) -> bool:
@@ -169,7 +181,7 @@ class NatsLink:
         deadline = time.monotonic() + self.node_ttl + 1
         while True:
             try:
-                await nodes.create(f"n.{self.node}", self.instance.encode())
+                self._revision = await nodes.create(f"n.{self.node}", self.instance.encode())
                 break
             except KeyWrongLastSequenceError:
                 if time.monotonic() > deadline:
@@ -191,6 +203,10 @@ class NatsLink:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+        for task in (self._writing, self._renewal):
+            if task is not None:
+                task.cancel()
+        self._writing = self._renewal = None
 
     async def leave(self, swept: bool) -> None:
         """What is queued goes out, and the node's key goes; ``swept``: none of this node's
@@ -208,7 +224,8 @@ class NatsLink:
                     await self.nodes.delete(f"n.{self.node}")
 
     async def close(self) -> None:
-        self.started = self._renewed = False
+        self.started = False
+        self._revision = None
         await self._unlink()
 
     async def _link(self) -> None:
@@ -230,10 +247,9 @@ class NatsLink:
             "error_cb": self._nats_error,
         }
         try:
+            allow_websocket(self.urls)
             # nats-py retries a first connect for ever when reconnects are unlimited
-            nc = await asyncio.wait_for(
-                nats.connect(servers=self.urls, **options), self.connect_timeout
-            )
+            nc = await asyncio.wait_for(connect(servers=self.urls, **options), self.connect_timeout)
         except Exception as exc:
             raise WseError(CLUSTER_UNAVAILABLE, {"error": repr(exc)}) from exc
         self._nc = nc
@@ -326,9 +342,16 @@ class NatsLink:
     # ---- liveness --------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        """Every third of ``node_ttl``: renews this node's key and reads which nodes live,
-        within ``health_timeout``. A renewal that fails or takes longer (NATS frozen,
-        JetStream gone) makes the node unhealthy until one succeeds again."""
+        """Every third of ``node_ttl``: writes this node's key, then reads which nodes live.
+        A beat whose work fails, or is not done within ``health_timeout`` (NATS frozen,
+        JetStream gone or overloaded), makes the node unhealthy until one succeeds again.
+
+        The write is what keeps the node alive, so it goes first and on its own: it is
+        never cancelled for being late (it still lands, and keeps the key; a renewal
+        cancelled before its write let the key expire under load, and the others swept a
+        node that lived), and a beat starts a new write whenever the last one is done, even
+        while the rest of an earlier beat's work (the read of the live nodes, slower: a
+        consumer of the bucket) is still under way."""
         interval = self.node_ttl / 3
         while True:
             await asyncio.sleep(interval)
@@ -341,10 +364,17 @@ class NatsLink:
                     self._emit("reconnected")
                 elif not nc.is_connected:
                     continue  # reconnecting: _reconnected takes over
-                async with asyncio.timeout(self.health_timeout):
-                    await self.renew()
-                    answers = self._state == _HEALTHY or await self._check()
-                self._set_state(_HEALTHY if answers else _UNHEALTHY)
+                writing = self._writing
+                if writing is None or writing.done():
+                    writing = self._writing = asyncio.ensure_future(self._write_key())
+                    writing.add_done_callback(self._key_written)
+                renewal = self._renewal
+                if renewal is None or renewal.done():
+                    renewal = self._renewal = asyncio.ensure_future(self._rest_of_beat(writing))
+                await asyncio.wait({renewal}, timeout=self.health_timeout)
+                if not renewal.done():
+                    raise TimeoutError(f"NATS did not answer within {self.health_timeout} s")
+                self._set_state(_HEALTHY if renewal.result() else _UNHEALTHY)
                 self._listener.answering()
             except asyncio.CancelledError:
                 raise
@@ -354,12 +384,28 @@ class NatsLink:
                 if self._nc is not None and self._nc.is_connected:
                     self._set_state(_UNHEALTHY)
 
+    async def _rest_of_beat(self, writing: asyncio.Task[bool]) -> bool:
+        """After the key's write: which nodes live, then (when the link was not healthy)
+        whether this node's own call subscription answers."""
+        await asyncio.shield(writing)  # a stop cancels this, and the write on its own
+        await self._read_nodes()
+        return self._state == _HEALTHY or await self._check()
+
+    def _key_written(self, task: asyncio.Task[bool]) -> None:
+        # (a failed write is reported by the beat that waits for it)
+        if not task.cancelled() and task.exception() is None and task.result():
+            self._taken_for_dead()
+
     async def renew(self) -> None:
+        """Writes this node's key, then reads which nodes live."""
+        expired = await self._write_key()
+        await self._read_nodes()
+        if expired:
+            self._taken_for_dead()
+
+    async def _read_nodes(self) -> None:
+        """Which nodes live (their keys): those gone since the last read are told."""
         nodes = required(self.nodes)
-        key = f"n.{self.node}"
-        expired = self._renewed and not await self._exists(key)
-        await nodes.put(key, self.instance.encode())
-        self._renewed = True
         try:
             keys = await nodes.keys()
         except NoKeysError:
@@ -369,11 +415,37 @@ class NatsLink:
         gone = sorted(before - self.alive - {self.node})
         if gone and self.started:
             self._listener.nodes_gone(gone)
-        if expired:
-            # The others took this node for dead (paused, or cut off from NATS, for longer
-            # than node_ttl) and may have forgotten its connections: they are added again.
-            log.warning("cluster node %s was taken for dead: its users are added again", self.node)
-            self._listener.taken_for_dead()
+
+    def _taken_for_dead(self) -> None:
+        # The others took this node for dead (paused, or cut off from NATS, for longer than
+        # node_ttl) and may have forgotten its connections: they are added again.
+        log.warning("cluster node %s was taken for dead: its users are added again", self.node)
+        self._listener.taken_for_dead()
+
+    async def _write_key(self) -> bool:
+        """Writes this node's key, in one round trip while it is as this process left it (an
+        update that expects its last revision); whether it had expired (or gone) since."""
+        async with self._renewing:
+            nodes = required(self.nodes)
+            key, value = f"n.{self.node}", self.instance.encode()
+            if self._revision is None:
+                self._revision = await nodes.put(key, value)
+                return False
+            try:
+                self._revision = await nodes.update(key, value, last=self._revision)
+                return False
+            except KeyWrongLastSequenceError:
+                pass
+            # Not as last written: expired, or a write whose answer was lost (a request that
+            # timed out after NATS took it). Only a key that no longer holds this process's
+            # mark means the others may have taken it for dead.
+            try:
+                entry = await nodes.get(key)
+                expired = bytes(entry.value or b"") != value
+            except (KeyNotFoundError, KeyDeletedError):
+                expired = True
+            self._revision = await nodes.put(key, value)
+            return expired
 
     async def _exists(self, key: str) -> bool:
         try:

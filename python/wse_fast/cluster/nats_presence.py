@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from ..constants import WSE_REASON
 from ..errors import WseError
 from .broker import cid_text
+from .nats_client import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from .nats_link import CLUSTER_UNAVAILABLE, DROP_CONN, NatsLink, pack_name, required
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ class NatsPresence:
             raise ValueError("max_pending_users must be at least 1")
         self._link = link
         self._node = handler
-        #: Users whose registry entries wait for NATS; past it they are forgotten and the
-        #: node's whole state is written again once NATS answers.
+        #: Users whose registry entries may wait for NATS while it does not answer; past
+        #: it they are forgotten and the node's whole state is written again once it does.
         self.max_pending_users = max_pending_users
         self.resyncs = 0  # times the registry queue overflowed and the whole state was written
         self._me = [link.node, link.instance + ":"]  # what _living keeps of this node's
@@ -67,11 +67,15 @@ class NatsPresence:
         self._resync_task: asyncio.Task[None] | None = None
         self._sweeps: set[asyncio.Task[None]] = set()  # dead nodes' entries being removed
         self._change_slots = asyncio.Semaphore(_CHANGES_AT_ONCE)
+        #: When the writer last made progress (a change done, or one started while none was
+        #: under way), monotonic: a writer without progress for node_ttl waits for NATS.
+        self._progress = 0.0
 
     @property
     def pending_users(self) -> int:
         """Users whose registry entries wait to be written (bounded by
-        ``max_pending_users``; a few more while their change is under way)."""
+        ``max_pending_users`` while NATS does not answer, and a few more while their change
+        is under way; while it answers, by this node's users and those who just left)."""
         return len(self._dirty) + len(self._again) + len(self._syncing)
 
     def ref(self, conn_id: str) -> str:
@@ -257,13 +261,21 @@ class NatsPresence:
 
     def _mark(self, key: str, cid: Any, announce: bool) -> None:
         """Queues user ``key`` for its entries to be brought to this node's connections.
-        Past ``max_pending_users`` the queue is dropped and the whole state re-synced."""
+        Past ``max_pending_users`` while NATS takes no changes (see :meth:`_writing`), the
+        queue is dropped and the whole state re-synced.
+
+        While NATS takes changes the queue is not bounded by ``max_pending_users``: it only
+        waits for the writer, which drains it (a ramp of joins outruns it for a while), and
+        it holds one entry per user, so it stays within this node's users and those who
+        left meanwhile. Dropping it then would only swap each user's one write for a read
+        of the whole bucket, on a NATS already busy (it may answer the heartbeat late, and
+        the node be unhealthy, while the writes go on)."""
         if self._resync and self._resync_task is None:
             return  # the re-sync, still to come, reads every user's state
         held = self._dirty.get(key)
         if held is not None:
             self._dirty[key] = (cid if cid is not _GONE else held[0], announce or held[1])
-        elif len(self._dirty) >= self.max_pending_users:
+        elif len(self._dirty) >= self.max_pending_users and not self._writing():
             log.warning(
                 "cluster node %s: %d users wait for NATS: their changes are dropped, and the"
                 " node's whole registry state is written once NATS answers",
@@ -277,6 +289,14 @@ class NatsPresence:
         else:
             self._dirty[key] = (cid, announce)
         self.pump()
+
+    def _writing(self) -> bool:
+        """Whether NATS takes the registry's changes: linked, and the writer idle or done
+        with a change within ``node_ttl``."""
+        if not self._link.connected:
+            return False
+        loop = asyncio.get_running_loop()
+        return not self._syncing or loop.time() - self._progress <= self._link.node_ttl
 
     def pump(self) -> None:
         """Starts queued registry changes while NATS is linked, up to ``_CHANGES_AT_ONCE``
@@ -294,6 +314,8 @@ class NatsPresence:
                 held = self._again.get(key)
                 self._again[key] = (cid, announce or (held is not None and held[1]))
                 continue
+            if not self._syncing:
+                self._progress = asyncio.get_running_loop().time()
             task = asyncio.ensure_future(self._sync(key, cid, announce))
             self._syncing[key] = task
             task.add_done_callback(functools.partial(self._synced, key, cid, announce))
@@ -305,6 +327,8 @@ class NatsPresence:
             return
         again = self._again.pop(key, None)
         failed = task.exception()
+        if failed is None:
+            self._progress = asyncio.get_running_loop().time()
         if failed is not None:
             self._link.report(failed, {})
             # made again at the next heartbeat or reconnect, not at once
