@@ -9,11 +9,11 @@ authentication deadline, and hands accepted connections to the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .constants import CLOSE_NORMAL, WSE_ERROR, WSE_REASON
+from .constants import CLOSE_NORMAL, WSE_ERROR, WSE_REASON, Cid
 from .errors import WseError
 from .events import run_handler
 
@@ -38,7 +38,7 @@ class AuthenticationHost(Protocol):
     challenger: Callable[..., Any] | None
     limits: ServerLimits
 
-    def admitted(self, conn: ServerConnection, cid: Hashable, welcome: Any) -> None: ...
+    def admitted(self, conn: ServerConnection, cid: Cid, welcome: Any) -> None: ...
 
     def refuse(self, conn: ServerConnection, code: int, reason: str) -> None: ...
 
@@ -68,7 +68,7 @@ class IdentifyRequest:
         accepted or refused."""
         return self.conn.handshake
 
-    def accept(self, cid: Hashable, welcome: Any = None) -> None:
+    def accept(self, cid: Cid, welcome: Any = None) -> None:
         """Admits the connection as a device of user ``cid``, kept as given: any hashable
         value, and ``1`` and ``"1"`` are two users (as keys of JavaScript's ``Map``); a falsy
         cid refuses. An unhashable cid raises TypeError (identify then fails: refused)."""

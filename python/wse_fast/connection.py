@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .constants import CLOSE_NORMAL, WSE_REASON
+from .constants import CLOSE_NORMAL, WSE_REASON, Cid
 from .errors import ConnectionNotReady
 from .rpc import PendingCalls, deadline
 
@@ -46,7 +46,7 @@ class Connection:
         self.conn_id = conn_id
         self.session = session
         # the user's id as identify gave it to accept (any hashable value), once accepted
-        self.cid: Any = None
+        self.cid: Cid = None  # None until accepted
         self.identity: Any = None
         self.meta: dict[str, Any] = {}
         self.client: User | None = None
@@ -127,7 +127,7 @@ class User:
 
     __slots__ = ("_conns", "_registry", "_state", "cid", "meta")
 
-    def __init__(self, registry: UserHost, cid: Any, first: Connection) -> None:
+    def __init__(self, registry: UserHost, cid: Cid, first: Connection) -> None:
         self._registry = registry
         self.cid = cid
         self.meta = first.meta

@@ -3,10 +3,11 @@ connections, oldest first, with the per-user connection limit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .connection import User
+from .constants import Cid
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -26,7 +27,7 @@ class UserRegistry:
         self.metrics = metrics  # what the node counts (None: nothing)
         self.clients: dict[Any, User] = {}
 
-    def add(self, conn: Connection, cid: Hashable) -> tuple[User, bool, list[Connection]]:
+    def add(self, conn: Connection, cid: Cid) -> tuple[User, bool, list[Connection]]:
         """Adds an accepted connection to user ``cid``: the user, whether this is its first
         connection (it joined), and its oldest connections over the limit (to drop)."""
         client = self.clients.get(cid)

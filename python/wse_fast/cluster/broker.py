@@ -19,16 +19,17 @@ handler's own write, bound once (:class:`LocalBroker` does exactly that).
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ..constants import Cid
 from ..errors import ConnectionNotReady, WseError
 
 #: Marks a cid's text form (:func:`cid_text`) that is not the cid itself.
 _ENCODED = "\x00"
 
 
-def cid_text(cid: Hashable) -> str:
+def cid_text(cid: Cid) -> str:
     """A cid as text, one to one, for what carries only text (the cluster's subjects and
     keys): a string is itself (unless it starts with NUL), anything else that JSON keeps
     (an int, a float, a bool) is NUL and its JSON, so that ``1`` and ``"1"`` stay two users,
@@ -68,28 +69,28 @@ class BrokerHandler(Protocol):
     def deliver_to_all(self, frame: bytes) -> None:
         """Writes ``frame`` (one whole server frame) to every accepted connection here."""
 
-    def deliver_to_user(self, cid: Any, frame: bytes) -> int:
+    def deliver_to_user(self, cid: Cid, frame: bytes) -> int:
         """Writes ``frame`` to user ``cid``'s connections here: to how many."""
 
-    def has_user(self, cid: Any) -> bool:
+    def has_user(self, cid: Cid) -> bool:
         """Whether user ``cid`` has a connection here."""
 
-    def drop_local_user(self, cid: Any, reason: str) -> None:
+    def drop_local_user(self, cid: Cid, reason: str) -> None:
         """Closes user ``cid``'s connections here."""
 
     def local_connection(self, conn_id: str) -> LocalConnection | None:
         """This node's open, accepted connection ``conn_id``, if it is one."""
 
-    def user_connections(self, cid: Any) -> Sequence[LocalConnection]:
+    def user_connections(self, cid: Cid) -> Sequence[LocalConnection]:
         """User ``cid``'s accepted connections here, oldest first."""
 
     def local_users(self) -> list[Any]:
         """The users with connections here."""
 
-    def user_online(self, cid: Any) -> None:
+    def user_online(self, cid: Cid) -> None:
         """User ``cid`` has its first connection (on any node): the ``online`` event."""
 
-    def user_offline(self, cid: Any) -> None:
+    def user_offline(self, cid: Cid) -> None:
         """User ``cid`` has no connection left (on any node): the ``offline`` event."""
 
     def broker_error(self, error: WseError) -> None:
@@ -118,24 +119,24 @@ class Presence(Protocol):
     connection accepted and closed, and asks it how many a user has. It, and only it, says
     when a user comes online and goes offline (through the handler)."""
 
-    def check_cid(self, cid: Hashable) -> None:
+    def check_cid(self, cid: Cid) -> None:
         """Raises (TypeError) for a cid this presence cannot carry: such a user is not
         accepted."""
 
-    def reaches(self, cid: Any) -> bool:
+    def reaches(self, cid: Cid) -> bool:
         """Whether a frame for user ``cid`` may reach one of its connections: alone,
         whether it is here; in a cluster, yes (another node may have it). The node encodes
         nothing for a user it does not reach."""
 
-    def added(self, cid: Any, conn_id: str, first: bool) -> None:
+    def added(self, cid: Cid, conn_id: str, first: bool) -> None:
         """Connection ``conn_id`` of user ``cid`` was accepted here (``first``: the user's
         first one here)."""
 
-    def removed(self, cid: Any, conn_id: str, last: bool) -> None:
+    def removed(self, cid: Cid, conn_id: str, last: bool) -> None:
         """Connection ``conn_id`` of user ``cid`` closed (``last``: the user has none left
         here)."""
 
-    async def online(self, cid: Any) -> int:
+    async def online(self, cid: Cid) -> int:
         """How many connections user ``cid`` has open, on every node."""
 
 
@@ -164,14 +165,14 @@ class Broker(Protocol):
     def publish_all(self, frame: bytes) -> None:
         """Writes ``frame`` to every connection here and on every other node."""
 
-    def publish_user(self, cid: Any, frame: bytes) -> int:
+    def publish_user(self, cid: Cid, frame: bytes) -> int:
         """Writes ``frame`` to user ``cid``'s connections wherever they are: how many it
         wrote here (what the node counts as sent)."""
 
-    def drop_user(self, cid: Any, reason: str) -> None:
+    def drop_user(self, cid: Cid, reason: str) -> None:
         """Closes user ``cid``'s connections wherever they are."""
 
-    async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
+    async def call(self, cid: Cid, rp: str, payload: Any, timeout: float | None) -> Any:
         """Calls ``rp`` on user ``cid``'s newest connection, wherever it is; raises
         :class:`~wse_fast.errors.ConnectionNotReady` when it has none."""
 
@@ -210,23 +211,23 @@ class LocalBroker:
 
     # ---- presence: the node's own connections are all there is -----------------------------
 
-    def check_cid(self, cid: Hashable) -> None:
+    def check_cid(self, cid: Cid) -> None:
         """Any hashable cid stays in the process."""
 
-    def added(self, cid: Any, conn_id: str, first: bool) -> None:
+    def added(self, cid: Cid, conn_id: str, first: bool) -> None:
         if first:
             self._handler.user_online(cid)
 
-    def removed(self, cid: Any, conn_id: str, last: bool) -> None:
+    def removed(self, cid: Cid, conn_id: str, last: bool) -> None:
         if last:
             self._handler.user_offline(cid)
 
-    async def online(self, cid: Any) -> int:
+    async def online(self, cid: Cid) -> int:
         return len(self._handler.user_connections(cid))
 
     # ---- calls -----------------------------------------------------------------------------
 
-    async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
+    async def call(self, cid: Cid, rp: str, payload: Any, timeout: float | None) -> Any:
         handler = self._handler
         conns = handler.user_connections(cid)
         if not conns:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..constants import WSE_ERROR
+from ..constants import WSE_ERROR, Cid
 from ..errors import ConnectionNotReady, RpcError, WseError
 from ..rpc import deadline
 from .broker import cid_from_text, cid_text
@@ -40,7 +40,7 @@ class NatsCalls:
         self._node = handler
         self._calls: set[asyncio.Task[None]] = set()  # calls from other nodes, running
 
-    async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
+    async def call(self, cid: Cid, rp: str, payload: Any, timeout: float | None) -> Any:
         """Calls the user's newest connection on any live node (an older one when the newest
         is gone by the time the call reaches it). The call's time limit bounds the lookup of
         the user's connections too, and what is left of it the call."""
@@ -81,7 +81,7 @@ class NatsCalls:
             task.cancel()
 
     async def _remote_call(
-        self, node: str, cid: Any, ref: str, rp: str, payload: Any, timeout: float | None
+        self, node: str, cid: Cid, ref: str, rp: str, payload: Any, timeout: float | None
     ) -> Any:
         limit = deadline(self._node.timeout, timeout)  # None: no deadline
         request = {"cid": cid_text(cid), "ref": ref, "rp": rp, "p": payload, "t": limit or 0}

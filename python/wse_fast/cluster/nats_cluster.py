@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..constants import WSE_REASON
+from ..constants import WSE_REASON, Cid
 from ..sansio.framing import is_server_data_frame
 from .broker import cid_from_text, cid_text
 from .nats_calls import NatsCalls
@@ -200,18 +200,18 @@ class NatsCluster:
         self._deliver_to_all(frame)
         self._publish(BROADCAST + frame)
 
-    def publish_user(self, cid: Any, frame: bytes) -> int:
+    def publish_user(self, cid: Cid, frame: bytes) -> int:
         """Writes ``frame`` to the user's connections here at once (answers to how many), and
         hands it to the other nodes, which deliver it to theirs."""
         written = self._node.deliver_to_user(cid, frame)
         self._publish(pack_name(SEND, cid_text(cid), frame))
         return written
 
-    def drop_user(self, cid: Any, reason: str) -> None:
+    def drop_user(self, cid: Cid, reason: str) -> None:
         self._node.drop_local_user(cid, reason)
         self._publish(pack_name(DROP_USER, cid_text(cid), reason.encode()))
 
-    async def call(self, cid: Any, rp: str, payload: Any, timeout: float | None) -> Any:
+    async def call(self, cid: Cid, rp: str, payload: Any, timeout: float | None) -> Any:
         return await self.calls.call(cid, rp, payload, timeout)
 
     # ---- what the link hands on (nats_link.LinkListener) -----------------------------------

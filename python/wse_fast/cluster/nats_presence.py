@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..constants import WSE_REASON
+from ..constants import WSE_REASON, Cid
 from ..errors import WseError
 from .broker import cid_text
 from .nats_client import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -37,7 +37,7 @@ _CHANGES_AT_ONCE = 64
 _GONE: Any = object()
 
 
-def user_key(cid: Any) -> str:
+def user_key(cid: Cid) -> str:
     """A user's key in the bucket: a fixed-length hash of its text form (KV keys are subject
     tokens, bounded and restricted; a cid is a str or a number, of any length)."""
     return "u." + hashlib.sha256(cid_text(cid).encode()).hexdigest()[:40]
@@ -85,26 +85,26 @@ class NatsPresence:
     # ---- what the node tells and asks -------------------------------------------------------
 
     @staticmethod
-    def check_cid(cid: Any) -> None:
+    def check_cid(cid: Cid) -> None:
         """A cid crosses NATS as text: one :func:`cid_text` cannot make (a tuple, a bool)
         raises TypeError."""
         cid_text(cid)
 
     @staticmethod
-    def reaches(cid: Any) -> bool:
+    def reaches(cid: Cid) -> bool:
         """Any user may have a connection on another node."""
         return True
 
-    def added(self, cid: Any, conn_id: str, first: bool) -> None:
+    def added(self, cid: Cid, conn_id: str, first: bool) -> None:
         """A connection of this node was accepted: it joins its user's list (the bucket,
         not ``first``, decides whether the user came online)."""
         self._mark(user_key(cid), cid, True)
 
-    def removed(self, cid: Any, conn_id: str, last: bool) -> None:
+    def removed(self, cid: Cid, conn_id: str, last: bool) -> None:
         """A connection of this node closed: it leaves its user's list."""
         self._mark(user_key(cid), cid, False)
 
-    async def online(self, cid: Any) -> int:
+    async def online(self, cid: Cid) -> int:
         """The user's open connections on every live node; raises ``wse.cluster.unavailable``
         at once without a link to NATS, and when NATS does not answer within
         ``health_timeout``."""
@@ -113,7 +113,7 @@ class NatsPresence:
         here = len(self._node.user_connections(cid))
         return here + sum(1 for node, _ in entries if node != link.node and node in link.alive)
 
-    async def lookup(self, cid: Any, within: float | None) -> list[list[str]]:
+    async def lookup(self, cid: Cid, within: float | None) -> list[list[str]]:
         """The user's entries, with the nodes they name known alive or not, within
         ``within`` seconds (None: NATS's own request timeout)."""
         if not self._link.connected:
@@ -127,7 +127,7 @@ class NatsPresence:
             raise WseError(CLUSTER_UNAVAILABLE, error) from None
         return entries
 
-    def local(self, cid: Any, ref: str) -> LocalConnection | None:
+    def local(self, cid: Cid, ref: str) -> LocalConnection | None:
         """This process's open, accepted connection ``ref`` of user ``cid``, if it is one."""
         conn = self._open(ref)
         return conn if conn is not None and conn.cid == cid else None
@@ -184,14 +184,14 @@ class NatsPresence:
             return None
         return self._node.local_connection(conn_id)
 
-    def _mine(self, cid: Any) -> list[str]:
+    def _mine(self, cid: Cid) -> list[str]:
         """The refs of user ``cid``'s open connections in this process, oldest first."""
         if cid is _GONE:
             return []
         refs = [self.ref(conn.conn_id) for conn in self._node.user_connections(cid)]
         return [ref for ref in refs if self.local(cid, ref) is not None]
 
-    async def _entries(self, cid: Any) -> list[list[str]]:
+    async def _entries(self, cid: Cid) -> list[list[str]]:
         users = required(self._link.users)
         try:
             entry = await users.get(user_key(cid))
@@ -259,7 +259,7 @@ class NatsPresence:
             await watcher.stop()
         return held
 
-    def _mark(self, key: str, cid: Any, announce: bool) -> None:
+    def _mark(self, key: str, cid: Cid, announce: bool) -> None:
         """Queues user ``key`` for its entries to be brought to this node's connections.
         Past ``max_pending_users`` while NATS takes no changes (see :meth:`_writing`), the
         queue is dropped and the whole state re-synced.
@@ -320,7 +320,7 @@ class NatsPresence:
             self._syncing[key] = task
             task.add_done_callback(functools.partial(self._synced, key, cid, announce))
 
-    def _synced(self, key: str, cid: Any, announce: bool, task: asyncio.Task[None]) -> None:
+    def _synced(self, key: str, cid: Cid, announce: bool, task: asyncio.Task[None]) -> None:
         if self._syncing.get(key) is task:
             del self._syncing[key]
         if task.cancelled():
@@ -340,7 +340,7 @@ class NatsPresence:
         elif failed is None:
             self.pump()
 
-    async def _sync(self, key: str, cid: Any, announce: bool) -> None:
+    async def _sync(self, key: str, cid: Cid, announce: bool) -> None:
         """Brings this node's entries in the list under ``key`` to its open connections of
         the user (``cid``; ``_GONE`` when unknown: then it only removes the closed ones); the
         entries of dead nodes go with the change."""
