@@ -32,10 +32,6 @@ ALLOWED_PRIVATE_REACHES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "an annotation: typeshed's only name for zlib's decompressor type",
     ),
-    ("wse_fast.events", "view._once"): (
-        1,
-        "Events.once sets the flag on a copy of self, of its own class",
-    ),
 }
 
 #: Import circles that stay (each a sorted tuple of module names): none.

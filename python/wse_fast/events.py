@@ -171,7 +171,7 @@ class Events:
     a handler added afterwards runs at once with them, and ``wait`` returns them at once.
     """
 
-    __slots__ = ("_emitting", "_handlers", "_memory", "_once")
+    __slots__ = ("_emitting", "_handlers", "_memory", "registers_once")
 
     _names: tuple[str, ...] = ()
     _memorable: frozenset[str] = frozenset()
@@ -180,22 +180,23 @@ class Events:
         self._handlers: dict[str, list[Callable[..., Any]]] = {n: [] for n in self._names}
         self._emitting: list[str] = []  # names whose handlers are running, innermost last
         self._memory: dict[str, tuple[Any, ...]] = {}
-        self._once = False
+        #: True on the view ``once`` returns: the handlers it adds run once, then go
+        self.registers_once = False
 
     @property
     def once(self) -> Self:
         """These events, registering handlers that run once (``@client.when.once.ready``)."""
         view = copy.copy(self)
-        view._once = True
+        view.registers_once = True
         return view
 
     def _add(self, name: str, fn: F) -> F:
         remembered = self._memory.get(name)
         if remembered is not None:
             run_handler(fn, remembered, _log_error)
-            if self._once:
+            if self.registers_once:
                 return fn
-        self._handlers[name].append(_Once(self, name, fn) if self._once else fn)
+        self._handlers[name].append(_Once(self, name, fn) if self.registers_once else fn)
         return fn
 
     def off(self, name: str, fn: Callable[..., Any] | None = None) -> None:
