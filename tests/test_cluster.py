@@ -536,7 +536,7 @@ async def test_a_burst_of_joins_faster_than_the_registry_writer_is_written_not_r
         assert cluster is not None
         # what the node tells presence as it accepts connections, all in one turn of the
         # loop: far faster than NATS round trips
-        for i in range(2000):
+        for i in range(8 * bound):  # below the ceiling, ten times the bound
             cluster.presence.added(f"ramp{i}", str(i), True)
         assert cluster.presence.pending_users > bound
         assert await cluster.presence.drain()
@@ -544,6 +544,64 @@ async def test_a_burst_of_joins_faster_than_the_registry_writer_is_written_not_r
         assert cluster.resyncs == 0
         assert cluster.healthy is (health_timeout == 0.5)
     finally:
+        await server.close()
+
+
+async def test_a_queue_past_ten_times_the_bound_is_resynced_even_while_nats_takes_writes(
+    nats_server: LocalNats,
+) -> None:
+    # Users who come and go faster than a slow NATS takes their changes would grow the queue
+    # without end while NATS answers: past ten times max_pending_users it is dropped and the
+    # state re-synced all the same, so the node's memory stays bounded.
+    bound = 50
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(
+        nats_server.url, ClusterOptions(node="churn", node_ttl=3.0, max_pending_users=bound)
+    )
+    try:
+        await server.start()
+        cluster = server.cluster
+        assert cluster is not None
+        for i in range(12 * bound):  # in one turn: NATS has taken none of them yet
+            cluster.presence.added(f"churn{i}", str(i), True)
+        assert cluster.resyncs == 1
+        assert cluster.presence.pending_users < 12 * bound
+        assert await cluster.presence.drain()
+    finally:
+        await server.close()
+
+
+async def test_a_nats_that_refuses_every_registry_write_bounds_the_queue_after_node_ttl(
+    nats_server: LocalNats, make_client: ClientFactory
+) -> None:
+    # NATS answers, but every registry write fails (its bucket is gone): each failure came
+    # back fast and the next join restarted the writer, which counted as progress, so the
+    # queue of users to write was never bounded. A failed write is no progress: once
+    # node_ttl has passed without one done, the bound holds.
+    import nats
+
+    bound, ttl = 10, 1.0
+    server = WseServer(accept_identity, port=0)
+    server.join_cluster(
+        nats_server.url,
+        ClusterOptions(node="refused", node_ttl=ttl, health_timeout=None, max_pending_users=bound),
+    )
+    loop = asyncio.get_running_loop()
+    admin = await nats.connect(nats_server.url)
+    try:
+        await server.start()
+        cluster = server.cluster
+        assert cluster is not None
+        assert await admin.jetstream().delete_key_value("wse_users")
+        started, joined = loop.time(), 0
+        while joined < 120 or loop.time() < started + 1.5 * ttl:
+            batch = [make_client(server) for _ in range(10)]
+            await asyncio.gather(*(c.connect(f"refused{joined + i}") for i, c in enumerate(batch)))
+            joined += len(batch)
+        assert cluster.resyncs >= 1
+        assert cluster.presence.pending_users <= bound + 64  # the bound, and those under way
+    finally:
+        await admin.close()
         await server.close()
 
 

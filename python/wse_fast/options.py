@@ -124,8 +124,8 @@ class ClusterOptions:
       1 s);
     - ``max_pending_users``: users whose registry change may wait while NATS takes none (no
       link, or no registry write done within ``node_ttl``) before the node re-syncs its
-      whole state instead; while NATS takes them, changes only wait for the writer and are
-      not dropped;
+      whole state instead (a failed write is no progress); while NATS takes them, changes
+      only wait for the writer, up to ten times ``max_pending_users``;
     - ``nats_options``: passed to ``nats.connect`` (TLS: ``{"tls": ssl_context}``,
       credentials: ``{"user_credentials": ...}``; frames and call payloads cross NATS as
       they are).

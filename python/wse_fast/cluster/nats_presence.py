@@ -32,6 +32,10 @@ log = logging.getLogger("wse_fast.cluster")
 _CAS_ATTEMPTS = 50
 #: Registry changes in flight at once (a reconnect re-registers every connection).
 _CHANGES_AT_ONCE = 64
+#: The registry queue's hard ceiling, in ``max_pending_users``: even while NATS takes
+#: changes, a queue this long (a NATS slower than the users' churn) is dropped and the state
+#: re-synced, so that the node's memory stays bounded (about 250 B per waiting user).
+_CEILING = 10
 #: In the registry queue, a user known only by its key (found in the bucket by a re-sync):
 #: the change removes this node's closed connections from its list and adds none.
 _GONE: Any = object()
@@ -67,15 +71,18 @@ class NatsPresence:
         self._resync_task: asyncio.Task[None] | None = None
         self._sweeps: set[asyncio.Task[None]] = set()  # dead nodes' entries being removed
         self._change_slots = asyncio.Semaphore(_CHANGES_AT_ONCE)
-        #: When the writer last made progress (a change done, or one started while none was
-        #: under way), monotonic: a writer without progress for node_ttl waits for NATS.
+        #: When the writer last made progress, monotonic: a change done, or one started while
+        #: none was under way unless the last change failed (a NATS that refuses every write
+        #: makes no progress). A writer without progress for node_ttl waits for NATS.
         self._progress = 0.0
+        self._last_failed = False
 
     @property
     def pending_users(self) -> int:
         """Users whose registry entries wait to be written (bounded by
         ``max_pending_users`` while NATS does not answer, and a few more while their change
-        is under way; while it answers, by this node's users and those who just left)."""
+        is under way; while it answers, by this node's users and those who just left, and
+        at most ten times ``max_pending_users``)."""
         return len(self._dirty) + len(self._again) + len(self._syncing)
 
     def ref(self, conn_id: str) -> str:
@@ -261,21 +268,25 @@ class NatsPresence:
 
     def _mark(self, key: str, cid: Cid, announce: bool) -> None:
         """Queues user ``key`` for its entries to be brought to this node's connections.
-        Past ``max_pending_users`` while NATS takes no changes (see :meth:`_writing`), the
-        queue is dropped and the whole state re-synced.
+        Past ``max_pending_users`` while NATS takes no changes (see :meth:`_writing`), or
+        past ten times that in any case, the queue is dropped and the whole state re-synced.
 
         While NATS takes changes the queue is not bounded by ``max_pending_users``: it only
         waits for the writer, which drains it (a ramp of joins outruns it for a while), and
         it holds one entry per user, so it stays within this node's users and those who
         left meanwhile. Dropping it then would only swap each user's one write for a read
         of the whole bucket, on a NATS already busy (it may answer the heartbeat late, and
-        the node be unhealthy, while the writes go on)."""
+        the node be unhealthy, while the writes go on). Users who come and go faster than a
+        slow NATS takes their changes would make it grow without end: past the ceiling it
+        is dropped all the same."""
         if self._resync and self._resync_task is None:
             return  # the re-sync, still to come, reads every user's state
         held = self._dirty.get(key)
         if held is not None:
             self._dirty[key] = (cid if cid is not _GONE else held[0], announce or held[1])
-        elif len(self._dirty) >= self.max_pending_users and not self._writing():
+        elif len(self._dirty) >= self.max_pending_users and (
+            not self._writing() or len(self._dirty) >= _CEILING * self.max_pending_users
+        ):
             log.warning(
                 "cluster node %s: %d users wait for NATS: their changes are dropped, and the"
                 " node's whole registry state is written once NATS answers",
@@ -291,12 +302,11 @@ class NatsPresence:
         self.pump()
 
     def _writing(self) -> bool:
-        """Whether NATS takes the registry's changes: linked, and the writer idle or done
-        with a change within ``node_ttl``."""
+        """Whether NATS takes the registry's changes: linked, and the writer made progress
+        within ``node_ttl`` (see ``_progress``)."""
         if not self._link.connected:
             return False
-        loop = asyncio.get_running_loop()
-        return not self._syncing or loop.time() - self._progress <= self._link.node_ttl
+        return asyncio.get_running_loop().time() - self._progress <= self._link.node_ttl
 
     def pump(self) -> None:
         """Starts queued registry changes while NATS is linked, up to ``_CHANGES_AT_ONCE``
@@ -314,7 +324,7 @@ class NatsPresence:
                 held = self._again.get(key)
                 self._again[key] = (cid, announce or (held is not None and held[1]))
                 continue
-            if not self._syncing:
+            if not self._syncing and not self._last_failed:
                 self._progress = asyncio.get_running_loop().time()
             task = asyncio.ensure_future(self._sync(key, cid, announce))
             self._syncing[key] = task
@@ -327,6 +337,7 @@ class NatsPresence:
             return
         again = self._again.pop(key, None)
         failed = task.exception()
+        self._last_failed = failed is not None
         if failed is None:
             self._progress = asyncio.get_running_loop().time()
         if failed is not None:
