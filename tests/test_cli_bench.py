@@ -230,3 +230,17 @@ async def test_sigint_ends_the_window_early_and_reports(make_server: ServerFacto
     assert 0 < completed <= answered.calls.total()
     for row in ("calls/s", "latency", "client CPU"):
         assert row in rows
+
+
+async def test_the_report_shows_the_url_without_credentials_nor_query(
+    make_server: ServerFactory,
+) -> None:
+    server, _answered = await counting_server(make_server)
+    url = url_of(server).replace("ws://", "ws://someone:pa55word@") + "/?token=t0ken"
+    status, out, err = await wse_fast(
+        "bench", url, "--identity", "user-{i}", *SHORT, "--warmup", "0", "--json"
+    )
+    assert status == 0, err
+    assert report_of(status, out, err)["url"] == url_of(server) + "/"
+    for secret in ("pa55word", "t0ken", "someone"):
+        assert secret not in out and secret not in err

@@ -35,7 +35,7 @@ from ..client import WseClient
 from ..errors import ConnectionNotReady, RpcDisconnected, WseError
 from ..protocols import JsonProtocol, MsgpackProtocol, WireProtocol
 from .client import as_json, client_options, client_ssl_context, json_value, printable, ws_url
-from .common import STOP_SIGNALS
+from .common import STOP_SIGNALS, shown_server_url
 
 WORKLOADS = ("rpc", "listen")
 PROTOCOLS: dict[str, type[JsonProtocol] | type[MsgpackProtocol]] = {
@@ -232,7 +232,7 @@ def report(
         }
     rpc = workload.kind == "rpc"
     return {
-        "url": url,
+        "url": shown_server_url(url),
         "workload": workload.kind,
         "protocol": protocol.name,
         "procedure": workload.procedure if rpc else None,
@@ -451,7 +451,7 @@ def bench(
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stop.set)
         try:
-            say(f"opening {conns:,} connections to {printable(url)}")
+            say(f"opening {conns:,} connections to {printable(shown_server_url(url))}")
             await run.open(make_client, identities, meta)
             say(f"opened {run.tally.opened:,}, {run.tally.failed:,} failed")
             if run.tally.opened == 0:

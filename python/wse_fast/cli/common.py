@@ -50,6 +50,12 @@ def shown_urls(urls: Sequence[str]) -> str:
     return ", ".join(without_credentials(url) for url in urls)
 
 
+def shown_server_url(url: str) -> str:
+    """A WebSocket server's URL as a report prints and saves it: without user name and
+    password, nor a query (where a token often travels)."""
+    return without_credentials(url).partition("?")[0]
+
+
 def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
