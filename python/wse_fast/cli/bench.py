@@ -27,15 +27,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from ..client import WseClient
 from ..errors import ConnectionNotReady, RpcDisconnected, WseError
 from ..protocols import JsonProtocol, MsgpackProtocol, WireProtocol
 from .client import as_json, client_options, client_ssl_context, json_value, printable, ws_url
 from .common import STOP_SIGNALS, shown_server_url
+
+if TYPE_CHECKING:  # imported where it runs: `wse-fast serve` loads this module too
+    from ..client import WseClient
 
 WORKLOADS = ("rpc", "listen")
 PROTOCOLS: dict[str, type[JsonProtocol] | type[MsgpackProtocol]] = {
@@ -440,6 +442,8 @@ def bench(
     chosen = Workload(workload, procedure, payload, in_flight, message_type)
     wire = PROTOCOLS[protocol]()
     identities = [identity.replace(IDENTITY_NUMBER, str(i)) for i in range(conns)]
+
+    from ..client import WseClient
 
     def make_client() -> WseClient:
         return WseClient(url, protocol=wire, timeout=timeout, reconnect=None, ssl=context)
