@@ -663,6 +663,22 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+_OTHER_NATS_USER = """
+import asyncio, sys
+import wse_fast.cluster.nats_client  # imports nats-py with aiohttp held back
+import nats
+
+async def main():
+    print("aiohttp" in sys.modules)
+    link = await nats.connect(sys.argv[1], allow_reconnect=False)
+    await link.flush()
+    await link.close()
+    print("linked", "aiohttp" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
 async def link_in_a_process(url: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _LINK_SCRIPT, url, stdout=asyncio.subprocess.PIPE
@@ -700,6 +716,13 @@ async def test_a_tcp_link_imports_no_aiohttp_nor_importlib_metadata_a_websocket_
                     break
         assert ws_url
         assert await link_in_a_process(ws_url) == f"True False {version} True"
+        # the process's other nats-py users still have the WebSocket transport: aiohttp,
+        # held back while wse-fast imported nats-py, is imported when they first use it
+        other_user = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _OTHER_NATS_USER, ws_url, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await other_user.communicate()
+        assert out.decode().split() == ["False", "linked", "True"]
     finally:
         server.kill()
         await server.communicate()

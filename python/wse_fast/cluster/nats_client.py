@@ -17,9 +17,11 @@ from the name of its ``dist-info`` directory instead.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 #: What nats-py imports only if it can, and needs for what these links do not use.
 _HELD_BACK = ("aiohttp", "importlib.metadata")
@@ -39,10 +41,33 @@ def _import_nats_lean() -> None:
     finally:
         for name in held:
             del sys.modules[name]
+    if "aiohttp" in held:
+        # nats-py's WebSocket transport reads these two module globals when it connects:
+        # they import on first use, for this process's other nats-py users too
+        transport = importlib.import_module("nats.aio.transport")
+        if transport.aiohttp is None:
+            transport.aiohttp = _OnFirstUse("aiohttp")  # type: ignore[attr-defined]
+            transport.multidict = _OnFirstUse("multidict")  # type: ignore[attr-defined]
     if "importlib.metadata" in held:
         version = _dist_version(client.__file__)
         if version is not None:
             client.__version__ = version  # type: ignore[attr-defined]
+
+
+class _OnFirstUse:
+    """A module imported when something of it is first read. True when it can be imported,
+    as nats-py tests its optional imports (``if not aiohttp``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __bool__(self) -> bool:
+        return importlib.util.find_spec(self.name) is not None
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.name), attr)
 
 
 def _dist_version(module_file: str | None) -> str | None:
@@ -76,7 +101,7 @@ def allow_websocket(urls: Sequence[str]) -> None:
     if not any(url.lower().startswith(("ws://", "wss://")) for url in urls):
         return
     transport = importlib.import_module("nats.aio.transport")
-    if getattr(transport, "aiohttp", None) is None:
+    if isinstance(transport.aiohttp, _OnFirstUse) or transport.aiohttp is None:
         # the two module globals its WebSocketTransport reads when it connects
         transport.aiohttp = importlib.import_module("aiohttp")  # type: ignore[attr-defined]
         transport.multidict = importlib.import_module("multidict")  # type: ignore[attr-defined]
