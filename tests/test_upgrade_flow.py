@@ -14,6 +14,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from wse_fast import HandshakeRequest, WseServer
+from wse_fast.transport.admission import Admission, StrangerTicket
 from wse_fast.transport.messages import MessageEndpoint, Received
 from wse_fast.transport.upgrade import (
     RETRY_SOON,
@@ -135,3 +136,20 @@ async def test_an_upgrade_cancelled_while_accepting_gives_the_place_back() -> No
     await asyncio.gather(upgrade, return_exceptions=True)
     assert upgrade.cancelled() and mount.accepted is None
     assert server.admission.total == 0
+
+
+def test_a_ticket_past_its_budget_reports_once_and_gives_its_place_back() -> None:
+    """A mounted stranger past its byte budget is refused once: what it sends while its
+    Close leaves is not reported again, message after message."""
+    admission = Admission(10, 10, lambda host: False)
+    ticket = StrangerTicket.admit(admission, "127.0.0.1", 100)
+    assert isinstance(ticket, StrangerTicket) and admission.total == 1
+    exhausted: list[int] = []
+    ticket.on_exhausted = lambda: exhausted.append(ticket.budget)
+    ticket.spend(100)  # its whole budget: not past it
+    assert exhausted == []
+    for _ in range(3):
+        ticket.spend(10)
+    assert exhausted == [-10]
+    ticket.release()
+    assert admission.total == 0

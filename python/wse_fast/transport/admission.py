@@ -466,11 +466,14 @@ class StrangerTicket:
         return self._held
 
     def spend(self, nbytes: int) -> None:
-        """The stranger sent ``nbytes`` more; past its budget, ``on_exhausted`` runs."""
+        """The stranger sent ``nbytes`` more; past its budget, ``on_exhausted`` runs, once
+        (what the stranger sends while its Close leaves is not reported again)."""
         if self._held:
             self.budget -= nbytes
-            if self.budget < 0 and self.on_exhausted is not None:
-                self.on_exhausted()
+            exhausted = self.on_exhausted
+            if self.budget < 0 and exhausted is not None:
+                self.on_exhausted = None
+                exhausted()
 
     def release(self) -> None:
         """Accepted or gone: it no longer counts (idempotent)."""
