@@ -138,6 +138,22 @@ async def test_an_upgrade_cancelled_while_accepting_gives_the_place_back() -> No
     assert server.admission.total == 0
 
 
+class FailingEndpointMount(RecordingMount):
+    """A mount whose endpoint cannot be made (the host went away after the 101, say)."""
+
+    def endpoint(self, options: dict[str, Any]) -> MessageEndpoint:
+        raise ConnectionResetError("the host's socket is gone")
+
+
+async def test_an_endpoint_that_cannot_be_made_gives_the_place_back() -> None:
+    server = WseServer(accept_identity)
+    try:
+        await serve_upgrade(server, request(["wse-default-json"]), FailingEndpointMount())
+    except ConnectionResetError:
+        pass
+    assert server.admission.total == 0
+
+
 def test_a_ticket_past_its_budget_reports_once_and_gives_its_place_back() -> None:
     """A mounted stranger past its byte budget is refused once: what it sends while its
     Close leaves is not reported again, message after message."""

@@ -119,8 +119,8 @@ async def serve_upgrade(host: UpgradeHost, request: UpgradeRequest, mount: Mount
             agreed_subprotocol(host.protocol.name, request.offered),
             verdict.handshake.response_headers,  # on_upgrade's
         )
+        endpoint = mount.endpoint(host.endpoint_options(verdict, ticket, request.peer))
     except BaseException:  # cancelled too: the stranger's place must not stay taken
         ticket.release()
         raise
-    endpoint = mount.endpoint(host.endpoint_options(verdict, ticket, request.peer))
     await endpoint.serve()
