@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from wse_fast import HandshakeRequest, WseServer
 from wse_fast.transport.admission import Admission, StrangerTicket
@@ -147,10 +148,8 @@ class FailingEndpointMount(RecordingMount):
 
 async def test_an_endpoint_that_cannot_be_made_gives_the_place_back() -> None:
     server = WseServer(accept_identity)
-    try:
+    with pytest.raises(ConnectionResetError):
         await serve_upgrade(server, request(["wse-default-json"]), FailingEndpointMount())
-    except ConnectionResetError:
-        pass
     assert server.admission.total == 0
 
 
