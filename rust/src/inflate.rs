@@ -60,6 +60,9 @@ impl Inflater {
             .state
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
         let mut input = input;
+        // The first step is about what the input may inflate to at a typical ratio, the next
+        // ones twice the last, up to STEP: a small message costs a small buffer.
+        let mut step = (input.len() * 4).clamp(256, STEP);
         loop {
             let at = out.len();
             if at > limit {
@@ -67,13 +70,20 @@ impl Inflater {
                 return Err(InflateError::TooBig);
             }
             // room + 1: one byte more than allowed tells "exactly full" from "too big"
-            let want = (limit - at + 1).min(STEP.max(input.len()));
-            out.resize(at + want, 0);
+            let want = (limit - at + 1).min(step);
+            step = (step * 2).min(STEP);
+            out.reserve(want);
             let (before_in, before_out) = (state.total_in(), state.total_out());
-            let status = state.decompress(input, &mut out[at..], FlushDecompress::None);
+            let status = state.decompress_uninit(
+                input,
+                &mut out.spare_capacity_mut()[..want],
+                FlushDecompress::None,
+            );
             let consumed = (state.total_in() - before_in) as usize;
             let produced = (state.total_out() - before_out) as usize;
-            out.truncate(at + produced);
+            // SAFETY: zlib has written `produced` (at most `want`, within the capacity
+            // reserved) bytes from `at` on.
+            unsafe { out.set_len(at + produced) };
             let status = match status {
                 Ok(status) => status,
                 Err(_) => {

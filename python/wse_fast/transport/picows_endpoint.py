@@ -700,13 +700,13 @@ class DeflateEndpoint(Endpoint):
         )
         self.compressor = compressor
         self._inflater = inflater
-        self._reader: Any = None  # the codec.FrameReader that inflates, once inflate_in says
+        self._reader: codec.FrameReader | None = None  # the one that inflates (inflate_in)
         # made now, not when the peer first fragments: it is what sees RSV1 through picows
         self._assembler = InflatingAssembler(
             max_message_size, inflater, inflate_limit, inflate_budget
         )
 
-    def inflate_in(self, reader: Any) -> None:
+    def inflate_in(self, reader: codec.FrameReader) -> None:
         """``reader`` (a :class:`wse_fast.codec.FrameReader` made for this endpoint's socket)
         inflates the compressed messages from now on, with this endpoint's window, context
         takeover, limit and budget; :meth:`accepted` lifts them there too. The messages then
