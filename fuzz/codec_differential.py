@@ -12,7 +12,8 @@ so it reaches the error paths and the odd-but-valid inputs that generators do no
   Python's decoder, failing as soon as no valid text can start with what was fed;
 - ``parse_frame_header``, ``mask`` and ``build_frame`` return the same;
 - ``FrameReader`` fed the bytes as a client's stream (cut into reads where the input says)
-  reports the same events and keeps the same state in both, and never more buffered bytes
+  reports the same events and keeps the same state in both (inflating permessage-deflate
+  messages itself for some inputs), and never more buffered bytes
   than it was fed, nor, with a stranger's byte budget, than the budget (which is lifted after
   the third read for some inputs, as an acceptance does).
 
@@ -169,6 +170,13 @@ def check_reader(data: bytes) -> None:
         impl.FrameReader(max_size, compression=compression, budget=budget)
         for impl in IMPLEMENTATIONS
     ]
+    if compression and settings & 0x40:
+        # the reader inflates: a window of 9 or 15 bits, context takeover with 15, the
+        # inflated limit the size limit, and an inflation budget with a stranger's byte one
+        for reader in readers:
+            reader.inflate_messages(
+                15 if settings & 0x80 else 9, bool(settings & 0x80), max_size, budget
+            )
     fed = at = 0
     for read, size in enumerate(piece_sizes(stream)):
         piece = stream[at : at + size]

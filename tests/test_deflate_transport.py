@@ -253,6 +253,22 @@ async def test_a_zip_bomb_closes_1009_with_bounded_memory(
     assert peak < 8 << 20  # the limit and buffers, nothing near 200 MiB
 
 
+async def test_a_fragmented_zip_bomb_closes_1009_at_its_first_fragment(
+    make_server: ServerFactory, peers: list[DeflatePeer]
+) -> None:
+    # The reader inflates each fragment as it arrives: the first one that inflates past the
+    # limit closes the connection, without waiting for (or keeping) the message's last one.
+    server = await echo_server(make_server, compression=Compression(), max_message_size=1 << 20)
+    peer = await connect(peers, server)
+    peer.send(0x1, HI)
+    await peer.recv()
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = compressor.compress(b"[" + b" " * (2 << 20)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert len(first) < 16 * 1024
+    peer.send(0x1, first, fin=False, rsv=RSV_COMPRESSED)  # the rest never comes
+    await asyncio.wait_for(peer.expect_close(1009), 5)
+
+
 async def test_a_stranger_may_not_inflate_past_its_limit(
     make_server: ServerFactory, peers: list[DeflatePeer]
 ) -> None:

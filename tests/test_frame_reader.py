@@ -5,7 +5,9 @@ budget; and the Rust reader against its pure-Python reference (hypothesis)."""
 from __future__ import annotations
 
 import itertools
+import random
 import struct
+import zlib
 from typing import Any
 
 import pytest
@@ -104,6 +106,156 @@ def test_compressed_messages_only_where_agreed(impl: Any) -> None:
     fail(1002, events)
     _, events = read(impl, frame(OP_TEXT, b"a", rsv=2), compression=True)
     fail(1002, events)
+
+
+# ---- permessage-deflate: the reader inflates ---------------------------------------------------
+
+
+def deflated(data: bytes, compressor: Any = None, bits: int = 15) -> bytes:
+    """``data`` as one compressed message (RFC 7692 §7.2.1: sync flush, tail stripped);
+    ``compressor`` kept across messages for context takeover."""
+    if compressor is None:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -bits)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def inflating(
+    impl: Any,
+    *,
+    limit: int = 1 << 20,
+    bits: int = 15,
+    takeover: bool = False,
+    budget: int | None = None,
+    max_size: int = 1 << 20,
+) -> Any:
+    reader = impl.FrameReader(max_size)
+    reader.inflate_messages(bits, takeover, limit, budget)
+    return reader
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compressed_messages_come_out_inflated(impl: Any) -> None:
+    text = "héllo wörld ".encode() * 50
+    packed = deflated(text)
+    stream = (
+        frame(OP_TEXT, packed, rsv=4)
+        + frame(OP_BINARY, b"plain")  # RSV1 clear: as sent (§6)
+        + frame(OP_BINARY, packed[:5], fin=False, rsv=4)
+        + frame(OP_PING, b"mid")
+        + frame(OP_CONTINUATION, packed[5:9], fin=False)
+        + frame(OP_CONTINUATION, packed[9:])
+        + frame(OP_TEXT, deflated(b""), rsv=4)
+    )
+    reader = inflating(impl)
+    assert reader.compression
+    assert reader.feed(stream) == [
+        (OP_TEXT, text, False),
+        (OP_BINARY, b"plain", False),
+        (OP_PING, b"mid", False),
+        (OP_BINARY, text, False),
+        (OP_TEXT, b"", False),
+    ]
+    assert not reader.failed and reader.buffered == 0
+    # split at every offset, the same messages
+    expected = inflating(impl).feed(stream)
+    for cut in range(1, len(stream)):
+        assert feed_all(inflating(impl), [stream[:cut], stream[cut:]]) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_inflation_fails_1009_at_the_first_byte_past_the_limit(impl: Any) -> None:
+    assert inflating(impl, limit=1000).feed(frame(OP_BINARY, deflated(b"x" * 1000), rsv=4)) == [
+        (OP_BINARY, b"x" * 1000, False)
+    ]
+    reader = inflating(impl, limit=1000)
+    events = reader.feed(frame(OP_BINARY, deflated(b"x" * 1001), rsv=4))
+    assert events == [(EVENT_FAIL, 1009, "message too big")]
+    # fragmented, the limit counts the whole message inflated so far
+    packed = deflated(b"x" * 1001)
+    stream = frame(OP_BINARY, packed[:3], fin=False, rsv=4) + frame(OP_CONTINUATION, packed[3:])
+    fail(1009, inflating(impl, limit=1000).feed(stream))
+    # a bomb: the first fragment that inflates past the limit fails, the message's end not
+    # awaited, and nothing of it is kept
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = compressor.compress(b" " * (64 << 20)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert len(first) < 100_000
+    reader = inflating(impl, limit=1 << 20)
+    assert reader.feed(frame(OP_TEXT, first, fin=False, rsv=4)) == [
+        (EVENT_FAIL, 1009, "message too big")
+    ]
+    assert reader.failed and reader.buffered == 0
+    # the limit may be changed between messages (a stranger accepted)
+    reader = inflating(impl, limit=10)
+    fail(1009, reader.feed(frame(OP_BINARY, deflated(b"x" * 11), rsv=4)))
+    reader = inflating(impl, limit=10)
+    reader.inflate_limit = 11
+    assert reader.feed(frame(OP_BINARY, deflated(b"x" * 11), rsv=4)) == [
+        (OP_BINARY, b"x" * 11, False)
+    ]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_context_takeover_across_messages_only_where_agreed(impl: Any) -> None:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -12)
+    line = b"the same line, again and again; " * 4
+    first, second = deflated(line, compressor), deflated(line, compressor)
+    assert len(second) < len(first) // 4  # the second refers to the first
+    stream = frame(OP_TEXT, first, rsv=4) + frame(OP_TEXT, second, rsv=4)
+    assert inflating(impl, bits=12, takeover=True).feed(stream) == [
+        (OP_TEXT, line, False),
+        (OP_TEXT, line, False),
+    ]
+    # client_no_context_takeover: each message inflated alone, the second cannot be
+    events = inflating(impl).feed(stream)
+    assert events == [(OP_TEXT, line, False), (EVENT_FAIL, 1007, "invalid compressed data")]
+    # without takeover, messages made alone inflate one after another
+    alone = frame(OP_TEXT, deflated(line), rsv=4)
+    assert inflating(impl).feed(alone * 3) == [(OP_TEXT, line, False)] * 3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_window_agreed_bounds_what_a_message_may_refer_to(impl: Any) -> None:
+    # 600 random bytes, then the same again in the next message: with a 15-bit window the second
+    # refers 600 bytes back into the first; an inflater that agreed to 9 bits keeps 512
+    # bytes of the first, so the reference is refused as zlib refuses it (within one
+    # message zlib, like zlib-rs, lets it refer to what that call has made, whatever the
+    # window: the window bounds what is kept between calls)
+    chunk = random.Random(7).randbytes(600)  # no repeat within itself
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = frame(OP_BINARY, deflated(chunk, compressor), rsv=4) + frame(
+        OP_BINARY, deflated(chunk, compressor), rsv=4
+    )
+    assert inflating(impl, bits=15, takeover=True).feed(stream) == [(OP_BINARY, chunk, False)] * 2
+    events = inflating(impl, bits=9, takeover=True).feed(stream)
+    assert events == [(OP_BINARY, chunk, False), (EVENT_FAIL, 1007, "invalid compressed data")]
+    with pytest.raises(ValueError):
+        inflating(impl, bits=16)
+    with pytest.raises(ValueError):
+        inflating(impl, bits=7)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_corrupt_stream_or_text_fails_1007(impl: Any) -> None:
+    events = inflating(impl).feed(frame(OP_BINARY, b"\xff\xff\xff\xff", rsv=4))
+    assert events == [(EVENT_FAIL, 1007, "invalid compressed data")]
+    events = inflating(impl).feed(frame(OP_TEXT, deflated(b"ok \xff"), rsv=4))
+    assert events == [(EVENT_FAIL, 1007, "invalid UTF-8 in a text message")]
+    # after a failure, the peer's Close is still read
+    reader = inflating(impl)
+    stream = frame(OP_BINARY, b"\xff\xff", rsv=4) + frame(OP_CLOSE, close_body(1000))
+    assert reader.feed(stream)[1:] == [(OP_CLOSE, 1000, "")]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_budget_bounds_what_all_messages_inflate_to(impl: Any) -> None:
+    message = frame(OP_BINARY, deflated(b"z" * 400), rsv=4)
+    reader = inflating(impl, budget=1000)
+    assert reader.feed(message * 2) == [(OP_BINARY, b"z" * 400, False)] * 2
+    assert reader.inflate_budget == 200
+    assert reader.feed(message) == [(EVENT_FAIL, 1008, OVER_BUDGET_REASON)]
+    reader = inflating(impl, budget=1000)
+    reader.inflate_budget = None  # accepted: no bound
+    assert reader.feed(message * 5) == [(OP_BINARY, b"z" * 400, False)] * 5
 
 
 # ---- what fails the connection -----------------------------------------------------------------
@@ -455,4 +607,64 @@ def test_rust_reads_as_the_reference(
         states = [
             (r.failed, r.done, r.buffered, r.budget, r.over_budget, r.unread) for r in readers
         ]
+        assert states[0] == states[1]
+
+
+def _compressed(parts: tuple[bytes, int, int, bool]) -> bytes:
+    """A compressed message from its payload: alone (without takeover), fragmented at
+    ``cut``, as text or binary, ``corrupt`` with a byte flipped."""
+    data, cut, opcode_choice, corrupt = parts
+    packed = bytearray(deflated(data))
+    if corrupt and packed:
+        packed[len(packed) // 2] ^= 0x5A
+    opcode = OP_TEXT if opcode_choice else OP_BINARY
+    cut = min(cut, len(packed))
+    if cut == 0:
+        return frame(opcode, bytes(packed), rsv=4)
+    return frame(opcode, bytes(packed[:cut]), fin=False, rsv=4) + frame(
+        OP_CONTINUATION, bytes(packed[cut:])
+    )
+
+
+_deflated = st.tuples(
+    st.one_of(_texts, st.binary(max_size=300), st.integers(0, 5000).map(lambda n: b"a" * n)),
+    st.integers(0, 30),
+    st.booleans(),
+    st.sampled_from([False, False, False, True]),
+).map(_compressed)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(st.one_of(_deflated, _deflated, _valid, _frames), max_size=10),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+    limit=st.sampled_from([0, 60, 1000, 1 << 20]),
+    bits=st.integers(8, 15),
+    takeover=st.booleans(),
+    budget=st.one_of(st.none(), st.integers(0, 8000)),
+    change_after=st.integers(0, 8),
+)
+def test_rust_inflates_as_the_reference(
+    pieces: list[bytes],
+    cuts: list[int],
+    limit: int,
+    bits: int,
+    takeover: bool,
+    budget: int | None,
+    change_after: int,
+) -> None:
+    stream = b"".join(pieces)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    readers = [impl.FrameReader(1 << 20) for impl in (rust, pure)]
+    for reader in readers:
+        reader.inflate_messages(bits, takeover, limit, budget)
+    for at, data in enumerate(reads):
+        got = [reader.feed(data) for reader in readers]
+        assert got[0] == got[1]
+        if at + 1 == change_after:  # accepted: the limits lifted between reads
+            for reader in readers:
+                reader.inflate_limit = 1 << 20
+                reader.inflate_budget = None
+        states = [(r.failed, r.done, r.buffered, r.inflate_budget) for r in readers]
         assert states[0] == states[1]

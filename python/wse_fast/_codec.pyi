@@ -37,6 +37,8 @@ class FrameReader:
     max_message_size: int
     client_frames: bool
     compression: bool
+    inflate_limit: int
+    inflate_budget: int | None
     @property
     def failed(self) -> bool: ...
     @property
@@ -55,6 +57,9 @@ class FrameReader:
         client_frames: bool = True,
         compression: bool = False,
         budget: int | None = None,
+    ) -> None: ...
+    def inflate_messages(
+        self, window_bits: int, takeover: bool, limit: int, budget: int | None = None
     ) -> None: ...
     def lift_budget(self) -> None: ...
     def feed(self, data: _Buffer) -> list[tuple[int, Any, Any]]: ...

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -362,8 +363,12 @@ class FrameReader:
     __slots__ = (
         "_compressed",
         "_frame",
+        "_inflate",
+        "_inflate_bits",
+        "_inflate_takeover",
         "_message",
         "_opcode",
+        "_received",
         "_skip",
         "_utf8",
         "budget",
@@ -371,6 +376,8 @@ class FrameReader:
         "compression",
         "done",
         "failed",
+        "inflate_budget",
+        "inflate_limit",
         "max_message_size",
         "over_budget",
         "unread",
@@ -394,6 +401,14 @@ class FrameReader:
         self._opcode = 0  # the fragmented message's opcode
         self._compressed = False  # ... and whether RSV1 was set on its first frame
         self._utf8: Utf8Validator | None = None  # ... its text so far, when plain text
+        self._received = 0  # ... its payload bytes as sent (inflated in _message, if so)
+        self._inflate_bits = 0  # set by inflate_messages: the reader inflates
+        self._inflate_takeover = False
+        self._inflate: Any = None  # zlib's inflater, while a message (or a context) needs it
+        #: The largest size a compressed message may inflate to.
+        self.inflate_limit = max_message_size
+        #: What all compressed messages together may still inflate to (None: no bound).
+        self.inflate_budget: int | None = None
         #: A failure has been reported: only a Close is still looked for.
         self.failed = False
         #: A Close has been read, or frames cannot be told apart: nothing more is read.
@@ -447,6 +462,26 @@ class FrameReader:
             events.append((_EVENT_OVER_BUDGET, 1008, _OVER_BUDGET_REASON))
         return events
 
+    def inflate_messages(
+        self, window_bits: int, takeover: bool, limit: int, budget: int | None = None
+    ) -> None:
+        """permessage-deflate was agreed and this reader inflates (RFC 7692 §7.2.2):
+        compressed messages come out inflated (``compressed`` False), each at most ``limit``
+        bytes (1009 at the byte past it, before more is inflated) and all of them together at
+        most ``budget`` (1008 past it), with a zlib context per message or, with
+        ``takeover``, one kept across messages within ``window_bits`` (8 to 15; the Rust
+        twin inflates 8 with a 9-bit window, which accepts all a conforming peer sends)."""
+        if not 8 <= window_bits <= 15:
+            raise ValueError("window_bits must be 8..15")
+        if budget is not None and budget < 0:
+            raise OverflowError("a budget cannot be negative")  # as Rust's u64 refuses it
+        self.compression = True
+        self._inflate_bits = window_bits
+        self._inflate_takeover = takeover
+        self._inflate = None
+        self.inflate_limit = limit
+        self.inflate_budget = budget
+
     def lift_budget(self) -> None:
         """The connection is accepted: no bound on its bytes from now on. A reader that
         stopped at its budget reads on from the next ``feed``, which should bring the
@@ -490,7 +525,7 @@ class FrameReader:
     def _fail(self, events: list[tuple[int, Any, Any]], code: int, reason: str) -> None:
         """The first failure: reported, then only a Close is looked for."""
         self.failed = True
-        self._message = self._utf8 = None
+        self._message = self._utf8 = self._inflate = None
         events.append((_EVENT_FAIL, code, reason))
 
     def _lost(self, events: list[tuple[int, Any, Any]], reason: str) -> int:
@@ -566,7 +601,7 @@ class FrameReader:
                 return self._lost(events, "frame length over 2**63")
             start += 8
         if opcode < 0x8 and not failed:
-            so_far = 0 if self._message is None else len(self._message)
+            so_far = 0 if self._message is None else self._received
             if so_far + length > self.max_message_size:  # before a byte of it is kept
                 self._fail(events, 1009, "message too big")
                 return self._frame_at(view, pos, size, events)
@@ -627,6 +662,14 @@ class FrameReader:
     ) -> None:
         message = self._message
         if message is None:
+            self._received = 0
+            if compressed and self._inflate_bits:
+                self._message = bytearray()
+                self._opcode = opcode
+                self._compressed = True
+                self._utf8 = None
+                self._inflated(fin, payload, events)
+                return
             if fin:  # the common case: one frame, one message
                 if opcode == OP_TEXT and not compressed and not validate_utf8(payload):
                     self._fail(events, 1007, "invalid UTF-8 in a text message")
@@ -637,6 +680,10 @@ class FrameReader:
             self._opcode = opcode
             self._compressed = compressed
             self._utf8 = Utf8Validator() if opcode == OP_TEXT and not compressed else None
+        if self._compressed and self._inflate_bits:
+            self._inflated(fin, payload, events)
+            return
+        self._received += len(payload)
         utf8 = self._utf8
         if utf8 is not None and not utf8.feed(payload):
             self._fail(events, 1007, "invalid UTF-8 in a text message")
@@ -649,3 +696,46 @@ class FrameReader:
             return
         self._message = self._utf8 = None
         events.append((self._opcode, bytes(message), self._compressed))
+
+    def _inflated(self, fin: bool, payload: bytes, events: list[tuple[int, Any, Any]]) -> None:
+        """One frame of a compressed message, inflated onto the message so far (RFC 7692
+        §6); the message out once its last frame is in, its text checked whole."""
+        self._received += len(payload)
+        message = self._message
+        assert message is not None
+        inflate = self._inflate
+        if inflate is None:
+            inflate = self._inflate = zlib.decompressobj(-self._inflate_bits)
+        limit = self.inflate_limit
+        before = len(message)
+        try:
+            # one byte past what the limit leaves: tells "exactly full" from "too big", and
+            # nothing past it is made (max_length 0 would mean no limit)
+            message += inflate.decompress(payload, limit - before + 1)
+            if fin and len(message) <= limit:
+                # §7.2.2: the 4 bytes §7.2.1 stripped, appended again
+                message += inflate.decompress(b"\x00\x00\xff\xff", limit - len(message) + 1)
+        except zlib.error:
+            self._fail(events, 1007, "invalid compressed data")
+            return
+        if len(message) > limit:
+            self._fail(events, 1009, "message too big")
+            return
+        budget = self.inflate_budget
+        if budget is not None:
+            produced = len(message) - before
+            if produced > budget:
+                self.inflate_budget = 0
+                self._fail(events, 1008, _OVER_BUDGET_REASON)
+                return
+            self.inflate_budget = budget - produced
+        if not fin:
+            return
+        if not self._inflate_takeover or inflate.eof:
+            # a BFINAL block ends the DEFLATE stream: the next message starts a new one
+            self._inflate = None
+        self._message = None
+        if self._opcode == OP_TEXT and not validate_utf8(message):
+            self._fail(events, 1007, "invalid UTF-8 in a text message")
+            return
+        events.append((self._opcode, bytes(message), False))

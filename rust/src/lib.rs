@@ -11,6 +11,7 @@ use pyo3::types::PyBytes;
 mod direct;
 mod envelope;
 mod frame;
+mod inflate;
 mod json;
 mod masking;
 mod reader;

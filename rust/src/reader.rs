@@ -14,6 +14,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
+use crate::inflate::{InflateError, Inflater};
 use crate::masking;
 use crate::utf8;
 
@@ -72,6 +73,17 @@ pub struct FrameReader {
     opcode: u8,
     compressed: bool,
     utf8: Option<utf8::Incremental>,
+    /// The fragmented message's payload bytes as sent so far (what `max_message_size`
+    /// bounds; `message` holds them inflated when the reader inflates).
+    received: u64,
+    /// Set by `inflate_messages`: compressed messages are inflated here.
+    inflater: Option<Inflater>,
+    /// The largest size a compressed message may inflate to.
+    #[pyo3(get, set)]
+    inflate_limit: usize,
+    /// What all compressed messages together may still inflate to (None: no bound).
+    #[pyo3(get, set)]
+    inflate_budget: Option<u64>,
 }
 
 type Events<'a, 'py> = &'a Bound<'py, PyList>;
@@ -101,7 +113,35 @@ impl FrameReader {
             opcode: 0,
             compressed: false,
             utf8: None,
+            received: 0,
+            inflater: None,
+            inflate_limit: max_message_size,
+            inflate_budget: None,
         }
+    }
+
+    /// permessage-deflate was agreed and this reader inflates: compressed messages come out
+    /// inflated (`compressed` false), each at most `limit` bytes (1009 at the byte past
+    /// it) and all of them together at most `budget` (1008 past it), with a context per
+    /// message or, with `takeover`, one kept across messages within `window_bits`.
+    #[pyo3(signature = (window_bits, takeover, limit, budget=None))]
+    fn inflate_messages(
+        &mut self,
+        window_bits: u8,
+        takeover: bool,
+        limit: usize,
+        budget: Option<u64>,
+    ) -> PyResult<()> {
+        if !(8..=15).contains(&window_bits) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "window_bits must be 8..15",
+            ));
+        }
+        self.compression = true;
+        self.inflater = Some(Inflater::new(window_bits, takeover));
+        self.inflate_limit = limit;
+        self.inflate_budget = budget;
+        Ok(())
     }
 
     /// Bytes held for an unfinished frame or message.
@@ -224,6 +264,9 @@ impl FrameReader {
         self.failed = true;
         self.message = None;
         self.utf8 = None;
+        if let Some(inflater) = self.inflater.as_mut() {
+            inflater.reset();
+        }
         events.append((kind, code, reason))
     }
 
@@ -330,7 +373,11 @@ impl FrameReader {
             start += 8;
         }
         if opcode < 0x8 && !failed {
-            let so_far = self.message.as_ref().map_or(0, Vec::len) as u64;
+            let so_far = if self.message.is_some() {
+                self.received
+            } else {
+                0
+            };
             if so_far + length > self.max_message_size as u64 {
                 // before a byte of it is kept
                 self.fail(events, EVENT_FAIL, 1009, "message too big")?;
@@ -424,6 +471,14 @@ impl FrameReader {
         events: Events,
     ) -> PyResult<()> {
         if self.message.is_none() {
+            self.received = 0;
+            if compressed && self.inflater.is_some() {
+                self.message = Some(Vec::new());
+                self.opcode = opcode;
+                self.compressed = true;
+                self.utf8 = None;
+                return self.inflate(py, fin, src, key, events);
+            }
             if fin {
                 // the common case: one frame, one message, unmasked straight into its bytes
                 let payload = PyBytes::new_with(py, src.len(), |out| {
@@ -447,6 +502,10 @@ impl FrameReader {
                 None
             };
         }
+        if self.compressed && self.inflater.is_some() {
+            return self.inflate(py, fin, src, key, events);
+        }
+        self.received += src.len() as u64;
         let message = self.message.as_mut().expect("a message is being read");
         let at = message.len();
         message.resize(at + src.len(), 0);
@@ -471,5 +530,66 @@ impl FrameReader {
         let message = self.message.take().expect("a message is being read");
         self.utf8 = None;
         events.append((self.opcode, PyBytes::new(py, &message), self.compressed))
+    }
+
+    /// One frame of a compressed message, inflated onto the message so far (RFC 7692 §6);
+    /// the message out once its last frame is in, its text checked whole.
+    fn inflate(
+        &mut self,
+        py: Python<'_>,
+        fin: bool,
+        src: &[u8],
+        key: Option<[u8; 4]>,
+        events: Events,
+    ) -> PyResult<()> {
+        self.received += src.len() as u64;
+        let unmasked;
+        let payload = match key {
+            Some(k) => {
+                let mut out = vec![0u8; src.len()];
+                masking::mask_into(src, &mut out, k, 0);
+                unmasked = out;
+                &unmasked[..]
+            }
+            None => src,
+        };
+        let mut message = self.message.take().expect("a message is being read");
+        let before = message.len();
+        let limit = self.inflate_limit;
+        let inflater = self.inflater.as_mut().expect("the reader inflates");
+        let mut result = inflater.feed(payload, &mut message, limit);
+        if result.is_ok() && fin {
+            result = inflater.end(&mut message, limit);
+        }
+        match result {
+            Err(InflateError::TooBig) => {
+                return self.fail(events, EVENT_FAIL, 1009, "message too big");
+            }
+            Err(InflateError::Corrupt) => {
+                return self.fail(events, EVENT_FAIL, 1007, "invalid compressed data");
+            }
+            Ok(()) => {}
+        }
+        if let Some(left) = self.inflate_budget {
+            let produced = (message.len() - before) as u64;
+            if produced > left {
+                self.inflate_budget = Some(0);
+                return self.fail(
+                    events,
+                    EVENT_FAIL,
+                    CLOSE_POLICY_VIOLATION,
+                    OVER_BUDGET_REASON,
+                );
+            }
+            self.inflate_budget = Some(left - produced);
+        }
+        if !fin {
+            self.message = Some(message);
+            return Ok(());
+        }
+        if self.opcode == OP_TEXT && !utf8::is_valid(&message) {
+            return self.fail(events, EVENT_FAIL, 1007, "invalid UTF-8 in a text message");
+        }
+        events.append((self.opcode, PyBytes::new(py, &message), false))
     }
 }

@@ -671,13 +671,15 @@ class DeflateEndpoint(Endpoint):
 
     Received messages with RSV1 are inflated, at most to ``inflate_limit`` bytes (close 1009
     past it) each and ``inflate_budget`` bytes in all until :meth:`accepted` (close 1008 past
-    it), by an assembler made with the endpoint; plain messages pass as on
-    :class:`Endpoint`, whose frame path is the same. Frames written one by one are
-    compressed by ``compressor`` (None: sent plain); a broadcast reaches endpoints that
-    share one compressor already compressed, through :func:`write_all`.
+    it): on a socket that reads frames with :class:`wse_fast.codec.FrameReader`, by that
+    reader (see :meth:`inflate_in`); through picows, by an assembler made with the endpoint.
+    Plain messages pass as on :class:`Endpoint`, whose frame path is the same. Frames
+    written one by one are compressed by ``compressor`` (None: sent plain); a broadcast
+    reaches endpoints that share one compressor already compressed, through
+    :func:`write_all`.
     """
 
-    __slots__ = ("compressor",)
+    __slots__ = ("_inflater", "_reader", "compressor")
 
     def __init__(
         self,
@@ -697,10 +699,28 @@ class DeflateEndpoint(Endpoint):
             handler, max_message_size, client_side, close_timeout, max_pending_bytes, receive_buffer
         )
         self.compressor = compressor
-        # made now, not when the peer first fragments: it is what sees RSV1
+        self._inflater = inflater
+        self._reader: codec.FrameReader | None = None  # the one that inflates (inflate_in)
+        # made now, not when the peer first fragments: it is what sees RSV1 through picows
         self._assembler = InflatingAssembler(
             max_message_size, inflater, inflate_limit, inflate_budget
         )
+
+    def inflate_in(self, reader: codec.FrameReader) -> None:
+        """``reader`` (a :class:`wse_fast.codec.FrameReader` made for this endpoint's socket)
+        inflates the compressed messages from now on, with this endpoint's window, context
+        takeover, limit and budget; :meth:`accepted` lifts them there too. The messages then
+        reach :meth:`on_events` inflated, and the assembler stays unused."""
+        assembler = self._assembler
+        assert isinstance(assembler, InflatingAssembler)
+        inflater = self._inflater
+        reader.inflate_messages(
+            inflater.window_bits,
+            inflater.takeover,
+            assembler.inflate_limit,
+            assembler.inflate_budget,
+        )
+        self._reader = reader
 
     @property
     def inflate_limit(self) -> int:
@@ -712,6 +732,8 @@ class DeflateEndpoint(Endpoint):
     def inflate_limit(self, limit: int) -> None:
         assert isinstance(self._assembler, InflatingAssembler)
         self._assembler.inflate_limit = limit
+        if self._reader is not None:
+            self._reader.inflate_limit = limit
 
     def accepted(self, max_message_size: int) -> None:
         """The connection is accepted: a compressed message may inflate as far as a plain
@@ -719,6 +741,10 @@ class DeflateEndpoint(Endpoint):
         assert isinstance(self._assembler, InflatingAssembler)
         self._assembler.inflate_limit = max_message_size
         self._assembler.inflate_budget = None
+        reader = self._reader
+        if reader is not None:
+            reader.inflate_limit = max_message_size
+            reader.inflate_budget = None
 
     def _inflated(self, kind: int, payload: bytes) -> bytes | None:
         assert isinstance(self._assembler, InflatingAssembler)

@@ -343,6 +343,9 @@ class ServerSocket(asyncio.Protocol):
             compression=isinstance(endpoint, DeflateEndpoint),
             budget=None if self._guard is None else budget,
         )
+        if isinstance(endpoint, DeflateEndpoint):
+            # permessage-deflate agreed: the reader inflates, bounded by the endpoint's limits
+            endpoint.inflate_in(self._reader)
         self._endpoint = endpoint
         endpoint.on_ws_connected(self)
         if rest and self._reader is not None and not self._transport.is_closing():
