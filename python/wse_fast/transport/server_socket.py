@@ -243,19 +243,16 @@ class ServerSocket(asyncio.Protocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._buffer is not None
-        reader = self._reader
-        if reader is not None:
-            data = self._buffer[:nbytes]
-            events = reader.feed(data)
-            if events:
-                self._dispatch(events, data)
+        if self._reader is not None:
+            self.data_received(self._buffer[:nbytes])
         elif self._head is not None:
             self._head_read(self._buffer[:nbytes])
         # else: refused, or the WebSocket failed at once: nothing more is read
 
-    def data_received(self, data: bytes) -> None:
-        # An accepted socket's read (its upgrade was read through the guard): the reader is
-        # set, or None once the WebSocket failed, and then nothing more is read.
+    def data_received(self, data: bytes | memoryview) -> None:
+        # A read of the WebSocket: an accepted socket's (uvloop calls this once the guard has
+        # stepped aside), or a stranger's, the frames after its request, or bytes read again.
+        # The reader is None once the WebSocket failed, and then nothing more is read.
         reader = self._reader
         if reader is not None:
             events = reader.feed(data)
@@ -349,9 +346,7 @@ class ServerSocket(asyncio.Protocol):
         self._endpoint = endpoint
         endpoint.on_ws_connected(self)
         if rest and self._reader is not None and not self._transport.is_closing():
-            events = self._reader.feed(rest)
-            if events:
-                self._dispatch(events, rest)
+            self.data_received(rest)
 
     def _dispatch(self, events: list[tuple[int, Any, Any]], data: bytes | memoryview) -> None:
         """Hands what one read (``data``) completed to the endpoint, as one batch."""
@@ -373,10 +368,7 @@ class ServerSocket(asyncio.Protocol):
                 return
             # ... yet a message before that got it accepted, which lifted the budget: the
             # bytes the reader left unread are read now, as if they had come in their own read
-            unread = data[len(data) - reader.unread :]
-            events = reader.feed(unread)
-            if events:
-                self._dispatch(events, unread)
+            self.data_received(data[len(data) - reader.unread :])
 
     def _refuse(self, status: int, body: str) -> None:
         self._head = None
