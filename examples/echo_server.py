@@ -74,12 +74,9 @@ async def serve(host: str, port: int, deflate: PerMessageDeflate | None) -> None
         return endpoint, [("Sec-WebSocket-Extensions", agreement.header())]
 
     options = ListenerOptions(
-        max_frame_size=MAX_MESSAGE,
         handshake_timeout=10.0,
         ping_interval=None,
         ping_timeout=10.0,
-        read_buffer_size=0,
-        auto_pong=False,
         stranger_budget=1 << 62,
         backlog=128,
     )

@@ -385,9 +385,6 @@ async def test_idle_connection_keeps_no_handshake_or_reassembly_state(
     assert await client.call("echo", {"n": 1}) == {"n": 1}  # whole messages went both ways
     [conn] = server.clients["alice"].conns.values()
     assert conn.endpoint is not None and conn.endpoint.transport is not None
-    transport = conn.endpoint.transport
-    if transport.request is not None:  # picows's sockets keep the request, emptied
-        assert len(transport.request.headers) == 0
-    else:  # wse-fast's own keep no request, and no bytes once the frames are read
-        assert transport.buffered == 0
+    # the server's sockets keep no request, and no bytes once the frames are read
+    assert conn.endpoint.transport.buffered == 0  # type: ignore[attr-defined]
     assert conn.endpoint._assembler is None

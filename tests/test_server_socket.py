@@ -166,33 +166,24 @@ async def test_an_accepted_socket_keeps_nothing_of_its_guard(make_server: Server
         peer.writer.close()
 
 
-def test_the_server_path_does_not_import_picows_private_protocol() -> None:
-    # A server that accepts a connection and answers a message, in a fresh interpreter: the
-    # module that builds picows's private WSProtocol is never imported.
-    program = textwrap.dedent(
-        """
-        import asyncio, sys
-        from wse_fast import WseClient, WseServer
-
-        async def main():
-            server = WseServer(lambda request: request.accept(request.identity), port=0)
-            server.register("echo", lambda conn, payload: payload)
+async def test_the_removed_picows_sockets_refuse_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # WSE_FAST_SERVER_SOCKETS=picows put picows's protocol under the server's sockets; that
+    # path is gone. A deployment that set it learns so when the server starts, with what to
+    # do, rather than being switched over silently; with it unset the same server starts.
+    monkeypatch.setenv("WSE_FAST_SERVER_SOCKETS", "picows")
+    server = WseServer(lambda req: req.accept(req.identity), port=0)
+    try:
+        with pytest.raises(RuntimeError, match="removed in this release") as refused:
             await server.start()
-            client = WseClient(f"ws://127.0.0.1:{server.port}")
-            await client.connect("alice")
-            assert await client.call("echo", 7) == 7
-            await client.close()
-            await server.close()
-
-        asyncio.run(main())
-        print(sorted(m for m in sys.modules if m.endswith("picows_listener")))
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+        assert "Unset WSE_FAST_SERVER_SOCKETS" in str(refused.value)
+        monkeypatch.delenv("WSE_FAST_SERVER_SOCKETS")
+        await server.start()
+        peer = await welcomed_with_the_request(server.port)
+        peer.writer.close()
+    finally:
+        await server.close()
 
 
 async def http_answer(port: int, request: bytes) -> bytes:

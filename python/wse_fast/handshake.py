@@ -86,9 +86,9 @@ class HandshakeRequest:
     """The upgrade request: what the ``on_upgrade`` hook and ``identify`` (as ``req.request``)
     see. ``remote_addr`` is the client's ``(host, port)``, through trusted proxies (port 0 when
     a proxy named the client); ``peer_addr`` is the socket's own peer. ``native`` is the
-    transport's own request: the ASGI scope (a dict; ``starlette.requests.HTTPConnection(scope)``
-    reads it), aiohttp's ``web.Request``, or picows's ``WSUpgradeRequest`` (None while an
-    ``async`` hook runs on the own listener: the hook runs before picows reads the request).
+    host server's own request: the ASGI scope (a dict; ``starlette.requests.HTTPConnection(scope)``
+    reads it) or aiohttp's ``web.Request``; None on the own listener, which keeps no request
+    object of its own (``path``, ``query``, ``headers`` and the addresses are all it reads).
 
     :meth:`add_response_header` adds a header to the 101 response (ws's ``headers`` event).
     """

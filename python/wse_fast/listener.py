@@ -1,4 +1,4 @@
-"""wse-fast's own listening socket (picows on uvloop), serving one or more servers by path.
+"""wse-fast's own listening socket (on uvloop), serving one or more servers by path.
 
 ``WseServer.start()`` makes a listener for its server alone, on every path. Several servers
 share one port through a :class:`Listener` with a route for each::
@@ -11,8 +11,13 @@ share one port through a :class:`Listener` with a route for each::
 An upgrade to a path with no route gets HTTP 404. What is settled before the path is known
 (when the TCP connection is accepted) is the listener's: TLS, the stranger counts, the
 upgrade-request timeout and the accept queue (``listen_backlog``) come from the first server;
-the per-frame size and the byte budget of a stranger are the largest of its servers' (each
-server applies its own message limits once the path has chosen it).
+the byte budget of a stranger is the largest of its servers' (each server applies its own
+message limits once the path has chosen it).
+
+Every accepted socket is read by wse-fast itself (:mod:`.transport.server_socket`); picows is
+the client's alone. ``WSE_FAST_SERVER_SOCKETS=picows``, which put picows's protocol back under
+the server's sockets, is refused at :meth:`Listener.start` (see :data:`REMOVED_SOCKETS`)
+rather than ignored: a deployment that relied on it learns so at once.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from collections.abc import Awaitable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .transport import server_socket
 from .transport.admission import ReadGuard, Vet
 from .transport.picows_endpoint import Endpoint
-from .transport.server_socket import ListenerOptions, kernel_backlog
+from .transport.server_socket import ListenerOptions, kernel_backlog, listen
 
-#: Which protocol reads the listener's sockets: wse-fast's own (``"own"``, the default: the
-#: upgrade and the frames read by :mod:`.transport.server_socket`) or, for comparison,
-#: picows's (``"picows"``, the protocol before wse-fast read its own frames).
-SOCKETS = os.environ.get("WSE_FAST_SERVER_SOCKETS", "own")
+#: The environment variable that once chose picows's protocol for the server's sockets.
+SOCKETS_ENV = "WSE_FAST_SERVER_SOCKETS"
+#: Why a listener refuses to start with ``WSE_FAST_SERVER_SOCKETS=picows``.
+REMOVED_SOCKETS = (
+    "WSE_FAST_SERVER_SOCKETS=picows: the server's picows sockets were removed in this release "
+    "(the server reads its own sockets; picows stays for the client). Unset "
+    "WSE_FAST_SERVER_SOCKETS to start."
+)
 
 if TYPE_CHECKING:
     from .transport.host import ListenerHost
@@ -57,39 +65,27 @@ class Listener:
         self.port = port
         self.ssl = ssl
         self._server: asyncio.Server | None = None
-        #: picows's sockets (``WSE_FAST_SERVER_SOCKETS=picows``): the upgrades' answers, with
-        #: the 101 responses they share; None on wse-fast's own sockets, which keep none
-        self.picows_answers: Any = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``).
-        ``sock``: an already bound socket to serve on instead."""
+        ``sock``: an already bound socket to serve on instead. Raises RuntimeError with
+        ``WSE_FAST_SERVER_SOCKETS=picows`` (:data:`REMOVED_SOCKETS`)."""
+        if os.environ.get(SOCKETS_ENV, "").strip().lower() == "picows":
+            raise RuntimeError(REMOVED_SOCKETS)
         servers = list(self.routes.values())
         first = servers[0]
         options = ListenerOptions(
-            max_frame_size=max(s.limits.max_message_size for s in servers),
             handshake_timeout=first.limits.handshake_timeout,
             ping_interval=first.limits.ping_interval,
             ping_timeout=first.limits.ping_timeout,
-            read_buffer_size=first.limits.read_buffer_size,
-            auto_pong=False,  # the endpoint answers pings: none after a Close or a failure
             stranger_budget=max(s.stranger_budget for s in servers),
             backlog=first.limits.listen_backlog
             or max(kernel_backlog(), first.limits.max_unauthenticated),
         )
-        # a server with an async on_upgrade: upgrade requests wait for it before picows
+        # a server with an async on_upgrade: upgrade requests wait for it before they are answered
         vet: Vet | None = self._vet if any(s.upgrade_is_async for s in servers) else None
-        if SOCKETS == "picows":
-            # picows's private protocol class: imported only when asked for
-            from .transport import picows_listener
-
-            listen: Any = picows_listener.listen
-            self.picows_answers = picows_listener.Answers(self._upgrade)
-            upgrade: Any = self.picows_answers
-        else:
-            listen, upgrade = server_socket.listen, self._upgrade
         self._server = await listen(
-            upgrade,
+            self._upgrade,
             first.admission,
             options,
             host=self.host,
@@ -126,13 +122,13 @@ class Listener:
     def _vet(self, target: str, headers: Any, guard: ReadGuard) -> Awaitable[Any] | None:
         server = self._route(target)
         if server is None or not server.upgrade_is_async:
-            return None  # nothing to wait for: picows reads the request at once
+            return None  # nothing to wait for: the request is answered at once
         return server.vet_upgrade(target, headers, guard, guard.peer)
 
     def _upgrade(
-        self, target: str, headers: Any, guard: ReadGuard, native: Any = None
+        self, target: str, headers: Any, guard: ReadGuard
     ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]:
         server = self._route(target)
         if server is None:
             return HTTPStatus.NOT_FOUND, ""
-        return server.upgrade(target, headers, guard, native)
+        return server.upgrade(target, headers, guard)

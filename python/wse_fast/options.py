@@ -155,16 +155,17 @@ class Limits:
       (larger: close 1009 before it is buffered);
     - ``max_pending_bytes``: what may wait for one slow reader in this process (the
       kernel's socket buffers come on top); past it the connection is dropped at once
-      (close 1008, ``wse.slow-consumer``): on picows what still waits is thrown away and
+      (close 1008, ``wse.slow-consumer``): on the own listener and the client what still
+      waits is thrown away and
       the Close goes behind what the socket already holds (the kernel's buffers and about
       64 KiB more, whole frames only), so a reader that catches up reads the 1008; the
       close handshake then takes at most ``close_timeout``. None: no limit;
     - ``ping_interval`` / ``ping_timeout``: keepalive, a ping after this long without hearing
       from the peer and a drop when no pong comes within the timeout; None turns it off;
     - ``close_timeout``: how long a close handshake may take before the socket is aborted;
-    - ``read_buffer_size``: picows's initial read buffer per connection (the client's; on
-      the server only with ``WSE_FAST_SERVER_SOCKETS=picows``: its own sockets share one
-      read buffer per event loop);
+    - ``read_buffer_size``: no effect (kept so that code setting it still runs): the
+      server's sockets share one read buffer per event loop, and the client's is picows's
+      default;
     - ``compression``: permessage-deflate (RFC 7692) as a :class:`Compression`, or None
       (the default, as in Node.js ``ws``): off. A server agrees to a client's offer, a
       client offers it. A compressed message inflating past the message limit closes 1009
@@ -203,8 +204,10 @@ class ServerLimits(Limits):
       address (past either: HTTP 503 / 429);
     - ``max_in_flight`` / ``max_tasks``: handler tasks per connection / in all; past either
       the connection stops reading until one ends;
-    - ``receive_buffer``: SO_RCVBUF of each socket (own listener), which bounds what one read
-      can grow picows's read buffer to; None leaves the kernel's autotuning;
+    - ``receive_buffer``: SO_RCVBUF of each socket (own listener): what the kernel holds
+      unread for one connection; it turns the kernel's receive autotuning off for the socket,
+      so it also caps what a connection receives per round trip. None leaves the kernel's
+      autotuning;
     - ``listen_backlog``: the accept queue of the own listener, connections the kernel has
       completed and the server not yet accepted. When a restart brings every client back at
       once, connections past it are dropped by the kernel and retried by the client after

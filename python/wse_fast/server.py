@@ -51,7 +51,7 @@ UpgradeHook = Callable[[HandshakeRequest], UpgradeVerdict | Awaitable[UpgradeVer
 
 
 class WseServer(Peer[ServerEvents]):
-    """A WSE server on picows + uvloop, or mounted in an ASGI or aiohttp application.
+    """A WSE server on its own listener (uvloop), or mounted in an ASGI or aiohttp application.
 
     ``identify(req)`` decides who a connection is (see :class:`IdentifyRequest`); it may be a
     coroutine function. ``port``, ``conn_per_user``, ``protocol`` and ``timeout``
@@ -526,8 +526,8 @@ class WseServer(Peer[ServerEvents]):
         self, target: str, headers: Mapping[str, str], stranger: StrangerHold, peer: Any
     ) -> HandshakeRequest | tuple[int, str]:
         """The own listener's first half of an upgrade with an ``async`` ``on_upgrade``, run
-        while the listener holds the request back from picows: the request screened and the
-        hook awaited. :meth:`upgrade` finishes it with what this answered (the guard's
+        while the listener holds the request back: the request screened and the hook
+        awaited. :meth:`upgrade` finishes it with what this answered (the guard's
         ``vetted``)."""
         screened = self._screen(target, headers, peer, stranger, None)
         if isinstance(screened, tuple):
@@ -617,7 +617,6 @@ class WseServer(Peer[ServerEvents]):
         target: str,
         headers: Any,
         guard: ReadGuard,
-        native: Any = None,
     ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]:
         """An upgrade on wse-fast's own listener: :meth:`admit` (or what an async
         ``on_upgrade`` answered before, the guard's ``vetted``), then the connection's
@@ -627,11 +626,10 @@ class WseServer(Peer[ServerEvents]):
         offered = offered_subprotocols(headers.getall("Sec-WebSocket-Protocol", ()))
         vetted = guard.vetted  # what vet_upgrade answered, with an async on_upgrade
         if vetted is None:
-            verdict = self.admit(target, headers, guard.peer, guard, offered, native)
+            verdict = self.admit(target, headers, guard.peer, guard, offered)
         elif self.closing:  # close() began after the hook answered, before this
             verdict = _SHUTTING_DOWN
         elif isinstance(vetted, HandshakeRequest):
-            vetted.native = native
             verdict = self._open(vetted, guard, offered)
         else:
             verdict = vetted
@@ -672,7 +670,7 @@ class WseServer(Peer[ServerEvents]):
         return endpoint, [*own, *added]  # the handshake's headers first
 
     def _upgrade_headers(self, agreement: Agreement | None = None) -> list[tuple[str, str]]:
-        """The headers of this server's 101 response besides picows's own."""
+        """The headers of this server's 101 response besides the handshake's own."""
         headers = [("Sec-WebSocket-Protocol", self.protocol.name)]
         if agreement is not None:
             headers.append(("Sec-WebSocket-Extensions", agreement.header()))

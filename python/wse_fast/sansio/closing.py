@@ -1,11 +1,12 @@
 """The WebSocket close handshake of one connection, without I/O (RFC 6455 §5.5.1, §7).
 
 Every transport's endpoint (:class:`~wse_fast.transport.picows_endpoint.Endpoint` on the
-server's own sockets and on picows, :class:`~wse_fast.transport.messages.MessageEndpoint` on
-ASGI and aiohttp) tells its :class:`CloseHandshake` what happened (a close asked for, a
-protocol failure, the peer's Close, a slow consumer, the transport closing) and carries out
-the :class:`CloseStep` it gets back: stop writing data, drop what waits, write this Close,
-hang up, arm the close deadline. The rules live here once:
+server's own sockets and the client's picows,
+:class:`~wse_fast.transport.messages.MessageEndpoint` on ASGI and aiohttp) tells its
+:class:`CloseHandshake` what happened (a close asked for, a protocol failure, the peer's Close,
+a slow consumer, the transport closing) and carries out the :class:`CloseStep` it gets back:
+stop writing data, drop what waits, write this Close, hang up, arm the close deadline. The
+rules live here once:
 
 - one Close per connection, and no data frame after it (§5.5.1);
 - the peer's Close is answered once, with its own code and reason, as the reference (Node.js
@@ -205,9 +206,10 @@ class CloseHandshake:
         )
 
     def transport_sent_close(self) -> CloseStep:
-        """The transport sent a Close of its own (picows, for a framing error it found or an
-        unanswered keepalive ping) and closes TCP by itself once the peer has read what it
-        holds: nothing more is written, what waits is dropped, the deadline bounds the rest."""
+        """The transport sent a Close of its own (the client's picows, for a framing error it
+        found or an unanswered keepalive ping) and closes TCP by itself once the peer has read
+        what it holds: nothing more is written, what waits is dropped, the deadline bounds the
+        rest."""
         self.sending_over = True
         return CloseStep(stop_data=True, drop_pending=True, deadline=self._deadline())
 

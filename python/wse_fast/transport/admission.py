@@ -1,23 +1,20 @@
 """What a stranger may cost before identify accepts it: counts, addresses and bytes.
 
 Every accepted TCP socket starts behind a :class:`ReadGuard`, a thin buffered protocol between
-uvloop and picows's ``WSProtocol``. It
+uvloop and the socket's own protocol (:class:`~.server_socket.ServerSocket`). It
 
 - counts the server's strangers (sockets not yet accepted by identify, from the TCP accept on),
   in all and per address, and refuses a socket past either with HTTP 503 or 429 before
-  reading a byte of it;
-- on picows, caps every read at the bytes the stranger still may send, so that picows's read
-  buffer (which grows with what arrives and never shrinks) stays small whatever frame header a
-  stranger sends (wse-fast's own sockets count those bytes in their frame reader instead:
-  ``budget=None`` here);
+  reading a byte of it (the stranger's bytes are counted by its socket's frame reader, which
+  calls :meth:`ReadGuard.exhausted` when they run out);
 - steps aside once the connection is accepted (:meth:`ReadGuard.release`): uvloop then talks to
-  picows directly, so an authenticated connection pays nothing per read;
+  the socket's protocol directly, so an authenticated connection pays nothing per read;
 - with a ``vet`` (a server's ``async`` ``on_upgrade``), holds the upgrade request back from
-  picows, whose upgrade is synchronous, until ``vet`` has answered (:meth:`ReadGuard.vetted`):
-  reading pauses meanwhile, and the socket counts as a stranger, so that pending upgrades are
-  bounded by the stranger limits and by the handshake timeout, which the guard then keeps
-  itself (from the TCP accept, as picows would): a request whose head has not come by then is
-  aborted, one still being vetted is answered 503 and its ``vet`` cancelled.
+  the socket's protocol, whose upgrade is synchronous, until ``vet`` has answered
+  (:meth:`ReadGuard.vetted`): reading pauses meanwhile, and the socket counts as a stranger,
+  so that pending upgrades are bounded by the stranger limits and by the handshake timeout,
+  which the guard then keeps itself (from the TCP accept): a request whose head has not come
+  by then is aborted, one still being vetted is answered 503 and its ``vet`` cancelled.
 
 A trusted proxy's sockets are counted per client address at the upgrade
 (:meth:`Admission.admit_address`), once the proxy has named the client.
@@ -34,7 +31,7 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-#: picows refuses an upgrade request larger than this (its ``_http_max_size``).
+#: The longest upgrade request head taken (longer: HTTP 431).
 HTTP_REQUEST_MAX = 16 * 1024
 #: Room for control frames (pings, a close) a stranger may send besides its messages.
 CONTROL_ALLOWANCE = 4 * 1024
@@ -52,13 +49,10 @@ _REFUSALS = {HTTPStatus.SERVICE_UNAVAILABLE: _BUSY, HTTPStatus.TOO_MANY_REQUESTS
 
 log = logging.getLogger("wse_fast")
 
-#: Decides an upgrade before picows reads it: ``vet(target, headers, guard)`` answers an
-#: awaitable whose result the guard keeps as ``vetted``, or None when there is nothing to
-#: wait for (the request then goes to picows at once).
+#: Decides an upgrade before the socket answers it: ``vet(target, headers, guard)`` answers
+#: an awaitable whose result the guard keeps as ``vetted``, or None when there is nothing to
+#: wait for (the request then goes to the socket's protocol at once).
 Vet = Callable[[str, "CIMultiDictProxy[str]", "ReadGuard"], Awaitable[Any] | None]
-#: What the guard keeps as ``vetted`` for a request it could not read itself (picows then
-#: reads it, and refuses it as well, or the upgrade answers this).
-MALFORMED = (HTTPStatus.BAD_REQUEST, "malformed upgrade request")
 
 
 #: RFC 9110 §5.1: a field name is a token.
@@ -96,7 +90,7 @@ def stranger_refusal(counted: str | None) -> HTTPStatus:
 
 class StrangerHold(Protocol):
     """What counts and bounds one stranger until it is accepted (a :class:`ReadGuard` on
-    picows, a :class:`StrangerTicket` on a mounted transport)."""
+    the own listener, a :class:`StrangerTicket` on a mounted transport)."""
 
     counted_address: str | None  # the client's address as a trusted proxy named it
     on_exhausted: Callable[[], None] | None  # runs when the stranger has sent all it may
@@ -178,19 +172,32 @@ class _Unbuffered:
 _UNBUFFERED = _Unbuffered()
 
 
-class ReadGuard(asyncio.BufferedProtocol):
-    """Stands between uvloop and one picows protocol until the connection is accepted.
+class GuardedProtocol(Protocol):
+    """What a :class:`ReadGuard` stands in front of: a buffered protocol
+    (:class:`~.server_socket.ServerSocket`) that becomes uvloop's own protocol for the socket
+    once the guard steps aside."""
 
-    ``budget`` is every byte the socket may send before that: its upgrade request, its
-    authentication messages and a few control frames. When it is spent, ``on_exhausted`` runs
-    (set by the connection once the WebSocket is open), or the socket is aborted before then
-    (:meth:`exhausted`). ``budget=None``: the protocol behind counts the bytes itself (and
-    calls :meth:`exhausted`); ``on_release`` tells it when to stop.
+    def connection_made(self, transport: Any) -> None: ...
+    def get_buffer(self, sizehint: int) -> Any: ...
+    def buffer_updated(self, nbytes: int) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+
+
+class ReadGuard(asyncio.BufferedProtocol):
+    """Stands between uvloop and one socket's protocol until the connection is accepted.
+
+    The protocol behind counts the stranger's bytes (its frame reader's budget: the upgrade
+    request, the authentication messages and a few control frames) and calls
+    :meth:`exhausted` when they run out: ``on_exhausted`` runs (set by the connection once the
+    WebSocket is open), or the socket is aborted before then. ``on_release`` tells it when the
+    bytes stop counting.
     """
 
     __slots__ = (
         "_admission",
-        "_budget",
         "_counted_peer",
         "_head",
         "_head_length",
@@ -209,15 +216,13 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     def __init__(
         self,
-        inner: Any,
+        inner: GuardedProtocol,
         admission: Admission,
-        budget: int | None,
         vet: Vet | None = None,
         head_timeout: float | None = None,
     ) -> None:
-        self._inner = inner
+        self._inner: GuardedProtocol | None = inner
         self._admission = admission
-        self._budget = budget
         self._transport: Any = None  # uvloop's transport (not an asyncio.Transport subclass)
         self.peer: Any = None  # the socket's peer address
         self._counted_peer: str | None = None  # counted under the peer's address at the accept
@@ -229,75 +234,63 @@ class ReadGuard(asyncio.BufferedProtocol):
         # With a vet: the request as it arrives, until its head is whole (then None)
         self._head: bytearray | None = None
         self._head_length = 0
-        self._head_timeout = head_timeout  # with a vet: picows's handshake timeout, kept here
+        self._head_timeout = head_timeout  # with a vet: the handshake timeout, kept here
         self._head_timer: asyncio.TimerHandle | None = None
         self._vetting: asyncio.Future[Any] | None = None
         #: What ``vet`` answered for this socket's upgrade (None: nothing was vetted).
         self.vetted: Any = None
 
-    @property
-    def inner(self) -> Any:
-        """The picows protocol behind the guard."""
-        return self._inner
-
     def connection_made(self, transport: Any) -> None:
+        inner = self._inner
+        assert inner is not None  # made for this one socket
         self._transport = transport
         self.peer = transport.get_extra_info("peername")
         host = self.peer[0] if isinstance(self.peer, tuple) else ""
         admitted, counted = self._admission.admit(host)
         if not admitted:
-            self._inner = None  # picows never sees this socket
+            self._inner = None  # the protocol behind never sees this socket
             transport.write(_REFUSALS[stranger_refusal(counted)])
             transport.close()
             return
         self._counted_peer = counted
         if self._vet is not None:
-            # one byte past picows's largest request, to tell a head that is too long
+            # one byte past the largest request, to tell a head that is too long
             self._head = bytearray(HTTP_REQUEST_MAX + 1)
             if self._head_timeout is not None:
                 loop = asyncio.get_running_loop()
                 self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
-        self._inner.connection_made(transport)
+        inner.connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> Any:
         if self._inner is None:
             return bytearray(256)  # a refused socket: whatever arrives is dropped
-        budget = self._budget
         if self._head is not None:
-            free = memoryview(self._head)[self._head_length :]
-            return free if budget is None or len(free) <= budget else free[: max(budget, 1)]
-        buffer = self._inner.get_buffer(sizehint)
-        # Never read more than the stranger may still send: picows's buffer grows to fit what
-        # is read, and keeps that size for the connection's life.
-        return buffer if budget is None or len(buffer) <= budget else buffer[: max(budget, 1)]
+            return memoryview(self._head)[self._head_length :]
+        return self._inner.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._inner is None:
             return
-        if self._budget is not None:
-            self._budget -= nbytes
         if self._head is not None:
             self._head_read(nbytes)
         else:
             self._inner.buffer_updated(nbytes)
-        if self._budget is not None and self._budget <= 0 and self._transport is not None:
-            self.exhausted()
 
     def _head_read(self, nbytes: int) -> None:
-        """More of a held request arrived: once its head is whole (or longer than any picows
-        takes), vet it, reading nothing more until ``vet`` answers."""
+        """More of a held request arrived: once its head is whole, vet it, reading nothing
+        more until ``vet`` answers (a head longer than any taken, or malformed, goes on at
+        once, to be refused by the protocol behind)."""
         assert self._head is not None and self._vet is not None
         start = max(self._head_length - 3, 0)
         self._head_length += nbytes
         end = self._head.find(b"\r\n\r\n", start, self._head_length)
         if end < 0:
             if self._head_length == len(self._head):
-                self._pass_head()  # picows refuses it (too long)
+                self._pass_head()  # refused there (too long)
             return
         parsed = parse_request_head(bytes(self._head[:end]))
         if parsed is None:
-            self.vetted = MALFORMED
-            self._pass_head()
+            self._pass_head()  # refused there (malformed)
             return
         pending = self._vet(parsed[0], parsed[1], self)
         if pending is None:
@@ -323,10 +316,10 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._transport.abort()
             return
         self.vetted = vetting.result()
-        # Reading resumes before picows reads what was held (nothing is read in between: it
-        # is all in this callback), so that a pause the connection asks for meanwhile (flow
-        # control, with more calls held than max_in_flight) holds: the endpoint pauses only
-        # a transport that reads, and resuming after would undo its pause.
+        # Reading resumes before the protocol behind reads what was held (nothing is read in
+        # between: it is all in this callback), so that a pause the connection asks for
+        # meanwhile (flow control, with more calls held than max_in_flight) holds: the
+        # endpoint pauses only a transport that reads, and resuming after would undo its pause.
         transport = self._transport
         if not transport.is_closing():
             transport.resume_reading()
@@ -334,7 +327,7 @@ class ReadGuard(asyncio.BufferedProtocol):
 
     def _head_timed_out(self) -> None:
         """The handshake timeout, while the request is held: a client that has not sent its
-        request head by now is cut off (as picows does); one whose ``vet`` is still running
+        request head by now is cut off; one whose ``vet`` is still running
         gets 503, and its ``vet`` is cancelled."""
         self._head_timer = None
         transport = self._transport
@@ -349,8 +342,8 @@ class ReadGuard(asyncio.BufferedProtocol):
         transport.close()
 
     def _pass_head(self) -> None:
-        """Hands what was held to picows, as if it had just been read; picows reads the
-        upgrade request (and anything the client sent after it) as it always does, and
+        """Hands what was held to the protocol behind, as if it had just been read; it reads
+        the upgrade request (and anything the client sent after it) as it always does, and
         answers it at once: the handshake timeout has nothing left to bound."""
         head, length = self._head, self._head_length
         assert head is not None
@@ -359,9 +352,9 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         held = memoryview(head)[:length]
-        # Fed to picows to the end, also once a message in it got the connection accepted
-        # (the guard then stepped aside, and picows is the socket's protocol): what the
-        # client sent after that message must not be lost.
+        # Fed to the protocol behind to the end, also once a message in it got the connection
+        # accepted (the guard then stepped aside, and that protocol is the socket's own): what
+        # the client sent after that message must not be lost.
         inner, transport = self._inner, self._transport
         while held and inner is not None and transport is not None and not transport.is_closing():
             buffer = inner.get_buffer(-1)
@@ -371,8 +364,9 @@ class ReadGuard(asyncio.BufferedProtocol):
             inner.buffer_updated(n)
 
     def exhausted(self) -> None:
-        """The stranger has sent every byte it may: ``on_exhausted`` runs (the connection's
-        decision: close 1008), or the socket is aborted when none is set yet."""
+        """The stranger has sent every byte it may (its socket's reader says so):
+        ``on_exhausted`` runs (the connection's decision: close 1008), or the socket is aborted
+        when none is set yet."""
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_protocol() is not self:
             return
@@ -405,7 +399,8 @@ class ReadGuard(asyncio.BufferedProtocol):
             self._inner.resume_writing()
 
     def release(self) -> None:
-        """The connection is accepted: hand the socket to picows alone, and stop counting it."""
+        """The connection is accepted: hand the socket to the protocol behind alone, and stop
+        counting it."""
         transport = self._transport
         if transport is None or self._inner is None:
             return
@@ -416,12 +411,11 @@ class ReadGuard(asyncio.BufferedProtocol):
         if on_release is not None:
             on_release()
         inner, self._inner = self._inner, None
-        if isinstance(inner, asyncio.Protocol):
-            # uvloop keeps the buffered-read callbacks of the last buffered protocol it was
-            # given, also once it reads a plain one: shared ones replace this guard's bound
-            # methods first, or each accepted socket would keep its guard (0.35 KiB more per
-            # idle connection, measured with benches/memory.py)
-            transport.set_protocol(_UNBUFFERED)
+        # uvloop keeps the buffered-read callbacks of the last buffered protocol it was given,
+        # also once it reads a plain one: shared ones replace this guard's bound methods first,
+        # or each accepted socket would keep its guard (0.35 KiB more per idle connection,
+        # measured with benches/memory.py)
+        transport.set_protocol(_UNBUFFERED)
         # uvloop restarts reading here, with the read callbacks of the protocol's kind: a
         # ServerSocket is then read through data_received, no longer through this buffer
         transport.set_protocol(inner)

@@ -18,7 +18,7 @@ layer sees a message (a stranger's too, which is then refused past
 The peer's Close is answered here, with its own code, after
 what was queued before it. A Close is sent through aiohttp's ``close()``, which waits for
 the peer's answer (up to ``close_timeout``) also for refused strangers. A slow consumer gets,
-as on picows, a Close 1008 behind what aiohttp already buffered for it (what waited in the
+as on the own listener, a Close 1008 behind what aiohttp already buffered for it (what waited in the
 endpoint is dropped), and its socket is aborted if the handshake is not over within
 ``close_timeout``; a refused upgrade closes its socket (no keep-alive).
 
@@ -84,8 +84,8 @@ class AiohttpEndpoint(MessageEndpoint):
             await self.closed()
         if kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
             # aiohttp failed the connection itself (a message over max_msg_size, a framing
-            # error) and sent a Close with this code and no reason: what picows's endpoint
-            # reports for the failures it finds
+            # error) and sent a Close with this code and no reason: what the own listener's
+            # endpoint reports for the failures it finds
             return None, (msg.data.code, "")
         return None, (self._ws.close_code or 1006, "")
 
@@ -112,7 +112,8 @@ async def handle(server: UpgradeHost, request: web.Request) -> web.StreamRespons
     peer = socket.get_extra_info("peername") if socket is not None else None
     peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
     offered = offered_subprotocols(request.headers.getall("Sec-WebSocket-Protocol", ()))
-    # the target as the client sent it (percent-encoded, with the query), as picows gives it
+    # the target as the client sent it (percent-encoded, with the query), as the own
+    # listener reads it
     upgrade = UpgradeRequest(request.raw_path, request.headers, peer, peer[0], offered, request)
     mount = _AiohttpUpgrade(ws, request, socket)
     await serve_upgrade(server, upgrade, mount)
@@ -132,8 +133,8 @@ class _AiohttpUpgrade:
         self.refusal: web.Response | None = None
 
     async def refuse(self, status: int, body: str, headers: Sequence[tuple[str, str]]) -> None:
-        """The socket closes after the response, as on picows and uvicorn (a refused stranger
-        keeps no idle keep-alive connection)."""
+        """The socket closes after the response, as on the own listener and uvicorn (a refused
+        stranger keeps no idle keep-alive connection)."""
         response = web.Response(status=status, text=body, headers=CIMultiDict(headers))
         response.force_close()
         self.refusal = response

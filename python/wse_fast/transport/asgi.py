@@ -81,7 +81,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 _NOT_WEBSOCKET = b"This URL serves WebSocket connections (WSE); HTTP requests are not taken.\n"
 #: Where strangers are counted whose address the host server took from ``X-Forwarded-For``
-#: although the server trusts no proxy: all in one place, as behind one proxy on picows
+#: although the server trusts no proxy: all in one place, as behind one proxy on the own
+#: listener
 #: (not an IP address: no client's own address can be counted there).
 FORWARDED_UNTRUSTED = "(x-forwarded-for)"
 _log = logging.getLogger(__name__)
@@ -285,8 +286,8 @@ def _forwarded_by_host(scope: Scope, peer: tuple[str, int]) -> bool:
 
 
 def _target(scope: Scope) -> str:
-    """The request target as the client sent it (percent-encoded, with the query), as picows
-    gives it. ``raw_path`` and ``path`` are the whole path: a Starlette ``Mount`` and
+    """The request target as the client sent it (percent-encoded, with the query), as the own
+    listener reads it. ``raw_path`` and ``path`` are the whole path: a Starlette ``Mount`` and
     uvicorn's ``--root-path`` set ``root_path`` to the prefix without removing it from them."""
     raw = scope.get("raw_path")
     path = raw.decode("latin-1") if raw else scope.get("path", "")

@@ -1,6 +1,6 @@
 """What the WSE layer needs of a transport, and what a transport tells it.
 
-Every transport (picows's own listener and client, an ASGI server, aiohttp) gives each
+Every transport (the own listener, the client on picows, an ASGI server, aiohttp) gives each
 connection an endpoint with this interface, and reports to one :class:`EndpointHandler`.
 Frames are the unit on the way out on every transport: complete server frames built by the
 codec, so that a broadcast is encoded once for every connection whatever carries it (the

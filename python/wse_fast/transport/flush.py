@@ -23,8 +23,8 @@ class Flushable(Protocol):
     queue_head: bytes | None  # the first frame queued this turn
     queue_tail: list[bytes] | None  # any after it
     direct_fd: int  # the socket, when frames may be sent to it directly; -1 otherwise
-    under: Any  # the uvloop transport under picows
-    transport: Any  # picows's transport
+    under: Any  # the uvloop transport under the socket
+    transport: Any  # the socket's own (a ServerSocket, or picows's on the client)
 
     def flush(self) -> None: ...
     def write_through(self, data: bytes) -> None: ...
@@ -71,12 +71,13 @@ class Flusher:
             if frame is not None and endpoint.queue_tail is None and endpoint.direct_fd >= 0:
                 # Straight to the socket only if that keeps every byte in order and sends
                 # nothing after a Close: nothing may wait in the transport (nor in the
-                # endpoint: frames it holds back wait only while the transport is paused,
-                # that is not empty, so this one test covers both), it must not be
-                # closing (after close() or abort() the fd is released at once, before picows
+                # endpoint: frames it holds back wait only while the transport is paused, that
+                # is not empty, so this one test covers both), it must not be closing (after
+                # close() or abort() the fd is released at once, before the socket's protocol
                 # learns of it, and its number may already belong to another connection), and
-                # picows must not have sent a Close of its own (it disconnects a moment after
-                # a parse error). Inlined: this runs once per delivery.
+                # the transport must not have sent a Close of its own (the client's picows
+                # disconnects a moment after a parse error). Inlined: this runs once per
+                # delivery.
                 under = endpoint.under
                 if (
                     not under.is_closing()

@@ -1,10 +1,11 @@
 """The accepted connections of one server, as a broadcast reaches them.
 
-picows endpoints take a broadcast frame through :func:`picows_endpoint.write_all`, which
-queues it for each in one loop and lets the loop turn's flush send it to every socket in one
-call into the codec; endpoints of message-level transports (ASGI, aiohttp) take it one by one.
+Socket endpoints (:class:`~.picows_endpoint.Endpoint`) take a broadcast frame through
+:func:`picows_endpoint.write_all`, which queues it for each in one loop and lets the loop
+turn's flush send it to every socket in one call into the codec; endpoints of message-level
+transports (ASGI, aiohttp) take it one by one.
 
-With permessage-deflate, picows endpoints whose compressor is shared (no context takeover)
+With permessage-deflate, socket endpoints whose compressor is shared (no context takeover)
 are grouped by it: a broadcast is compressed once per group (one per window size in use, in
 practice one) and that one frame is queued for all of them, as the plain frame is for the
 rest. Endpoints with a compression context of their own take the frame one by one and

@@ -77,5 +77,4 @@ class ListenerHost(TransportHost, Protocol):
         target: str,
         headers: Any,
         guard: ReadGuard,
-        native: Any = None,
     ) -> tuple[int, str] | tuple[Endpoint, list[tuple[str, str]]]: ...

@@ -1,13 +1,13 @@
 """One connection on a host server that does the WebSocket framing itself (ASGI, aiohttp).
 
 Such servers take and give whole messages, each through a coroutine; this endpoint gives the
-WSE layer the same synchronous :class:`~wse_fast.transport.base.Transport` as picows's: frames
-written in one loop turn queue up and one drain task sends them in order, a Close after them.
-What it adds to the host's own rules: the message size limit, the pending-bytes limit (the
-host's ``send`` hides its buffer, so what waits here is counted), pausing reads for flow
-control, ``close_timeout`` on every way out, and the stranger's byte budget. The close
-handshake's rules are :class:`~wse_fast.sansio.closing.CloseHandshake`'s, as on picows's
-endpoint: this one feeds it and carries out its steps.
+WSE layer the same synchronous :class:`~wse_fast.transport.base.Transport` as the own
+listener's: frames written in one loop turn queue up and one drain task sends them in order, a
+Close after them. What it adds to the host's own rules: the message size limit, the
+pending-bytes limit (the host's ``send`` hides its buffer, so what waits here is counted),
+pausing reads for flow control, ``close_timeout`` on every way out, and the stranger's byte
+budget. The close handshake's rules are :class:`~wse_fast.sansio.closing.CloseHandshake`'s, as
+on the own listener's endpoint: this one feeds it and carries out its steps.
 
 Subclasses say how a message, a close and the next event cross the host's interface.
 """
@@ -300,9 +300,9 @@ class MessageEndpoint:
             self._drain = None
 
     def _overflow(self) -> None:
-        """The peer reads slower than it is written to: as on picows's endpoint, what waits
-        here is dropped and a Close 1008 ``wse.slow-consumer`` follows the message the host
-        is sending (the drain sends it once that send returns, that is once the host's own
+        """The peer reads slower than it is written to: as on the own listener's endpoint, what
+        waits here is dropped and a Close 1008 ``wse.slow-consumer`` follows the message the
+        host is sending (the drain sends it once that send returns, that is once the host's own
         buffer has room), so a peer that catches up reads the 1008; ``close_timeout`` bounds
         the whole, as for a protocol failure (nothing more is taken from the peer)."""
         self._carry_out(self._before_close().overflow())
@@ -378,8 +378,8 @@ class _Continued:
 
 class _TurnEnd:
     """The endpoints written to in this loop turn, sent to in one callback at its end (as
-    :mod:`.flush` does for picows): a burst's frames to one connection leave together, and a
-    paced broadcast costs one callback, not a task for every connection."""
+    :mod:`.flush` does for the own listener): a burst's frames to one connection leave
+    together, and a paced broadcast costs one callback, not a task for every connection."""
 
     __slots__ = ("_dirty", "_loop", "_scheduled")
 

@@ -1,11 +1,12 @@
 """One WebSocket connection, either side: frames in, messages and a close out.
 
-On the server's own sockets (:mod:`.server_socket`) each read arrives as one batch of events
+On the server's sockets (:mod:`.server_socket`) each read arrives as one batch of events
 from :class:`wse_fast.codec.FrameReader`, which has applied every framing rule
-(:meth:`Endpoint.on_events`); on picows (the client, or the server with
-``WSE_FAST_SERVER_SOCKETS=picows``) frames arrive one by one (:meth:`Endpoint.on_ws_frame`),
-and the endpoint does the rest of RFC 6455 that picows leaves to its user: reassembly and
-validation (through the sans-I/O assembler) and checking close frames. Either way it answers
+(:meth:`Endpoint.on_events`); on the client, whose socket is picows's (the endpoint is its
+``WSListener``, through picows's public API only), frames arrive one by one
+(:meth:`Endpoint.on_ws_frame`), and the endpoint does the rest of RFC 6455 that picows leaves
+to its user: reassembly and validation (through the sans-I/O assembler) and checking close
+frames. Either way it answers
 pings, runs the close handshake with ``close_timeout`` on every way a connection ends and, on
 the client side, masks with keys from the OS CSPRNG (picows's own client masking draws keys
 from an unseeded ``rand()``, so every frame the client endpoint sends is written here).
@@ -20,7 +21,6 @@ to).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import struct
@@ -28,14 +28,12 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from multidict import CIMultiDict, CIMultiDictProxy
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codec
 from ..constants import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NO_STATUS,
-    CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     EVENT_FAIL,
     EVENT_FAIL_IN_CLOSE,
@@ -79,10 +77,6 @@ _CLOSE = WSMsgType(OP_CLOSE)
 _TEXT = WSMsgType(OP_TEXT)
 _PING = WSMsgType(OP_PING)
 _PONG = WSMsgType(OP_PONG)
-#: What an accepted upgrade request keeps as headers once the handshake is over: one shared
-#: instance, read-only so that it cannot be changed through any request (hence Any: picows
-#: types the attribute as a mutable CIMultiDict).
-_NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict[str]())
 _log = logging.getLogger(__name__)
 
 
@@ -92,9 +86,6 @@ class SocketTransport(Protocol):
 
     @property
     def underlying_transport(self) -> Any: ...
-
-    @property
-    def request(self) -> Any: ...
 
     @property
     def is_close_frame_sent(self) -> bool: ...
@@ -133,19 +124,16 @@ class Keepalive:
 
 
 class Endpoint(WSListener):  # type: ignore[misc]
-    """One connection: a server socket's, or given to picows as the listener; ``handler``
-    gets its events.
+    """One connection: a server socket's (:class:`~.server_socket.ServerSocket`), or the
+    client's, given to picows as its listener; ``handler`` gets its events.
 
-    Server-side endpoints are made with picows's automatic pongs off (``auto_pong=False``):
-    pings are answered here, where a Close already sent or a failed connection is known.
+    Pings are answered here, where a Close already sent or a failed connection is known (the
+    client's picows is told not to answer them itself, ``enable_auto_pong=False``).
 
-    ``receive_buffer`` (bytes), when set, is the socket's SO_RCVBUF. It bounds what one read
-    can take, and so how far picows's read buffer grows (it never shrinks): as large as the
-    biggest frame received, and, under a flood of small frames, as large as the kernel had
-    queued for one read, which receive autotuning lets reach ``net.ipv4.tcp_rmem``'s maximum
-    (measured: 13.7 MiB kept per connection after a 128 MiB flood, 0.4 MiB with 256 KiB
-    here). It also turns autotuning off for the socket, so it caps what one connection can
-    receive per round trip (about this many bytes).
+    ``receive_buffer`` (bytes), when set, is the socket's SO_RCVBUF: what the kernel holds
+    unread for the connection. It also turns the kernel's receive autotuning off for the
+    socket, so it caps what one connection can receive per round trip (about this many
+    bytes).
 
     ``keepalive``, when set before the connection opens (by the listener), has the loop's
     sweep ping it when idle; client endpoints use picows's own keepalive instead.
@@ -226,7 +214,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.data_stopped = False
         self.close_timer: asyncio.TimerHandle | None = None  # aborts the socket at close_timeout
         self.transport: SocketTransport | None = None
-        self.under: Any = None  # the uvloop transport under picows, once connected
+        self.under: Any = None  # the uvloop transport under the socket, once connected
         self.keepalive: Keepalive | None = None
         # Keepalive state, kept by the sweep: None in quiet_since means a frame arrived since
         # the last look (every frame stores it: one store, the cheapest record of activity);
@@ -234,17 +222,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.quiet_since: float | None = None
         self.pinged_at: float | None = None
 
-    # ---- picows callbacks ------------------------------------------------------------------
+    # ---- the socket's callbacks (picows's WSListener's, and ServerSocket's) ----------------
 
     def on_ws_connected(self, transport: SocketTransport) -> None:
         self.transport = transport
-        request = transport.request
-        if request is not None:
-            # picows keeps the parsed request for the connection's life; its headers (about
-            # 1.7 KiB) are not needed after the handshake, and idle connections are many.
-            # A picows whose request is immutable keeps them: memory, not correctness.
-            with contextlib.suppress(AttributeError):
-                request.headers = _NO_HEADERS
         underlying = transport.underlying_transport
         self.under = underlying
         sock = underlying.get_extra_info("socket")
@@ -579,12 +560,9 @@ class Endpoint(WSListener):  # type: ignore[misc]
             body = struct.pack("!H", code) + text if code != CLOSE_NO_STATUS else b""
             self.under.write(codec.build_frame(OP_CLOSE, body, mask=True))
         else:
-            # Through picows, which then sends no Close, ping or pong of its own after it
-            # (a framing error it finds later, an unanswered keepalive ping). It always sends
-            # a status code: a Close without one is answered with 1000.
-            transport.send_close(
-                WSCloseCode(CLOSE_NORMAL if code == CLOSE_NO_STATUS else code), text
-            )
+            # Through the server's socket, which always sends a status code: a Close without
+            # one is answered with 1000.
+            transport.send_close(code, text)
 
     def _on_close_frame(self, frame: WSFrame) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:

@@ -1,6 +1,6 @@
-"""One accepted socket of wse-fast's own listener, from its HTTP upgrade to its end, without
-picows: the upgrade request is read and answered here, then the same socket carries the
-WebSocket, whose frames :class:`wse_fast.codec.FrameReader` reads.
+"""One accepted socket of wse-fast's own listener, from its HTTP upgrade to its end: the
+upgrade request is read and answered here, then the same socket carries the WebSocket, whose
+frames :class:`wse_fast.codec.FrameReader` reads.
 
 Reads go into one buffer per event loop, not one per connection: what a read brings is
 handed to the connection's reader at once, which keeps only the bytes of an unfinished frame
@@ -180,9 +180,10 @@ class ServerSocket(asyncio.Protocol):
     Behind its guard, it is read through ``get_buffer``/``buffer_updated`` (the guard calls
     them); once accepted, uvloop calls ``data_received`` (see the module's docstring).
 
-    To its endpoint it is what picows's transport was (``send_close``, ``disconnect``,
-    ``is_close_frame_sent``, ``is_disconnected``, ``underlying_transport``), so the endpoint
-    works the same on either.
+    To its endpoint it is a :class:`~.picows_endpoint.SocketTransport` (``send_close``,
+    ``disconnect``, ``is_close_frame_sent``, ``is_disconnected``, ``underlying_transport``),
+    as picows's transport is to the client's endpoint, so the endpoint works the same on
+    either.
     """
 
     __slots__ = (
@@ -197,7 +198,6 @@ class ServerSocket(asyncio.Protocol):
         "_transport",
         "_upgrade",
         "is_close_frame_sent",
-        "request",
     )
 
     def __init__(self, upgrade: Upgrade, head_timeout: float | None, stranger_budget: int) -> None:
@@ -214,7 +214,6 @@ class ServerSocket(asyncio.Protocol):
         self._reader: Any = None  # codec.FrameReader, once the WebSocket is open
         self._endpoint: Endpoint | None = None
         self.is_close_frame_sent = False
-        self.request = None  # picows's transport has one; nothing is kept here
 
     def bind(self, guard: ReadGuard) -> None:
         """The guard this socket sits behind until it is accepted (what the upgrade counts
@@ -260,7 +259,7 @@ class ServerSocket(asyncio.Protocol):
                 self._dispatch(events, data)
 
     def eof_received(self) -> bool | None:
-        return None  # the peer is gone for reading: close (as picows does)
+        return None  # the peer is gone for reading: close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -387,7 +386,7 @@ class ServerSocket(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
-    # ---- what the endpoint calls (as it would picows's transport) ---------------------------
+    # ---- what the endpoint calls (its SocketTransport) ---------------------------------------
 
     @property
     def buffered(self) -> int:
@@ -425,12 +424,9 @@ class ServerSocket(asyncio.Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ListenerOptions:
-    max_frame_size: int
     handshake_timeout: float | None
     ping_interval: float | None
     ping_timeout: float
-    read_buffer_size: int
-    auto_pong: bool  # picows answers pings itself (else the endpoint does)
     stranger_budget: int  # bytes a socket may send before it is accepted
     backlog: int  # the accept queue's length (listen(2))
 
@@ -491,25 +487,10 @@ async def listen(
         inner = ServerSocket(
             route, options.handshake_timeout if vet is None else None, options.stranger_budget
         )
-        # budget None: the socket's reader counts the stranger's bytes (see ServerSocket)
-        guard = ReadGuard(inner, admission, None, vet, options.handshake_timeout)
+        guard = ReadGuard(inner, admission, vet, options.handshake_timeout)
         inner.bind(guard)
         return guard
 
-    return await create_server(protocol, options, host=host, port=port, sock=sock, ssl=ssl)
-
-
-async def create_server(
-    protocol: Callable[[], ReadGuard],
-    options: ListenerOptions,
-    *,
-    host: str | None,
-    port: int | None,
-    sock: socket.socket | None,
-    ssl: ssl_module.SSLContext | None,
-) -> asyncio.Server:
-    """The listening socket for either server path: ``protocol`` makes each accepted
-    socket's guard; the backlog, and with TLS the handshake's bound, come from ``options``."""
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
     if ssl is not None and options.handshake_timeout is not None:
         # uvloop reports a TLS socket only once its TLS handshake is done: bound that too

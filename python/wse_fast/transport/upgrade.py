@@ -18,7 +18,7 @@ something is the node's or this module's, so the transports cannot drift apart:
 The stranger's place is given back on every way out before the endpoint holds it, a
 cancellation included.
 
-wse-fast's own listener (:mod:`.server_socket`, :mod:`.picows_listener`) makes the same
+wse-fast's own listener (:mod:`.server_socket`) makes the same
 decisions with the same pieces (:func:`offered_subprotocols`, :func:`agreed_subprotocol`,
 :func:`~.admission.stranger_refusal`, the node's ``admit``) but not through
 :func:`serve_upgrade`: there the stranger is counted at the TCP accept, before a byte is
