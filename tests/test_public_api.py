@@ -39,7 +39,9 @@ def test_importing_the_package_and_its_sansio_core_starts_no_network_stack() -> 
 
 def test_a_name_is_loaded_when_first_read() -> None:
     found = imported_after("import wse_fast\nwse_fast.WseServer")
-    assert "picows" in found and "wse_fast.server" in found
+    assert "wse_fast.server" in found and "picows" not in found  # picows is the client's
+    found = imported_after("import wse_fast\nwse_fast.WseClient")
+    assert "wse_fast.client" in found and "picows" in found
 
 
 def test_every_public_name_resolves_and_nothing_else_does() -> None:

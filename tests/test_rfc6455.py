@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import json
 import os
 import socket
 import struct
-import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from picows import ws_create_server
 from wse_fast import WseServer, codec
-from wse_fast.transport.picows_endpoint import CLOSE_WATCH_INTERVAL, Endpoint
+from wse_fast.transport.picows_endpoint import CLOSE_WATCH_INTERVAL
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory
 from tests.test_framing import RawPeer
@@ -342,60 +339,3 @@ async def test_error_handler_dropping_others_during_a_flush_writes_nothing_after
         assert opcodes(frames)[-1] == OP_CLOSE and OP_CLOSE not in opcodes(frames)[:-1]
         reader.writer.close()
     slow.writer.close()
-
-
-# ---- the read buffer: bounded by receive_buffer ---------------------------------------------
-
-
-class Sink:
-    """An endpoint handler that counts the messages it gets."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-
-    def on_open(self, endpoint: Endpoint) -> None:
-        pass
-
-    def on_message(self, binary: bool, data: Any) -> None:
-        self.messages += 1
-
-    def on_close(self, code: int, reason: str) -> None:
-        pass
-
-    def on_overflow(self) -> None:
-        pass
-
-
-async def read_buffer_growth(receive_buffer: int | None) -> int:
-    """Bytes picows still holds for one connection after a flood of small frames into it."""
-    sink = Sink()
-    server = await ws_create_server(
-        lambda request: Endpoint(sink, 1024, False, 1.0, receive_buffer=receive_buffer),
-        "127.0.0.1",
-        0,
-        max_frame_size=1024,
-        enable_auto_pong=False,
-        use_aiofastnet=False,
-    )
-    peer = await open_peer(server.sockets[0].getsockname()[1])
-    frame = codec.build_frame(OP_BINARY, b"f" * 100, mask=True)
-    count = (8 << 20) // len(frame)
-    # picows's read buffer is allocated with PyMem_Realloc, which tracemalloc sees
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        peer.writer.write(frame * count)
-        peer.send(OP_PING, b"done")  # answered once everything before it was read
-        assert await asyncio.wait_for(peer.recv(), 10) == (OP_PONG, b"done")
-        assert sink.messages == count
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-        peer.writer.close()
-        server.close()
-    return grown
-
-
-async def test_receive_buffer_bounds_the_read_buffer_under_a_flood() -> None:
-    assert await read_buffer_growth(64 * 1024) < 512 * 1024

@@ -166,6 +166,48 @@ async def test_an_accepted_socket_keeps_nothing_of_its_guard(make_server: Server
         peer.writer.close()
 
 
+def test_a_process_that_only_serves_never_imports_picows() -> None:
+    # picows is the client's: a server that accepts a connection, authenticates it and
+    # answers a message, in a fresh interpreter, loads none of it (2.8 MiB of RSS per
+    # process, picows and what it imports)
+    program = textwrap.dedent(
+        r"""
+        import asyncio, base64, json, os, sys
+        from wse_fast import WseServer, codec
+
+        async def main():
+            server = WseServer(lambda request: request.accept(request.identity), port=0)
+            server.channel.on("ping", lambda conn, payload: conn.send("pong", payload))
+            await server.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: wse-default-json\r\n\r\n".encode()
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            hi = json.dumps(["~wse:hi", {"identity": "alice", "meta": {}}]).encode()
+            ping = json.dumps(["ping", 7]).encode()
+            writer.write(b"".join(codec.build_frame(1, m, mask=True) for m in (hi, ping)))
+            received = b""
+            while b'"pong"' not in received:
+                received += await asyncio.wait_for(reader.read(65536), 10)
+            assert b"~wse:welcome" in received
+            writer.close()
+            await server.close()
+
+        asyncio.run(main())
+        print(sorted(m for m in sys.modules if m == "picows" or m.startswith("picows.")))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 async def test_the_removed_picows_sockets_refuse_to_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,7 +1,6 @@
 """The package's structure, read from its source alone (``ast``: nothing of wse_fast is
 imported): no import circle, no object reaching into another's private attributes, nothing
-below the server knowing the server, picows (its public API) only in the client and its
-endpoint.
+below the server knowing the server, picows (its public API) only in the client.
 
 Each test reads every module under ``python/wse_fast``. What remains on purpose is listed
 below with the reason; anything new fails, and so does an entry that no longer occurs (the
@@ -323,11 +322,11 @@ def picows_imports() -> dict[str, set[str]]:
     return users
 
 
-def test_picows_only_in_the_client_and_its_endpoint() -> None:
-    # The server reads its own sockets; picows is the client's (its socket, and the endpoint
-    # that is its listener), and only through its public API: the top-level ``picows``
-    # module. Its private ``picows.picows`` classes (a positional constructor that any
-    # release may change) stay out.
+def test_picows_only_in_the_client() -> None:
+    # The server reads its own sockets; picows is the client's alone (the endpoint it shares
+    # with the server gets picows's callbacks through the client's listener), and only
+    # through its public API: the top-level ``picows`` module. Its private ``picows.picows``
+    # classes (a positional constructor that any release may change) stay out.
     users = picows_imports()
-    assert set(users) <= {"wse_fast.client", "wse_fast.transport.picows_endpoint"}
+    assert set(users) <= {"wse_fast.client"}
     assert all(named == {"picows"} for named in users.values()), users

@@ -7,7 +7,7 @@ import ssl as ssl_module
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final, Self
 
-from picows import WSError, WSTransport, ws_connect
+from picows import WSError, WSFrame, WSListener, WSTransport, ws_connect
 
 from .constants import (
     CLOSE_ABNORMAL,
@@ -57,6 +57,35 @@ HANDSHAKE_HEADERS: Final = frozenset(
         "sec-websocket-extensions",
     }
 )
+
+
+class PicowsListener(WSListener):  # type: ignore[misc]
+    """picows's listener for the client's connection: hands each of picows's callbacks to the
+    connection's :class:`~wse_fast.transport.picows_endpoint.Endpoint`.
+
+    A class of its own rather than the endpoint itself, so that the endpoint (shared with the
+    server's own sockets) needs no picows: a process that only serves never loads it.
+    """
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.endpoint.on_ws_connected(transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.endpoint.on_ws_frame(transport, frame)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.endpoint.on_ws_disconnected(transport)
+
+    def pause_writing(self) -> None:
+        self.endpoint.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.endpoint.resume_writing()
 
 
 class _Link:
@@ -409,7 +438,7 @@ class WseClient(Peer[ClientEvents]):
         link = _Link(self, self._handler_failed, self._solve, self._link_closed)
         limits, deflate = self.limits, self.deflate
 
-        def listener(request: Any, response: Any) -> Endpoint:
+        def listener(request: Any, response: Any) -> PicowsListener:
             # picows's two-argument factory: made once the server's answer has arrived
             agreement = None
             if deflate is not None:
@@ -420,24 +449,28 @@ class WseClient(Peer[ClientEvents]):
                 except ValueError as exc:
                     link.bad_extensions = str(exc)  # the connection fails below
             if agreement is None:
-                return Endpoint(
+                return PicowsListener(
+                    Endpoint(
+                        link,
+                        limits.max_message_size,
+                        True,
+                        limits.close_timeout,
+                        limits.max_pending_bytes,
+                    )
+                )
+            assert deflate is not None
+            link.compressor = deflate.compressor(agreement, client_side=True)
+            return PicowsListener(
+                DeflateEndpoint(
                     link,
                     limits.max_message_size,
                     True,
                     limits.close_timeout,
                     limits.max_pending_bytes,
+                    compressor=None,  # the link compresses before masking
+                    inflater=deflate.inflater(agreement, client_side=True),
+                    inflate_limit=limits.max_message_size,
                 )
-            assert deflate is not None
-            link.compressor = deflate.compressor(agreement, client_side=True)
-            return DeflateEndpoint(
-                link,
-                limits.max_message_size,
-                True,
-                limits.close_timeout,
-                limits.max_pending_bytes,
-                compressor=None,  # the link compresses before masking
-                inflater=deflate.inflater(agreement, client_side=True),
-                inflate_limit=limits.max_message_size,
             )
 
         limit = deadline(self.timeout, None)

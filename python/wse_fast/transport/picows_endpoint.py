@@ -2,11 +2,12 @@
 
 On the server's sockets (:mod:`.server_socket`) each read arrives as one batch of events
 from :class:`wse_fast.codec.FrameReader`, which has applied every framing rule
-(:meth:`Endpoint.on_events`); on the client, whose socket is picows's (the endpoint is its
-``WSListener``, through picows's public API only), frames arrive one by one
-(:meth:`Endpoint.on_ws_frame`), and the endpoint does the rest of RFC 6455 that picows leaves
-to its user: reassembly and validation (through the sans-I/O assembler) and checking close
-frames. Either way it answers
+(:meth:`Endpoint.on_events`); on the client, whose socket is picows's, frames arrive one by
+one (:meth:`Endpoint.on_ws_frame`, from the client's ``WSListener``, which hands picows's
+callbacks on), and the endpoint does the rest of RFC 6455 that picows leaves to its user:
+reassembly and validation (through the sans-I/O assembler) and checking close frames. This
+module imports no picows (a frame is read through the attributes it uses), so a process that
+only serves never loads it. Either way it answers
 pings, runs the close handshake with ``close_timeout`` on every way a connection ends and, on
 the client side, masks with keys from the OS CSPRNG (picows's own client masking draws keys
 from an unseeded ``rand()``, so every frame the client endpoint sends is written here).
@@ -27,8 +28,6 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
-
-from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import codec
 from ..constants import (
@@ -71,12 +70,6 @@ TRANSPORT_HIGH_WATER = 64 * 1024
 CLOSE_WATCH_INTERVAL = 1.0
 #: Sent by the keepalive sweep: a server's ping, unmasked, with no payload.
 _PING_FRAME = codec.build_frame(OP_PING, b"", mask=False)
-#: picows's members for these opcodes: ``frame.msg_type`` is one of them, so a frame's type is
-#: told by identity, the cheapest test on the per-frame path.
-_CLOSE = WSMsgType(OP_CLOSE)
-_TEXT = WSMsgType(OP_TEXT)
-_PING = WSMsgType(OP_PING)
-_PONG = WSMsgType(OP_PONG)
 _log = logging.getLogger(__name__)
 
 
@@ -123,9 +116,10 @@ class Keepalive:
         self.tick = min(interval, timeout) / 4
 
 
-class Endpoint(WSListener):  # type: ignore[misc]
+class Endpoint:
     """One connection: a server socket's (:class:`~.server_socket.ServerSocket`), or the
-    client's, given to picows as its listener; ``handler`` gets its events.
+    client's on picows (whose ``WSListener``, in :mod:`wse_fast.client`, hands picows's
+    callbacks on to it); ``handler`` gets its events.
 
     Pings are answered here, where a Close already sent or a failed connection is known (the
     client's picows is told not to answer them itself, ``enable_auto_pong=False``).
@@ -222,7 +216,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self.quiet_since: float | None = None
         self.pinged_at: float | None = None
 
-    # ---- the socket's callbacks (picows's WSListener's, and ServerSocket's) ----------------
+    # ---- the socket's callbacks (ServerSocket's, and picows's through the client's listener) -
 
     def on_ws_connected(self, transport: SocketTransport) -> None:
         self.transport = transport
@@ -326,13 +320,16 @@ class Endpoint(WSListener):  # type: ignore[misc]
         # what is queued is dropped, not flushed: nothing of it has begun to leave
         self._carry_out(self._before_close(flush=False).overflow())
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        """One frame picows read (``frame`` a ``picows.WSFrame``): the client's way in."""
         self.quiet_since = None  # heard from the peer (see Keepalive)
-        op = frame.msg_type
-        if op is _CLOSE:
+        # picows's WSMsgType is an IntEnum (its stub says Enum): compared as the opcode itself
+        # (``op.value`` is a property, and slow)
+        op: int = frame.msg_type
+        if op == OP_CLOSE:
             self._on_close_frame(frame)
             return
-        if op is _PING or op is _PONG:
+        if op in (OP_PING, OP_PONG):
             self._on_ping_or_pong(frame)
             return
         # Data sent before the peer saw our close is still delivered; nothing after theirs,
@@ -341,7 +338,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
         if closing is not None and not closing.takes_data:
             return
         if (
-            op is _TEXT
+            op == OP_TEXT
             and frame.fin
             and self._assembler is None
             and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
@@ -358,9 +355,6 @@ class Endpoint(WSListener):  # type: ignore[misc]
                     self._fail(CLOSE_INTERNAL_ERROR, "")
                 return
         rsv = (frame.rsv1 << 2) | (frame.rsv2 << 1) | frame.rsv3
-        # picows's WSMsgType is an IntEnum (its stub says Enum): the opcode itself, as an int
-        # (``op.value`` is a property, and slow)
-        opcode: int = op  # type: ignore[assignment]
         try:
             # A memoryview into picows's read buffer: valid during this call, which is where
             # a single-frame message is decoded; fragments are copied by the assembler.
@@ -369,12 +363,12 @@ class Endpoint(WSListener):  # type: ignore[misc]
             assembler = self._assembler
             if assembler is None:
                 if frame.fin:
-                    message = whole_message(opcode, rsv, payload, self.max_message_size)
+                    message = whole_message(op, rsv, payload, self.max_message_size)
                 else:
                     assembler = self._assembler = MessageAssembler(self.max_message_size)
-                    message = assembler.feed(opcode, False, rsv, payload)
+                    message = assembler.feed(op, False, rsv, payload)
             else:
-                message = assembler.feed(opcode, frame.fin, rsv, payload)
+                message = assembler.feed(op, frame.fin, rsv, payload)
         except FrameViolation as violation:
             self._fail(violation.code, violation.reason)
             return
@@ -564,7 +558,7 @@ class Endpoint(WSListener):  # type: ignore[misc]
             # one is answered with 1000.
             transport.send_close(code, text)
 
-    def _on_close_frame(self, frame: WSFrame) -> None:
+    def _on_close_frame(self, frame: Any) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             self._fail_in_close(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame")
             return
@@ -619,10 +613,10 @@ class Endpoint(WSListener):  # type: ignore[misc]
         self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
         return None
 
-    def _on_ping_or_pong(self, frame: WSFrame) -> None:
+    def _on_ping_or_pong(self, frame: Any) -> None:
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             self._fail(CLOSE_PROTOCOL_ERROR, "reserved bits set on a control frame")
-        elif frame.msg_type is _PING and not self._has_failed():
+        elif frame.msg_type == OP_PING and not self._has_failed():
             # write() takes nothing once a Close is sent; flush() nothing after picows's own.
             payload = frame.get_payload_as_bytes()
             self.write(codec.build_frame(OP_PONG, payload, mask=self.client_side))
