@@ -473,6 +473,7 @@ async def test_the_registry_queue_stays_bounded_while_nats_is_down_and_resyncs_a
     b = WseServer(accept_identity, port=0, conn_per_user=3)
     b.join_cluster(nats_server.url, ClusterOptions(node="b", node_ttl=1.5))
     a.when.cluster(log.hook("cluster"))
+    b.when.cluster(log.hook("cluster-b"))
     try:
         for node in (a, b):
             await node.start()
@@ -505,6 +506,8 @@ async def test_the_registry_queue_stays_bounded_while_nats_is_down_and_resyncs_a
         await staying.connect("staying")
         await nats_server.restart()
         await wait_state(log, "cluster", "healthy", 1)
+        # b reconnects on its own schedule: its lookups need its link
+        await wait_state(log, "cluster-b", "healthy", 1)
         # the whole state, written again: who left is gone, who stays is there
         await until_online(b, "staying", 1)
         for cid in ("leaving0", "leaving4", "flapping", "passing0", "passing119"):

@@ -253,18 +253,41 @@ class NatsPresence:
 
     async def _all_entries(self) -> dict[str, list[list[str]]]:
         """Every user's list in the bucket, as one snapshot: a watch of the bucket's latest
-        values streams them, where a ``get`` per user would cost a NATS round trip each."""
+        values streams them, where a ``get`` per user would cost a NATS round trip each.
+
+        The snapshot ends at the bucket's last revision, read before the watch, not at
+        nats-py's mark (None) for "every value present at the start came": nats-py takes
+        that mark from a consumer info it reads once the consumer delivers, and NATS answers
+        it before the values the consumer has already sent (nothing pending, none received
+        yet; nats-io/nats.py#842). The mark then came first and the snapshot was empty: a
+        re-sync left the entries of users who had left while NATS was away, and a sweep the
+        entries of a dead node. The watch delivers each key's latest value in stream order,
+        deletes included, so the value at or past that revision is the last one needed.
+        Raises TimeoutError when NATS sends nothing for ``node_ttl`` meanwhile."""
         users = required(self._link.users)
-        watcher = await users.watchall(ignore_deletes=True)
+        state = (await users.status()).stream_info.state
         held: dict[str, list[list[str]]] = {}
+        if not state.messages:
+            return held
+        watcher = await users.watchall()
         try:
-            async for entry in watcher:
-                if entry is None:  # nats-py's mark: every value present at the start came
-                    break
-                held[entry.key] = _decode_entries(entry.value)
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=self._link.node_ttl)
+                except TimeoutError:  # (nats-py's own is one)
+                    raise TimeoutError(
+                        f"the users bucket sent nothing for {self._link.node_ttl} s"
+                    ) from None
+                if entry is None:
+                    continue  # nats-py's mark: not to be trusted (above)
+                if entry.operation is None:
+                    held[entry.key] = _decode_entries(entry.value)
+                else:  # deleted or purged: a boundary too, and no list
+                    held.pop(entry.key, None)
+                if entry.revision >= state.last_seq:
+                    return held
         finally:
             await watcher.stop()
-        return held
 
     def _mark(self, key: str, cid: Cid, announce: bool) -> None:
         """Queues user ``key`` for its entries to be brought to this node's connections.
