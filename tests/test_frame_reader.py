@@ -234,6 +234,28 @@ def test_the_window_agreed_bounds_what_a_message_may_refer_to(impl: Any) -> None
         inflating(impl, bits=7)
 
 
+@pytest.mark.parametrize("bits", [8, 9, 12, 14, 15])
+def test_a_reference_past_the_window_is_judged_alike_by_both_twins(bits: int) -> None:
+    # A peer that agreed to fewer than 15 bits but refers further back, within one message
+    # of 21 KB: zlib (and zlib-rs) let a distance past the window reach what the same call
+    # made, not what an earlier call made. Both twins ask for output in the same steps, so
+    # they refuse (or accept) the same streams, fragmented anywhere.
+    chunk = random.Random(3).randbytes(600)
+    data = chunk + b"a" * 20_000 + chunk  # the second chunk refers 20 600 bytes back
+    packed = deflated(data, bits=15)
+    cut = len(packed) // 3
+    for stream in (
+        frame(OP_BINARY, packed, rsv=4),
+        frame(OP_BINARY, packed[:cut], fin=False, rsv=4) + frame(OP_CONTINUATION, packed[cut:]),
+    ):
+        events = [inflating(impl, bits=bits).feed(stream) for impl in (rust, pure)]
+        assert events[0] == events[1]
+        if bits == 15:  # a 32 KiB window holds it all
+            assert events[0] == [(OP_BINARY, data, False)]
+        elif bits <= 12:  # 4 KiB or less: refused at the step that reaches back
+            assert events[0] == [(EVENT_FAIL, 1007, "invalid compressed data")]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_corrupt_stream_or_text_fails_1007(impl: Any) -> None:
     events = inflating(impl).feed(frame(OP_BINARY, b"\xff\xff\xff\xff", rsv=4))

@@ -325,6 +325,39 @@ _EVENT_FAIL_IN_CLOSE = 0x18
 _EVENT_OVER_BUDGET = 0x19
 _OVER_BUDGET_REASON = "too much data before authentication"
 _EMPTY = b""
+_SYNC_TAIL = b"\x00\x00\xff\xff"
+#: The most output one inflating step asks zlib for, as the Rust twin's STEP. At most CPython's
+#: first output block (32 KiB): a ``decompress`` call within it is one zlib ``inflate`` call.
+_INFLATE_STEP = 32 * 1024
+
+
+def _inflate_into(inflate: Any, data: bytes, message: bytearray, limit: int) -> bool:
+    """Inflates ``data`` onto ``message``, which may hold no more than ``limit`` bytes: False
+    as soon as one byte more comes out (nothing past it is made); zlib.error if corrupt.
+
+    Output is asked for in the steps the Rust twin (``Inflater::feed``) asks zlib-rs for it:
+    a distance past the window agreed is refused only where it reaches across two steps
+    (within one, zlib, like zlib-rs, lets it refer to what that step made), so both twins
+    accept and refuse the same streams only if they step alike."""
+    if inflate.eof:  # a BFINAL block ended the stream: the rest is not inflated
+        return True
+    step = min(max(len(data) * 4, 256), _INFLATE_STEP)
+    while True:
+        at = len(message)
+        if at > limit:
+            return False
+        # room + 1: one byte more than allowed tells "exactly full" from "too big"
+        want = min(limit - at + 1, step)
+        step = min(step * 2, _INFLATE_STEP)
+        out = inflate.decompress(data, want)
+        message += out
+        rest = inflate.unconsumed_tail
+        consumed = len(data) - len(rest)
+        data = rest
+        if len(message) > limit:
+            return False
+        if inflate.eof or (consumed == 0 and not out) or (len(out) < want and not data):
+            return True
 
 
 def _close_allowed(code: int) -> bool:
@@ -469,8 +502,9 @@ class FrameReader:
         compressed messages come out inflated (``compressed`` False), each at most ``limit``
         bytes (1009 at the byte past it, before more is inflated) and all of them together at
         most ``budget`` (1008 past it), with a zlib context per message or, with
-        ``takeover``, one kept across messages within ``window_bits`` (8 to 15; the Rust
-        twin inflates 8 with a 9-bit window, which accepts all a conforming peer sends)."""
+        ``takeover``, one kept across messages within ``window_bits`` (8 to 15; 8 is inflated
+        with a 9-bit window, as zlib-rs in the Rust twin takes no less, which accepts all a
+        conforming peer sends)."""
         if not 8 <= window_bits <= 15:
             raise ValueError("window_bits must be 8..15")
         if budget is not None and budget < 0:
@@ -705,20 +739,19 @@ class FrameReader:
         assert message is not None
         inflate = self._inflate
         if inflate is None:
-            inflate = self._inflate = zlib.decompressobj(-self._inflate_bits)
+            # 8 bits inflated with 9, as zlib-rs in the Rust twin does (it takes 9 to 15)
+            inflate = self._inflate = zlib.decompressobj(-max(self._inflate_bits, 9))
         limit = self.inflate_limit
         before = len(message)
         try:
-            # one byte past what the limit leaves: tells "exactly full" from "too big", and
-            # nothing past it is made (max_length 0 would mean no limit)
-            message += inflate.decompress(payload, limit - before + 1)
-            if fin and len(message) <= limit:
-                # §7.2.2: the 4 bytes §7.2.1 stripped, appended again
-                message += inflate.decompress(b"\x00\x00\xff\xff", limit - len(message) + 1)
+            # §7.2.2: the 4 bytes §7.2.1 stripped, appended again after the last frame
+            within = _inflate_into(inflate, payload, message, limit) and (
+                not fin or _inflate_into(inflate, _SYNC_TAIL, message, limit)
+            )
         except zlib.error:
             self._fail(events, 1007, "invalid compressed data")
             return
-        if len(message) > limit:
+        if not within:
             self._fail(events, 1009, "message too big")
             return
         budget = self.inflate_budget
