@@ -701,7 +701,9 @@ class FrameReader:
                 self._message = bytearray()
                 self._opcode = opcode
                 self._compressed = True
-                self._utf8 = None
+                # a fragmented text is checked as each frame inflates (RFC 6455 §8.1: fail
+                # as soon as the bytes so far cannot begin valid text); one frame, whole
+                self._utf8 = Utf8Validator() if opcode == OP_TEXT and not fin else None
                 self._inflated(fin, payload, events)
                 return
             if fin:  # the common case: one frame, one message
@@ -733,7 +735,9 @@ class FrameReader:
 
     def _inflated(self, fin: bool, payload: bytes, events: list[tuple[int, Any, Any]]) -> None:
         """One frame of a compressed message, inflated onto the message so far (RFC 7692
-        §6); the message out once its last frame is in, its text checked whole."""
+        §6); the message out once its last frame is in. A fragmented text's bytes are checked
+        as each frame's are inflated, a one-frame text's whole: after the frame is inflated in
+        full, so that where it fails does not depend on how the inflater steps its output."""
         self._received += len(payload)
         message = self._message
         assert message is not None
@@ -762,13 +766,21 @@ class FrameReader:
                 self._fail(events, 1008, _OVER_BUDGET_REASON)
                 return
             self.inflate_budget = budget - produced
+        utf8 = self._utf8
+        if utf8 is not None and not utf8.feed(message[before:]):
+            self._fail(events, 1007, "invalid UTF-8 in a text message")
+            return
         if not fin:
             return
         if not self._inflate_takeover or inflate.eof:
             # a BFINAL block ends the DEFLATE stream: the next message starts a new one
             self._inflate = None
-        self._message = None
-        if self._opcode == OP_TEXT and not validate_utf8(message):
+        self._message = self._utf8 = None
+        if utf8 is not None:
+            if not utf8.finish():
+                self._fail(events, 1007, "text message ends inside a character")
+                return
+        elif self._opcode == OP_TEXT and not validate_utf8(message):
             self._fail(events, 1007, "invalid UTF-8 in a text message")
             return
         events.append((self._opcode, bytes(message), False))
