@@ -331,16 +331,26 @@ _SYNC_TAIL = b"\x00\x00\xff\xff"
 _INFLATE_STEP = 32 * 1024
 
 
-def _inflate_into(inflate: Any, data: bytes, message: bytearray, limit: int) -> bool:
+def _inflate_into(
+    inflate: Any, data: bytes, message: bytearray, limit: int, *, stepped: bool
+) -> bool:
     """Inflates ``data`` onto ``message``, which may hold no more than ``limit`` bytes: False
     as soon as one byte more comes out (nothing past it is made); zlib.error if corrupt.
 
-    Output is asked for in the steps the Rust twin (``Inflater::feed``) asks zlib-rs for it:
-    a distance past the window agreed is refused only where it reaches across two steps
-    (within one, zlib, like zlib-rs, lets it refer to what that step made), so both twins
-    accept and refuse the same streams only if they step alike."""
+    ``stepped`` (a window below 15 bits): output is asked for in the steps the Rust twin
+    (``Inflater::feed``) asks zlib-rs for it. A distance past the window agreed is refused
+    only where it reaches across two steps (within one, zlib, like zlib-rs, lets it refer to
+    what that step made), so both twins accept and refuse the same streams only if they step
+    alike. A 15-bit window keeps every distance DEFLATE can encode, so there one call does."""
     if inflate.eof:  # a BFINAL block ended the stream: the rest is not inflated
         return True
+    if not stepped:
+        at = len(message)
+        if at > limit:
+            return False
+        # room + 1 (max_length 0 would mean no limit)
+        message += inflate.decompress(data, limit - at + 1)
+        return len(message) <= limit
     step = min(max(len(data) * 4, 256), _INFLATE_STEP)
     while True:
         at = len(message)
@@ -749,8 +759,9 @@ class FrameReader:
         before = len(message)
         try:
             # §7.2.2: the 4 bytes §7.2.1 stripped, appended again after the last frame
-            within = _inflate_into(inflate, payload, message, limit) and (
-                not fin or _inflate_into(inflate, _SYNC_TAIL, message, limit)
+            stepped = self._inflate_bits < 15
+            within = _inflate_into(inflate, payload, message, limit, stepped=stepped) and (
+                not fin or _inflate_into(inflate, _SYNC_TAIL, message, limit, stepped=stepped)
             )
         except zlib.error:
             self._fail(events, 1007, "invalid compressed data")
