@@ -13,9 +13,10 @@ so it reaches the error paths and the odd-but-valid inputs that generators do no
 - ``parse_frame_header``, ``mask`` and ``build_frame`` return the same;
 - ``FrameReader`` fed the bytes as a client's stream (cut into reads where the input says)
   reports the same events and keeps the same state in both (inflating permessage-deflate
-  messages itself for some inputs), and never more buffered bytes
-  than it was fed, nor, with a stranger's byte budget, than the budget (which is lifted after
-  the third read for some inputs, as an acceptance does).
+  messages itself for some inputs, a fragmented text's UTF-8 checked as each fragment
+  inflates), and never more buffered bytes than it was fed (plus the inflated limit when it
+  inflates), nor, with a stranger's byte budget, than the budget (which is lifted after the
+  third read for some inputs, as an acceptance does).
 
 Run: ``python fuzz/codec_differential.py [CORPUS_DIR] [libFuzzer flags]``; see fuzz/README.md.
 """
@@ -23,6 +24,7 @@ Run: ``python fuzz/codec_differential.py [CORPUS_DIR] [libFuzzer flags]``; see f
 from __future__ import annotations
 
 import reprlib
+import zlib
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -170,7 +172,8 @@ def check_reader(data: bytes) -> None:
         impl.FrameReader(max_size, compression=compression, budget=budget)
         for impl in IMPLEMENTATIONS
     ]
-    if compression and settings & 0x40:
+    inflating = compression and bool(settings & 0x40)
+    if inflating:
         # the reader inflates: a window of 9 or 15 bits, context takeover with 15, the
         # inflated limit the size limit, and an inflation budget with a stranger's byte one
         for reader in readers:
@@ -197,7 +200,8 @@ def check_reader(data: bytes) -> None:
         states = [
             (r.failed, r.done, r.buffered, r.budget, r.over_budget, r.unread) for r in readers
         ]
-        if states[0] != states[1] or states[0][2] > fed:
+        # an unfinished message is held as fed, or inflated (then within the inflated limit)
+        if states[0] != states[1] or states[0][2] > fed + (max_size if inflating else 0):
             raise Finding(f"FrameReader state after {stream[:at]!r}: {states}")
 
 
@@ -232,7 +236,29 @@ def seeds() -> dict[str, bytes]:
         + pure.build_frame(0x0, "é".encode()[1:], mask=True)
         + pure.build_frame(0x2, b"x" * 300, mask=True)
         + pure.build_frame(0x8, b"\x03\xe8bye", mask=True),
+        # inflating (1 MiB, 15 bits, takeover): a compressed text with a character split
+        # across fragments, then one whose first fragment inflates to invalid UTF-8
+        "deflate-fragments": b"\xc5"
+        + deflated_fragments(["gr\u00fc".encode()[:3], "\u00fc".encode()[1:] + b"sse"])
+        + deflated_fragments([b"ok \xff", b"more"])
+        + pure.build_frame(0x8, b"\x03\xe8bye", mask=True),
+        # inflating (200 bytes, 9 bits): a surrogate's start in the second fragment of three
+        "deflate-surrogate": b"\x46" + deflated_fragments([b"a", b"b\xed\xa0", b"\x80c"]),
     }
+
+
+def deflated_fragments(chunks: list[bytes]) -> bytes:
+    """A client's compressed text (RFC 7692 §7.2.1), a fragment for each chunk, each flushed
+    so that it inflates to its chunk before the next fragment is read."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -9)
+    packed = [compressor.compress(c) + compressor.flush(zlib.Z_SYNC_FLUSH) for c in chunks]
+    packed[-1] = packed[-1][:-4]
+    return b"".join(
+        pure.build_frame(
+            0x0 if at else 0x1, p, fin=at == len(packed) - 1, rsv=0 if at else 4, mask=True
+        )
+        for at, p in enumerate(packed)
+    )
 
 
 if __name__ == "__main__":

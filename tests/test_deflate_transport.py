@@ -262,6 +262,22 @@ async def test_a_fragmented_zip_bomb_closes_1009_at_its_first_fragment(
     await asyncio.wait_for(peer.expect_close(1009), 5)
 
 
+async def test_a_fragmented_text_closes_1007_at_the_first_fragment_that_inflates_bad(
+    make_server: ServerFactory, peers: list[DeflatePeer]
+) -> None:
+    # A compressed text's UTF-8 is checked as each fragment inflates (RFC 6455 §8.1, as for
+    # a plain one): the close comes while the message's last fragment is still unsent.
+    server = await echo_server(make_server, compression=Compression())
+    peer = await connect(peers, server)
+    peer.send(0x1, HI)
+    await peer.recv()
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = compressor.compress(b'["echo", "ok \xff') + compressor.flush(zlib.Z_SYNC_FLUSH)
+    # the last fragment is never sent: a server that checked the message whole would wait
+    peer.send(0x1, first, fin=False, rsv=RSV_COMPRESSED)
+    await asyncio.wait_for(peer.expect_close(1007), 5)
+
+
 async def test_a_stranger_may_not_inflate_past_its_limit(
     make_server: ServerFactory, peers: list[DeflatePeer]
 ) -> None:

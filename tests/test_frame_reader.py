@@ -234,6 +234,28 @@ def test_the_window_agreed_bounds_what_a_message_may_refer_to(impl: Any) -> None
         inflating(impl, bits=7)
 
 
+@pytest.mark.parametrize("bits", [8, 9, 12, 14, 15])
+def test_a_reference_past_the_window_is_judged_alike_by_both_twins(bits: int) -> None:
+    # A peer that agreed to fewer than 15 bits but refers further back, within one message
+    # of 21 KB: zlib (and zlib-rs) let a distance past the window reach what the same call
+    # made, not what an earlier call made. Both twins ask for output in the same steps, so
+    # they refuse (or accept) the same streams, fragmented anywhere.
+    chunk = random.Random(3).randbytes(600)
+    data = chunk + b"a" * 20_000 + chunk  # the second chunk refers 20 600 bytes back
+    packed = deflated(data, bits=15)
+    cut = len(packed) // 3
+    for stream in (
+        frame(OP_BINARY, packed, rsv=4),
+        frame(OP_BINARY, packed[:cut], fin=False, rsv=4) + frame(OP_CONTINUATION, packed[cut:]),
+    ):
+        events = [inflating(impl, bits=bits).feed(stream) for impl in (rust, pure)]
+        assert events[0] == events[1]
+        if bits == 15:  # a 32 KiB window holds it all
+            assert events[0] == [(OP_BINARY, data, False)]
+        elif bits <= 12:  # 4 KiB or less: refused at the step that reaches back
+            assert events[0] == [(EVENT_FAIL, 1007, "invalid compressed data")]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_corrupt_stream_or_text_fails_1007(impl: Any) -> None:
     events = inflating(impl).feed(frame(OP_BINARY, b"\xff\xff\xff\xff", rsv=4))
@@ -244,6 +266,63 @@ def test_a_corrupt_stream_or_text_fails_1007(impl: Any) -> None:
     reader = inflating(impl)
     stream = frame(OP_BINARY, b"\xff\xff", rsv=4) + frame(OP_CLOSE, close_body(1000))
     assert reader.feed(stream)[1:] == [(OP_CLOSE, 1000, "")]
+
+
+def flushed(compressor: Any, data: bytes) -> bytes:
+    """``data`` deflated onto ``compressor``'s stream and flushed (Z_SYNC_FLUSH): a fragment
+    that inflates to all of ``data`` before the next fragment is read."""
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_compressed_text_fails_1007_at_the_first_fragment_that_inflates_bad(impl: Any) -> None:
+    invalid = (EVENT_FAIL, 1007, "invalid UTF-8 in a text message")
+    # the first fragment inflates to bytes no text can start with: the failure comes with
+    # that fragment's read, the message's end not awaited and nothing of it kept
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = flushed(compressor, b"ok \xff and more")
+    last = deflated(b"the end", compressor)
+    reader = inflating(impl)
+    assert reader.feed(frame(OP_TEXT, first, fin=False, rsv=4)) == [invalid]
+    assert reader.failed and reader.buffered == 0
+    # what follows is skipped, the peer's Close still read
+    stream = frame(OP_CONTINUATION, last) + frame(OP_CLOSE, close_body(1000))
+    assert reader.feed(stream) == [(OP_CLOSE, 1000, "")]
+    # a sequence that can never be completed (a surrogate's start) fails as early
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    reader = inflating(impl)
+    assert reader.feed(frame(OP_TEXT, flushed(compressor, b"ok\xed\xa0"), fin=False, rsv=4)) == [
+        invalid
+    ]
+    # a later fragment: valid text until it, the failure with it, with a ping between
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    reader = inflating(impl)
+    assert (
+        reader.feed(frame(OP_TEXT, flushed(compressor, "grüße ".encode()), fin=False, rsv=4)) == []
+    )
+    assert reader.feed(frame(OP_PING, b"p")) == [(OP_PING, b"p", False)]
+    assert reader.feed(frame(OP_CONTINUATION, flushed(compressor, b"\xc3("), fin=False)) == [
+        invalid
+    ]
+    # a character split across fragments is fine; a text ending inside one fails at its end
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = frame(OP_TEXT, flushed(compressor, b"\xe2\x82"), fin=False, rsv=4) + frame(
+        OP_CONTINUATION, deflated(b"\xac", compressor)
+    )
+    assert inflating(impl).feed(stream) == [(OP_TEXT, "€".encode(), False)]
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = frame(OP_TEXT, flushed(compressor, b"\xe2\x82"), fin=False, rsv=4) + frame(
+        OP_CONTINUATION, deflated(b"", compressor)
+    )
+    assert inflating(impl).feed(stream) == [
+        (EVENT_FAIL, 1007, "text message ends inside a character")
+    ]
+    # a binary message is not text
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = frame(OP_BINARY, flushed(compressor, b"\xff"), fin=False, rsv=4) + frame(
+        OP_CONTINUATION, deflated(b"\xfe", compressor)
+    )
+    assert inflating(impl).feed(stream) == [(OP_BINARY, b"\xff\xfe", False)]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -634,9 +713,69 @@ _deflated = st.tuples(
 ).map(_compressed)
 
 
+def _fragmented(parts: tuple[list[tuple[bytes, bool]], list[int], bool]) -> bytes:
+    """A compressed message of several fragments: each chunk deflated onto one stream, those
+    ``flush``ed ending a fragment (which then inflates to all its chunks so far), and the
+    stream cut again at ``cuts`` (mid-symbol: a fragment inflates to what zlib can decode of
+    it); text or binary."""
+    chunks, cuts, text = parts
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    packed, ends = b"", {0}
+    for chunk, flush in chunks:
+        packed += compressor.compress(chunk)
+        if flush:
+            packed += compressor.flush(zlib.Z_SYNC_FLUSH)
+            ends.add(len(packed))
+    packed = (packed + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    bounds = [*sorted(b for b in ends | set(cuts) if b < len(packed)), len(packed)]
+    fragments = [packed[a:b] for a, b in itertools.pairwise(bounds)] or [b""]
+    opcode = OP_TEXT if text else OP_BINARY
+    return b"".join(
+        frame(
+            OP_CONTINUATION if at else opcode,
+            fragment,
+            fin=at == len(fragments) - 1,
+            rsv=0 if at else 4,
+        )
+        for at, fragment in enumerate(fragments)
+    )
+
+
+# text chunks, bytes no text may hold, and pieces of characters (valid only when joined)
+_chunks = st.one_of(
+    _texts,
+    _texts,
+    st.sampled_from(
+        [
+            b"\xff",
+            b"\x80",
+            b"\xed\xa0",
+            b"\xf4\x90",
+            b"\xe0\x80",
+            b"\xc3(",
+            b"\xc3",
+            b"\xa9",
+            b"\xe2\x82",
+            b"\xac",
+            b"\xf0\x9f",
+            b"\x98\x80",
+        ]
+    ),
+    st.integers(0, 3000).map(lambda n: b"a" * n),
+)
+_fragmented_texts = st.tuples(
+    st.lists(st.tuples(_chunks, st.booleans()), min_size=1, max_size=6),
+    st.lists(st.integers(0, 400), max_size=3),
+    st.sampled_from([True, True, True, False]),
+).map(_fragmented)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    pieces=st.lists(st.one_of(_deflated, _deflated, _valid, _frames), max_size=10),
+    pieces=st.lists(
+        st.one_of(_deflated, _deflated, _fragmented_texts, _fragmented_texts, _valid, _frames),
+        max_size=10,
+    ),
     cuts=st.lists(st.integers(0, 4000), max_size=6),
     limit=st.sampled_from([0, 60, 1000, 1 << 20]),
     bits=st.integers(8, 15),

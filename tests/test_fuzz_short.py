@@ -112,3 +112,14 @@ def test_json_twins_agree(codec_differential: ModuleType, data: bytes) -> None:
     these differently (value, or accept against reject, or an error other than
     EnvelopeError)."""
     codec_differential.one_input(data)
+
+
+def test_an_inflating_reader_may_hold_more_than_it_was_fed(codec_differential: ModuleType) -> None:
+    """Found by the differential harness once seeded with fragmented compressed texts: 7
+    bytes of a compressed message's first fragment inflate to 116 held for the next one,
+    which its bound on what a reader keeps (never more than it was fed) counted as a finding;
+    an inflating reader's bound is what it was fed plus the inflated limit."""
+    codec_differential.one_input(
+        b"FA\x87\xa4\xa1\xe2\x17\xee\xba\xe2\x17\xa4a\x1d\x07\x07\x07\x00\x89\x90+\xbb\xd0"
+        b"\xdaQ\x00\xd0\x90+\xbb/o\x80\x84\xd0*\xd4P\xbab\xd2P"
+    )

@@ -325,6 +325,49 @@ _EVENT_FAIL_IN_CLOSE = 0x18
 _EVENT_OVER_BUDGET = 0x19
 _OVER_BUDGET_REASON = "too much data before authentication"
 _EMPTY = b""
+_SYNC_TAIL = b"\x00\x00\xff\xff"
+#: The most output one inflating step asks zlib for, as the Rust twin's STEP. At most CPython's
+#: first output block (32 KiB): a ``decompress`` call within it is one zlib ``inflate`` call.
+_INFLATE_STEP = 32 * 1024
+
+
+def _inflate_into(
+    inflate: Any, data: bytes, message: bytearray, limit: int, *, stepped: bool
+) -> bool:
+    """Inflates ``data`` onto ``message``, which may hold no more than ``limit`` bytes: False
+    as soon as one byte more comes out (nothing past it is made); zlib.error if corrupt.
+
+    ``stepped`` (a window below 15 bits): output is asked for in the steps the Rust twin
+    (``Inflater::feed``) asks zlib-rs for it. A distance past the window agreed is refused
+    only where it reaches across two steps (within one, zlib, like zlib-rs, lets it refer to
+    what that step made), so both twins accept and refuse the same streams only if they step
+    alike. A 15-bit window keeps every distance DEFLATE can encode, so there one call does."""
+    if inflate.eof:  # a BFINAL block ended the stream: the rest is not inflated
+        return True
+    if not stepped:
+        at = len(message)
+        if at > limit:
+            return False
+        # room + 1 (max_length 0 would mean no limit)
+        message += inflate.decompress(data, limit - at + 1)
+        return len(message) <= limit
+    step = min(max(len(data) * 4, 256), _INFLATE_STEP)
+    while True:
+        at = len(message)
+        if at > limit:
+            return False
+        # room + 1: one byte more than allowed tells "exactly full" from "too big"
+        want = min(limit - at + 1, step)
+        step = min(step * 2, _INFLATE_STEP)
+        out = inflate.decompress(data, want)
+        message += out
+        rest = inflate.unconsumed_tail
+        consumed = len(data) - len(rest)
+        data = rest
+        if len(message) > limit:
+            return False
+        if inflate.eof or (consumed == 0 and not out) or (len(out) < want and not data):
+            return True
 
 
 def _close_allowed(code: int) -> bool:
@@ -469,8 +512,9 @@ class FrameReader:
         compressed messages come out inflated (``compressed`` False), each at most ``limit``
         bytes (1009 at the byte past it, before more is inflated) and all of them together at
         most ``budget`` (1008 past it), with a zlib context per message or, with
-        ``takeover``, one kept across messages within ``window_bits`` (8 to 15; the Rust
-        twin inflates 8 with a 9-bit window, which accepts all a conforming peer sends)."""
+        ``takeover``, one kept across messages within ``window_bits`` (8 to 15; 8 is inflated
+        with a 9-bit window, as zlib-rs in the Rust twin takes no less, which accepts all a
+        conforming peer sends)."""
         if not 8 <= window_bits <= 15:
             raise ValueError("window_bits must be 8..15")
         if budget is not None and budget < 0:
@@ -667,7 +711,9 @@ class FrameReader:
                 self._message = bytearray()
                 self._opcode = opcode
                 self._compressed = True
-                self._utf8 = None
+                # a fragmented text is checked as each frame inflates (RFC 6455 §8.1: fail
+                # as soon as the bytes so far cannot begin valid text); one frame, whole
+                self._utf8 = Utf8Validator() if opcode == OP_TEXT and not fin else None
                 self._inflated(fin, payload, events)
                 return
             if fin:  # the common case: one frame, one message
@@ -699,26 +745,28 @@ class FrameReader:
 
     def _inflated(self, fin: bool, payload: bytes, events: list[tuple[int, Any, Any]]) -> None:
         """One frame of a compressed message, inflated onto the message so far (RFC 7692
-        §6); the message out once its last frame is in, its text checked whole."""
+        §6); the message out once its last frame is in. A fragmented text's bytes are checked
+        as each frame's are inflated, a one-frame text's whole: after the frame is inflated in
+        full, so that where it fails does not depend on how the inflater steps its output."""
         self._received += len(payload)
         message = self._message
         assert message is not None
         inflate = self._inflate
         if inflate is None:
-            inflate = self._inflate = zlib.decompressobj(-self._inflate_bits)
+            # 8 bits inflated with 9, as zlib-rs in the Rust twin does (it takes 9 to 15)
+            inflate = self._inflate = zlib.decompressobj(-max(self._inflate_bits, 9))
         limit = self.inflate_limit
         before = len(message)
         try:
-            # one byte past what the limit leaves: tells "exactly full" from "too big", and
-            # nothing past it is made (max_length 0 would mean no limit)
-            message += inflate.decompress(payload, limit - before + 1)
-            if fin and len(message) <= limit:
-                # §7.2.2: the 4 bytes §7.2.1 stripped, appended again
-                message += inflate.decompress(b"\x00\x00\xff\xff", limit - len(message) + 1)
+            # §7.2.2: the 4 bytes §7.2.1 stripped, appended again after the last frame
+            stepped = self._inflate_bits < 15
+            within = _inflate_into(inflate, payload, message, limit, stepped=stepped) and (
+                not fin or _inflate_into(inflate, _SYNC_TAIL, message, limit, stepped=stepped)
+            )
         except zlib.error:
             self._fail(events, 1007, "invalid compressed data")
             return
-        if len(message) > limit:
+        if not within:
             self._fail(events, 1009, "message too big")
             return
         budget = self.inflate_budget
@@ -729,13 +777,21 @@ class FrameReader:
                 self._fail(events, 1008, _OVER_BUDGET_REASON)
                 return
             self.inflate_budget = budget - produced
+        utf8 = self._utf8
+        if utf8 is not None and not utf8.feed(message[before:]):
+            self._fail(events, 1007, "invalid UTF-8 in a text message")
+            return
         if not fin:
             return
         if not self._inflate_takeover or inflate.eof:
             # a BFINAL block ends the DEFLATE stream: the next message starts a new one
             self._inflate = None
-        self._message = None
-        if self._opcode == OP_TEXT and not validate_utf8(message):
+        self._message = self._utf8 = None
+        if utf8 is not None:
+            if not utf8.finish():
+                self._fail(events, 1007, "text message ends inside a character")
+                return
+        elif self._opcode == OP_TEXT and not validate_utf8(message):
             self._fail(events, 1007, "invalid UTF-8 in a text message")
             return
         events.append((self._opcode, bytes(message), False))

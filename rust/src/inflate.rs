@@ -9,8 +9,10 @@ use flate2::{Decompress, FlushDecompress, Status};
 /// the receiver appends it again before inflating (§7.2.2).
 pub const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Output is made in steps of at most this many bytes, so that what is allocated past what
-/// the limit allows stays small.
-const STEP: usize = 64 * 1024;
+/// the limit allows stays small. The pure twin asks Python's zlib for output in the same
+/// steps, each within CPython's first output block (32 KiB), so that each is one `inflate`
+/// call there as here: a distance past the window is refused only across calls.
+const STEP: usize = 32 * 1024;
 
 pub enum InflateError {
     /// The message would inflate past the limit (close 1009).

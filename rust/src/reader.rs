@@ -476,7 +476,9 @@ impl FrameReader {
                 self.message = Some(Vec::new());
                 self.opcode = opcode;
                 self.compressed = true;
-                self.utf8 = None;
+                // a fragmented text is checked as each frame inflates (RFC 6455 §8.1: fail
+                // as soon as the bytes so far cannot begin valid text); one frame, whole
+                self.utf8 = (opcode == OP_TEXT && !fin).then(utf8::Incremental::default);
                 return self.inflate(py, fin, src, key, events);
             }
             if fin {
@@ -533,7 +535,9 @@ impl FrameReader {
     }
 
     /// One frame of a compressed message, inflated onto the message so far (RFC 7692 §6);
-    /// the message out once its last frame is in, its text checked whole.
+    /// the message out once its last frame is in. A fragmented text's bytes are checked as
+    /// each frame's are inflated, a one-frame text's whole: after the frame is inflated in
+    /// full, so that where it fails does not depend on how the inflater steps its output.
     fn inflate(
         &mut self,
         py: Python<'_>,
@@ -583,12 +587,25 @@ impl FrameReader {
             }
             self.inflate_budget = Some(left - produced);
         }
+        if let Some(validator) = self.utf8.as_mut() {
+            if !validator.feed(&message[before..]) {
+                return self.fail(events, EVENT_FAIL, 1007, "invalid UTF-8 in a text message");
+            }
+        }
         if !fin {
             self.message = Some(message);
             return Ok(());
         }
-        if self.opcode == OP_TEXT && !utf8::is_valid(&message) {
-            return self.fail(events, EVENT_FAIL, 1007, "invalid UTF-8 in a text message");
+        match self.utf8.take() {
+            Some(validator) if !validator.finish() => {
+                let reason = "text message ends inside a character";
+                return self.fail(events, EVENT_FAIL, 1007, reason);
+            }
+            Some(_) => {}
+            None if self.opcode == OP_TEXT && !utf8::is_valid(&message) => {
+                return self.fail(events, EVENT_FAIL, 1007, "invalid UTF-8 in a text message");
+            }
+            None => {}
         }
         events.append((self.opcode, PyBytes::new(py, &message), false))
     }
