@@ -23,7 +23,7 @@ import msgpack
 import nats
 import pytest
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
-from wse_fast import WSE_REASON, ClusterOptions, WseClient, WseServer
+from wse_fast import WSE_REASON, ClusterOptions, WseClient, WseError, WseServer
 from wse_fast.cluster.local_nats import LocalNats
 
 from tests.conftest import ClientFactory, EventLog, accept_identity, url_of
@@ -443,6 +443,68 @@ async def test_a_resync_and_a_sweep_read_every_list_when_nats_answers_the_watch_
         await a.close()
         await nc.close()
         await proxy.close()
+
+
+async def test_a_node_list_answered_before_its_keys_takes_no_live_node_for_dead(
+    make_node: InProcessNodes, nats_server: LocalNats
+) -> None:
+    # The heartbeat lists the nodes bucket's keys through the same kind of nats-py watch
+    # (nats-io/nats.py#842): the listing came back empty, the node took every other node for
+    # gone for a beat and claimed its sweep (s.<node>); had that live node died within
+    # node_ttl, nobody would have swept its entries. The proxy answers in that order.
+    proxy = ReorderingProxy(nats_server.url)
+    await proxy.start()
+    await make_node("b")
+    a = WseServer(accept_identity, port=0)
+    a.join_cluster(proxy.url, ClusterOptions(node="a", node_ttl=NODE_TTL))
+    nc = await nats.connect(nats_server.url)
+    try:
+        await a.start()
+        cluster = a.cluster
+        assert cluster is not None and "b" in cluster.alive
+        cluster.link.stop_heartbeat()  # the reads below are the test's
+        nodes = await nc.jetstream().key_value("wse_nodes")
+        # one value per key (history 1): n.a, n.b, and the claims each start deleted
+        held = (await nodes.status()).stream_info.state.messages
+        proxy.arm("KV_wse_nodes", count=held)
+        await cluster.link.renew()
+        assert proxy.done.is_set()  # the keys came after the consumer info
+        await asyncio.gather(*cluster.presence._sweeps)
+        with pytest.raises((KeyDeletedError, KeyNotFoundError)):
+            await nodes.get("s.b")
+        assert "b" in cluster.alive
+    finally:
+        await a.close()
+        await nc.close()
+        await proxy.close()
+
+
+async def test_a_node_list_without_the_nodes_own_key_fails_the_read_and_claims_nothing(
+    make_node: InProcessNodes, nats_server: LocalNats
+) -> None:
+    # A listing without the key the node wrote just before is not whole, whatever cut it
+    # short (the early mark above, or a key expired under a read late by node_ttl): after
+    # three such listings the read fails like one NATS does not answer, and changes nothing.
+    a = await make_node("a")
+    await make_node("b")
+    cluster = a.cluster
+    assert cluster is not None
+    cluster.link.stop_heartbeat()
+    await cluster.link.renew()
+    assert cluster.alive == {"a", "b"}
+    nc = await nats.connect(nats_server.url)
+    try:
+        nodes = await nc.jetstream().key_value("wse_nodes")
+        await nodes.delete("n.a")  # after its write: a read that follows sees it gone
+        with pytest.raises(WseError) as failed:
+            await cluster.link._read_nodes()
+        assert failed.value.code == "wse.cluster.unavailable"
+        await asyncio.gather(*cluster.presence._sweeps)
+        with pytest.raises((KeyDeletedError, KeyNotFoundError)):
+            await nodes.get("s.b")
+        assert cluster.alive == {"a", "b"}
+    finally:
+        await nc.close()
 
 
 def test_the_default_node_ttl_drops_a_dead_node_within_ten_seconds() -> None:

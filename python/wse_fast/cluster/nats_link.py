@@ -51,6 +51,10 @@ _ORIGIN = 8  # bytes of the sending node's mark, first in every message
 #: The states of the link, as ``when.cluster`` reports them (with "reconnected" between).
 _HEALTHY, _UNHEALTHY, _DISCONNECTED = "healthy", "unhealthy", "disconnected"
 
+#: Listings of the nodes bucket a read of the live nodes may take before it fails: a listing
+#: without this node's own key is cut short (``NatsLink._read_nodes``).
+_NODE_READS = 3
+
 
 def pack_name(op: bytes, name: str, rest: bytes = b"") -> bytes:
     """An operation on a user (``name``: its cid) or a node's connection (its node)."""
@@ -404,12 +408,34 @@ class NatsLink:
             self._taken_for_dead()
 
     async def _read_nodes(self) -> None:
-        """Which nodes live (their keys): those gone since the last read are told."""
+        """Which nodes live (their keys): those gone since the last read are told.
+
+        Only a whole listing counts. nats-py lists a bucket's keys through a watch that
+        ends at its mark for "every value present at the start came", which it takes from a
+        consumer info; a busy nats-server answers that before the values its consumer has
+        already sent (nats-io/nats.py#842), and the listing comes back empty. It took every
+        other node for gone for a beat, and claimed their sweeps (``s.<node>``): a live node
+        claimed that way and dead within ``node_ttl`` was never swept. Every read follows a
+        write of this node's own key (``renew``, and each beat waits for its write), so a
+        listing without that key is not whole: it is read again, up to ``_NODE_READS``
+        times, then the read fails as one NATS does not answer (nothing learnt, no claim).
+        A listing cut short is always empty: nats-py sets the early mark only when no value
+        has arrived yet, and then all of them come after it (otherwise its mark comes with
+        the value NATS says is the last pending)."""
         nodes = required(self.nodes)
-        try:
-            keys = await nodes.keys()
-        except NoKeysError:
-            keys = []
+        own = f"n.{self.node}"
+        for _ in range(_NODE_READS):
+            try:
+                keys = await nodes.keys()
+            except NoKeysError:
+                keys = []
+            if own in keys:
+                break
+        else:
+            # (also a key that expired after its write: a read late by node_ttl; the next
+            # beat's write finds it gone and this node taken for dead)
+            error = f"{_NODE_READS} listings of the nodes bucket lacked this node's own key"
+            raise WseError(CLUSTER_UNAVAILABLE, {"error": error, "node": self.node})
         before = self.alive
         self.alive = frozenset(key[2:] for key in keys if key.startswith("n."))
         gone = sorted(before - self.alive - {self.node})
