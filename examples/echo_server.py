@@ -20,7 +20,7 @@ from wse_fast import codec
 from wse_fast.constants import OP_BINARY, OP_TEXT
 from wse_fast.sansio.deflate import Compression, PerMessageDeflate
 from wse_fast.transport.admission import Admission, ReadGuard
-from wse_fast.transport.picows_endpoint import DeflateEndpoint, Endpoint
+from wse_fast.transport.endpoint import DeflateEndpoint, Endpoint
 from wse_fast.transport.server_socket import ListenerOptions, listen
 
 MAX_MESSAGE = 16 << 20

@@ -4,7 +4,7 @@ The input's first byte configures the run (see ``Config``); the rest is either a
 read as WebSocket frames with the codec's ``parse_frame_header``, or (``structured``) a recipe
 from which ``FuzzedDataProvider`` builds such a stream of mostly valid WSE messages, some of
 their frames broken. Either way the stream goes through what the I/O layer does with frames:
-``whole_message`` and ``MessageAssembler`` (as ``transport/picows_endpoint.py`` drives them),
+``whole_message`` and ``MessageAssembler`` (as ``transport/endpoint.py`` drives them),
 both wire protocols' ``unpack``, and a ``ServerSession`` and a ``ClientSession`` per protocol
 (driven as ``connection.py`` and ``client.py`` drive them).
 

@@ -4,7 +4,7 @@ with every message compressed both ways."""
 from __future__ import annotations
 
 from wse_fast import Compression
-from wse_fast.transport.picows_endpoint import DeflateEndpoint
+from wse_fast.transport.endpoint import DeflateEndpoint
 
 from tests.conftest import EventLog, ServerFactory
 from tests.test_browser import PAGE_REPORT, devtools, serve_the_page, tab_of_the_page

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from wse_fast import WSE_ERROR, WseServer, codec
-from wse_fast.transport.picows_endpoint import TRANSPORT_HIGH_WATER
+from wse_fast.transport.endpoint import TRANSPORT_HIGH_WATER
 
 from tests.conftest import ClientFactory, EventLog, RecordingTransport, ServerFactory
 from tests.test_rfc6455 import open_peer

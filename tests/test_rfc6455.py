@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from wse_fast import WseServer, codec
-from wse_fast.transport.picows_endpoint import CLOSE_WATCH_INTERVAL
+from wse_fast.transport.endpoint import CLOSE_WATCH_INTERVAL
 
 from tests.conftest import ClientFactory, EventLog, ServerFactory
 from tests.test_framing import RawPeer

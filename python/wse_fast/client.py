@@ -41,7 +41,7 @@ from .sansio import session as ev
 from .sansio.deflate import Compressor, PerMessageDeflate
 from .sansio.framing import unframe
 from .sansio.session import ClientSession
-from .transport.picows_endpoint import DeflateEndpoint, Endpoint
+from .transport.endpoint import DeflateEndpoint, Endpoint
 
 #: The reason reported with code 1006 when the server left a keepalive ping unanswered.
 PING_TIMEOUT_REASON: Final = "wse.client.ping-timeout"
@@ -61,7 +61,7 @@ HANDSHAKE_HEADERS: Final = frozenset(
 
 class PicowsListener(WSListener):  # type: ignore[misc]
     """picows's listener for the client's connection: hands each of picows's callbacks to the
-    connection's :class:`~wse_fast.transport.picows_endpoint.Endpoint`.
+    connection's :class:`~wse_fast.transport.endpoint.Endpoint`.
 
     A class of its own rather than the endpoint itself, so that the endpoint (shared with the
     server's own sockets) needs no picows: a process that only serves never loads it.

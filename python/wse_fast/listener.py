@@ -31,7 +31,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .transport.admission import ReadGuard, Vet
-from .transport.picows_endpoint import Endpoint
+from .transport.endpoint import Endpoint
 from .transport.server_socket import ListenerOptions, kernel_backlog, listen
 
 #: The environment variable that once chose picows's protocol for the server's sockets.

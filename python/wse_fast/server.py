@@ -36,8 +36,8 @@ from .transport.admission import (
     StrangerHold,
 )
 from .transport.asgi import AsgiApp
+from .transport.endpoint import DeflateEndpoint, Endpoint
 from .transport.group import EndpointGroup
-from .transport.picows_endpoint import DeflateEndpoint, Endpoint
 from .transport.upgrade import agreed_subprotocol, offered_subprotocols
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The WebSocket close handshake of one connection, without I/O (RFC 6455 §5.5.1, §7).
 
-Every transport's endpoint (:class:`~wse_fast.transport.picows_endpoint.Endpoint` on the
+Every transport's endpoint (:class:`~wse_fast.transport.endpoint.Endpoint` on the
 server's own sockets and the client's picows,
 :class:`~wse_fast.transport.messages.MessageEndpoint` on ASGI and aiohttp) tells its
 :class:`CloseHandshake` what happened (a close asked for, a protocol failure, the peer's Close,

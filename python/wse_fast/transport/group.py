@@ -1,7 +1,7 @@
 """The accepted connections of one server, as a broadcast reaches them.
 
-Socket endpoints (:class:`~.picows_endpoint.Endpoint`) take a broadcast frame through
-:func:`picows_endpoint.write_all`, which queues it for each in one loop and lets the loop
+Socket endpoints (:class:`~.endpoint.Endpoint`) take a broadcast frame through
+:func:`endpoint.write_all`, which queues it for each in one loop and lets the loop
 turn's flush send it to every socket in one call into the codec; endpoints of message-level
 transports (ASGI, aiohttp) take it one by one.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..sansio.deflate import Compressor
 from .base import Transport
-from .picows_endpoint import DeflateEndpoint, Endpoint, write_all
+from .endpoint import DeflateEndpoint, Endpoint, write_all
 
 
 class EndpointGroup:

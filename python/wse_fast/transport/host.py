@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..protocols import WireProtocol
     from ..server_connection import ServerConnection
     from .admission import Admission, ReadGuard, StrangerHold
-    from .picows_endpoint import Endpoint
+    from .endpoint import Endpoint
 
 
 class TransportHost(Protocol):

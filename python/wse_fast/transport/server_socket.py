@@ -44,8 +44,8 @@ from multidict import CIMultiDictProxy
 from .. import codec
 from ..constants import CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, OP_CLOSE
 from .admission import HTTP_REQUEST_MAX, Admission, ReadGuard, Vet, parse_request_head
+from .endpoint import DeflateEndpoint, Endpoint, Keepalive
 from .per_loop import per_loop
-from .picows_endpoint import DeflateEndpoint, Endpoint, Keepalive
 
 #: The size of each event loop's read buffer: what one read can take (a larger frame is
 #: read in several, its bytes kept by its connection's reader until it is whole).
@@ -180,7 +180,7 @@ class ServerSocket(asyncio.Protocol):
     Behind its guard, it is read through ``get_buffer``/``buffer_updated`` (the guard calls
     them); once accepted, uvloop calls ``data_received`` (see the module's docstring).
 
-    To its endpoint it is a :class:`~.picows_endpoint.SocketTransport` (``send_close``,
+    To its endpoint it is a :class:`~.endpoint.SocketTransport` (``send_close``,
     ``disconnect``, ``is_close_frame_sent``, ``is_disconnected``, ``underlying_transport``),
     as picows's transport is to the client's endpoint, so the endpoint works the same on
     either.
