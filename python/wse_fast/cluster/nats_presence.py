@@ -262,32 +262,37 @@ class NatsPresence:
         yet; nats-io/nats.py#842). The mark then came first and the snapshot was empty: a
         re-sync left the entries of users who had left while NATS was away, and a sweep the
         entries of a dead node. The watch delivers each key's latest value in stream order,
-        deletes included, so the value at or past that revision is the last one needed.
-        Raises TimeoutError when NATS sends nothing for ``node_ttl`` meanwhile."""
+        deletes included. It ends at the first value at or past that revision that NATS sends
+        with nothing more pending (its own count on each message, not the consumer info): a
+        list rewritten meanwhile has lost its old revision (one is kept per key), and its new
+        one, past the revision read, is still pending until it comes. Raises TimeoutError
+        when NATS sends nothing for ``node_ttl`` meanwhile."""
         users = required(self._link.users)
         state = (await users.status()).stream_info.state
         held: dict[str, list[list[str]]] = {}
         if not state.messages:
             return held
+        quiet = self._link.node_ttl
+        loop = asyncio.get_running_loop()
         watcher = await users.watchall()
         try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=self._link.node_ttl)
-                except TimeoutError:  # (nats-py's own is one)
-                    raise TimeoutError(
-                        f"the users bucket sent nothing for {self._link.node_ttl} s"
-                    ) from None
-                if entry is None:
-                    continue  # nats-py's mark: not to be trusted (above)
-                if entry.operation is None:
-                    held[entry.key] = _decode_entries(entry.value)
-                else:  # deleted or purged: a boundary too, and no list
-                    held.pop(entry.key, None)
-                if entry.revision >= state.last_seq:
-                    return held
+            # one deadline moved on at each value (wait_for would make a task per value)
+            async with asyncio.timeout(quiet) as deadline:
+                async for entry in watcher:
+                    deadline.reschedule(loop.time() + quiet)
+                    if entry is None:
+                        continue  # nats-py's mark: not to be trusted (above)
+                    if entry.operation is None:
+                        held[entry.key] = _decode_entries(entry.value)
+                    else:  # deleted or purged: no list
+                        held.pop(entry.key, None)
+                    if entry.revision >= state.last_seq and entry.delta == 0:
+                        return held
+        except TimeoutError:
+            raise TimeoutError(f"the users bucket sent nothing for {quiet} s") from None
         finally:
             await watcher.stop()
+        raise TimeoutError("the users bucket's watch ended")  # stopped from elsewhere
 
     def _mark(self, key: str, cid: Cid, announce: bool) -> None:
         """Queues user ``key`` for its entries to be brought to this node's connections.
