@@ -54,6 +54,8 @@ _HEALTHY, _UNHEALTHY, _DISCONNECTED = "healthy", "unhealthy", "disconnected"
 #: Listings of the nodes bucket a read of the live nodes may take before it fails: a listing
 #: without this node's own key is cut short (``NatsLink._read_nodes``).
 _NODE_READS = 3
+#: Seconds before the second listing of the nodes bucket (twice that before the third).
+_NODE_READ_PAUSE = 0.05
 
 
 def pack_name(op: bytes, name: str, rest: bytes = b"") -> bytes:
@@ -424,7 +426,11 @@ class NatsLink:
         the value NATS says is the last pending)."""
         nodes = required(self.nodes)
         own = f"n.{self.node}"
-        for _ in range(_NODE_READS):
+        for attempt in range(_NODE_READS):
+            if attempt:
+                # a listing cut short means a busy nats-server: give it a moment, not a
+                # new consumer at once
+                await asyncio.sleep(_NODE_READ_PAUSE * attempt)
             try:
                 keys = await nodes.keys()
             except NoKeysError:
