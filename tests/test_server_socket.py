@@ -220,6 +220,13 @@ async def test_the_removed_picows_sockets_refuse_to_start(
         with pytest.raises(RuntimeError, match="removed in this release") as refused:
             await server.start()
         assert "Unset WSE_FAST_SERVER_SOCKETS" in str(refused.value)
+        # refused before the server starts its broker: a cluster node does not join (here
+        # it would fail to reach NATS, on port 1, instead)
+        node = WseServer(lambda req: req.accept(req.identity), port=0)
+        node.join_cluster("nats://127.0.0.1:1")
+        with pytest.raises(RuntimeError, match="removed in this release"):
+            await asyncio.wait_for(node.start(), 5)
+        await node.close()
         monkeypatch.delenv("WSE_FAST_SERVER_SOCKETS")
         await server.start()
         peer = await welcomed_with_the_request(server.port)

@@ -43,6 +43,14 @@ REMOVED_SOCKETS = (
     "WSE_FAST_SERVER_SOCKETS to start."
 )
 
+
+def refuse_removed_sockets() -> None:
+    """Raises RuntimeError with ``WSE_FAST_SERVER_SOCKETS=picows`` (:data:`REMOVED_SOCKETS`):
+    checked before a server starts anything (its broker, its socket)."""
+    if os.environ.get(SOCKETS_ENV, "").strip().lower() == "picows":
+        raise RuntimeError(REMOVED_SOCKETS)
+
+
 if TYPE_CHECKING:
     from .transport.host import ListenerHost
 
@@ -70,8 +78,7 @@ class Listener:
         """Starts listening; ``self.port`` holds the bound port (useful with ``port=0``).
         ``sock``: an already bound socket to serve on instead. Raises RuntimeError with
         ``WSE_FAST_SERVER_SOCKETS=picows`` (:data:`REMOVED_SOCKETS`)."""
-        if os.environ.get(SOCKETS_ENV, "").strip().lower() == "picows":
-            raise RuntimeError(REMOVED_SOCKETS)
+        refuse_removed_sockets()
         servers = list(self.routes.values())
         first = servers[0]
         options = ListenerOptions(

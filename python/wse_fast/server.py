@@ -20,7 +20,7 @@ from .constants import CLOSE_NORMAL, CLOSE_SERVICE_RESTART, WSE_ERROR, WSE_REASO
 from .errors import WseError
 from .events import ServerEvents
 from .handshake import HandshakeRequest, client_address, is_trusted, parse_networks
-from .listener import Listener
+from .listener import Listener, refuse_removed_sockets
 from .metrics import ServerMetrics
 from .options import DEFAULT_GRACE, ClusterOptions, ServerLimits
 from .peer import Peer
@@ -244,6 +244,8 @@ class WseServer(Peer[ServerEvents]):
         ``sock``: an already bound socket to serve on instead (host and port are then unused),
         for example one inherited from a process manager.
         """
+        # before the broker: a cluster node that cannot listen must not join first
+        refuse_removed_sockets()
         self.closing = False  # started again after a close: /health answers 200 again
         self.saturated = self.tasks_running >= self.max_tasks
         self._idle = self._all_closed = None
