@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import wse_fast
-from wse_fast import ClusterOptions, Compression, Limits, Reconnect, WseClient
+from wse_fast import ClusterOptions, Compression, Limits, Reconnect, ServerLimits, WseClient
 
 #: Modules that start or belong to a network stack: none is imported by ``import wse_fast``.
 HEAVY = ("picows", "uvloop", "nats", "wse_fast.server", "wse_fast.client", "wse_fast.transport")
@@ -72,6 +73,17 @@ def test_option_objects_check_their_values_when_made() -> None:
     with pytest.raises(ValueError):
         ClusterOptions(node_ttl=0)
     assert Limits(compression=Compression()).compression == Compression()
+
+
+def test_read_buffer_size_warns_that_it_does_nothing_where_it_is_set() -> None:
+    # it sized the read buffers of the server's picows sockets, which are gone
+    with pytest.warns(DeprecationWarning, match="read_buffer_size has no effect") as record:
+        Limits(read_buffer_size=4096)
+    assert record[0].filename == __file__  # the line that set it, not the dataclass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Limits()
+        ServerLimits(max_message_size=1024)
 
 
 def test_the_server_side_user_is_user_and_client_a_deprecated_alias() -> None:

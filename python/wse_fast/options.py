@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,10 @@ class ClusterOptions:
             raise ValueError("node_ttl, connect_timeout and max_outbox must be positive")
 
 
+#: ``Limits.read_buffer_size``'s default: a value other than this warns (deprecated).
+_READ_BUFFER_SIZE = 2048
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Transport limits of one connection, on either side.
@@ -163,9 +168,9 @@ class Limits:
     - ``ping_interval`` / ``ping_timeout``: keepalive, a ping after this long without hearing
       from the peer and a drop when no pong comes within the timeout; None turns it off;
     - ``close_timeout``: how long a close handshake may take before the socket is aborted;
-    - ``read_buffer_size``: no effect (kept so that code setting it still runs): the
-      server's sockets share one read buffer per event loop, and the client's is picows's
-      default;
+    - ``read_buffer_size``: deprecated, no effect (a value other than the default warns):
+      the server's sockets share one read buffer per event loop, and the client's is
+      picows's default;
     - ``compression``: permessage-deflate (RFC 7692) as a :class:`Compression`, or None
       (the default, as in Node.js ``ws``): off. A server agrees to a client's offer, a
       client offers it. A compressed message inflating past the message limit closes 1009
@@ -177,7 +182,7 @@ class Limits:
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
     close_timeout: float = 5.0
-    read_buffer_size: int = 2048
+    read_buffer_size: int = _READ_BUFFER_SIZE
     compression: Compression | None = None
 
     def __post_init__(self) -> None:
@@ -189,6 +194,13 @@ class Limits:
             raise ValueError("ping_timeout must be positive and not exceed ping_interval")
         if min(self.max_message_size, self.read_buffer_size) < 1 or self.close_timeout < 0:
             raise ValueError("sizes must be at least 1 and close_timeout not negative")
+        if self.read_buffer_size != _READ_BUFFER_SIZE:
+            # it sized the read buffers of the server's picows sockets, which are gone
+            warnings.warn(
+                "Limits.read_buffer_size has no effect and will be removed",
+                DeprecationWarning,
+                stacklevel=3,  # the caller of the dataclass's __init__
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
