@@ -72,7 +72,7 @@ impl Inflater {
                 return Err(InflateError::TooBig);
             }
             // room + 1: one byte more than allowed tells "exactly full" from "too big"
-            let want = (limit - at + 1).min(step);
+            let want = (limit - at).saturating_add(1).min(step);
             step = (step * 2).min(STEP);
             out.reserve(want);
             let (before_in, before_out) = (state.total_in(), state.total_out());
