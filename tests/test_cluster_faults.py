@@ -451,39 +451,38 @@ async def test_a_snapshot_taken_while_lists_change_holds_every_user(
     # The users bucket keeps one revision per key: a list rewritten while the snapshot's
     # watch runs loses its old revision before the watch reaches it, and its new one comes
     # after the bucket's last revision as read before the watch. Ending there left such a
-    # user out of the snapshot (a re-sync then never cleaned its entries): the snapshot ends
-    # only where NATS has nothing more pending as well. Lists are rewritten from the last
-    # key back, the keys the watch reaches last, for as long as the snapshot takes.
+    # user out of the snapshot (a re-sync then never cleaned its entries), and so could
+    # ending where NATS says nothing more is pending (its count lags the stream): the
+    # snapshot ends where a read of the last revision shows nothing past what the watch
+    # delivered. The last 300 lists, which the watch reaches last, are rewritten as soon as
+    # the snapshot has read the bucket's last revision.
     a = WseServer(accept_identity, port=0)
     a.join_cluster(nats_server.url, ClusterOptions(node="a", node_ttl=NODE_TTL))
     nc = await nats.connect(nats_server.url)
     try:
         await a.start()
-        assert a.cluster is not None
-        presence = a.cluster.presence
+        assert a.cluster is not None and a.cluster.link.users is not None
+        presence, bucket = a.cluster.presence, a.cluster.link.users
         users = await nc.jetstream().key_value("wse_users")
-        keys = [f"u.x{i:038d}" for i in range(1500)]
+        keys = [f"u.x{i:038d}" for i in range(3000)]
         value = msgpack.packb([["z", "z-instance:1"]])
         await asyncio.gather(*(users.put(key, value) for key in keys))
-        done = asyncio.Event()
-        rewritten = 0
+        read = asyncio.Event()
+        status = bucket.status
+
+        async def status_then_tell() -> Any:
+            answer = await status()
+            read.set()
+            return answer
 
         async def rewrite() -> None:
-            nonlocal rewritten
-            while not done.is_set():
-                for key in reversed(keys):
-                    if done.is_set():
-                        return
-                    await users.put(key, value)
-                    rewritten += 1
+            await read.wait()
+            await asyncio.gather(*(users.put(key, value) for key in keys[-300:]))
 
+        bucket.status = status_then_tell  # type: ignore[method-assign]
         writer = asyncio.create_task(rewrite())
-        try:
-            held = await presence._all_entries()
-        finally:
-            done.set()
-            await writer
-        assert rewritten > 0
+        held = await presence._all_entries()
+        await writer
         assert sorted(set(keys) - set(held)) == []
     finally:
         await a.close()

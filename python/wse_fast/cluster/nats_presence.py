@@ -47,6 +47,10 @@ def user_key(cid: Cid) -> str:
     return "u." + hashlib.sha256(cid_text(cid).encode()).hexdigest()[:40]
 
 
+class _BucketChanging(Exception):
+    """The users bucket changed at every read of its last revision during a snapshot."""
+
+
 class NatsPresence:
     """Who is online, over every node of one NATS (a
     :class:`~wse_fast.cluster.broker.Presence`)."""
@@ -262,16 +266,26 @@ class NatsPresence:
         yet; nats-io/nats.py#842). The mark then came first and the snapshot was empty: a
         re-sync left the entries of users who had left while NATS was away, and a sweep the
         entries of a dead node. The watch delivers each key's latest value in stream order,
-        deletes included. It ends at the first value at or past that revision that NATS sends
-        with nothing more pending (its own count on each message, not the consumer info): a
-        list rewritten meanwhile has lost its old revision (one is kept per key), and its new
-        one, past the revision read, is still pending until it comes. Raises TimeoutError
-        when NATS sends nothing for ``node_ttl`` meanwhile."""
+        deletes included. A list rewritten while the watch runs loses its old revision (one is
+        kept per key) and gets a new one past the revision read, which the watch has not
+        reached yet: the snapshot is whole only at a point where the bucket holds nothing past
+        what the watch has delivered. So once the watch reaches the revision read, the last
+        revision is read again, and the snapshot ends if the watch has reached that one too;
+        else it goes on to it. (NATS's count of what is still pending, on each message, is no
+        such point: it lags the stream, both ways, while lists are rewritten.) (Every
+        list's latest value at that read is then at or below what was delivered, and was
+        there when the watch passed its place: it came. A list rewritten after that read had
+        its older value delivered already.) Raises TimeoutError when NATS sends nothing for
+        ``node_ttl``, or when the bucket has changed at every read of its last revision for
+        ``node_ttl`` (the caller tries again later)."""
         users = required(self._link.users)
         state = (await users.status()).stream_info.state
         held: dict[str, list[list[str]]] = {}
         if not state.messages:
             return held
+        last = state.last_seq
+        seen = 0  # the highest revision delivered
+        changing_since: float | None = None  # the first read of the last revision again
         quiet = self._link.node_ttl
         loop = asyncio.get_running_loop()
         watcher = await users.watchall()
@@ -286,8 +300,19 @@ class NatsPresence:
                         held[entry.key] = _decode_entries(entry.value)
                     else:  # deleted or purged: no list
                         held.pop(entry.key, None)
-                    if entry.revision >= state.last_seq and entry.delta == 0:
+                    seen = max(seen, entry.revision)
+                    if seen < last:
+                        continue
+                    now = loop.time()
+                    if changing_since is None:
+                        changing_since = now
+                    elif now - changing_since > quiet:
+                        raise _BucketChanging(f"at every read of its last revision for {quiet} s")
+                    last = (await users.status()).stream_info.state.last_seq
+                    if last <= seen:
                         return held
+        except _BucketChanging as changing:
+            raise TimeoutError(f"the users bucket kept changing: {changing}") from None
         except TimeoutError:
             raise TimeoutError(f"the users bucket sent nothing for {quiet} s") from None
         finally:
