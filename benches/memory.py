@@ -266,24 +266,42 @@ def main(args: argparse.Namespace) -> None:
             print(f"{line} (start {m.rss[0] / 2**20:.1f} MiB)", flush=True)
     if args.out is None:
         return
+    command = " ".join(
+        [f"--runs {args.runs}"]
+        + ([f"--only {' '.join(args.only)}"] if args.only else [])
+        + (["--baseline DIR"] if args.baseline else [])
+        + [f"--step {STEP}", f"--steps {STEPS}"]
+        + ([f"--message {args.message}"] if args.message else [])
+    )
+    total = STEP * STEPS
+    later = STEPS > 2  # a second slope needs a third step
+    after_head = f" after a {args.message:,} B message from each |" if args.message else ""
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} with `python benches/memory.py --runs {args.runs}`"
+        f"Measured {time.strftime('%Y-%m-%d')} with `python benches/memory.py {command}`"
         f" on {os.cpu_count()} shared cores; server pinned to core 0, load generators to core 1; "
         f"median of {args.runs} fresh server processes. Each connection says hi with its own "
         f"identity and the meta {json.dumps(META)}, is its own user, answers pings, and idles.",
         "",
-        f"| server | average per connection at {STEP * STEPS:,} | slope {STEP:,} → {2 * STEP:,} | slope {2 * STEP:,} → {STEP * STEPS:,} | RSS before the first connection |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| server | average per connection at {total:,} | slope {STEP:,} → {2 * STEP:,} |"
+        + (f" slope {2 * STEP:,} → {total:,} |" if later else "")
+        + after_head
+        + " RSS before the first connection |",
+        "| --- | ---: | ---: |"
+        + (" ---: |" if later else "")
+        + (" ---: |" if after_head else "")
+        + " ---: |",
     ]
     for name, ms in rows.items():
-        avg = statistics.median(m.average(STEP * STEPS) for m in ms)
+        avg = statistics.median(m.average(total) for m in ms)
         s1 = statistics.median(m.slope(STEP, 2 * STEP) for m in ms)
-        s2 = statistics.median(m.slope(2 * STEP, STEP * STEPS) for m in ms)
         start = statistics.median(m.rss[0] for m in ms)
-        lines.append(
-            f"| {name} | {avg / 1024:.2f} KiB ({avg / 1000:.1f} KB) | {s1 / 1024:.2f} KiB "
-            f"({s1 / 1000:.1f} KB) | {s2 / 1024:.2f} KiB | {start / 2**20:.1f} MiB |"
-        )
+        row = f"| {name} | {avg / 1024:.2f} KiB ({avg / 1000:.1f} KB) | {s1 / 1024:.2f} KiB ({s1 / 1000:.1f} KB) |"
+        if later:
+            row += f" {statistics.median(m.slope(2 * STEP, total) for m in ms) / 1024:.2f} KiB |"
+        if after_head:
+            afters = [(m.after_message or 0) - m.rss[0] for m in ms]
+            row += f" {statistics.median(afters) / total / 1024:.2f} KiB per connection |"
+        lines.append(f"{row} {start / 2**20:.1f} MiB |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     Path(args.out).with_suffix(".json").write_text(
         json.dumps(
