@@ -34,6 +34,7 @@ import socket
 import ssl as ssl_module
 import struct
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -123,57 +124,82 @@ def give_large_blocks_back() -> bool:
 #: A read from this many bytes on is part of a large message (a call or a chat message is a
 #: small fraction of it): the heap is trimmed a moment later (:class:`HeapTrim`).
 LARGE_READ = 64 * 1024
-#: Seconds from the first large read to the trim (at most one trim per this long).
+#: Seconds without a large read before the trim (and at most one trim per this long, in the
+#: whole process).
 TRIM_DELAY = 1.0
 
 
 class HeapTrim:
-    """Gives the heap's free pages back to the OS (glibc's ``malloc_trim``) a moment after a
-    loop's sockets read a large message, at most once per :data:`TRIM_DELAY`.
+    """Gives the heap's free pages back to the OS (glibc's ``malloc_trim``) once a loop's
+    sockets have read no large message for :data:`TRIM_DELAY`.
 
     Blocks from :data:`LARGE_BLOCK` on go back when freed (:func:`give_large_blocks_back`);
     the smaller reads of a large message come from the heap, and while many connections
     read one at once the heap grows between the blocks still held: glibc keeps those pages
     once freed (it gives back only the heap's top). Measured with ``benches/memory.py --step
     1000 --steps 2 --message 1000000``: RSS per connection 3 s after each sent one 1 MB
-    message 2.84-3.41 KiB over runs (its idle 2.6-2.7 KiB), 2.71-2.73 KiB with a trim once a
-    second. Only where the large blocks are given back too (glibc, and not turned off with
+    message 2.84-3.70 KiB over runs (its idle 2.6-2.7 KiB), 2.56-2.58 KiB with the trim.
+
+    A trim walks the whole heap (milliseconds for a large one) and the pages it gives back
+    are faulted in again when used: so it waits for large reads to stop rather than running
+    under them, runs at most once per :data:`TRIM_DELAY` for the whole process (it walks
+    every arena, whichever loop asks), and only accepted connections' reads ask for it (a
+    stranger's bytes are bounded below :data:`LARGE_READ` anyway, but one read can bring
+    more). Only where the large blocks are given back too (glibc, and not turned off with
     :data:`MMAP_THRESHOLD_ENV`), so that one switch leaves glibc's allocator alone."""
 
-    __slots__ = ("_loop", "scheduled", "trimmed", "trims")
+    __slots__ = ("_last_large", "_loop", "scheduled", "trimmed", "trims")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.scheduled = False  # a trim waits for its time
-        #: How many trims ran, and an event set after each (for those who wait for one).
+        self._last_large = 0.0  # the loop's time of the last large read
+        #: How many trims this loop ran, and an event set after the next one (cleared when
+        #: one is scheduled).
         self.trims = 0
         self.trimmed = asyncio.Event()
 
     def note_large_read(self) -> None:
-        """A socket read :data:`LARGE_READ` bytes or more: trim in :data:`TRIM_DELAY`."""
+        """An accepted socket read :data:`LARGE_READ` bytes or more."""
+        self._last_large = self._loop.time()
         if self.scheduled or not _large_blocks_fixed or _malloc_trim() is None:
             return
         self.scheduled = True
+        self.trimmed.clear()
         self._loop.call_later(TRIM_DELAY, self._trim)
 
     def _trim(self) -> None:
+        global _last_trim
+        quiet_for = self._loop.time() - self._last_large
+        if quiet_for < TRIM_DELAY:  # large reads go on: wait until they stop
+            self._loop.call_later(TRIM_DELAY - quiet_for, self._trim)
+            return
         self.scheduled = False
-        trim = _malloc_trim()
-        assert trim is not None
-        trim(0)  # 0: keep no pad at the heap's top
+        now = time.monotonic()
+        if now - _last_trim >= TRIM_DELAY:  # else another loop has just trimmed the process
+            _last_trim = now
+            trim = _malloc_trim()
+            assert trim is not None
+            trim(0)  # 0: keep no pad at the heap's top
         self.trims += 1
         self.trimmed.set()
 
 
+_last_trim = -TRIM_DELAY  # time.monotonic() of the process's last trim
 _MALLOC_TRIM: list[Any] = []  # glibc's malloc_trim once looked up (None: not there)
 
 
 def _malloc_trim() -> Any:
     if not _MALLOC_TRIM:
+        trim: Any = None
         try:
-            _MALLOC_TRIM.append(ctypes.CDLL(None).malloc_trim)
+            trim = ctypes.CDLL(None).malloc_trim
         except (OSError, AttributeError):
-            _MALLOC_TRIM.append(None)
+            pass
+        else:
+            trim.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
+            trim.restype = ctypes.c_int
+        _MALLOC_TRIM.append(trim)
     return _MALLOC_TRIM[0]
 
 
@@ -317,7 +343,7 @@ class ServerSocket(asyncio.Protocol):
         # The reader is None once the WebSocket failed, and then nothing more is read.
         reader = self._reader
         if reader is not None:
-            if len(data) >= LARGE_READ:  # the one test a small read pays for the trim
+            if len(data) >= LARGE_READ and self._guard is None:  # a small read pays one test
                 heap_trim_for(asyncio.get_running_loop()).note_large_read()
             events = reader.feed(data)
             if events:
