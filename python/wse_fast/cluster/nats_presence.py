@@ -47,10 +47,6 @@ def user_key(cid: Cid) -> str:
     return "u." + hashlib.sha256(cid_text(cid).encode()).hexdigest()[:40]
 
 
-class _BucketChanging(Exception):
-    """The users bucket changed at every read of its last revision during a snapshot."""
-
-
 class NatsPresence:
     """Who is online, over every node of one NATS (a
     :class:`~wse_fast.cluster.broker.Presence`)."""
@@ -275,9 +271,10 @@ class NatsPresence:
         such point: it lags the stream, both ways, while lists are rewritten.) (Every
         list's latest value at that read is then at or below what was delivered, and was
         there when the watch passed its place: it came. A list rewritten after that read had
-        its older value delivered already.) Raises TimeoutError when NATS sends nothing for
-        ``node_ttl``, or when the bucket has changed at every read of its last revision for
-        ``node_ttl`` (the caller tries again later)."""
+        its older value delivered already.) A bucket that has changed at every read for
+        ``node_ttl`` ends the snapshot at the last read, with a warning (it may then lack the
+        lists rewritten since). Raises TimeoutError when NATS sends nothing for ``node_ttl``
+        (the caller tries again later)."""
         users = required(self._link.users)
         state = (await users.status()).stream_info.state
         held: dict[str, list[list[str]]] = {}
@@ -307,12 +304,20 @@ class NatsPresence:
                     if changing_since is None:
                         changing_since = now
                     elif now - changing_since > quiet:
-                        raise _BucketChanging(f"at every read of its last revision for {quiet} s")
+                        # The bucket never rested for a round trip: what is held misses at
+                        # most the lists rewritten since the last read, whose old revision
+                        # the watch had not reached. Waiting on would keep a re-sync (and
+                        # the changes it holds back) from ever ending while NATS is busy.
+                        log.warning(
+                            "cluster node %s: the users bucket changed at every read for"
+                            " %s s: its snapshot may lack lists rewritten meanwhile",
+                            self._link.node,
+                            quiet,
+                        )
+                        return held
                     last = (await users.status()).stream_info.state.last_seq
                     if last <= seen:
                         return held
-        except _BucketChanging as changing:
-            raise TimeoutError(f"the users bucket kept changing: {changing}") from None
         except TimeoutError:
             raise TimeoutError(f"the users bucket sent nothing for {quiet} s") from None
         finally:
