@@ -344,21 +344,16 @@ def _inflate_into(
     alike. A 15-bit window keeps every distance DEFLATE can encode, so there one call does."""
     if inflate.eof:  # a BFINAL block ended the stream: the rest is not inflated
         return True
-    if not stepped:
-        at = len(message)
-        if at > limit:
-            return False
-        # room + 1 (max_length 0 would mean no limit)
-        message += inflate.decompress(data, limit - at + 1)
-        return len(message) <= limit
-    step = min(max(len(data) * 4, 256), _INFLATE_STEP)
+    cap = _INFLATE_STEP if stepped else limit + 1  # unstepped: one call for all the room
+    step = min(max(len(data) * 4, 256), cap) if stepped else cap
     while True:
         at = len(message)
         if at > limit:
             return False
-        # room + 1: one byte more than allowed tells "exactly full" from "too big"
+        # room + 1: one byte more than allowed tells "exactly full" from "too big" (and
+        # max_length 0 would mean no limit)
         want = min(limit - at + 1, step)
-        step = min(step * 2, _INFLATE_STEP)
+        step = min(step * 2, cap)
         out = inflate.decompress(data, want)
         message += out
         rest = inflate.unconsumed_tail
