@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -186,21 +187,18 @@ class HeapTrim:
 
 
 _last_trim = -TRIM_DELAY  # time.monotonic() of the process's last trim
-_MALLOC_TRIM: list[Any] = []  # glibc's malloc_trim once looked up (None: not there)
 
 
+@functools.cache
 def _malloc_trim() -> Any:
-    if not _MALLOC_TRIM:
-        trim: Any = None
-        try:
-            trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            pass
-        else:
-            trim.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
-            trim.restype = ctypes.c_int
-        _MALLOC_TRIM.append(trim)
-    return _MALLOC_TRIM[0]
+    """glibc's ``malloc_trim``, looked up once; None where there is none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
+    trim.restype = ctypes.c_int
+    return trim
 
 
 @per_loop
